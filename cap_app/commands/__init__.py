@@ -1,0 +1,1 @@
+"""Command modules of `python -m cap_app` (see cap_app.cli)."""

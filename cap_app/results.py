@@ -1,0 +1,64 @@
+"""The result of refining one (question, draft): shared by the CLI, the app, the annotator view
+and the exports. Plain dataclasses that round-trip through JSON (one JSON object per line in
+batch output), so precomputed refinements can be loaded back without a model."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from cap_app.sandbox.result import ExecResult
+
+Verdict = Literal["agrees", "disagrees", "no_answer"]
+
+
+@dataclasses.dataclass
+class Candidate:
+    """One generated program and what running it gave."""
+
+    text: str  # the raw model text
+    program: str  # the program pulled out of it
+    execution: ExecResult
+    answer: str | None  # normalised answer from the execution (None when it failed)
+    logprob: float | None = None  # mean token log-prob, breaks vote ties
+    tokens: int = 0  # generated tokens
+    round: int = 0  # repair round that produced it (0 = first attempt)
+
+
+@dataclasses.dataclass
+class RefinementResult:
+    question: str
+    draft: str
+    draft_answer: str | None
+    strategy: str
+    candidates: list[Candidate]
+    chosen: int | None  # index into candidates of the program whose answer won (None: none ran)
+    refined_answer: str | None
+    votes: dict[str, int]  # answer -> votes (the draft's vote included for cot+cap)
+    verdict: Verdict  # refined vs draft
+    gold: str | None = None
+    draft_correct: bool | None = None  # vs gold, when gold is given
+    refined_correct: bool | None = None
+    timings_ms: dict[str, float] = dataclasses.field(default_factory=dict)  # stage -> ms
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    model: str = ""
+
+    @property
+    def program(self) -> str | None:
+        return self.candidates[self.chosen].program if self.chosen is not None else None
+
+    @property
+    def execution(self) -> ExecResult | None:
+        return self.candidates[self.chosen].execution if self.chosen is not None else None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RefinementResult":
+        data = dict(data)
+        data["candidates"] = [
+            Candidate(**{**c, "execution": ExecResult.from_dict(c["execution"])}) for c in data["candidates"]
+        ]
+        return cls(**data)
