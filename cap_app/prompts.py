@@ -23,6 +23,11 @@ USER_TEMPLATE = (
     "Write a Python program that solves the question and prints the final answer."
 )
 
+REPAIR_TEMPLATE = (
+    "Running that program failed: {error}\n\n"
+    "Fix the program. Reply with the corrected program only, in one ```python block."
+)
+
 FENCE_OPEN = "```python\n"
 FENCE_CLOSE = "\n```"
 
@@ -33,13 +38,31 @@ def build_messages(question: str, draft: str) -> list[dict[str, str]]:
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
 
-def format_prompt(tokenizer, question: str, draft: str) -> str:
-    """The exact prompt text the model sees: its chat template when it has one, plain text otherwise."""
+def build_repair_messages(question: str, draft: str, attempts: list[tuple[str, str]]) -> list[dict[str, str]]:
+    """The CaP prompt followed, for each failed (program, error) attempt, by the program as the
+    model's turn and the error as the user's reply: the `repair` strategy's conversation."""
     messages = build_messages(question, draft)
+    for program, error in attempts:
+        messages.append({"role": "assistant", "content": format_completion(program)})
+        messages.append({"role": "user", "content": REPAIR_TEMPLATE.format(error=error)})
+    return messages
+
+
+def render_messages(tokenizer, messages: list[dict[str, str]]) -> str:
+    """Messages as prompt text: the chat template when the tokenizer has one, plain text otherwise."""
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    system, user = messages[0]["content"], messages[1]["content"]
-    return f"{system}\n\n{user}\n\nProgram:\n"
+    return "\n\n".join(m["content"] for m in messages) + "\n\nProgram:\n"
+
+
+def format_prompt(tokenizer, question: str, draft: str) -> str:
+    """The exact prompt text the model sees: its chat template when it has one, plain text otherwise."""
+    return render_messages(tokenizer, build_messages(question, draft))
+
+
+def format_repair_prompt(tokenizer, question: str, draft: str, attempts: list[tuple[str, str]]) -> str:
+    """The prompt for another try after failed attempts (see build_repair_messages)."""
+    return render_messages(tokenizer, build_repair_messages(question, draft, attempts))
 
 
 def format_completion(program: str) -> str:

@@ -24,6 +24,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+# The Annotate tab opens its database when the app is built; keep it (and any served app's) in tmp.
+os.environ["CAP_DB_PATH"] = str(_SESSION_DIR / "annotations.db")
 # A developer's own model choice must not leak into the tests.
 for _name in ("CAP_MODEL", "CAP_ADAPTER"):
     os.environ.pop(_name, None)

@@ -159,7 +159,9 @@ def _question_numbers(question: str) -> list[tuple[float, str]]:
     """(value, proposed name) for every number in the question, named by the words after it."""
     found = []
     for match in NUMBER.finditer(question):
-        words = _content_words(re.split(r"[.,;:?!\d$]", question[match.end():], maxsplit=1)[0])[:2]
+        words = _leading_phrase(re.split(r"[.,;:?!\d$]", question[match.end():], maxsplit=1)[0])
+        if not words:  # "costs $100." -> named by the words before it
+            words = _content_words(re.split(r"[.,;:?!\d$]", question[: match.start()])[-1])[-2:]
         found.append((parse_number(match.group(0)), "_".join(words)))
     return found
 
@@ -216,6 +218,21 @@ def _step_name(line: str, start: int, end: int) -> str:
         return "_".join(after)
     before = _content_words(re.split(r"[.,;:?!=\d$]", line[:start])[-1])[-3:]
     return "_".join(before) or "step"
+
+
+def _leading_phrase(text: str) -> list[str]:
+    """The first run of content words ("48 of her friends in April" -> ["friends"])."""
+    words: list[str] = []
+    for word in WORD.findall(text):
+        word = word.lower().replace("'", "")
+        if word in STOPWORDS or len(word) < 2:
+            if words:
+                break
+            continue
+        words.append(word)
+        if len(words) == 3:
+            break
+    return words
 
 
 def _content_words(text: str) -> list[str]:

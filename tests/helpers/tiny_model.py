@@ -56,8 +56,8 @@ def make_tiny_model(path: str | Path, *, seed: int = 0, chat_template: bool = Tr
         tokenizer.chat_template = None
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
+        hidden_size=64,  # a multiple of 64: bitsandbytes 4-bit blocks on CPU need it
+        intermediate_size=128,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,

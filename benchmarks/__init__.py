@@ -1,0 +1,1 @@
+"""Benchmarks: commands that measure speed goals (not timed tests)."""

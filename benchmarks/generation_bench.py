@@ -1,0 +1,144 @@
+"""Generation speed on the offline default model (SmolLM2-135M-Instruct), three goals:
+
+1. streaming costs nothing: tokens/s of `generate_stream` vs a bare `model.generate` on the same
+   prompt (goal: ratio >= 0.95);
+2. batching pays: N=8 samples in one batch vs 8 one after another (goal: >= 3x faster on CPU);
+3. a cold start with the conversion cache is quick: a fresh process loads the model (goal <= 5 s).
+
+    .venv/bin/python -m benchmarks.generation_bench            # all three, ~3 minutes on 2 CPU cores
+    .venv/bin/python -m benchmarks.generation_bench --tokens 64 --repeats 1
+
+Prints a table and writes runs/bench/generation.json. The first run converts the GGUF into the
+cache (~30 s), outside the timings. Timings are wall-clock on whatever else the machine is doing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+COLD_START = (
+    "import time; t0 = time.perf_counter()\n"
+    "from cap_app.model import ModelConfig, load_model, quiet_library_output\n"
+    "quiet_library_output(); t1 = time.perf_counter()\n"
+    "load_model(ModelConfig(adapter='none'))\n"
+    "t2 = time.perf_counter(); print(t1 - t0, t2 - t1)\n"
+)
+
+
+def _prompt(tokenizer) -> str:
+    from cap_app.prompts import format_prompt
+
+    root = Path(__file__).resolve().parents[1]
+    row = json.loads((root / "data" / "gsm8k" / "model_drafts_dev.jsonl").read_text().splitlines()[0])
+    return format_prompt(tokenizer, row["question"], row["6b_finetuning"]["solution"])
+
+
+def streaming_vs_bare(loaded, prompt: str, tokens: int, repeats: int) -> dict:
+    """Median tokens/s of both ways to generate exactly `tokens` greedy tokens, interleaved."""
+    import torch
+
+    from cap_app.generate import GenerationConfig, generate_stream
+
+    inputs = loaded.tokenizer([prompt], return_tensors="pt", add_special_tokens=False)
+    config = GenerationConfig(max_new_tokens=tokens, stop_at_program_end=False)
+    bare, streamed = [], []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        with torch.no_grad():
+            out = loaded.model.generate(**inputs, max_new_tokens=tokens, do_sample=False,
+                                        pad_token_id=loaded.tokenizer.pad_token_id)
+        bare.append((out.shape[1] - inputs["input_ids"].shape[1]) / (time.perf_counter() - started))
+        started = time.perf_counter()
+        first_token_at = None
+        for chunk in generate_stream(loaded, [prompt], config):
+            if first_token_at is None:
+                first_token_at = time.perf_counter() - started
+            if chunk.generations:
+                generated = chunk.generations[0][0].new_tokens
+        streamed.append(generated / (time.perf_counter() - started))
+    bare_rate, stream_rate = statistics.median(bare), statistics.median(streamed)
+    return {"tokens": tokens, "bare_tok_s": bare_rate, "stream_tok_s": stream_rate,
+            "ratio": stream_rate / bare_rate, "first_text_s": first_token_at}
+
+
+def batched_vs_sequential(loaded, prompt: str, tokens: int, n: int = 8) -> dict:
+    """N sampled programs in one batch vs the same N one at a time (same lengths: no early stop)."""
+    from cap_app.generate import GenerationConfig, generate_batch
+
+    config = GenerationConfig(max_new_tokens=tokens, temperature=0.7, n=n, batch_size=n, stop_at_program_end=False)
+    started = time.perf_counter()
+    [batch] = generate_batch(loaded, [prompt], config)
+    batched_s = time.perf_counter() - started
+    started = time.perf_counter()
+    single = [generate_batch(loaded, [prompt], GenerationConfig(
+        max_new_tokens=tokens, temperature=0.7, seed=seed, stop_at_program_end=False))[0][0] for seed in range(n)]
+    sequential_s = time.perf_counter() - started
+    return {"n": n, "tokens_each": tokens, "batched_s": batched_s, "sequential_s": sequential_s,
+            "speedup": sequential_s / batched_s,
+            "batched_tok_s": sum(g.new_tokens for g in batch) / batched_s,
+            "sequential_tok_s": sum(g.new_tokens for g in single) / sequential_s}
+
+
+def cold_start(repeats: int) -> dict:
+    """A fresh Python process: imports, then load_model from the conversion cache."""
+    runs = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        out = subprocess.run([sys.executable, "-c", COLD_START], capture_output=True, text=True, check=True,
+                             env=os.environ | {"HF_HUB_OFFLINE": "1"})
+        total = time.perf_counter() - started
+        imports, load = (float(x) for x in out.stdout.split())
+        runs.append({"process_s": total, "imports_s": imports, "load_model_s": load})
+    return {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=128, help="tokens per generation")
+    parser.add_argument("--repeats", type=int, default=3, help="repetitions of the streaming and cold-start runs")
+    parser.add_argument("--output", default="runs/bench/generation.json")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from cap_app.model import ModelConfig, converted_gguf, default_gguf_path, load_model, quiet_library_output
+
+    quiet_library_output()
+    converted_gguf(default_gguf_path())  # make sure the cache exists: its one-off cost is not measured
+    loaded = load_model(ModelConfig(adapter="none"))
+    prompt = _prompt(loaded.tokenizer)
+    from cap_app.generate import GenerationConfig, generate_batch
+
+    generate_batch(loaded, [prompt], GenerationConfig(max_new_tokens=8))  # warm-up: first-call costs aside
+    figures = {
+        "machine": {"cpu_threads": torch.get_num_threads(), "load_average": os.getloadavg()},
+        "streaming": streaming_vs_bare(loaded, prompt, args.tokens, args.repeats),
+        "batching": batched_vs_sequential(loaded, prompt, args.tokens // 2),
+        "cold_start": cold_start(args.repeats),
+    }
+    s, b, c = figures["streaming"], figures["batching"], figures["cold_start"]
+    print(f"machine: {figures['machine']['cpu_threads']} torch threads, load average before run "
+          f"{figures['machine']['load_average'][0]:.1f}")
+    print("| measure | figure | goal |\n|---|---|---|")
+    print(f"| streaming vs bare generate ({s['tokens']} tokens) | {s['stream_tok_s']:.1f} vs {s['bare_tok_s']:.1f} "
+          f"tok/s = {s['ratio']:.2f} | >= 0.95 |")
+    print(f"| first streamed text | {s['first_text_s']:.2f} s | |")
+    print(f"| {b['n']} samples batched vs sequential ({b['tokens_each']} tokens each) | {b['batched_s']:.1f} s vs "
+          f"{b['sequential_s']:.1f} s = {b['speedup']:.1f}x | >= 3x |")
+    print(f"| cold start from cache: load_model / whole process | {c['load_model_s']:.2f} s / "
+          f"{c['process_s']:.2f} s | <= 5 s |")
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(figures, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

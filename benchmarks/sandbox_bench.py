@@ -1,0 +1,198 @@
+"""Sandbox latency and throughput on GSM8K-style programs, against a fresh `python3` per program.
+
+    .venv/bin/python -m benchmarks.sandbox_bench                  # 500 programs
+    .venv/bin/python -m benchmarks.sandbox_bench --programs 100 --json runs/sandbox_bench.json
+
+The programs are built from the calculator annotations of GSM8K train (`<<48/2=24>>`): one
+variable per annotation, later annotations reuse earlier variables where the number matches,
+the last one is printed. Only problems whose chain reproduces the reference answer are kept.
+Measured: per-program latency (p50/p95) with the trace off and on, run one after another, the
+CPU time all processes involved spent per program, and throughput with `--workers` threads; the baseline starts `python3 -c PROGRAM` per program, the
+way many math-agent executors do. Goals (issue 3): p50 <= 5 ms trace off, <= 15 ms trace on,
+>= 10x the baseline's throughput. Figures for this machine: benchmarks/README-sandbox.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import math
+import operator
+import os
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+TRAIN = Path(__file__).resolve().parents[1] / "data" / "gsm8k" / "train.jsonl"
+ANNOTATION = re.compile(r"<<([^=<>]+)=([^<>]*)>>")
+_OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+              ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow}
+
+
+def _evaluate(node: ast.AST, names: dict[str, float]) -> float:
+    """Arithmetic only (the annotations are data, never executed as code here)."""
+    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+        return node.value
+    if isinstance(node, ast.Name) and node.id in names:
+        return names[node.id]
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        value = _evaluate(node.operand, names)
+        return -value if isinstance(node.op, ast.USub) else value
+    if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
+        left, right = _evaluate(node.left, names), _evaluate(node.right, names)
+        if isinstance(node.op, ast.Pow) and abs(right) > 64:
+            raise ValueError("exponent too large")
+        return _OPERATORS[type(node.op)](left, right)
+    raise ValueError(f"not arithmetic: {ast.dump(node)}")
+
+
+class _ReuseSteps(ast.NodeTransformer):
+    """Replace a number by the latest earlier step whose value it equals."""
+
+    def __init__(self, values: dict[str, float]):
+        self.values = values
+
+    def visit_Constant(self, node: ast.Constant) -> ast.AST:
+        for name in reversed(list(self.values)):
+            if type(node.value) in (int, float) and self.values[name] == node.value:
+                return ast.Name(name, ast.Load())
+        return node
+
+
+def program_from_solution(solution: str) -> tuple[str, float] | None:
+    """(program, reference answer) from a GSM8K solution, or None when it does not fit."""
+    annotations = ANNOTATION.findall(solution)
+    reference = solution.rsplit("####", 1)[-1].strip().replace(",", "")
+    if not annotations:
+        return None
+    values: dict[str, float] = {}
+    lines = []
+    try:
+        expected = float(reference)
+        for index, (expression, _) in enumerate(annotations, start=1):
+            tree = ast.parse(expression.strip(), mode="eval")
+            rewritten = _ReuseSteps(values).visit(tree)
+            value = _evaluate(rewritten.body, values)
+            name = f"step{index}"
+            values[name] = value
+            lines.append(f"{name} = {ast.unparse(rewritten.body)}")
+    except (SyntaxError, ValueError, ZeroDivisionError, OverflowError, TypeError):
+        return None
+    if not math.isclose(values[f"step{len(annotations)}"], expected, rel_tol=1e-6, abs_tol=1e-6):
+        return None
+    lines.append(f"print(step{len(annotations)})")
+    return "\n".join(lines) + "\n", expected
+
+
+def gsm8k_programs(limit: int, path: Path = TRAIN) -> list[tuple[str, float]]:
+    """The first `limit` GSM8K train solutions that become a correct program."""
+    programs = []
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            built = program_from_solution(json.loads(line)["answer"])
+            if built is not None:
+                programs.append(built)
+                if len(programs) == limit:
+                    break
+    return programs
+
+
+def answer_matches(answer: str | None, expected: float) -> bool:
+    try:
+        return answer is not None and math.isclose(float(answer), expected, rel_tol=1e-6, abs_tol=1e-6)
+    except ValueError:
+        return False
+
+
+def run_in_fresh_python(program: str) -> str | None:
+    """The baseline: a new interpreter (this environment's python3) per program; answer = last printed line."""
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=30)
+    lines = done.stdout.strip().splitlines()
+    return lines[-1].strip() if lines else None
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds of a process and its reaped children (here: a zygote and its programs)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def measure(name: str, run: Callable[[str], str | None], programs: list[tuple[str, float]], workers: int,
+            cpu_s: Callable[[], float]) -> dict:
+    """Latency one at a time (with the CPU time all processes involved spent, which other work
+    on the machine inflates far less than latency), then throughput with `workers` threads."""
+    latencies, wrong = [], 0
+    cpu_before = cpu_s() + time.process_time()
+    for program, expected in programs:
+        started = time.perf_counter()
+        answer = run(program)
+        latencies.append((time.perf_counter() - started) * 1000)
+        wrong += not answer_matches(answer, expected)
+    cpu_ms = (cpu_s() + time.process_time() - cpu_before) * 1000 / len(programs)
+    started = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(lambda item: run(item[0]), programs))
+    elapsed = time.perf_counter() - started
+    return {"name": name, "programs": len(programs), "wrong_answers": wrong,
+            "p50_ms": round(statistics.median(latencies), 2), "p95_ms": round(_percentile(latencies, 0.95), 2),
+            "cpu_ms_per_run": round(cpu_ms, 2),
+            "throughput_per_s": round(len(programs) / elapsed, 1), "workers": workers}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--programs", type=int, default=500, help="how many GSM8K programs (default 500)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="threads for the throughput runs")
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    args = parser.parse_args(argv)
+
+    from cap_app.sandbox import run_program, server_pids, start_servers
+
+    programs = gsm8k_programs(args.programs)
+    start_servers(with_sympy=False)
+    for program, _ in programs[:20]:  # warm the zygote's spares and the page cache
+        run_program(program, trace=False)
+    zygote = server_pids()["light"]
+    rows = [
+        measure("sandbox, trace off", lambda p: run_program(p, trace=False).answer, programs, args.workers,
+                lambda: process_cpu_s(zygote)),
+        measure("sandbox, trace on", lambda p: run_program(p, trace=True).answer, programs, args.workers,
+                lambda: process_cpu_s(zygote)),
+        measure("baseline: python3 -c per program", run_in_fresh_python, programs, args.workers, children_cpu_s),
+    ]
+    baseline = rows[-1]["throughput_per_s"]
+    load = os.getloadavg()[1]  # other work on the machine slows every row; report it
+    print(f"{len(programs)} GSM8K programs, {os.cpu_count()} CPUs, {args.workers} workers for throughput, "
+          f"load average {load:.1f}")
+    print(f"{'':34} {'p50 ms':>8} {'p95 ms':>8} {'CPU ms':>8} {'runs/s':>8} {'vs baseline':>12} {'wrong':>6}")
+    for row in rows:
+        speedup = row["throughput_per_s"] / baseline
+        row["speedup_vs_baseline"] = round(speedup, 1)
+        print(f"{row['name']:34} {row['p50_ms']:>8} {row['p95_ms']:>8} {row['cpu_ms_per_run']:>8} "
+              f"{row['throughput_per_s']:>8} {speedup:>11.1f}x {row['wrong_answers']:>6}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"cpus": os.cpu_count(), "load_average_5min": load, "rows": rows}, indent=2))
+    return 0 if all(row["wrong_answers"] == 0 for row in rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,275 @@
+"""Load a batch of (question, draft[, gold][, refinements]) items from a JSONL or CSV file.
+
+Files are untrusted and may be large: they are read row by row (never whole), every bad row is
+reported with its line number and skipped, and the good rows go straight into the store. The
+row fields are those of data/gsm8k: `question`; the draft as `draft` or under a named draft
+source (`6b_finetuning`, ... holding `{"solution": ...}`); an optional gold answer (`gold`,
+`ground_truth` or `answer`, from which the final answer is extracted). A line written by
+`python -m cap_app refine --input ... --output ...` is a RefinementResult and loads as an item
+with that refinement attached, so a batch can be judged without a model.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import dataclasses
+import hashlib
+import itertools
+import json
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+from cap_app.answers import extract_draft_answer
+from cap_app.results import RefinementResult
+from cap_app.store import Batch, NewItem, Store
+
+DRAFT_KEYS = ("draft", "6b_finetuning", "6b_verification", "175b_finetuning", "175b_verification")
+GOLD_KEYS = ("gold", "ground_truth", "answer")  # as the engine reads them
+MAX_LINE_BYTES = 1 << 20  # one row; longer lines are reported, not read into memory
+MAX_FIELD_CHARS = 20_000  # question or draft
+MAX_REPORTED_ERRORS = 200
+_RESULT_FIELDS = {f.name for f in dataclasses.fields(RefinementResult)}
+
+
+class BatchError(ValueError):
+    """The file cannot be loaded at all (binary, no usable header, no valid row)."""
+
+
+class RowError(ValueError):
+    """One row is malformed; the message says why, the loader adds the line number."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadReport:
+    batch: Batch
+    reused: bool  # the same file (and draft key) was loaded before: its items and judgements are kept
+
+    def summary(self) -> str:
+        """Markdown for the annotator: what loaded and which lines were skipped."""
+        batch = self.batch
+        head = f"**{_markdown_text(batch.name)}**: {items_text(batch.item_count)} loaded"
+        if self.reused:
+            head += " (this file was loaded before; your earlier judgements are kept)"
+        if not batch.error_count:
+            return head + "."
+        lines = [f"{head}; {batch.error_count} malformed row{'s' if batch.error_count != 1 else ''} skipped:"]
+        lines += [f"- line {line}: {message}" for line, message in batch.errors]
+        if batch.error_count > len(batch.errors):
+            lines.append(f"- ... and {batch.error_count - len(batch.errors)} more")
+        return "\n".join(lines)
+
+
+def _markdown_text(text: str) -> str:
+    """A file name (chosen by whoever uploaded it) shown as plain text inside Markdown."""
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>&])", r"\\\1", text)
+
+
+def items_text(count: int) -> str:
+    return f"{count} item" + ("" if count == 1 else "s")
+
+
+def allowed_batch_dirs() -> list[Path]:
+    """Folders a web visitor may load a batch from by path: $CAP_BATCH_DIRS (os.pathsep-separated),
+    else ./data, ./examples and Spaces storage. Anything else on the server is off limits."""
+    configured = os.environ.get("CAP_BATCH_DIRS")
+    dirs = configured.split(os.pathsep) if configured else ["data", "examples", "/data"]
+    return [Path(d).resolve() for d in dirs if d]
+
+
+def allowed_batch_path(path: str, allowed: list[Path] | None = None) -> Path:
+    """`path` resolved (links followed) if it is a file inside an allowed folder, else BatchError."""
+    allowed = allowed_batch_dirs() if allowed is None else allowed
+    resolved = Path(path).expanduser().resolve()
+    if not any(resolved.is_relative_to(folder) for folder in allowed):
+        folders = ", ".join(str(folder) for folder in allowed)
+        raise BatchError(f"Batches can be loaded by path only from {folders}; upload the file instead.")
+    if not resolved.is_file():
+        raise BatchError(f"No such file: {path}")
+    return resolved
+
+
+def load_batch(store: Store, path: str | os.PathLike, *, draft_key: str = "draft",
+               name: str | None = None) -> LoadReport:
+    """Parse `path` into a new batch in `store`, or return the batch already loaded from the same bytes."""
+    if draft_key not in DRAFT_KEYS:
+        raise BatchError(f"Unknown draft key {draft_key!r}; choose one of {', '.join(DRAFT_KEYS)}.")
+    path = Path(path)
+    name = name or path.name
+    try:
+        sha256 = _file_sha256(path)
+        existing = store.find_batch(sha256, draft_key)
+        if existing is not None:
+            return LoadReport(existing, reused=True)
+        errors: list[tuple[int, str]] = []
+        items = parse_items(path, draft_key, errors)
+        first = next(items, None)
+        if first is None:
+            detail = f" ({len(errors)} malformed; line {errors[0][0]}: {errors[0][1]})" if errors else ""
+            raise BatchError(f"{name} has no valid rows{detail}.")
+        batch, created = store.add_batch(name, sha256, draft_key, itertools.chain([first], items), errors)
+    except OSError as exc:
+        raise BatchError(f"Cannot read {name}: {exc.strerror or exc}.") from exc
+    return LoadReport(batch, reused=not created)
+
+
+def parse_items(path: Path, draft_key: str, errors: list[tuple[int, str]]) -> Iterator[NewItem]:
+    """Yield the valid rows of `path` one by one; append (line, message) to `errors` for the others."""
+    with open(path, "rb") as fh:
+        start = fh.read(8192)
+        if _looks_binary(start):
+            raise BatchError(f"{path.name} is a binary file, not JSONL or CSV text.")
+        fh.seek(0)
+        rows = _csv_rows(fh, errors) if _is_csv(path, start) else _jsonl_rows(fh, errors)
+        for line, row in rows:
+            try:
+                yield _item(row, draft_key, line)
+            except RowError as exc:
+                errors.append((line, str(exc)))
+
+
+def _looks_binary(start: bytes) -> bool:
+    """Many control bytes (NUL and friends) mean an image, archive or database, not text; a few
+    junk lines in a text file are reported line by line instead."""
+    controls = sum(1 for byte in start if byte < 32 and byte not in b"\t\n\r\f\v")
+    return controls > 0.05 * len(start)
+
+
+def _is_csv(path: Path, start: bytes) -> bool:
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json", ".ndjson"):
+        return False
+    return suffix == ".csv" or not start.lstrip(codecs.BOM_UTF8 + b" \t\r\n").startswith(b"{")
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _lines(fh, errors: list[tuple[int, str]]) -> Iterator[tuple[int, str | None]]:
+    """(line number, text) for each line; text is None (and the error recorded) for a line that is
+    too long or not UTF-8. Lines are read with a size cap, so one huge line cannot fill memory."""
+    for number in itertools.count(1):
+        raw = fh.readline(MAX_LINE_BYTES + 1)
+        if not raw:
+            return
+        if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+            while (rest := fh.readline(MAX_LINE_BYTES)) and not rest.endswith(b"\n"):
+                pass
+            errors.append((number, f"line is longer than {MAX_LINE_BYTES // (1 << 20)} MiB"))
+            yield number, None
+            continue
+        try:
+            text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError:
+            errors.append((number, "not UTF-8 text"))
+            yield number, None
+            continue
+        yield number, text
+
+
+def _jsonl_rows(fh, errors: list[tuple[int, str]]) -> Iterator[tuple[int, dict]]:
+    for number, text in _lines(fh, errors):
+        if text is None or not text.strip():
+            continue
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError as exc:
+            errors.append((number, f"not valid JSON ({exc.msg} at column {exc.colno})"))
+            continue
+        if not isinstance(row, dict):
+            errors.append((number, f"expected a JSON object, found {type(row).__name__}"))
+            continue
+        yield number, row
+
+
+def _csv_rows(fh, errors: list[tuple[int, str]]) -> Iterator[tuple[int, dict]]:
+    bad_lines: set[int] = set()
+
+    def texts() -> Iterator[str]:  # csv reads decoded text; unreadable lines become blank ones
+        for number, text in _lines(fh, errors):
+            if text is None:
+                bad_lines.add(number)
+            yield "\n" if text is None else text
+
+    reader = csv.reader(texts())
+    header: list[str] | None = None
+    while True:
+        start = reader.line_num + 1
+        try:
+            record = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            errors.append((start, f"not valid CSV ({exc})"))
+            continue
+        if not record or bad_lines.intersection(range(start, reader.line_num + 1)):
+            continue
+        if header is None:
+            header = [column.strip() for column in record]
+            if "question" not in header:
+                raise BatchError(
+                    f"line {start}: the CSV header needs a 'question' column and a draft column "
+                    f"(one of {', '.join(DRAFT_KEYS)}); it has {len(header)} columns, none named 'question'."
+                )
+            continue
+        if len(record) != len(header):
+            errors.append((start, f"expected {len(header)} fields, found {len(record)}"))
+            continue
+        yield start, dict(zip(header, record))
+
+
+def _item(row: dict, draft_key: str, line: int) -> NewItem:
+    """One item from one row: a precomputed RefinementResult, or question + draft (+ gold)."""
+    if "candidates" in row:
+        result = _refinement(row)
+        question, draft, gold = result.question, result.draft, result.gold
+        refinements: tuple[RefinementResult, ...] = (result,)
+    else:
+        question, draft, gold = row.get("question"), _draft(row, draft_key), _gold(row)
+        refinements = ()
+    if not isinstance(question, str) or not question.strip():
+        raise RowError("missing 'question'")
+    for label, text in (("question", question), ("draft", draft)):
+        if len(text) > MAX_FIELD_CHARS:
+            raise RowError(f"{label} is longer than {MAX_FIELD_CHARS} characters")
+    return NewItem(line=line, question=question.strip(), draft=draft.strip(), gold=gold, refinements=refinements)
+
+
+def _draft(row: dict, draft_key: str) -> str:
+    value = row.get(draft_key)
+    if isinstance(value, dict):  # the model_drafts format: {"is_correct": ..., "solution": ...}
+        value = value.get("solution")
+    if isinstance(value, str) and not value.strip():
+        raise RowError(f"empty draft '{draft_key}'")
+    if not isinstance(value, str):
+        found = [key for key in DRAFT_KEYS if key in row and key != draft_key]
+        hint = f"; choose the draft key, this row has {', '.join(found)}" if found else ""
+        raise RowError(f"missing draft '{draft_key}'{hint}")
+    return value
+
+
+def _gold(row: dict) -> str | None:
+    for key in GOLD_KEYS:
+        value = row.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        if isinstance(value, str) and value.strip():
+            return extract_draft_answer(value) or value.strip()[:100]
+    return None
+
+
+def _refinement(row: dict) -> RefinementResult:
+    try:
+        result = RefinementResult.from_dict({k: v for k, v in row.items() if k in _RESULT_FIELDS})
+    except (TypeError, KeyError, AttributeError, ValueError) as exc:
+        raise RowError(f"not a refinement result ({type(exc).__name__}: {exc})") from None
+    if not isinstance(result.draft, str):
+        raise RowError("refinement result has no draft")
+    return result

@@ -1,0 +1,114 @@
+"""Plotly figures of a refinement: where the N programs' answers went, and where the time went.
+
+Every label that comes from a model or a user is escaped and shortened: plotly renders a small
+HTML subset (links included) in text, and an answer is untrusted text.
+"""
+
+from __future__ import annotations
+
+import html
+
+import plotly.graph_objects as go
+
+from cap_app.answers import answers_equal
+from cap_app.results import RefinementResult
+
+NO_ANSWER = "(no answer)"
+MAX_LABEL = 24
+# (agrees with the draft, agrees with the gold) -> legend name, colour; gold None = no gold given
+CATEGORIES = {
+    (True, True): ("same as draft, right", "#2ca02c"),
+    (False, True): ("differs from draft, right", "#17becf"),
+    (True, False): ("same as draft, wrong", "#ff7f0e"),
+    (False, False): ("differs from draft, wrong", "#d62728"),
+    (True, None): ("same as draft", "#1f77b4"),
+    (False, None): ("differs from draft", "#9467bd"),
+}
+NO_ANSWER_COLOUR = "#7f7f7f"
+LAYOUT = dict(template="plotly_white", height=320, margin=dict(l=50, r=20, t=50, b=50))
+
+
+def safe_label(text: str) -> str:
+    """An untrusted string made inert for plotly text: shortened, then HTML-escaped."""
+    text = " ".join(text.split())
+    if len(text) > MAX_LABEL:
+        text = text[: MAX_LABEL - 1] + "…"
+    return html.escape(text)
+
+
+def votes_figure(result: RefinementResult) -> go.Figure:
+    """Bar per distinct answer of the N programs, coloured by agreement with the draft and gold."""
+    votes = dict(result.votes)
+    failed = sum(1 for c in result.candidates if c.answer is None)
+    fig = go.Figure()
+    groups: dict[tuple, list[tuple[str, int, bool]]] = {}
+    for answer, count in sorted(votes.items(), key=lambda kv: -kv[1]):
+        gold_match = None if result.gold is None else answers_equal(answer, result.gold)
+        key = (answers_equal(answer, result.draft_answer), gold_match)
+        groups.setdefault(key, []).append((answer, count, answers_equal(answer, result.refined_answer)))
+    for key, bars in groups.items():
+        name, colour = CATEGORIES[key]
+        fig.add_bar(
+            name=name,
+            x=[safe_label(a) for a, _, _ in bars],
+            y=[n for _, n, _ in bars],
+            marker=dict(color=colour, line=dict(color="#000", width=[3 if chosen else 0 for *_, chosen in bars])),
+            text=[f"{n} ★ chosen" if chosen else str(n) for _, n, chosen in bars],
+            textposition="outside",
+            hovertemplate="answer %{x}: %{y} vote(s)<extra>" + html.escape(name) + "</extra>",
+        )
+    if failed:
+        fig.add_bar(name="program failed", x=[NO_ANSWER], y=[failed], marker_color=NO_ANSWER_COLOUR,
+                    text=[str(failed)], textposition="outside")
+    total = sum(votes.values()) + failed
+    draft = safe_label(result.draft_answer) if result.draft_answer is not None else "none"
+    title = f"Answers of {len(result.candidates)} program(s), {result.strategy}; draft said {draft}"
+    if result.gold is not None:
+        title += f", gold {safe_label(result.gold)}"
+    fig.update_layout(title=dict(text=title, font=dict(size=14)), barmode="group", bargap=0.3,
+                      xaxis=dict(title="answer", type="category"),
+                      yaxis=dict(title="votes", dtick=1, range=[0, max(total, 1) * 1.25]),
+                      showlegend=True, legend=dict(orientation="h", y=-0.3), **LAYOUT)
+    return fig
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.2f} s" if seconds >= 1 else f"{seconds * 1000:.0f} ms"
+
+
+def stage_times_figure(result: RefinementResult) -> go.Figure:
+    """Horizontal bar per pipeline stage (prompt, generation, execution, ...) in seconds."""
+    stages = [(name, ms / 1000) for name, ms in result.timings_ms.items() if name != "total"]
+    fig = go.Figure(go.Bar(
+        x=[s for _, s in stages], y=[html.escape(name) for name, _ in stages], orientation="h",
+        marker_color="#1f77b4", text=[_duration(s) for _, s in stages], textposition="auto",
+        hovertemplate="%{y}: %{x:.3f} s<extra></extra>",
+    ))
+    timings = result.timings_ms
+    total = timings["total"] / 1000 if "total" in timings else sum(s for _, s in stages)
+    tokens = f", {result.generated_tokens} tokens generated" if result.generated_tokens else ""
+    fig.update_layout(title=dict(text=f"Time per stage ({total:.2f} s in all{tokens})", font=dict(size=14)),
+                      xaxis=dict(title="seconds", rangemode="tozero"), yaxis=dict(autorange="reversed"), **LAYOUT)
+    return fig
+
+
+def candidates_figure(result: RefinementResult) -> go.Figure:
+    """One point per program: tokens generated vs run time, coloured by how its run ended."""
+    fig = go.Figure()
+    statuses: dict[str, list[int]] = {}
+    for i, cand in enumerate(result.candidates):
+        statuses.setdefault(cand.execution.status, []).append(i)
+    colours = {"ok": "#2ca02c", "error": "#d62728", "timeout": "#ff7f0e", "rejected": "#9467bd", "memory": "#8c564b"}
+    for status, indices in statuses.items():
+        cands = [result.candidates[i] for i in indices]
+        fig.add_scatter(
+            name=status, mode="markers+text", x=[c.tokens for c in cands],
+            y=[c.execution.duration_ms for c in cands], marker=dict(size=12, color=colours.get(status, "#7f7f7f")),
+            text=[f"#{i + 1}" for i in indices], textposition="top center",
+            customdata=[safe_label(c.answer) if c.answer is not None else html.escape(status) for c in cands],
+            hovertemplate="program %{text}: %{x} tokens, ran %{y:.0f} ms, answer %{customdata}<extra></extra>",
+        )
+    fig.update_layout(title=dict(text="Programs: length vs run time", font=dict(size=14)),
+                      xaxis=dict(title="tokens generated", rangemode="tozero"),
+                      yaxis=dict(title="run time (ms)", rangemode="tozero"), **LAYOUT)
+    return fig

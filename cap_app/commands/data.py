@@ -1,0 +1,36 @@
+"""`python -m cap_app data build`: CaP training data (SFT + preference rows) from GSM8K train.
+
+    python -m cap_app data build --output-dir runs/data
+    python -m cap_app data build --limit 200 --corrupted-drafts 3 --output-dir /tmp/cap-data
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from cap_app.config_args import add_dataclass_arguments, dataclass_from_args
+from cap_app.data.build import DataBuildConfig
+
+HELP = "build CaP training data (SFT and preference rows) from GSM8K train"
+
+
+def add_arguments(parser) -> None:
+    sub = parser.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    build = sub.add_parser("build", help=HELP, description=HELP)
+    add_dataclass_arguments(build, DataBuildConfig)
+
+
+def main(args) -> int:
+    from cap_app.data.build import build
+
+    cfg = dataclass_from_args(DataBuildConfig, args)
+    try:
+        report = build(cfg)
+    except (OSError, ValueError, KeyError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    summary = {k: v for k, v in report.items() if k != "config"}
+    print(json.dumps(summary, indent=2))
+    print(f"wrote {cfg.output_dir}/sft.jsonl, dpo.jsonl and report.json")
+    return 0

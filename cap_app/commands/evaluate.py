@@ -1,0 +1,141 @@
+"""`python -m cap_app eval`: how often refinement fixes (or breaks) drafts, per strategy.
+
+    python -m cap_app eval --input data/gsm8k/model_drafts_dev.jsonl --draft-key 6b_finetuning --limit 20
+    python -m cap_app eval --input drafts.jsonl --strategy greedy vote cot+cap --n 4 --report runs/eval.json
+    python -m cap_app eval --input data/gsm8k/train.jsonl --draft-key none --limit 10   # no drafts: plain programs
+
+Input: JSONL with `question`, a gold answer (`gold`, `ground_truth` or GSM8K's `answer` with
+`#### N`), and the draft under `--draft-key` (text, or `{"solution": ...}` as in the drafts
+file). Prints one table row per strategy (draft and refined accuracy, wrong->right and
+right->wrong counts, answers missing, tokens and seconds per item) and writes a JSON report
+with the summary and every item's answers.
+
+Exit status: 0 on success; 1 when the model or sandbox failed; 2 for unusable arguments or input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from cap_app.config_args import add_dataclass_arguments, dataclass_from_args
+from cap_app.model import ModelConfig
+from cap_app.refine import STRATEGIES, RefineConfig
+
+HELP = "Evaluate refinement strategies on a JSONL file of drafts: accuracy table and JSON report."
+COLUMNS = ("strategy", "items", "draft acc", "refined acc", "wrong->right", "right->wrong", "no answer",
+           "tokens/item", "s/item")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input", required=True, help="JSONL file of questions, gold answers and drafts")
+    parser.add_argument("--draft-key", default="draft",
+                        help="field holding the draft, e.g. 6b_finetuning in data/gsm8k/model_drafts_dev.jsonl; "
+                             "'none' to refine without drafts (default: draft)")
+    parser.add_argument("--limit", type=int, help="evaluate only the first N usable items")
+    parser.add_argument("--strategy", nargs="+", choices=STRATEGIES, default=["greedy"], dest="strategies",
+                        help="one or more strategies to compare (default: greedy)")
+    parser.add_argument("--report", default="runs/eval_report.json", help="where to write the JSON report")
+    add_dataclass_arguments(parser, ModelConfig)
+    add_dataclass_arguments(parser, RefineConfig, exclude=("strategy",))
+
+
+def summarize(results) -> dict:
+    """Accuracy and cost figures for one strategy's results (all with gold answers)."""
+    count = len(results)
+
+    def share(flags) -> float:
+        return sum(flags) / count if count else 0.0
+
+    return {
+        "items": count,
+        "draft_accuracy": share(r.draft_correct for r in results),
+        "refined_accuracy": share(r.refined_correct for r in results),
+        "wrong_to_right": sum(not r.draft_correct and r.refined_correct for r in results),
+        "right_to_wrong": sum(r.draft_correct and not r.refined_correct for r in results),
+        "no_answer": sum(r.refined_answer is None for r in results),
+        "tokens_per_item": sum(r.generated_tokens for r in results) / count if count else 0.0,
+        "seconds_per_item": sum(r.timings_ms["total"] for r in results) / 1000 / count if count else 0.0,
+    }
+
+
+def format_table(summary: dict[str, dict]) -> str:
+    rows = [COLUMNS]
+    for strategy, s in summary.items():
+        rows.append((strategy, str(s["items"]), f"{s['draft_accuracy']:.1%}", f"{s['refined_accuracy']:.1%}",
+                     str(s["wrong_to_right"]), str(s["right_to_wrong"]), str(s["no_answer"]),
+                     f"{s['tokens_per_item']:.1f}", f"{s['seconds_per_item']:.2f}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    return "\n".join("  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+                     for row in rows)
+
+
+def _load_items(args) -> list | None:
+    from cap_app.commands.refine import read_jsonl_items
+
+    items = []
+    for number, item, detail in read_jsonl_items(args.input, draft_key=args.draft_key):
+        if item is not None and item.gold is None:
+            item, detail = None, "no gold answer (gold, ground_truth or answer)"
+        if item is None:
+            print(f"{args.input}:{number}: skipped: {detail}", file=sys.stderr)
+            continue
+        items.append(item)
+        if args.limit is not None and len(items) >= args.limit:
+            break
+    return items
+
+
+def main(args: argparse.Namespace) -> int:
+    if not Path(args.input).is_file():
+        print(f"error: no such input file: {args.input}", file=sys.stderr)
+        return 2
+    if args.limit is not None and args.limit < 1:
+        print("error: --limit must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        configs = {s: dataclass_from_args(RefineConfig, args, strategy=s) for s in dict.fromkeys(args.strategies)}
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    items = _load_items(args)
+    if not items:
+        print(f"error: no usable items in {args.input}", file=sys.stderr)
+        return 2
+
+    from tqdm import tqdm
+
+    from cap_app.commands.refine import load_for_command
+    from cap_app.refine import refine_batch
+
+    model = load_for_command(args)
+    if model is None:
+        return 1
+    summary, per_item = {}, [{"question": i.question, "gold": None, "draft_answer": None, "results": {}}
+                             for i in items]
+    try:
+        for strategy, config in configs.items():
+            results = list(tqdm(refine_batch(items, config, model), total=len(items), desc=strategy,
+                                unit="item", file=sys.stderr))
+            summary[strategy] = summarize(results)
+            for row, result in zip(per_item, results):
+                row.update(gold=result.gold, draft_answer=result.draft_answer)
+                row["results"][strategy] = {
+                    "refined_answer": result.refined_answer, "refined_correct": result.refined_correct,
+                    "draft_correct": result.draft_correct, "verdict": result.verdict, "program": result.program,
+                    "votes": result.votes, "tokens": result.generated_tokens, "ms": result.timings_ms["total"]}
+    except RuntimeError as error:  # the sandbox could not start (SandboxUnavailable) and the like
+        print(f"error: {str(error).splitlines()[0]}", file=sys.stderr)
+        return 1
+    print(format_table(summary))
+    report = {"input": args.input, "draft_key": args.draft_key, "model": model.description,
+              "config": {s: dataclasses.asdict(c) for s, c in configs.items()},
+              "summary": summary, "items": per_item}
+    report_path = Path(args.report)
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    report_path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"report: {report_path}", file=sys.stderr)
+    return 0

@@ -1,0 +1,51 @@
+"""`python -m cap_app export`: annotators' judgements as training data, with an agreement summary.
+
+    python -m cap_app export --format dpo --output prefs.jsonl        # TRL {prompt, chosen, rejected}
+    python -m cap_app export --format kto --output kto.jsonl          # {prompt, completion, label}
+    python -m cap_app export --format csv --output judgements.csv --db /data/annotations.db
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from cap_app.config_args import add_dataclass_arguments, dataclass_from_args
+from cap_app.export import ExportConfig
+
+HELP = "export judgements as DPO/KTO training data or CSV, and print annotator agreement"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_dataclass_arguments(parser, ExportConfig)
+
+
+def main(args: argparse.Namespace) -> int:
+    from cap_app.export import export
+    from cap_app.store import Store, StoreError, default_db_path
+
+    cfg = dataclass_from_args(ExportConfig, args)
+    if not cfg.output:
+        print("error: --output is required", file=sys.stderr)
+        return 2
+    db = Path(cfg.db) if cfg.db else default_db_path()
+    if not db.is_file():
+        print(f"error: no annotation database at {db}", file=sys.stderr)
+        return 2
+    tokenizer = None
+    if cfg.tokenizer:
+        from transformers import AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer, local_files_only=True)
+        except (OSError, ValueError) as exc:
+            print(f"error: cannot load a tokenizer from {cfg.tokenizer}: {str(exc).splitlines()[0]}", file=sys.stderr)
+            return 2
+    try:
+        summary = export(Store(db), cfg.format, cfg.output, tokenizer=tokenizer)
+    except (StoreError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(summary.text())
+    return 0

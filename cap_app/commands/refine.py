@@ -1,0 +1,177 @@
+"""`python -m cap_app refine`: refine one draft, or a JSONL file of them.
+
+    python -m cap_app refine --question "Tom has 3 apples..." --draft "3 + 2 = 6. A: 6"
+    python -m cap_app refine --question ... --draft ... --json          # RefinementResult as JSON
+    python -m cap_app refine --input items.jsonl --output refined.jsonl --strategy vote --n 8
+
+Batch input: one JSON object per line with `question`, `draft` and optionally `gold` (or
+`ground_truth` / `answer`) and `id`; output: one RefinementResult JSON per line (plus `id`).
+The batch is resumable: items whose (question, draft) already appear in the output are
+skipped. A bad line is reported with its number and skipped.
+
+Exit status: 0 on success; 1 when the model or sandbox failed or some input lines were bad;
+2 for unusable arguments or input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from cap_app.config_args import add_dataclass_arguments, dataclass_from_args
+from cap_app.model import ModelConfig
+from cap_app.refine import RefineConfig
+
+HELP = "Refine a chain-of-thought draft with a program: one (--question/--draft) or a JSONL batch (--input/--output)."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    single = parser.add_argument_group("one draft")
+    single.add_argument("--question", help="the math question")
+    single.add_argument("--draft", default="", help="the chain-of-thought draft to check (may be empty)")
+    single.add_argument("--gold", help="the correct answer, if known (adds right/wrong to the result)")
+    single.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    batch = parser.add_argument_group("batch")
+    batch.add_argument("--input", help="JSONL file of {question, draft[, gold, id]} objects")
+    batch.add_argument("--output", help="JSONL file to append results to (resumable)")
+    add_dataclass_arguments(parser, ModelConfig)
+    add_dataclass_arguments(parser, RefineConfig)
+
+
+def format_result(result) -> str:
+    """A readable summary of a RefinementResult."""
+    lines = [f"draft answer:   {result.draft_answer if result.draft_answer is not None else '(none found)'}"]
+    for index, candidate in enumerate(result.candidates):
+        marker = " (chosen)" if index == result.chosen and len(result.candidates) > 1 else ""
+        lines.append(f"program {index + 1}{marker}:")
+        lines += ["    " + line for line in candidate.program.splitlines()]
+        execution = candidate.execution
+        outcome = f"printed {execution.answer}" if execution.ok else execution.error or execution.status
+        lines.append(f"  -> {execution.status} in {execution.duration_ms:.0f} ms: {outcome}")
+    if len(result.votes) > 1 or result.strategy in ("vote", "cot+cap"):
+        lines.append("votes:          " + (", ".join(f"{a} x{n}" for a, n in result.votes.items()) or "(none)"))
+    lines.append(f"refined answer: {result.refined_answer if result.refined_answer is not None else '(none)'}")
+    lines.append(f"verdict:        {result.verdict.replace('_', ' ')}")
+    if result.gold is not None:
+        lines.append(f"gold answer:    {result.gold} (draft {'right' if result.draft_correct else 'wrong'}, "
+                     f"refined {'right' if result.refined_correct else 'wrong'})")
+    lines.append(f"model: {result.model}; {result.generated_tokens} tokens, {result.timings_ms['total'] / 1000:.1f} s")
+    return "\n".join(lines)
+
+
+def read_jsonl_items(path: str, *, draft_key: str = "draft"):
+    """(line number, RefineItem, record) for good lines and (line number, None, error) for bad ones."""
+    from cap_app.refine import InputError, item_from_record
+
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                yield number, item_from_record(record, draft_key=draft_key), record
+            except json.JSONDecodeError as error:
+                yield number, None, f"not valid JSON ({error.msg})"
+            except InputError as error:
+                yield number, None, str(error)
+
+
+def _done_keys(path: Path) -> set[tuple[str, str]]:
+    """(question, draft) of results already in the output; a torn last line is cut off."""
+    if not path.exists():
+        return set()
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):  # interrupted mid-write: drop the partial line
+        data = data[:data.rfind(b"\n") + 1]
+        path.write_bytes(data)
+    keys = set()
+    for line in data.decode("utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+            keys.add((record["question"], record["draft"]))
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+    return keys
+
+
+def _run_batch(args, config: RefineConfig, model) -> int:
+    from tqdm import tqdm
+
+    from cap_app.refine import refine_batch
+
+    output = Path(args.output)
+    done = _done_keys(output)
+    todo, ids, bad, skipped = [], [], 0, 0
+    for number, item, detail in read_jsonl_items(args.input):
+        if item is None:
+            print(f"{args.input}:{number}: skipped: {detail}", file=sys.stderr)
+            bad += 1
+        elif (item.question, item.draft) in done:
+            skipped += 1
+        else:
+            done.add((item.question, item.draft))
+            todo.append(item)
+            ids.append(detail.get("id"))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with open(output, "a", encoding="utf-8") as out, tqdm(total=len(todo), desc="refine", unit="item",
+                                                          file=sys.stderr) as progress:
+        for item_id, result in zip(ids, refine_batch(todo, config, model)):
+            record = result.to_dict() | ({"id": item_id} if item_id is not None else {})
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+            out.flush()
+            progress.update()
+    print(f"refined {len(todo)}, already done {skipped}, bad lines {bad} -> {output}", file=sys.stderr)
+    return 1 if bad else 0
+
+
+def main(args: argparse.Namespace) -> int:
+    batch = args.input is not None or args.output is not None
+    if batch and (args.input is None or args.output is None):
+        print("error: batch mode needs both --input and --output", file=sys.stderr)
+        return 2
+    if not batch and args.question is None:
+        print("error: give --question (and --draft), or --input and --output", file=sys.stderr)
+        return 2
+    if batch and not Path(args.input).is_file():
+        print(f"error: no such input file: {args.input}", file=sys.stderr)
+        return 2
+    try:
+        config = dataclass_from_args(RefineConfig, args)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+    from cap_app.refine import InputError, refine, validate_inputs
+
+    if not batch:
+        try:
+            validate_inputs(args.question, args.draft)
+        except InputError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+    model = load_for_command(args)
+    if model is None:
+        return 1
+    try:
+        if batch:
+            return _run_batch(args, config, model)
+        result = refine(args.question, args.draft, gold=args.gold, config=config, model=model)
+    except RuntimeError as error:  # the sandbox could not start (SandboxUnavailable) and the like
+        print(f"error: {str(error).splitlines()[0]}", file=sys.stderr)
+        return 1
+    print(json.dumps(result.to_dict(), ensure_ascii=False) if args.json else format_result(result))
+    return 0
+
+
+def load_for_command(args: argparse.Namespace):
+    """The model the options ask for, or None after printing why it could not be loaded."""
+    from cap_app.model import ModelLoadError, get_model, quiet_library_output
+
+    quiet_library_output()
+    try:
+        return get_model(dataclass_from_args(ModelConfig, args))
+    except ModelLoadError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return None

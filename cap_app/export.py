@@ -1,0 +1,293 @@
+"""Turn annotators' judgements into training data (TRL preference / KTO JSONL), a CSV, and an
+agreement summary.
+
+The paper's second stage trains on correct vs incorrect programs for the same (question,
+draft); that is exactly a DPO pair here: a program judged correct against one judged wrong.
+Prompts and completions come from cap_app.prompts, the same text the engine and SFT use. By
+default the prompt is the conversational form (the CaP messages), which trl renders with the
+chat template of whichever model it trains, and rows carry the `meta` that
+`python -m cap_app train dpo` reads (docs/data_formats.md); with a tokenizer the prompt is that
+tokenizer's exact prompt text (`format_prompt`). Both are formats trl's DPOTrainer and
+KTOTrainer accept (https://huggingface.co/docs/trl/dataset_formats).
+
+A refinement's label is the annotators' consensus on "refinement correct": yes when someone
+said yes and nobody said no, wrong when the reverse; conflicts and "unsure" are left out.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import itertools
+import json
+import os
+import tempfile
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from cap_app.prompts import build_messages, format_completion, format_prompt
+from cap_app.results import RefinementResult
+from cap_app.store import CORRECT_CHOICES, JudgedRow, Store
+
+FORMATS = ("dpo", "kto", "csv")
+CSV_COLUMNS = (
+    "batch", "item", "line", "question", "draft", "gold", "refinement_id", "refinement_source",
+    "strategy", "model", "program", "refined_answer", "draft_answer", "annotator", "correct",
+    "vs_draft", "first_wrong_step", "note", "judged_at",
+)
+_SPREADSHEET_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+@dataclasses.dataclass
+class ExportConfig:
+    db: str | None = dataclasses.field(
+        default=None, metadata={"help": "annotation database (default: $CAP_DB_PATH, /data/annotations.db on Spaces, "
+                                      "else ./annotations.db)"})
+    format: str = dataclasses.field(
+        default="dpo", metadata={"help": "dpo: {prompt, chosen, rejected}; kto: {prompt, completion, label}; "
+                                         "csv: every current judgement", "choices": FORMATS})
+    output: str = dataclasses.field(default="", metadata={"help": "file to write, JSONL or CSV (required)"})
+    tokenizer: str | None = dataclasses.field(
+        default=None, metadata={"help": "local tokenizer folder: write prompts as its exact chat-template text "
+                                      "instead of conversational messages"})
+
+
+@dataclasses.dataclass(frozen=True)
+class Labeled:
+    """One judged program with the consensus label of its refinement."""
+
+    question: str
+    draft: str
+    gold: str | None
+    program: str
+    correct: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Agreement:
+    """Cohen's kappa of two annotators on one judgement field, over the refinements both judged."""
+
+    annotator_a: str
+    annotator_b: str
+    field: str
+    shared: int
+    kappa: float | None  # None when undefined (both gave one and the same label throughout)
+
+
+@dataclasses.dataclass
+class ExportSummary:
+    judgements: int
+    annotators: list[str]
+    labeled_programs: int
+    conflicts: int  # refinements that annotators judged both correct and wrong
+    without_program: int  # judged yes/no, but the model wrote no program to train on
+    agreements: list[Agreement]
+    label_counts: dict[str, Counter]  # annotator -> Counter of "correct" labels
+    rows_written: int = 0
+    output: str = ""
+
+    def text(self) -> str:
+        lines = []
+        if self.output:
+            lines.append(f"wrote {self.rows_written} rows to {self.output}")
+        lines.append(f"{self.judgements} current judgements by {len(self.annotators)} annotators; "
+                     f"{self.labeled_programs} programs with a yes/no consensus, {self.conflicts} conflicting, "
+                     f"{self.without_program} judged refinements without a program")
+        for name in self.annotators:
+            counts = self.label_counts[name]
+            lines.append(f"  {name}: " + ", ".join(f"{label} {counts[label]}" for label in CORRECT_CHOICES))
+        for a in self.agreements:
+            kappa = "undefined (a single label throughout)" if a.kappa is None else f"{a.kappa:.3f}"
+            lines.append(f"Cohen's kappa {a.annotator_a} vs {a.annotator_b} on '{a.field}' "
+                         f"({a.shared} shared): {kappa}")
+        if not self.agreements:
+            lines.append("agreement: no two annotators judged the same refinement")
+        return "\n".join(lines)
+
+
+def judged_program(result: RefinementResult) -> str | None:
+    """The program an annotator sees and judges: the winning candidate's, else the last attempt's
+    (the same one the side-by-side view and the trace show)."""
+    if result.program is not None:
+        return result.program
+    return result.candidates[-1].program if result.candidates else None
+
+
+def labeled_programs(rows: Iterable[JudgedRow]) -> tuple[list[Labeled], int, int]:
+    """Consensus-labeled programs (deduplicated per question, draft), the number of conflicts, and
+    the number of consensus-labeled refinements with no program (nothing to train on)."""
+    by_refinement: dict[int, tuple[JudgedRow, set[str]]] = {}
+    for row in rows:
+        if row.judgement.correct in ("yes", "no"):
+            by_refinement.setdefault(row.refinement.id, (row, set()))[1].add(row.judgement.correct)
+    labels: dict[tuple[str, str, str | None, str], set[bool]] = defaultdict(set)
+    conflicts = without_program = 0
+    for row, verdicts in by_refinement.values():
+        program = (judged_program(row.refinement.result) or "").strip("\n")
+        if len(verdicts) > 1:
+            conflicts += 1
+        elif not program.strip():
+            without_program += 1
+        else:
+            labels[(row.item.question, row.item.draft, row.item.gold, program)].add(verdicts == {"yes"})
+    labeled = [Labeled(q, d, g, p, next(iter(v))) for (q, d, g, p), v in labels.items() if len(v) == 1]
+    conflicts += sum(1 for v in labels.values() if len(v) > 1)  # one program, judged both ways
+    return labeled, conflicts, without_program
+
+
+def _prompt(tokenizer, question: str, draft: str):
+    return format_prompt(tokenizer, question, draft) if tokenizer is not None else build_messages(question, draft)
+
+
+def _completion(tokenizer, program: str):
+    text = format_completion(program)
+    return text if tokenizer is not None else [{"role": "assistant", "content": text}]
+
+
+def _meta(entry: Labeled) -> dict:
+    """What `python -m cap_app train` reads besides the trl columns (docs/data_formats.md)."""
+    return {"question": entry.question, "draft": entry.draft, "gold": entry.gold, "source": "annotations"}
+
+
+def dpo_rows(labeled: list[Labeled], tokenizer=None) -> Iterator[dict]:
+    """{prompt, chosen, rejected}: every correct program against every wrong one for the same (question, draft)."""
+    groups: dict[tuple[str, str], list[Labeled]] = defaultdict(list)
+    for entry in labeled:
+        groups[(entry.question, entry.draft)].append(entry)
+    for entries in groups.values():
+        good = [e for e in entries if e.correct]
+        bad = [e for e in entries if not e.correct]
+        for chosen, rejected in itertools.product(good, bad):
+            yield {
+                "prompt": _prompt(tokenizer, chosen.question, chosen.draft),
+                "chosen": _completion(tokenizer, chosen.program),
+                "rejected": _completion(tokenizer, rejected.program),
+                "meta": _meta(chosen),
+            }
+
+
+def kto_rows(labeled: list[Labeled], tokenizer=None) -> Iterator[dict]:
+    """{prompt, completion, label}: one row per labeled program (unpaired preference data)."""
+    for entry in labeled:
+        yield {
+            "prompt": _prompt(tokenizer, entry.question, entry.draft),
+            "completion": _completion(tokenizer, entry.program),
+            "label": entry.correct,
+            "meta": _meta(entry),
+        }
+
+
+def csv_row(row: JudgedRow) -> dict:
+    result, judgement = row.refinement.result, row.judgement
+    values = {
+        "batch": row.batch_name, "item": row.item.position + 1, "line": row.item.line,
+        "question": row.item.question, "draft": row.item.draft, "gold": row.item.gold,
+        "refinement_id": row.refinement.id, "refinement_source": row.refinement.source,
+        "strategy": result.strategy, "model": result.model, "program": judged_program(result),
+        "refined_answer": result.refined_answer, "draft_answer": result.draft_answer,
+        "annotator": judgement.annotator, "correct": judgement.correct, "vs_draft": judgement.vs_draft,
+        "first_wrong_step": judgement.first_wrong_step, "note": judgement.note, "judged_at": judgement.created_at,
+    }
+    return {key: _spreadsheet_safe(value) for key, value in values.items()}
+
+
+def _spreadsheet_safe(value):
+    """Quote text a spreadsheet would run as a formula (CSV injection); numbers stay numbers."""
+    if isinstance(value, str) and value.startswith(_SPREADSHEET_FORMULA_START):
+        try:
+            float(value)
+        except ValueError:
+            return "'" + value
+    return value
+
+
+def cohen_kappa(labels_a: list[str], labels_b: list[str]) -> float | None:
+    """Cohen's kappa, (p_o - p_e) / (1 - p_e); None when p_e == 1 (it is undefined)."""
+    n = len(labels_a)
+    if n == 0 or n != len(labels_b):
+        raise ValueError("kappa needs two equally long, non-empty label lists")
+    observed = sum(a == b for a, b in zip(labels_a, labels_b)) / n
+    count_a, count_b = Counter(labels_a), Counter(labels_b)
+    expected = sum(count_a[label] * count_b[label] for label in count_a) / (n * n)
+    if expected == 1:
+        return None
+    return (observed - expected) / (1 - expected)
+
+
+def agreements(rows: Iterable[JudgedRow]) -> list[Agreement]:
+    """Kappa for every pair of annotators with shared refinements, on 'correct' and on 'vs_draft'."""
+    by_field: dict[str, dict[str, dict[int, str]]] = {"correct": defaultdict(dict), "vs_draft": defaultdict(dict)}
+    for row in rows:
+        for field in by_field:
+            value = getattr(row.judgement, field)
+            if value is not None:
+                by_field[field][row.judgement.annotator][row.refinement.id] = value
+    out = []
+    for field, per_annotator in by_field.items():
+        for a, b in itertools.combinations(sorted(per_annotator), 2):
+            shared = sorted(per_annotator[a].keys() & per_annotator[b].keys())
+            if shared:
+                kappa = cohen_kappa([per_annotator[a][k] for k in shared], [per_annotator[b][k] for k in shared])
+                out.append(Agreement(a, b, field, len(shared), kappa))
+    return out
+
+
+def summarize(store: Store) -> ExportSummary:
+    rows = list(store.current_judgements())
+    labeled, conflicts, without_program = labeled_programs(rows)
+    label_counts: dict[str, Counter] = defaultdict(Counter)
+    for row in rows:
+        label_counts[row.judgement.annotator][row.judgement.correct or "none"] += 1
+    return ExportSummary(
+        judgements=len(rows), annotators=sorted(label_counts), labeled_programs=len(labeled),
+        conflicts=conflicts, without_program=without_program, agreements=agreements(rows),
+        label_counts=dict(label_counts),
+    )
+
+
+def label_counts_figure(summary: ExportSummary):
+    """A grouped bar chart of each annotator's 'refinement correct' labels."""
+    import plotly.graph_objects as go
+
+    from cap_app.charts import safe_label  # annotator names are untrusted text
+
+    figure = go.Figure()
+    for name in summary.annotators:
+        counts = summary.label_counts[name]
+        figure.add_bar(name=safe_label(name), x=list(CORRECT_CHOICES), y=[counts[label] for label in CORRECT_CHOICES])
+    figure.update_layout(barmode="group", title="Refinement correct? Labels per annotator",
+                         xaxis_title="label", yaxis_title="judgements", legend_title="annotator",
+                         height=320, margin=dict(l=40, r=20, t=50, b=40))
+    return figure
+
+
+def export(store: Store, fmt: str, output: str | os.PathLike, *, tokenizer=None) -> ExportSummary:
+    """Write `fmt` (dpo, kto or csv) to `output` atomically and return the summary."""
+    if fmt not in FORMATS:
+        raise ValueError(f"Unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}.")
+    summary = summarize(store)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            if fmt == "csv":
+                writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS)
+                writer.writeheader()
+                for row in store.current_judgements():
+                    writer.writerow(csv_row(row))
+                    summary.rows_written += 1
+            else:
+                labeled = labeled_programs(store.current_judgements())[0]
+                rows = dpo_rows(labeled, tokenizer) if fmt == "dpo" else kto_rows(labeled, tokenizer)
+                for row in rows:
+                    fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    summary.rows_written += 1
+        os.replace(tmp, output)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    summary.output = str(output)
+    return summary
+

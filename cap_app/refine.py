@@ -1,0 +1,319 @@
+"""Refine a (question, draft) pair: generate program(s), run them in the sandbox, pick an answer.
+
+Strategies (`RefineConfig.strategy`):
+- `greedy`: one program, greedy decoding.
+- `vote`: N sampled programs are run; the majority answer wins, ties broken by the programs'
+  mean token log-prob.
+- `cot+cap`: as `vote`, and the draft's own answer counts as one more vote (a tie between the
+  draft alone and programs goes to the programs).
+- `repair`: one greedy program; when it fails (error, timeout, no answer), the error goes back to
+  the model as the next chat turn, for up to `repair_rounds` more tries.
+
+`refine_stream` yields events while it works (the app streams the program as it is written),
+`refine_batch` batches generation across items (the CLI), and `refine` is one batched item. The
+model is only touched through `cap_app.generate`; the sandbox runs outside that, so a Space can
+wrap the generate functions with `spaces.GPU` alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+import unicodedata
+from collections.abc import Iterable, Iterator
+from typing import Literal
+
+from cap_app import generate
+from cap_app.answers import answers_equal, extract_draft_answer, normalize_answer
+from cap_app.generate import Generation, GenerationConfig
+from cap_app.model import LoadedModel, get_model
+from cap_app.program import extract_program
+from cap_app.prompts import format_prompt, format_repair_prompt
+from cap_app.results import Candidate, RefinementResult
+from cap_app.sandbox.result import ExecResult
+
+STRATEGIES = ("greedy", "vote", "cot+cap", "repair")
+MAX_QUESTION_CHARS = 4000
+MAX_DRAFT_CHARS = 8000
+_ALLOWED_CONTROL = {"\n", "\r", "\t"}
+
+
+class InputError(ValueError):
+    """A question or draft that cannot be refined; the message says why, in one line."""
+
+
+@dataclasses.dataclass
+class RefineConfig:
+    # What to generate
+    strategy: str = dataclasses.field(default="greedy", metadata={
+        "help": "greedy: one program; vote: majority of N sampled programs; cot+cap: vote with the "
+                "draft's answer as one more vote; repair: feed errors back to the model",
+        "choices": STRATEGIES})
+    n: int = dataclasses.field(default=4, metadata={"help": "programs sampled by vote and cot+cap"})
+    repair_rounds: int = dataclasses.field(default=2, metadata={
+        "help": "most extra tries the repair strategy gives a failing program"})
+    # How to sample (greedy and repair always decode greedily)
+    temperature: float = dataclasses.field(default=0.7, metadata={
+        "help": "sampling temperature for vote and cot+cap"})
+    top_p: float = dataclasses.field(default=0.95, metadata={"help": "nucleus sampling mass for vote and cot+cap"})
+    max_new_tokens: int = dataclasses.field(default=400, metadata={"help": "longest program, in tokens"})
+    seed: int = dataclasses.field(default=0, metadata={"help": "random seed for sampling"})
+    batch_size: int = dataclasses.field(default=8, metadata={
+        "help": "most sequences generated together (batch refinement groups items up to this)"})
+    # How to run the programs
+    timeout_s: float = dataclasses.field(default=5.0, metadata={"help": "sandbox time limit per program, seconds"})
+    memory_mb: int = dataclasses.field(default=512, metadata={"help": "sandbox memory limit per program, MiB"})
+    trace: bool = dataclasses.field(default=True, metadata={
+        "help": "record each program's line-by-line trace (the app shows it)"})
+
+    def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy '{self.strategy}'; choose one of {', '.join(STRATEGIES)}")
+        if self.n < 1 or self.repair_rounds < 0 or self.timeout_s <= 0 or self.memory_mb < 16:
+            raise ValueError("n must be >= 1, repair_rounds >= 0, timeout_s > 0 and memory_mb >= 16")
+        self.generation_config()  # validates the sampling settings
+
+    @property
+    def samples(self) -> bool:
+        return self.strategy in ("vote", "cot+cap")
+
+    def generation_config(self) -> GenerationConfig:
+        return GenerationConfig(
+            temperature=self.temperature if self.samples else 0.0, top_p=self.top_p,
+            max_new_tokens=self.max_new_tokens, seed=self.seed, n=self.n if self.samples else 1,
+            batch_size=self.batch_size)
+
+
+@dataclasses.dataclass
+class RefineItem:
+    question: str
+    draft: str
+    gold: str | None = None
+
+
+@dataclasses.dataclass
+class RefineEvent:
+    """Progress of `refine_stream`: `token` (new program text of candidate N), `program` (the
+    program pulled out of it), `executed` (its sandbox result), then one `done` with the result."""
+
+    kind: Literal["token", "program", "executed", "done"]
+    candidate: int
+    text: str = ""
+    result: RefinementResult | None = None
+    execution: ExecResult | None = None
+
+
+def validate_inputs(question: object, draft: object) -> None:
+    """Raise InputError unless question and draft are text that can be refined (the draft may be empty)."""
+    for name, value, limit in (("question", question, MAX_QUESTION_CHARS), ("draft", draft, MAX_DRAFT_CHARS)):
+        if not isinstance(value, str):
+            raise InputError(f"the {name} must be text")
+        if len(value) > limit:
+            raise InputError(f"the {name} is too long ({len(value):,} characters; the limit is {limit:,})")
+        if any(unicodedata.category(c) in ("Cc", "Cs", "Co") and c not in _ALLOWED_CONTROL for c in value):
+            raise InputError(f"the {name} contains control characters; paste plain text")
+    if not question.strip():
+        raise InputError("the question is empty")
+
+
+GOLD_KEYS = ("gold", "ground_truth", "answer")
+
+
+def item_from_record(record: object, *, draft_key: str = "draft") -> RefineItem:
+    """A RefineItem from one JSON record: `question`, the draft under `draft_key` (text, or an
+    object with a `solution` as in data/gsm8k/model_drafts_dev.jsonl; `draft_key="none"` means
+    no draft), and the gold answer from `gold`, `ground_truth` or `answer` when present."""
+    if not isinstance(record, dict):
+        raise InputError("expected a JSON object")
+    if "question" not in record:
+        raise InputError("missing 'question'")
+    draft = "" if draft_key == "none" else record.get(draft_key)
+    if isinstance(draft, dict):
+        draft = draft.get("solution")
+    if draft is None:
+        others = sorted(k for k, v in record.items() if isinstance(v, dict) and "solution" in v)
+        hint = f" (drafts in this record: {', '.join(others)}; pick one with --draft-key)" if others else ""
+        raise InputError(f"missing '{draft_key}'{hint}")
+    gold = next((record[k] for k in GOLD_KEYS if isinstance(record.get(k), (str, int, float))), None)
+    item = RefineItem(record["question"], draft, None if gold is None else str(gold))
+    validate_inputs(item.question, item.draft)
+    return item
+
+
+class _ItemState:
+    """One item while it is being refined: its candidates so far and its bookkeeping."""
+
+    def __init__(self, item: RefineItem):
+        self.item = item
+        self.candidates: list[Candidate] = []
+        self.timings = {"generate": 0.0, "execute": 0.0}
+        self.prompt_tokens = 0
+
+    def prompt(self, tokenizer) -> str:
+        failed = [(c.program, _failure(c.execution)) for c in self.candidates]
+        if failed:
+            return format_repair_prompt(tokenizer, self.item.question, self.item.draft, failed)
+        return format_prompt(tokenizer, self.item.question, self.item.draft)
+
+    def needs_repair(self, config: RefineConfig) -> bool:
+        rounds_done = len(self.candidates) - 1
+        return (config.strategy == "repair" and self.candidates[-1].answer is None
+                and rounds_done < config.repair_rounds)
+
+    def add(self, generation: Generation, program: str, execution: ExecResult, round_: int) -> int:
+        self.candidates.append(Candidate(
+            text=generation.text, program=program, execution=execution,
+            answer=normalize_answer(execution.answer) if execution.ok else None,
+            logprob=generation.mean_logprob, tokens=generation.new_tokens, round=round_))
+        return len(self.candidates) - 1
+
+
+def _failure(execution: ExecResult) -> str:
+    if execution.ok:
+        return "it ran but printed no answer; print the final answer on the last line"
+    return execution.error or f"it stopped with status '{execution.status}'"
+
+
+def _run(program: str, config: RefineConfig) -> ExecResult:
+    from cap_app.sandbox import run_program
+
+    return run_program(program, timeout_s=config.timeout_s, memory_mb=config.memory_mb, trace=config.trace)
+
+
+def _count_votes(state: _ItemState, draft_answer: str | None, strategy: str):
+    """Group equivalent answers; return (votes, chosen candidate, refined answer)."""
+    groups: list[dict] = []  # {"answer", "members": [candidate index], "draft": bool}
+
+    def group_for(answer: str) -> dict:
+        for group in groups:
+            if answers_equal(group["answer"], answer):
+                return group
+        groups.append({"answer": answer, "members": [], "draft": False})
+        return groups[-1]
+
+    for index, candidate in enumerate(state.candidates):
+        if candidate.answer is not None:
+            group_for(candidate.answer)["members"].append(index)
+    if strategy == "cot+cap" and draft_answer is not None:
+        group_for(draft_answer)["draft"] = True
+    if not groups:
+        return {}, None, None
+
+    def logprob(index: int) -> float:
+        value = state.candidates[index].logprob
+        return float("-inf") if value is None else value
+
+    votes = {g["answer"]: len(g["members"]) + g["draft"] for g in groups}
+    winner = max(groups, key=lambda g: (len(g["members"]) + g["draft"], bool(g["members"]),
+                                        max(map(logprob, g["members"]), default=float("-inf"))))
+    chosen = max(winner["members"], key=logprob, default=None)
+    return votes, chosen, winner["answer"]
+
+
+def _result(state: _ItemState, config: RefineConfig, model_name: str) -> RefinementResult:
+    item = state.item
+    draft_answer = extract_draft_answer(item.draft)
+    if config.strategy in ("vote", "cot+cap"):
+        votes, chosen, refined = _count_votes(state, draft_answer, config.strategy)
+    else:
+        answered = [i for i, c in enumerate(state.candidates) if c.answer is not None]
+        chosen = answered[-1] if answered else None
+        refined = state.candidates[chosen].answer if chosen is not None else None
+        votes = {refined: 1} if refined is not None else {}
+    gold = extract_draft_answer(item.gold) if item.gold else None
+    return RefinementResult(
+        question=item.question, draft=item.draft, draft_answer=draft_answer, strategy=config.strategy,
+        candidates=state.candidates, chosen=chosen, refined_answer=refined, votes=votes,
+        verdict="no_answer" if refined is None else ("agrees" if answers_equal(refined, draft_answer) else "disagrees"),
+        gold=gold,
+        draft_correct=answers_equal(draft_answer, gold) if gold is not None else None,
+        refined_correct=answers_equal(refined, gold) if gold is not None else None,
+        timings_ms={**state.timings, "total": state.timings["generate"] + state.timings["execute"]},
+        prompt_tokens=state.prompt_tokens,
+        generated_tokens=sum(c.tokens for c in state.candidates),
+        model=model_name)
+
+
+def _ms_since(start: float) -> float:
+    return (time.perf_counter() - start) * 1000
+
+
+def refine_batch(items: Iterable[RefineItem], config: RefineConfig | None = None,
+                 model: LoadedModel | None = None) -> Iterator[RefinementResult]:
+    """Refine many items, yielding results in input order as each group finishes.
+
+    Items are generated together, `config.batch_size` sequences at a time; a group's generation
+    time is shared equally among its items in `timings_ms`. Each item must pass validate_inputs.
+    """
+    config = config or RefineConfig()
+    loaded = model or get_model()
+    generation_config = config.generation_config()
+    per_group = max(1, config.batch_size // generation_config.n)
+    items = list(items)
+    for item in items:
+        validate_inputs(item.question, item.draft)
+    for start in range(0, len(items), per_group):
+        states = [_ItemState(item) for item in items[start:start + per_group]]
+        pending, round_ = states, 0
+        while pending:
+            began = time.perf_counter()
+            groups = generate.generate_batch(loaded, [s.prompt(loaded.tokenizer) for s in pending], generation_config)
+            share = _ms_since(began) / len(pending)
+            for state, generations in zip(pending, groups):
+                state.timings["generate"] += share
+                state.prompt_tokens += sum(g.prompt_tokens for g in generations)
+                for generation in generations:
+                    began = time.perf_counter()
+                    program = extract_program(generation.text)
+                    state.add(generation, program, _run(program, config), round_)
+                    state.timings["execute"] += _ms_since(began)
+            pending = [s for s in pending if s.needs_repair(config)]
+            round_ += 1
+        yield from (_result(state, config, loaded.description) for state in states)
+
+
+def refine(question: str, draft: str, *, gold: str | None = None, config: RefineConfig | None = None,
+           model: LoadedModel | None = None) -> RefinementResult:
+    """Refine one draft (raises InputError for unusable input)."""
+    validate_inputs(question, draft)
+    return next(refine_batch([RefineItem(question, draft, gold)], config, model))
+
+
+def refine_stream(question: str, draft: str, *, gold: str | None = None, config: RefineConfig | None = None,
+                  model: LoadedModel | None = None,
+                  cancel: threading.Event | None = None) -> Iterator[RefineEvent]:
+    """Refine one draft, yielding RefineEvents as programs are written and run.
+
+    When `cancel` is set, generation stops at the next token and the stream ends without `done`.
+    """
+    validate_inputs(question, draft)
+    config = config or RefineConfig()
+    loaded = model or get_model()
+    generation_config = config.generation_config()
+    state, round_ = _ItemState(RefineItem(question, draft, gold)), 0
+    while True:
+        began, generations = time.perf_counter(), []
+        first = len(state.candidates)
+        for chunk in generate.generate_stream(loaded, [state.prompt(loaded.tokenizer)], generation_config,
+                                              cancel=cancel):
+            if chunk.generations is None:
+                yield RefineEvent("token", first + chunk.row, chunk.text)
+            else:
+                generations = chunk.generations[0]
+        state.timings["generate"] += _ms_since(began)
+        if cancel is not None and cancel.is_set():
+            return
+        state.prompt_tokens += sum(g.prompt_tokens for g in generations)
+        for generation in generations:
+            program = extract_program(generation.text)
+            yield RefineEvent("program", len(state.candidates), program)
+            began = time.perf_counter()
+            execution = _run(program, config)
+            state.timings["execute"] += _ms_since(began)
+            index = state.add(generation, program, execution, round_)
+            yield RefineEvent("executed", index, execution.stdout, execution=execution)
+        if not state.needs_repair(config):
+            break
+        round_ += 1
+    yield RefineEvent("done", -1, result=_result(state, config, loaded.description))

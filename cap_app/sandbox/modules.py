@@ -1,0 +1,156 @@
+"""The importable modules of the sandbox, each served as a facade exposing only chosen names.
+
+A real module object must never reach a program: from any module a program could walk to
+`sys.modules` (e.g. `fractions.sys.modules['os']`). A `Facade` is a plain read-only namespace
+holding the allowed functions and classes themselves, never a module. sympy is the one library
+whose functions and objects parse strings with `eval` (`sympify`), so every sympy callable a
+program can reach is wrapped to refuse string arguments (see `no_strings`), and the policy's
+`_getattr_` wraps methods of sympy objects the same way.
+"""
+
+from __future__ import annotations
+
+import _strptime  # noqa: F401 (imported lazily by datetime.strptime; children cannot import)
+import collections
+import datetime
+import decimal
+import fractions
+import functools
+import heapq  # noqa: F401 (imported lazily by Counter.most_common)
+import itertools
+import math
+import statistics
+import types
+from typing import Any, Callable
+
+
+class Facade:
+    """A read-only stand-in for a module: only the names it was built with exist."""
+
+    __slots__ = ("_facade_name", "_facade_members")
+
+    def __init__(self, name: str, members: dict[str, Any]):
+        for value in members.values():
+            if isinstance(value, types.ModuleType):
+                raise TypeError(f"facade {name!r} must not expose a module")
+        object.__setattr__(self, "_facade_name", name)
+        object.__setattr__(self, "_facade_members", dict(members))
+
+    def __getattr__(self, attr: str) -> Any:
+        members = object.__getattribute__(self, "_facade_members")
+        if attr.startswith("_") or attr not in members:
+            name = object.__getattribute__(self, "_facade_name")
+            raise AttributeError(f"module '{name}' has no attribute '{attr}' in the sandbox")
+        return members[attr]
+
+    def __setattr__(self, attr: str, value: Any) -> None:
+        raise AttributeError("modules are read-only in the sandbox")
+
+    def __repr__(self) -> str:
+        return f"<module '{object.__getattribute__(self, '_facade_name')}'>"
+
+
+
+def facade_names(facade: Facade) -> frozenset[str]:
+    """The names a facade exposes (kept off the class so programs cannot call it)."""
+    return frozenset(object.__getattribute__(facade, "_facade_members"))
+
+
+def contains_string(value: Any, depth: int = 0) -> bool:
+    """True when `value` is or holds (in lists, tuples, sets, dicts) a str."""
+    if isinstance(value, str):
+        return True
+    if depth > 20:  # a deeper structure is refused as if it held a string
+        return True
+    if isinstance(value, dict):
+        return any(contains_string(k, depth + 1) or contains_string(v, depth + 1) for k, v in value.items())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return any(contains_string(item, depth + 1) for item in value)
+    return False
+
+
+def no_strings(func: Callable, name: str) -> Callable:
+    """Wrap a sympy callable so that strings (which sympy would `eval`) are refused."""
+
+    @functools.wraps(func)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        if contains_string(args) or contains_string(kwargs):
+            raise TypeError(f"sympy's {name}() does not accept text in the sandbox; build expressions from symbols()")
+        return func(*args, **kwargs)
+
+    return guarded
+
+
+def is_sympy_object(obj: Any) -> bool:
+    """Objects (and classes) defined by sympy, whose methods may parse strings."""
+    cls = obj if isinstance(obj, type) else type(obj)
+    return getattr(cls, "__module__", "").startswith(("sympy", "mpmath"))
+
+
+def _public(module: types.ModuleType, *, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {name: getattr(module, name) for name in dir(module)
+            if not name.startswith("_") and name not in skip
+            and not isinstance(getattr(module, name), types.ModuleType)}
+
+
+# symbols()/Symbol() read their string as names, never as code: the only sympy entry points
+# that may take text.
+_SYMPY_NAME_READERS = ("symbols", "Symbol")
+# A subset for algebra on word problems; no sympify/parse_expr/lambdify/eval-like entry points.
+_SYMPY_NAMES = (
+    "Abs", "E", "Eq", "Float", "Integer", "Rational", "binomial", "ceiling", "divisors", "expand",
+    "factor", "factorial", "factorint", "floor", "gcd", "isprime", "lcm", "linsolve", "N",
+    "nsimplify", "oo", "pi", "prime", "primefactors", "Matrix", "simplify", "solve", "sqrt",
+    "Sum", "summation",
+)
+
+
+def _sympy_members() -> dict[str, Any]:
+    import sympy  # only in the zygote that serves sympy programs: it makes forks ~10x slower
+
+    members: dict[str, Any] = {name: getattr(sympy, name) for name in _SYMPY_NAME_READERS}
+    for name in _SYMPY_NAMES:
+        value = getattr(sympy, name)
+        members[name] = no_strings(value, name) if callable(value) else value
+    return members
+
+
+def build_facades() -> dict[str, Facade]:
+    """The allowlist of importable names: module name -> facade (sympy: `enable_sympy`)."""
+    return {
+        # Pure functions on numbers; math holds no module references.
+        "math": Facade("math", _public(math)),
+        # Exact arithmetic on fractions of integers.
+        "fractions": Facade("fractions", {"Fraction": fractions.Fraction}),
+        # Decimal money arithmetic; contexts only set precision and rounding.
+        "decimal": Facade("decimal", {
+            "Decimal": decimal.Decimal, "getcontext": decimal.getcontext, "localcontext": decimal.localcontext,
+            **{name: getattr(decimal, name) for name in dir(decimal) if name.startswith("ROUND_")},
+        }),
+        # Descriptive statistics; functions only (no random sampling, no I/O).
+        "statistics": Facade("statistics", {name: getattr(statistics, name) for name in (
+            "mean", "fmean", "median", "median_low", "median_high", "mode", "multimode",
+            "pstdev", "pvariance", "stdev", "variance", "harmonic_mean", "geometric_mean")}),
+        # Combinatorics and iteration helpers; all are C iterators over given data.
+        "itertools": Facade("itertools", _public(itertools)),
+        # reduce only: partial/lru_cache wrap callables in ways the trace cannot follow.
+        "functools": Facade("functools", {"reduce": functools.reduce}),
+        # Counting containers (dict subclasses).
+        "collections": Facade("collections", {
+            "Counter": collections.Counter, "defaultdict": collections.defaultdict,
+            "OrderedDict": collections.OrderedDict, "deque": collections.deque}),
+        # Calendar arithmetic for date word problems.
+        "datetime": Facade("datetime", {
+            "date": datetime.date, "datetime": datetime.datetime, "timedelta": datetime.timedelta}),
+    }
+
+
+FACADES = build_facades()
+# A program naming none of these runs in the light zygote; one that does, in the zygote that
+# called `enable_sympy`.
+SLOW_MODULES = frozenset({"sympy"})
+
+
+def enable_sympy() -> None:
+    """Add the sympy facade (algebra subset, string arguments refused; see module docstring)."""
+    FACADES["sympy"] = Facade("sympy", _sympy_members())

@@ -1,0 +1,204 @@
+"""`run_program`: the sandbox's public entry point, the client side of the zygote.
+
+Each calling process starts its own zygote (`zygote.py`) on first use and talks to it over a
+Unix socket in a private temporary directory, one connection per run, so any number of threads
+can run programs at once. If the zygote dies it is restarted and the run retried once. This
+process holds the write end of the zygote's stdin: when it exits for any reason (even killed),
+the zygote reads end-of-file and stops.
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import json
+import os
+import select
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from cap_app.sandbox.config import MAX_PROGRAM_CHARS, SandboxConfig
+from cap_app.sandbox.modules import SLOW_MODULES
+from cap_app.sandbox.result import ExecResult
+
+START_TIMEOUT_S = 120.0  # importing sympy on a busy 2-core machine can take a while
+QUEUE_WAIT_S = 300.0  # on top of the program's own limit: time a run may wait for a free slot
+
+
+class SandboxUnavailable(RuntimeError):
+    """The zygote could not be started or stopped answering."""
+
+
+class SandboxServer:
+    """A handle on this process's zygote; started lazily, restarted when it dies."""
+
+    def __init__(self, with_sympy: bool = False) -> None:
+        self.with_sympy = with_sympy
+        self._lock = threading.Lock()
+        self._process: subprocess.Popen | None = None
+        self._owner_pid = 0
+        self._directory = ""
+
+    @property
+    def socket_path(self) -> str:
+        return os.path.join(self._directory, "zygote.sock")
+
+    def start(self) -> None:
+        """Start the zygote now (otherwise the first run does); idempotent."""
+        with self._lock:
+            if self._process is not None and self._owner_pid == os.getpid() and self._process.poll() is None:
+                return
+            if self._owner_pid == os.getpid():
+                self._stop_locked()
+            self._start_locked()
+
+    def _start_locked(self) -> None:
+        self._directory = tempfile.mkdtemp(prefix="cap-sandbox-")
+        package_root = str(Path(__file__).resolve().parents[2])
+        # A minimal environment: programs must not find this process's secrets (tokens, keys)
+        # in their own memory, even past the policy.
+        env = {"PATH": os.defpath, "LC_ALL": "C.UTF-8", "PYTHONPATH": package_root}
+        if "TZ" in os.environ:
+            env["TZ"] = os.environ["TZ"]
+        command = [sys.executable, "-m", "cap_app.sandbox.zygote", self.socket_path]
+        process = subprocess.Popen(
+            command + (["--sympy"] if self.with_sympy else []),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True,
+        )
+        ready, _, _ = select.select([process.stdout], [], [], START_TIMEOUT_S)
+        line = process.stdout.readline() if ready else b""
+        if line.strip() != b"ready":
+            process.kill()
+            process.wait()
+            shutil.rmtree(self._directory, ignore_errors=True)
+            raise SandboxUnavailable("the sandbox server did not start")
+        self._process, self._owner_pid = process, os.getpid()
+
+    def stop(self) -> None:
+        """Stop the zygote (its children are killed); a later run starts a new one."""
+        with self._lock:
+            if self._owner_pid == os.getpid():
+                self._stop_locked()
+
+    def _stop_locked(self) -> None:
+        process, self._process = self._process, None
+        if process is not None:
+            process.stdin.close()  # the zygote's signal to stop
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            process.stdout.close()
+        if self._directory:
+            shutil.rmtree(self._directory, ignore_errors=True)
+            self._directory = ""
+
+    @property
+    def pid(self) -> int | None:
+        """The zygote's process id while it runs in this process's service, else None."""
+        return self._process.pid if self._alive() and self._owner_pid == os.getpid() else None
+
+    def _alive(self) -> bool:
+        process = self._process
+        return process is not None and process.poll() is None
+
+    def request(self, payload: bytes, wait_limit_s: float) -> dict:
+        """Send one run, wait for its result; raises SandboxUnavailable if the zygote dies."""
+        self.start()
+        chunks: list[bytes] = []
+        waited_since = time.monotonic()
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+                conn.connect(self.socket_path)
+                conn.sendall(payload)
+                conn.shutdown(socket.SHUT_WR)
+                conn.settimeout(1.0)
+                while True:
+                    try:
+                        chunk = conn.recv(1 << 16)
+                    except socket.timeout:
+                        if not self._alive() or time.monotonic() - waited_since > wait_limit_s:
+                            raise SandboxUnavailable("the sandbox server stopped answering") from None
+                        continue
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+        except OSError as exc:
+            raise SandboxUnavailable(f"the sandbox server is unreachable: {exc}") from None
+        try:
+            return json.loads(b"".join(chunks))
+        except ValueError:
+            raise SandboxUnavailable("the sandbox server sent no result") from None
+
+
+_LIGHT = SandboxServer(with_sympy=False)
+_FULL = SandboxServer(with_sympy=True)
+atexit.register(_LIGHT.stop)
+atexit.register(_FULL.stop)
+
+
+def server_for(code: str) -> SandboxServer:
+    """The zygote for this program: the sympy one only if the program names a slow module
+    (an import needs the module's name literally: `__import__` is not reachable)."""
+    return _FULL if any(name in code for name in SLOW_MODULES) else _LIGHT
+
+
+def start_servers(with_sympy: bool = True) -> None:
+    """Start the zygotes now rather than on the first run (e.g. when an app starts)."""
+    _LIGHT.start()
+    if with_sympy:
+        _FULL.start()
+
+
+def server_pids() -> dict[str, int | None]:
+    """Process ids of the zygotes ("light", "sympy"), None when not running: a health check."""
+    return {"light": _LIGHT.pid, "sympy": _FULL.pid}
+
+
+def stop_servers() -> None:
+    """Stop the zygotes (and their running children); later runs start new ones."""
+    _LIGHT.stop()
+    _FULL.stop()
+
+
+def run_program(
+    code: str,
+    *,
+    timeout_s: float = 5.0,
+    memory_mb: int = 512,
+    trace: bool = True,
+    max_output_bytes: int = 64 * 1024,
+    max_trace_steps: int = 1000,
+) -> ExecResult:
+    """Run an untrusted program in a fresh isolated process; never raises for what it does.
+
+    Keyword arguments are the fields of `SandboxConfig` (invalid values raise ValueError:
+    they come from the caller, not the program). Safe from many threads and processes.
+    """
+    config = SandboxConfig(timeout_s=timeout_s, memory_mb=memory_mb, trace=trace,
+                           max_output_bytes=max_output_bytes, max_trace_steps=max_trace_steps)
+    if not isinstance(code, str):
+        return ExecResult(status="rejected", error="the program must be text")
+    if len(code) > MAX_PROGRAM_CHARS:  # checked again in the child; here it saves the trip
+        return ExecResult(status="rejected", error=f"program is too long ({len(code)} characters, limit {MAX_PROGRAM_CHARS})")
+    server = server_for(code)
+    server.start()  # a first run's server start-up is not the program's duration
+    started = time.perf_counter()
+    payload = json.dumps({"code": code, "config": dataclasses.asdict(config)}).encode("utf-8")
+    data = None
+    for _ in range(2):  # one retry: a zygote that died is restarted by `request`
+        try:
+            data = server.request(payload, config.timeout_s + QUEUE_WAIT_S)
+            break
+        except SandboxUnavailable as exc:
+            data = {"status": "error", "error": str(exc)}
+    result = ExecResult.from_dict(data)
+    result.duration_ms = (time.perf_counter() - started) * 1000
+    return result

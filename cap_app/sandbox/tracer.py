@@ -1,0 +1,125 @@
+"""Line trace of a program's own lines: which line ran, and which variables it changed.
+
+`sys.settrace` fires for every Python frame; only frames whose code was compiled from the
+program (filename `PROGRAM_FILENAME`) are followed, so guards, facades and libraries never
+appear. A step is opened when a line starts (keeping execution order across calls) and its
+changes are filled in when the next line of the same frame starts or the frame returns.
+"""
+
+from __future__ import annotations
+
+import reprlib
+import sys
+import types
+from typing import Any
+
+from cap_app.sandbox.modules import Facade
+from cap_app.sandbox.policy import PROGRAM_FILENAME
+
+# Values whose identity tells whether they changed; anything else (lists, dicts, objects) may
+# change in place, so its short repr is compared instead.
+_IMMUTABLE = (int, float, complex, str, bool, type(None), bytes, range, types.FunctionType, Facade)
+
+
+class _ShortRepr(reprlib.Repr):
+    """reprlib with the sandbox's exceptions: huge ints, functions and modules stay short."""
+
+    def __init__(self) -> None:
+        super().__init__()  # Python 3.11's Repr takes no limits as arguments
+        self.maxlevel, self.maxstring, self.maxlong, self.maxother = 3, 60, 40, 60
+        self.maxlist = self.maxtuple = self.maxset = self.maxfrozenset = self.maxdeque = 8
+        self.maxdict = 6
+
+    def repr1(self, obj: Any, level: int) -> str:
+        if isinstance(obj, types.FunctionType):
+            return f"<function {obj.__name__}>"
+        if isinstance(obj, int) and not isinstance(obj, bool) and obj.bit_length() > 10_000:
+            return f"<int with {obj.bit_length()} bits>"
+        try:
+            return super().repr1(obj, level)
+        except Exception:  # a repr that fails must not stop the program
+            return f"<{type(obj).__name__}>"
+
+
+short_repr = _ShortRepr().repr
+
+
+def _visible(name: str) -> bool:
+    return name.isidentifier() and not name.startswith("_")
+
+
+MAX_TRACE_CHARS = 2_000_000  # a trace past this many characters is truncated like a long one
+MAX_CHANGES_PER_STEP = 30  # a line that changes more variables (e.g. a huge unpacking) shows 30
+
+
+class LineTracer:
+    """Collects `[line, source, {name: short repr}]` steps, at most `max_steps`."""
+
+    def __init__(self, lines: list[str], max_steps: int):
+        self.lines = lines
+        self.max_steps = max_steps
+        self.steps: list[list[Any]] = []
+        self.truncated = False
+        self._chars = 0
+        self._open: dict[types.FrameType, tuple[list[Any], dict[str, tuple[Any, str]]]] = {}
+
+    def start(self) -> None:
+        sys.settrace(self._on_call)
+
+    def stop(self) -> None:
+        sys.settrace(None)
+        self._open.clear()
+
+    def _on_call(self, frame: types.FrameType, event: str, arg: Any) -> Any:
+        if frame.f_code.co_filename != PROGRAM_FILENAME or self.truncated:
+            return None
+        return self._on_event
+
+    def _on_event(self, frame: types.FrameType, event: str, arg: Any) -> Any:
+        if self.truncated:
+            return None
+        if event == "line":
+            snapshot = self._finish(frame)
+            lineno = frame.f_lineno
+            if 1 <= lineno <= len(self.lines):
+                if len(self.steps) >= self.max_steps or self._chars > MAX_TRACE_CHARS:
+                    self.truncated = True
+                    sys.settrace(None)
+                    return None
+                step = [lineno, self.lines[lineno - 1].strip()[:200], {}]
+                self._chars += len(step[1])
+                self.steps.append(step)
+                self._open[frame] = (step, snapshot if snapshot is not None else self._snapshot(frame))
+        elif event == "return":
+            self._finish(frame)
+            self._open.pop(frame, None)
+        return self._on_event
+
+    def _snapshot(self, frame: types.FrameType) -> dict[str, tuple[Any, str]]:
+        return {name: (value, "" if isinstance(value, _IMMUTABLE) else short_repr(value))
+                for name, value in frame.f_locals.items() if _visible(name)}
+
+    def _finish(self, frame: types.FrameType) -> dict[str, tuple[Any, str]] | None:
+        """Record what the frame's open step changed; return the frame's new snapshot."""
+        opened = self._open.get(frame)
+        if opened is None:
+            return None
+        step, before = opened
+        changed = step[2]
+        after: dict[str, tuple[Any, str]] = {}
+        for name, value in frame.f_locals.items():
+            if not _visible(name):
+                continue
+            old = before.get(name)
+            if isinstance(value, _IMMUTABLE):
+                after[name] = (value, "")
+                if (old is None or old[0] is not value) and len(changed) < MAX_CHANGES_PER_STEP:
+                    changed[name] = short_repr(value)
+                    self._chars += len(name) + len(changed[name])
+            else:
+                text = short_repr(value)
+                after[name] = (value, text)
+                if (old is None or old[0] is not value or old[1] != text) and len(changed) < MAX_CHANGES_PER_STEP:
+                    changed[name] = text
+                    self._chars += len(name) + len(text)
+        return after

@@ -1,0 +1,296 @@
+"""What happens inside the forked child that runs one program.
+
+The child is forked ahead of need and walls itself in while it waits (`seal`): own process
+group, no inherited descriptors, no new processes, no file writes, and when started as root an
+empty root folder and the unprivileged user nobody. With the request (settings, source and the
+code the zygote compiled under the policy) come the run's limits (`limit`): CPU and address
+space, no room for new descriptors (so no files, sockets or pipes), bounded recursion and
+int-to-str digits, a wall-clock alarm. Then it runs the program with the line tracer, finds the
+answer, and writes one JSON line to the result pipe. Nothing here is trusted to survive the
+program: the zygote (`zygote.py`) kills the group at the deadline and reports whatever the
+child could not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import marshal
+import math
+import os
+import resource
+import signal
+import sys
+import types
+from typing import Any
+
+from cap_app.sandbox.config import SandboxConfig
+from cap_app.sandbox.policy import (
+    PROGRAM_FILENAME, OutputLimitExceeded, PolicyError, PrintSink, check_program, make_globals)
+from cap_app.sandbox.tracer import LineTracer
+
+RESULT_FD = 3  # the result pipe, after sealing: 0-2 are /dev/null
+REQUEST_FD = 4  # the request pipe, closed once read: then nothing above 3 exists
+MEMORY_RESERVE = 64 * 1024 * 1024  # headroom released after a MemoryError to build the result
+RECURSION_LIMIT = 400  # enough for recursive math helpers; far below the C stack
+INT_MAX_STR_DIGITS = 4300  # CPython's default, restated: str() of a huge int is refused quickly
+NOBODY = 65534
+_SELF_EXPLAINING = (NameError, ZeroDivisionError, RecursionError, PolicyError, ImportError)
+
+
+class TimeLimitExceeded(BaseException):
+    """Raised into the program by the wall-clock alarm (again every 50 ms if swallowed)."""
+
+
+class _Alarm:
+    """Stops the program from outside its control flow: at the wall-clock limit, or soon after
+    it printed past the output limit. The exception is raised again every 50 ms if swallowed;
+    the zygote's kill is the backstop."""
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.timed_out = False
+        self._exception: type[BaseException] = TimeLimitExceeded
+
+    def arm(self, seconds: float) -> None:
+        self.armed = True
+        signal.signal(signal.SIGALRM, self._ring)
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+
+    def stop_for_output(self) -> None:
+        if self.armed:
+            self._exception = OutputLimitExceeded
+            signal.setitimer(signal.ITIMER_REAL, 0.05)
+
+    def disarm(self) -> None:
+        self.armed = False
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+    def _ring(self, signum: int, frame: Any) -> None:
+        if not self.armed:
+            return
+        self.timed_out = self.timed_out or self._exception is TimeLimitExceeded
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        raise self._exception()
+
+
+def format_bytes(count: int) -> str:
+    if count % (1024 * 1024) == 0:
+        return f"{count // (1024 * 1024)} MiB"
+    if count % 1024 == 0:
+        return f"{count // 1024} KiB"
+    return f"{count} bytes"
+
+
+def address_space() -> int:
+    """This process's virtual size in bytes (a forked child starts with its parent's)."""
+    fd = os.open("/proc/self/statm", os.O_RDONLY)
+    try:
+        return int(os.read(fd, 100).split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    finally:
+        os.close(fd)
+
+
+def seal(request_fd: int, result_fd: int, empty_root: str) -> None:
+    """What needs no request: own process group, only the two pipes open, and when started as
+    root: `empty_root` (an empty folder only root may enter) as `/`, then the user nobody, so
+    no path leads anywhere. Afterwards fd 3 is the result pipe and fd 4 the request pipe."""
+    os.setpgid(0, 0)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE, signal.SIGCHLD):
+        signal.signal(signum, signal.SIG_DFL)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    request_fd = os.dup(request_fd)  # out of the way of RESULT_FD
+    os.dup2(result_fd, RESULT_FD)
+    os.dup2(request_fd, REQUEST_FD)
+    os.closerange(REQUEST_FD + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+    if os.getuid() == 0:  # root ignores RLIMIT_NPROC and may read anything: become nobody
+        os.chroot(empty_root)
+        os.chdir("/")
+        os.setgroups([])
+        os.setgid(NOBODY)
+        os.setuid(NOBODY)
+    resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
+
+
+def read_request() -> tuple[SandboxConfig, str, types.CodeType]:
+    """The run from fd 4 (then closed): settings, source and the code the zygote compiled.
+    marshal, not JSON: this direction is trusted (zygote to child) and loading stays in C."""
+    chunks = []
+    while chunk := os.read(REQUEST_FD, 1 << 16):
+        chunks.append(chunk)
+    os.close(REQUEST_FD)
+    settings, source, code = marshal.loads(b"".join(chunks))
+    return SandboxConfig(**settings), source, code
+
+
+def encode_request(config: SandboxConfig, source: str, code: types.CodeType) -> bytes:
+    """What `read_request` reads (written by the zygote)."""
+    return marshal.dumps((dataclasses.asdict(config), source, code))
+
+
+def limit(config: SandboxConfig, base_address_space: int) -> None:
+    """The run's own limits; afterwards no descriptor can be opened (files, sockets, pipes).
+    `base_address_space` is the interpreter's size: `memory_mb` comes on top of it."""
+    memory_limit = base_address_space + config.memory_mb * 1024 * 1024
+    cpu_seconds = math.ceil(config.timeout_s) + 1
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 1))
+    resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit + MEMORY_RESERVE))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (RESULT_FD + 1, RESULT_FD + 1))
+    sys.setrecursionlimit(RECURSION_LIMIT)
+    sys.set_int_max_str_digits(INT_MAX_STR_DIGITS)
+
+
+def release_memory_reserve() -> None:
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
+
+
+def program_line(exc: BaseException) -> int | None:
+    """The program's own line where `exc` was raised (the deepest program frame)."""
+    line = None
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == PROGRAM_FILENAME:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def describe_error(exc: BaseException) -> str:
+    """'line 3: name 'x' is not defined' / 'line 5: KeyError: 'a''."""
+    message = one_line(str(exc))
+    if isinstance(exc, RecursionError):
+        message = "maximum recursion depth exceeded"
+    elif not isinstance(exc, _SELF_EXPLAINING) or not message:
+        message = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    line = program_line(exc)
+    return f"line {line}: {message}" if line else message
+
+
+def clean_text(text: str) -> str:
+    """Text that survives JSON and UTF-8 (programs may print lone surrogates)."""
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _to_text(value: Any) -> str | None:
+    try:
+        text = str(value)
+    except Exception:  # e.g. str() of an int past the digit limit
+        return None
+    return one_line(clean_text(text), 1000)
+
+
+def _last_line(text: str) -> str | None:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return one_line(clean_text(lines[-1]), 1000) if lines else None
+
+
+def find_answer(namespace: dict[str, Any], sink: PrintSink) -> str | None:
+    """The CaP convention: last printed line; else `answer`; else what `solution()` returns."""
+    printed = _last_line(sink.text())
+    if printed is not None:
+        return printed
+    answer = namespace.get("answer")
+    if answer is not None and not callable(answer):
+        return _to_text(answer)
+    solution = namespace.get("solution")
+    if isinstance(solution, types.FunctionType) and solution.__code__.co_filename == PROGRAM_FILENAME:
+        value = solution()
+        printed = _last_line(sink.text())
+        if printed is not None:
+            return printed
+        return None if value is None else _to_text(value)
+    return None
+
+
+def _step_dict(step: list[Any]) -> dict[str, Any]:
+    line, source, changed = step
+    return {"line": line, "source": clean_text(source), "changed": {k: clean_text(v) for k, v in changed.items()}}
+
+
+def execute(source: str, config: SandboxConfig) -> dict[str, Any]:
+    """Compile and run `source` in this process; the result as a dict (see `run_compiled`)."""
+    code, error, status = check_program(source)
+    if code is None:
+        return {"status": status, "error": error}
+    return run_compiled(code, source, config)
+
+
+def run_compiled(code: types.CodeType, source: str, config: SandboxConfig) -> dict[str, Any]:
+    """Run a program compiled by `check_program` in this (already isolated) process."""
+    lines = source.replace("\r\n", "\n").replace("\r", "\n").split("\n")  # ast's line breaks
+    alarm = _Alarm()
+    sink = PrintSink(config.max_output_bytes, on_truncation=alarm.stop_for_output)
+    namespace = make_globals(sink)
+    tracer = LineTracer(lines, config.max_trace_steps) if config.trace else None
+    status, error, answer = "ok", None, None
+    try:
+        try:
+            alarm.arm(config.timeout_s)
+            if tracer:
+                tracer.start()
+            exec(code, namespace)
+            answer = find_answer(namespace, sink)
+        finally:
+            alarm.disarm()
+            if tracer:
+                tracer.stop()
+    except BaseException as exc:  # everything the program does ends here
+        alarm.disarm()
+        if tracer:
+            tracer.stop()
+        if isinstance(exc, MemoryError):
+            release_memory_reserve()
+            status, error = "memory", f"memory limit of {config.memory_mb} MB exceeded"
+        elif not isinstance(exc, (TimeLimitExceeded, OutputLimitExceeded)):
+            status, error = "error", describe_error(exc)
+    if alarm.timed_out:
+        status, error = "timeout", f"time limit of {config.timeout_s:g} s exceeded"
+    elif sink.truncated and status != "memory":
+        status, error = "error", f"output truncated at {format_bytes(config.max_output_bytes)}"
+    return {
+        "status": status,
+        "stdout": clean_text(sink.text()),
+        "error": error,
+        "answer": answer if status == "ok" else None,
+        "trace": [_step_dict(step) for step in tracer.steps] if tracer else [],
+        "trace_truncated": bool(tracer and tracer.truncated),
+        "stdout_truncated": sink.truncated,
+    }
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def child_main(request_fd: int, result_fd: int, empty_root: str, base_address_space: int) -> None:
+    """Entry point of a forked spare child: seal, wait for a request, run it; never returns.
+    The result is one JSON line, so the zygote can answer before this process finishes exiting."""
+    out_fd = result_fd
+    try:
+        seal(request_fd, result_fd, empty_root)
+        out_fd = RESULT_FD
+        config, source, code = read_request()
+        limit(config, base_address_space)
+        payload = json.dumps(run_compiled(code, source, config))
+    except BaseException as exc:  # a failure of the sandbox itself, reported, never raised
+        try:
+            release_memory_reserve()
+        except Exception:
+            pass
+        payload = json.dumps({"status": "error", "error": f"sandbox failure: {one_line(repr(exc))}"})
+    try:
+        write_all(out_fd, payload.encode("utf-8") + b"\n")
+    finally:
+        os._exit(0)

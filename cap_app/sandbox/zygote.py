@@ -1,0 +1,319 @@
+"""The fork server ("zygote"): a clean interpreter with the sandbox pre-imported that forks one
+child per program, so a run costs a fork instead of Python's start-up.
+
+`runner.py` starts it as `python -m cap_app.sandbox.zygote SOCKET_PATH [--sympy]` (two
+zygotes: sympy makes every fork about ten times slower, so only programs that name it go to the
+zygote that imported it). It prints `ready` once imports and warm-up are done, then serves one
+request per connection on the Unix socket: the client sends `{"code", "config"}` as JSON and
+half-closes; the zygote compiles the program under the policy (parsing only: nothing of the
+program runs here), hands the code to a child forked ahead of need, and answers with the
+child's result JSON. It is single-threaded (forking from a threaded process is unsafe) and
+multiplexes everything with `selectors`: new connections, request bytes, result pipes of
+running children, deadlines. It is the parent of every child, so it can kill a child's whole
+process group at the deadline and read the exact exit status. It exits when its stdin (a pipe
+from the client process) closes, killing any children first.
+"""
+
+from __future__ import annotations
+
+import collections
+import gc
+import json
+import os
+import selectors
+import signal
+import socket
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from cap_app.sandbox.config import SandboxConfig
+from cap_app.sandbox.modules import enable_sympy
+from cap_app.sandbox.policy import check_program
+from cap_app.sandbox.worker import address_space, child_main, encode_request, execute, write_all
+
+MAX_RUNNING = max(2, 2 * (os.cpu_count() or 1))  # more requests wait in a queue
+SPARES = 2  # children forked ahead, waiting for a request
+KILL_GRACE_S = 0.5  # the child's own alarm fires first; this is the backstop
+MAX_REQUEST_BYTES = 1024 * 1024
+MAX_RESULT_BYTES = 64 * 1024 * 1024  # output (<= 16 MiB) + trace (<= 2M chars), JSON-escaped
+
+
+@dataclass
+class Spare:
+    """A forked child that has sealed itself and waits for a request on its pipe."""
+
+    pid: int
+    request_fd: int  # write end
+    result_fd: int  # read end
+
+
+@dataclass
+class Job:
+    conn: socket.socket
+    request: bytes
+    timeout_s: float
+    memory_mb: int
+    child: Spare | None = None
+    deadline: float = 0.0
+    killed: bool = False
+    replied: bool = False
+    output: bytearray = field(default_factory=bytearray)
+
+
+def warm_up(with_sympy: bool) -> None:
+    """Run the sandbox's own code paths once (unisolated, trusted input) so lazy imports and
+    caches are filled before forking: children cannot open files to import anything."""
+    sample = (
+        "import math, fractions, decimal, statistics, itertools, functools, collections, datetime\n"
+        "print(f'{fractions.Fraction(1, 3) + 1:}', '{:.2f}'.format(decimal.Decimal('1.25')))\n"
+        "print(statistics.mean([1, 2, 3]), datetime.date(2024, 1, 1) + datetime.timedelta(days=1))\n"
+        "print(datetime.datetime.now().year > 2000, collections.Counter('aab').most_common(1))\n"
+        "print(datetime.datetime.strptime('2024-01-02', '%Y-%m-%d').day, statistics.median([1, 3]))\n"
+    )
+    if with_sympy:
+        sample += (
+            "import sympy\n"
+            "x = sympy.symbols('x')\n"
+            "roots = sympy.solve(sympy.Eq(2 * x + 3, 7), x)\n"
+            "print(roots, sympy.simplify((x**2 - 1) / (x - 1)), sympy.factor(x**2 - 1), sympy.nsimplify(0.5))\n"
+            "y = sympy.Symbol('y')\n"
+            "print(sympy.linsolve([x + y - 10, x - y - 2], [x, y]), sympy.expand((x + 1) ** 3), sympy.N(sympy.pi, 5))\n"
+            "print(sympy.summation(x, (x, 1, 10)), sympy.isprime(97), sympy.factorint(360), sympy.divisors(12))\n"
+            "print(sympy.primefactors(84), sympy.binomial(5, 2), sympy.factorial(5), sympy.floor(sympy.Rational(7, 2)))\n"
+            "print(sympy.Matrix([[1, 2], [3, 4]]).det(), sympy.sqrt(8), sympy.Abs(-3), sympy.lcm(4, 6), sympy.gcd(4, 6))\n"
+            "print(sympy.solve([x + y - 3, x - y - 1], [x, y]), (x ** 2).subs(x, 3), sympy.Float(1.5) * 2)\n"
+        )
+    result = execute(sample, SandboxConfig(trace=True))
+    if result["status"] != "ok":
+        raise RuntimeError(f"sandbox warm-up failed: {result['error']}")
+    time.localtime()  # loads the time zone while files can still be read
+
+
+def _response_for_dead_child(job: Job, status: int) -> dict[str, Any]:
+    if job.killed or (os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGXCPU):
+        return {"status": "timeout", "error": f"time limit of {job.timeout_s:g} s exceeded"}
+    if os.WIFSIGNALED(status):
+        signum = os.WTERMSIG(status)
+        if signum == signal.SIGKILL:  # not ours: the kernel's out-of-memory killer
+            return {"status": "memory", "error": f"memory limit of {job.memory_mb} MB exceeded"}
+        if signum == signal.SIGXFSZ:
+            return {"status": "error", "error": "writing files is not allowed"}
+        return {"status": "error", "error": f"the program crashed ({signal.Signals(signum).name})"}
+    return {"status": "error", "error": f"the program ended without a result (exit status {os.WEXITSTATUS(status)})"}
+
+
+class Zygote:
+    def __init__(self, socket_path: str):
+        self.empty_root = tempfile.mkdtemp(prefix="cap-sandbox-root-")  # children's `/` (as root)
+        self.selector = selectors.DefaultSelector()
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(socket_path)
+        self.listener.listen(128)
+        self.listener.setblocking(False)
+        self.selector.register(self.listener, selectors.EVENT_READ, "accept")
+        self.selector.register(sys.stdin.fileno(), selectors.EVENT_READ, "parent")
+        self.pending: dict[socket.socket, bytearray] = {}
+        self.queue: collections.deque[Job] = collections.deque()
+        self.spares: collections.deque[Spare] = collections.deque()
+        self.running: dict[int, Job] = {}  # result fd -> job
+        self.alive = True
+        self.fork_retry_at = 0.0
+        self.socket_path = socket_path
+
+    def serve(self) -> None:
+        while self.alive:
+            # Forking a spare is the slow part of a run: do it only when nothing is waiting.
+            wants_spare = len(self.spares) < SPARES and time.monotonic() >= self.fork_retry_at
+            timeout = 0.0 if wants_spare else self._wait_time()
+            events = self.selector.select(timeout)
+            for key, _ in events:
+                kind = key.data
+                if kind == "accept":
+                    self._accept()
+                elif kind == "parent":
+                    if not os.read(sys.stdin.fileno(), 4096):
+                        self.alive = False
+                elif kind == "request":
+                    self._read_request(key.fileobj)
+                else:
+                    self._read_result(kind)
+            self._enforce_deadlines()
+            self._start_queued()
+            if not events and len(self.spares) < SPARES and time.monotonic() >= self.fork_retry_at:
+                try:
+                    self.spares.append(self._fork_spare())
+                except OSError:  # out of processes or memory: try again in a second
+                    self.fork_retry_at = time.monotonic() + 1.0
+        self._shutdown()
+
+    def _wait_time(self) -> float | None:
+        deadlines = [job.deadline for job in self.running.values() if not job.killed]
+        return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
+
+    def _accept(self) -> None:
+        try:
+            conn, _ = self.listener.accept()
+        except BlockingIOError:
+            return
+        conn.setblocking(False)
+        self.pending[conn] = bytearray()
+        self.selector.register(conn, selectors.EVENT_READ, "request")
+
+    def _read_request(self, conn: socket.socket) -> None:
+        try:
+            data = conn.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+            self.pending[conn].clear()
+        buffer = self.pending[conn]
+        buffer += data
+        if data and len(buffer) <= MAX_REQUEST_BYTES:
+            return
+        self.selector.unregister(conn)
+        del self.pending[conn]
+        try:
+            request = json.loads(buffer)
+            config = SandboxConfig(**request["config"])
+            source = request["code"]
+            if not isinstance(source, str):
+                raise TypeError("code must be a string")
+        except Exception as exc:
+            self._reply(conn, {"status": "error", "error": f"bad sandbox request: {exc}"})
+            return
+        # Compiling here (parse and policy only, nothing of the program runs) spares each child
+        # the copy-on-write cost of the compiler's pages, and rejections need no child at all.
+        try:
+            code, error, status = check_program(source)
+        except BaseException as exc:  # noqa: BLE001 (a compiler failure must not stop the zygote)
+            code, error, status = None, f"the program cannot be compiled: {type(exc).__name__}", "error"
+        if code is None:
+            self._reply(conn, {"status": status, "error": error})
+            return
+        self.queue.append(Job(conn, encode_request(config, source, code), config.timeout_s, config.memory_mb))
+
+    def _fork_spare(self) -> Spare:
+        request_read, request_write = os.pipe()
+        result_read, result_write = os.pipe()
+        size = address_space()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns
+            child_main(request_read, result_write, self.empty_root, size)
+        os.close(request_read)
+        os.close(result_write)
+        try:
+            os.setpgid(pid, pid)  # also done by the child; whichever runs first wins
+        except OSError:
+            pass
+        return Spare(pid, request_write, result_read)
+
+    def _start_queued(self) -> None:
+        while self.queue and len(self.running) < MAX_RUNNING:
+            job = self.queue.popleft()
+            try:
+                child = self.spares.popleft() if self.spares else self._fork_spare()
+            except OSError as exc:
+                self._reply(job.conn, {"status": "error", "error": f"could not start a sandbox process: {exc}"})
+                continue
+            job.child = child
+            job.deadline = time.monotonic() + job.timeout_s + KILL_GRACE_S
+            self.running[child.result_fd] = job
+            self.selector.register(child.result_fd, selectors.EVENT_READ, job)
+            try:
+                write_all(child.request_fd, job.request)
+            except OSError:
+                pass  # the spare died; its result pipe reports it
+            os.close(child.request_fd)
+
+    def _read_result(self, job: Job) -> None:
+        data = os.read(job.child.result_fd, 1 << 16)
+        if data and len(job.output) + len(data) <= MAX_RESULT_BYTES:
+            job.output += data
+            if not job.replied and job.output.endswith(b"\n"):
+                self._reply_result(job)
+            return
+        if data:  # a result this large is not one the worker writes
+            self._kill(job)
+        self._finish(job)
+
+    def _reply_result(self, job: Job) -> None:
+        try:  # the child is untrusted: forward only a well-formed JSON object
+            result = json.loads(job.output)
+        except ValueError:
+            return  # not a result: reported as a dead child when the pipe closes
+        if isinstance(result, dict):
+            job.replied = True
+            self._reply(job.conn, bytes(job.output))
+
+    def _kill(self, job: Job) -> None:
+        job.killed = True
+        try:
+            os.killpg(job.child.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def _enforce_deadlines(self) -> None:
+        now = time.monotonic()
+        for job in list(self.running.values()):
+            if not job.killed and now >= job.deadline:
+                self._kill(job)
+                self._finish(job)
+
+    def _finish(self, job: Job) -> None:
+        """The child's result pipe closed (it exited) or it was killed: reap it."""
+        self.selector.unregister(job.child.result_fd)
+        os.close(job.child.result_fd)
+        del self.running[job.child.result_fd]
+        if not job.replied:
+            try:  # whatever is left of the child's group; the unreaped child keeps the id reserved
+                os.killpg(job.child.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        _, status = os.waitpid(job.child.pid, 0)
+        if not job.replied:
+            self._reply(job.conn, _response_for_dead_child(job, status))
+
+    def _reply(self, conn: socket.socket, result: dict[str, Any] | bytes) -> None:
+        try:
+            conn.setblocking(True)
+            conn.settimeout(10)
+            conn.sendall(result if isinstance(result, bytes) else json.dumps(result).encode("utf-8"))
+        except OSError:
+            pass  # the client gave up; nothing to do
+        finally:
+            conn.close()
+
+    def _shutdown(self) -> None:
+        for job in list(self.running.values()):
+            self._kill(job)
+            os.waitpid(job.child.pid, 0)
+        for spare in self.spares:
+            os.kill(spare.pid, signal.SIGKILL)
+            os.waitpid(spare.pid, 0)
+        self.listener.close()
+        os.rmdir(self.empty_root)
+        os.unlink(self.socket_path)
+
+
+def main(argv: list[str]) -> int:
+    """`zygote.py SOCKET_PATH [--sympy]`."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the client process decides when we stop
+    with_sympy = "--sympy" in argv[1:]
+    if with_sympy:
+        enable_sympy()
+    zygote = Zygote(argv[0])
+    warm_up(with_sympy)
+    gc.collect()
+    gc.freeze()  # children then leave the pre-imported heap untouched by the collector
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+    zygote.serve()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

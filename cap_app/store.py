@@ -1,0 +1,557 @@
+"""Annotation persistence in SQLite: batches of items, their refinements, and judgements.
+
+Why SQLite: one file, no server, safe for several annotators (threads and processes) at once in
+WAL mode, and every write is a committed transaction the moment a call returns, so a server
+killed mid-session loses nothing it acknowledged. The schema is versioned; `MIGRATIONS` only
+ever grows, and opening an older file upgrades it in place.
+
+Judgements are append-only snapshots of one annotator's form for one refinement: the newest
+snapshot that is not undone is the current judgement, and "undo" marks the annotator's newest
+snapshot undone, which brings the previous one back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import itertools
+import json
+import os
+import sqlite3
+from collections.abc import Iterable, Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+
+from cap_app.results import RefinementResult
+
+CORRECT_CHOICES = ("yes", "no", "unsure")
+VS_DRAFT_CHOICES = ("better", "same", "worse")
+MAX_ANNOTATOR_CHARS = 80
+MAX_NOTE_CHARS = 5000
+SPACES_DATA_DIR = "/data"  # Hugging Face Spaces persistent storage
+STALE_IMPORT_S = 120.0  # an unfinished import with no progress for this long died; the next load redoes it
+
+# Each entry is one schema version (index + 1): a tuple of statements run in one transaction.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE batches (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL,
+            sha256 TEXT NOT NULL,
+            draft_key TEXT NOT NULL,
+            item_count INTEGER NOT NULL,
+            errors TEXT NOT NULL,  -- JSON list of [line, message], first few only
+            error_count INTEGER NOT NULL,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,  -- last progress of the import
+            complete INTEGER NOT NULL DEFAULT 0,  -- hidden until every row is in
+            UNIQUE (sha256, draft_key)
+        )""",
+        """CREATE TABLE items (
+            id INTEGER PRIMARY KEY,
+            batch_id INTEGER NOT NULL REFERENCES batches(id),
+            position INTEGER NOT NULL,  -- 0-based order in the batch
+            line INTEGER NOT NULL,  -- line of the source file it first came from
+            key TEXT NOT NULL,  -- hash of (question, draft): rows repeating an item add refinements to it
+            question TEXT NOT NULL,
+            draft TEXT NOT NULL,
+            gold TEXT,
+            UNIQUE (batch_id, position),
+            UNIQUE (batch_id, key)
+        )""",
+        """CREATE TABLE refinements (
+            id INTEGER PRIMARY KEY,
+            item_id INTEGER NOT NULL REFERENCES items(id),
+            source TEXT NOT NULL,  -- 'file' (precomputed) or 'run' (from the app)
+            result TEXT NOT NULL,  -- RefinementResult as JSON
+            created_at TEXT NOT NULL
+        )""",
+        "CREATE INDEX refinements_by_item ON refinements(item_id)",
+        """CREATE TABLE judgements (
+            id INTEGER PRIMARY KEY,
+            refinement_id INTEGER NOT NULL REFERENCES refinements(id),
+            annotator TEXT NOT NULL,
+            correct TEXT CHECK (correct IN ('yes', 'no', 'unsure')),
+            vs_draft TEXT CHECK (vs_draft IN ('better', 'same', 'worse')),
+            first_wrong_step INTEGER CHECK (first_wrong_step >= 1),
+            note TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            undone_at TEXT
+        )""",
+        "CREATE INDEX judgements_by_refinement ON judgements(refinement_id, annotator)",
+        "CREATE INDEX judgements_by_annotator ON judgements(annotator, id)",
+    ),
+)
+
+
+class StoreError(ValueError):
+    """Bad input to the store (shown to the user as is) or a database it cannot use."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Batch:
+    id: int
+    name: str
+    sha256: str
+    draft_key: str
+    item_count: int
+    errors: list[tuple[int, str]]
+    error_count: int
+    created_at: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Item:
+    id: int
+    batch_id: int
+    position: int
+    line: int
+    question: str
+    draft: str
+    gold: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class NewItem:
+    """One parsed row, before it has an id: what batches.py hands to `Store.add_batch`."""
+
+    line: int
+    question: str
+    draft: str
+    gold: str | None = None
+    refinements: tuple[RefinementResult, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredRefinement:
+    id: int
+    item_id: int
+    source: str
+    result: RefinementResult
+    created_at: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Judgement:
+    id: int
+    refinement_id: int
+    annotator: str
+    correct: str | None
+    vs_draft: str | None
+    first_wrong_step: int | None
+    note: str
+    created_at: str
+
+
+@dataclasses.dataclass(frozen=True)
+class JudgedRow:
+    """A current judgement with everything an export needs about what was judged."""
+
+    judgement: Judgement
+    item: Item
+    batch_name: str
+    refinement: StoredRefinement
+
+
+def default_db_path(data_dir: str = SPACES_DATA_DIR) -> Path:
+    """$CAP_DB_PATH, else Spaces persistent storage when mounted and writable, else ./annotations.db."""
+    configured = os.environ.get("CAP_DB_PATH")
+    if configured:
+        return Path(configured)
+    if os.path.isdir(data_dir) and os.access(data_dir, os.W_OK):
+        return Path(data_dir) / "annotations.db"
+    return Path("annotations.db")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _clean_annotator(annotator: str | None) -> str:
+    name = " ".join((annotator or "").split())
+    if not name:
+        raise StoreError("Enter your annotator name first.")
+    if len(name) > MAX_ANNOTATOR_CHARS:
+        raise StoreError(f"Annotator name is longer than {MAX_ANNOTATOR_CHARS} characters.")
+    return name
+
+
+class Store:
+    """The annotation database at `path` (created and migrated on open).
+
+    Each call opens its own short-lived connection, so one Store is safe to share between the
+    threads of a web server, and several processes may open the same file.
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None, *, busy_timeout_s: float = 30.0):
+        self.path = Path(path) if path is not None else default_db_path()
+        self.busy_timeout_s = busy_timeout_s
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"Cannot create the folder of the annotation database {self.path}: {exc}") from exc
+        try:
+            with self._connect() as conn:
+                conn.execute("PRAGMA journal_mode=WAL")  # persistent: set once per file
+            with self._transaction() as conn:
+                self._migrate(conn)
+        except sqlite3.DatabaseError as exc:  # e.g. the path holds some other kind of file
+            raise StoreError(f"Cannot use {self.path} as the annotation database: {exc}") from exc
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        try:
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreError(f"Cannot open the annotation database {self.path}: {exc}") from exc
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA synchronous=FULL")  # a commit is on disk when it returns
+            yield conn
+        finally:
+            conn.close()
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction, taken up front so concurrent writers queue instead of deadlocking."""
+        with self._connect() as conn:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:  # still locked after busy_timeout_s
+                raise StoreError(f"The annotation database is busy ({exc}); try again.") from exc
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        """Bring the file up to the latest schema (inside the caller's write transaction)."""
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = conn.execute("SELECT version FROM schema_version").fetchone()
+        version = row[0] if row else 0
+        if version > len(MIGRATIONS):
+            raise StoreError(f"{self.path} has schema version {version}; this app knows up to {len(MIGRATIONS)}. "
+                             "Upgrade the app.")
+        for statements in MIGRATIONS[version:]:
+            for statement in statements:
+                conn.execute(statement)
+        if row is None:
+            conn.execute("INSERT INTO schema_version (version) VALUES (?)", (len(MIGRATIONS),))
+        else:
+            conn.execute("UPDATE schema_version SET version = ?", (len(MIGRATIONS),))
+
+    def schema_version(self) -> int:
+        with self._connect() as conn:
+            return conn.execute("SELECT version FROM schema_version").fetchone()[0]
+
+    # -- batches and items ------------------------------------------------------------------
+
+    def find_batch(self, sha256: str, draft_key: str) -> Batch | None:
+        """The batch already loaded from the same file bytes with the same draft key, if any."""
+        with self._connect() as conn:
+            row = conn.execute(
+                "SELECT * FROM batches WHERE sha256 = ? AND draft_key = ? AND complete", (sha256, draft_key)
+            ).fetchone()
+        return _batch(row) if row else None
+
+    def add_batch(
+        self,
+        name: str,
+        sha256: str,
+        draft_key: str,
+        items: Iterable[NewItem],
+        errors: list[tuple[int, str]],
+        *,
+        chunk_rows: int = 500,
+        max_stored_errors: int = 200,
+    ) -> tuple[Batch, bool]:
+        """Insert a batch, consuming `items` lazily (a large file never sits in memory); return it and
+        whether it is new (False: the same file was loaded by someone else meanwhile).
+
+        Rows are committed `chunk_rows` at a time, so other annotators' judgements never wait long
+        for the write lock; the batch stays hidden until complete, and an import that died half
+        way is cleared by the next load of the same file. `errors` may still grow while `items`
+        is consumed (the parser appends as it goes); it is read once all items are in.
+        """
+        with self._transaction() as conn:
+            existing = conn.execute("SELECT * FROM batches WHERE sha256 = ? AND draft_key = ?",
+                                    (sha256, draft_key)).fetchone()
+            if existing is not None and existing["complete"]:
+                return _batch(existing), False
+            if existing is not None:
+                age_s = (datetime.now(timezone.utc) - datetime.fromisoformat(existing["updated_at"])).total_seconds()
+                if age_s < STALE_IMPORT_S:
+                    raise StoreError(f"{name} is being loaded by another session right now; try again when it is done.")
+                _delete_batch(conn, existing["id"])
+            batch_id = conn.execute(
+                "INSERT INTO batches (name, sha256, draft_key, item_count, errors, error_count, created_at, updated_at)"
+                " VALUES (?, ?, ?, 0, '[]', 0, ?, ?)",
+                (name, sha256, draft_key, _now(), _now()),
+            ).lastrowid
+        count = 0
+        try:
+            iterator = iter(items)
+            while chunk := list(itertools.islice(iterator, chunk_rows)):
+                with self._transaction() as conn:
+                    for item in chunk:
+                        count += _insert_item(conn, batch_id, count, item)
+                    conn.execute("UPDATE batches SET updated_at = ? WHERE id = ?", (_now(), batch_id))
+            with self._transaction() as conn:
+                conn.execute(
+                    "UPDATE batches SET item_count = ?, errors = ?, error_count = ?, complete = 1 WHERE id = ?",
+                    (count, json.dumps(errors[:max_stored_errors]), len(errors), batch_id),
+                )
+                row = conn.execute("SELECT * FROM batches WHERE id = ?", (batch_id,)).fetchone()
+        except BaseException:
+            with self._transaction() as conn:
+                _delete_batch(conn, batch_id)
+            raise
+        return _batch(row), True
+
+    def list_batches(self) -> list[Batch]:
+        with self._connect() as conn:
+            rows = conn.execute("SELECT * FROM batches WHERE complete ORDER BY id DESC").fetchall()
+        return [_batch(row) for row in rows]
+
+    def batch(self, batch_id: int) -> Batch:
+        with self._connect() as conn:
+            row = conn.execute("SELECT * FROM batches WHERE id = ? AND complete", (batch_id,)).fetchone()
+        if row is None:
+            raise StoreError(f"No batch {batch_id}.")
+        return _batch(row)
+
+    def item_at(self, batch_id: int, position: int) -> Item:
+        with self._connect() as conn:
+            row = conn.execute(
+                "SELECT * FROM items WHERE batch_id = ? AND position = ?", (batch_id, position)
+            ).fetchone()
+        if row is None:
+            raise StoreError(f"Batch {batch_id} has no item {position + 1}.")
+        return _item(row)
+
+    def item(self, item_id: int) -> Item:
+        with self._connect() as conn:
+            row = conn.execute("SELECT * FROM items WHERE id = ?", (item_id,)).fetchone()
+        if row is None:
+            raise StoreError(f"No item {item_id}.")
+        return _item(row)
+
+    def items_page(self, batch_id: int, annotator: str | None, offset: int, limit: int) -> list[tuple[Item, int, bool]]:
+        """One page of a batch: (item, number of refinements, judged by `annotator`)."""
+        with self._connect() as conn:
+            rows = conn.execute(
+                f"""SELECT items.*,
+                       (SELECT COUNT(*) FROM refinements r WHERE r.item_id = items.id) AS n_refinements,
+                       {_JUDGED_SQL} AS judged
+                    FROM items WHERE batch_id = ? ORDER BY position LIMIT ? OFFSET ?""",
+                (annotator or "", batch_id, max(1, limit), max(0, offset)),
+            ).fetchall()
+        return [(_item(row), row["n_refinements"], bool(row["judged"])) for row in rows]
+
+    # -- refinements --------------------------------------------------------------------------
+
+    def add_refinement(self, item_id: int, result: RefinementResult, source: str = "run") -> StoredRefinement:
+        with self._transaction() as conn:
+            if conn.execute("SELECT 1 FROM items WHERE id = ?", (item_id,)).fetchone() is None:
+                raise StoreError(f"No item {item_id}.")
+            refinement_id = _insert_refinement(conn, item_id, result, source)
+            row = conn.execute("SELECT * FROM refinements WHERE id = ?", (refinement_id,)).fetchone()
+        return _refinement(row)
+
+    def refinement(self, refinement_id: int) -> StoredRefinement:
+        with self._connect() as conn:
+            row = conn.execute("SELECT * FROM refinements WHERE id = ?", (refinement_id,)).fetchone()
+        if row is None:
+            raise StoreError(f"No refinement {refinement_id}.")
+        return _refinement(row)
+
+    def refinements(self, item_id: int) -> list[StoredRefinement]:
+        with self._connect() as conn:
+            rows = conn.execute("SELECT * FROM refinements WHERE item_id = ? ORDER BY id", (item_id,)).fetchall()
+        return [_refinement(row) for row in rows]
+
+    # -- judgements ---------------------------------------------------------------------------
+
+    def judge(
+        self,
+        refinement_id: int,
+        annotator: str,
+        *,
+        correct: str | None = None,
+        vs_draft: str | None = None,
+        first_wrong_step: int | None = None,
+        note: str = "",
+    ) -> Judgement | None:
+        """Record `annotator`'s current judgement of a refinement; committed to disk when this returns.
+
+        Returns the current judgement (None for an empty form with nothing recorded before)."""
+        annotator = _clean_annotator(annotator)
+        correct = correct or None
+        vs_draft = vs_draft or None
+        if correct is not None and correct not in CORRECT_CHOICES:
+            raise StoreError(f"'Refinement correct' must be one of {', '.join(CORRECT_CHOICES)}.")
+        if vs_draft is not None and vs_draft not in VS_DRAFT_CHOICES:
+            raise StoreError(f"'Compared to the draft' must be one of {', '.join(VS_DRAFT_CHOICES)}.")
+        if first_wrong_step is not None:
+            if isinstance(first_wrong_step, float) and not first_wrong_step.is_integer():
+                raise StoreError("The first wrong step must be a whole step number.")
+            first_wrong_step = int(first_wrong_step)
+            if first_wrong_step < 1:
+                raise StoreError("The first wrong step must be 1 or more (leave it empty when no step is wrong).")
+        note = (note or "").strip()
+        if len(note) > MAX_NOTE_CHARS:
+            raise StoreError(f"The note is longer than {MAX_NOTE_CHARS} characters.")
+        with self._transaction() as conn:
+            if conn.execute("SELECT 1 FROM refinements WHERE id = ?", (refinement_id,)).fetchone() is None:
+                raise StoreError(f"No refinement {refinement_id}.")
+            current = _current_judgement(conn, refinement_id, annotator)
+            snapshot = (correct, vs_draft, first_wrong_step, note)
+            if current is not None and (current.correct, current.vs_draft, current.first_wrong_step,
+                                        current.note) == snapshot:
+                return current  # unchanged (e.g. a field left without editing): no new entry
+            if current is None and snapshot == (None, None, None, ""):
+                return None  # an empty form is not a judgement
+            judgement_id = conn.execute(
+                "INSERT INTO judgements (refinement_id, annotator, correct, vs_draft, first_wrong_step, note,"
+                " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (refinement_id, annotator, correct, vs_draft, first_wrong_step, note, _now()),
+            ).lastrowid
+            row = conn.execute(f"SELECT {_JUDGEMENT_COLUMNS} FROM judgements WHERE id = ?", (judgement_id,)).fetchone()
+        return Judgement(**dict(row))
+
+    def current_judgement(self, refinement_id: int, annotator: str) -> Judgement | None:
+        with self._connect() as conn:
+            return _current_judgement(conn, refinement_id, _clean_annotator(annotator))
+
+    def undo_last(self, annotator: str) -> Judgement | None:
+        """Mark `annotator`'s newest judgement undone and return it (None when there is nothing to undo)."""
+        annotator = _clean_annotator(annotator)
+        with self._transaction() as conn:
+            row = conn.execute(
+                f"SELECT {_JUDGEMENT_COLUMNS} FROM judgements WHERE annotator = ? AND undone_at IS NULL"
+                " ORDER BY id DESC LIMIT 1",
+                (annotator,),
+            ).fetchone()
+            if row is None:
+                return None
+            conn.execute("UPDATE judgements SET undone_at = ? WHERE id = ?", (_now(), row["id"]))
+        return Judgement(**dict(row))
+
+    def progress(self, batch_id: int, annotator: str | None) -> tuple[int, int]:
+        """(items `annotator` has judged, items in the batch)."""
+        with self._connect() as conn:
+            row = conn.execute(
+                f"SELECT COALESCE(SUM({_JUDGED_SQL}), 0), COUNT(*) FROM items WHERE batch_id = ?",
+                (annotator or "", batch_id),
+            ).fetchone()
+        return row[0], row[1]
+
+    def next_unjudged(self, batch_id: int, annotator: str | None, after_position: int) -> int | None:
+        """Position of the next item `annotator` has not judged after `after_position`, wrapping round."""
+        with self._connect() as conn:
+            row = conn.execute(
+                f"""SELECT position FROM items WHERE batch_id = ? AND NOT {_JUDGED_SQL}
+                    ORDER BY position <= ?, position LIMIT 1""",
+                (batch_id, annotator or "", after_position),
+            ).fetchone()
+        return row[0] if row else None
+
+    def current_judgements(self) -> Iterator[JudgedRow]:
+        """Every annotator's current judgement of every refinement, in item order (streams)."""
+        with self._connect() as conn:
+            rows = conn.execute(
+                f"""SELECT {", ".join("j." + c.strip() for c in _JUDGEMENT_COLUMNS.split(","))},
+                       i.id AS i_id, i.batch_id, i.position, i.line, i.question, i.draft, i.gold,
+                       b.name AS batch_name,
+                       r.source AS r_source, r.result AS r_result, r.created_at AS r_created_at
+                    FROM judgements j
+                    JOIN refinements r ON r.id = j.refinement_id
+                    JOIN items i ON i.id = r.item_id
+                    JOIN batches b ON b.id = i.batch_id
+                    WHERE j.undone_at IS NULL AND j.id = (
+                        SELECT MAX(id) FROM judgements k
+                        WHERE k.refinement_id = j.refinement_id AND k.annotator = j.annotator
+                          AND k.undone_at IS NULL)
+                    ORDER BY i.batch_id, i.position, r.id, j.annotator"""
+            )
+            for row in rows:
+                judgement = Judgement(**{c: row[c] for c in _JUDGEMENT_FIELDS})
+                item = Item(row["i_id"], row["batch_id"], row["position"], row["line"], row["question"],
+                            row["draft"], row["gold"])
+                refinement = StoredRefinement(
+                    row["refinement_id"], row["i_id"], row["r_source"],
+                    RefinementResult.from_dict(json.loads(row["r_result"])), row["r_created_at"],
+                )
+                yield JudgedRow(judgement, item, row["batch_name"], refinement)
+
+
+# Rows are read by these names, so a later migration may add columns without breaking older code.
+_BATCH_FIELDS = [f.name for f in dataclasses.fields(Batch)]
+_ITEM_FIELDS = [f.name for f in dataclasses.fields(Item)]
+_REFINEMENT_FIELDS = [f.name for f in dataclasses.fields(StoredRefinement)]
+_JUDGEMENT_FIELDS = [f.name for f in dataclasses.fields(Judgement)]
+_JUDGEMENT_COLUMNS = ", ".join(_JUDGEMENT_FIELDS)
+# 1 when the annotator (first parameter) has a current judgement with a verdict on any refinement of the item.
+_JUDGED_SQL = """EXISTS (SELECT 1 FROM refinements r JOIN judgements j ON j.refinement_id = r.id
+                 WHERE r.item_id = items.id AND j.annotator = ? AND j.undone_at IS NULL
+                   AND j.correct IS NOT NULL)"""
+
+
+def _insert_item(conn: sqlite3.Connection, batch_id: int, position: int, item: NewItem) -> int:
+    """Insert `item` at `position`, or add its refinements to the same (question, draft) already in
+    the batch; return how many items were added (1 or 0)."""
+    key = hashlib.sha256(f"{item.question}\0{item.draft}".encode()).hexdigest()
+    row = conn.execute("SELECT id FROM items WHERE batch_id = ? AND key = ?", (batch_id, key)).fetchone()
+    if row is None:
+        item_id = conn.execute(
+            "INSERT INTO items (batch_id, position, line, key, question, draft, gold) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (batch_id, position, item.line, key, item.question, item.draft, item.gold),
+        ).lastrowid
+    else:
+        item_id = row[0]
+    for result in item.refinements:
+        _insert_refinement(conn, item_id, result, "file")
+    return int(row is None)
+
+
+def _delete_batch(conn: sqlite3.Connection, batch_id: int) -> None:
+    """Remove an incomplete import (nobody can have judged it: it was never listed)."""
+    conn.execute("DELETE FROM refinements WHERE item_id IN (SELECT id FROM items WHERE batch_id = ?)", (batch_id,))
+    conn.execute("DELETE FROM items WHERE batch_id = ?", (batch_id,))
+    conn.execute("DELETE FROM batches WHERE id = ?", (batch_id,))
+
+
+def _current_judgement(conn: sqlite3.Connection, refinement_id: int, annotator: str) -> Judgement | None:
+    row = conn.execute(
+        f"SELECT {_JUDGEMENT_COLUMNS} FROM judgements WHERE refinement_id = ? AND annotator = ?"
+        " AND undone_at IS NULL ORDER BY id DESC LIMIT 1",
+        (refinement_id, annotator),
+    ).fetchone()
+    return Judgement(**dict(row)) if row else None
+
+
+def _insert_refinement(conn: sqlite3.Connection, item_id: int, result: RefinementResult, source: str) -> int:
+    return conn.execute(
+        "INSERT INTO refinements (item_id, source, result, created_at) VALUES (?, ?, ?, ?)",
+        (item_id, source, json.dumps(result.to_dict()), _now()),
+    ).lastrowid
+
+
+def _item(row: sqlite3.Row) -> Item:
+    return Item(**{name: row[name] for name in _ITEM_FIELDS})
+
+
+def _batch(row: sqlite3.Row) -> Batch:
+    data = {name: row[name] for name in _BATCH_FIELDS}
+    data["errors"] = [tuple(error) for error in json.loads(data["errors"])]
+    return Batch(**data)
+
+
+def _refinement(row: sqlite3.Row) -> StoredRefinement:
+    data = {name: row[name] for name in _REFINEMENT_FIELDS}
+    data["result"] = RefinementResult.from_dict(json.loads(data["result"]))
+    return StoredRefinement(**data)

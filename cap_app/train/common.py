@@ -1,0 +1,173 @@
+"""What SFT and DPO share: the base model, LoRA, the rows as trl text, resuming, the final adapter.
+
+The rows on disk are conversational (docs/data_formats.md); for training their prompt is
+re-rendered with `cap_app.prompts.format_prompt` and the model's own tokenizer, so training
+sees exactly the text that inference (refine.py) sends.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+from cap_app.prompts import format_prompt
+
+FINAL_DIR = "final"
+
+
+class TrainingError(Exception):
+    """Training cannot start (bad data, bad option); the message is one line for the user."""
+
+
+def load_base(model_name: str | None):
+    """The base model and tokenizer through the engine's loader (4-bit NF4 on CUDA = QLoRA)."""
+    from peft import prepare_model_for_kbit_training
+
+    from cap_app.model import ModelConfig, load_model
+
+    loaded = load_model(ModelConfig(model=model_name, adapter="none"))
+    model = loaded.model
+    if loaded.quantization in ("4bit", "8bit"):
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    return model, loaded.tokenizer
+
+
+def lora_config(cfg, model):
+    """LoRA as cfg says; with lora_layers, "all-linear" is spelled out (peft needs module names then)."""
+    import torch
+    from peft import LoraConfig
+
+    targets = cfg.lora_target_modules
+    if targets != "all-linear":
+        targets = [name.strip() for name in targets.split(",") if name.strip()]
+    layers = None
+    if cfg.lora_layers:
+        try:
+            first, _, last = cfg.lora_layers.partition("-")
+            layers = list(range(int(first), int(last or first) + 1))
+        except ValueError:
+            raise TrainingError(f"lora_layers must look like '18-29', not {cfg.lora_layers!r}") from None
+        if targets == "all-linear":
+            targets = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                              if isinstance(module, torch.nn.Linear) and ".layers." in name})
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=targets, layers_to_transform=layers, task_type="CAUSAL_LM")
+
+
+def read_rows(path: str, max_rows: int | None, required: tuple[str, ...]) -> list[dict]:
+    """The JSONL rows, checked for the keys this stage needs."""
+    if not Path(path).is_file():
+        raise TrainingError(f"no data file at {path}; build it with `python -m cap_app data build`")
+    rows = []
+    with open(path) as handle:
+        for n, line in enumerate(handle, 1):
+            if max_rows is not None and len(rows) >= max_rows:
+                break
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                raise TrainingError(f"{path}:{n}: not valid JSON") from None
+            missing = [key for key in (*required, "meta") if key not in row]
+            if missing or not {"question", "draft"} <= set(row["meta"]):
+                raise TrainingError(f"{path}:{n}: missing {', '.join(missing) or 'meta.question/meta.draft'}")
+            rows.append(row)
+    if not rows:
+        raise TrainingError(f"{path} has no rows")
+    return rows
+
+
+def prompt_text(tokenizer, row: dict) -> str:
+    """The row's CaP prompt exactly as inference renders it for this tokenizer."""
+    return format_prompt(tokenizer, row["meta"]["question"], row["meta"]["draft"])
+
+
+def answer_text(message_list: list[dict]) -> str:
+    """The assistant content of a conversational completion (a fenced program)."""
+    return message_list[-1]["content"]
+
+
+def last_checkpoint(output_dir: str) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+
+
+def callbacks(cfg, title: str, metrics: tuple[str, ...]) -> list:
+    """Loss-curve HTML on every save and at the end; an optional wall-clock limit."""
+    from transformers import TrainerCallback
+
+    from cap_app.train.curves import write_loss_html
+
+    html = Path(cfg.output_dir) / "loss.html"
+
+    class LossCurve(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            write_loss_html(state.log_history, html, title=title, metrics=metrics)
+
+        on_train_end = on_save
+
+    class TimeLimit(TrainerCallback):
+        def __init__(self, minutes: float):
+            self.deadline = time.monotonic() + minutes * 60
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if time.monotonic() > self.deadline:
+                control.should_save = True
+                control.should_training_stop = True
+
+    found = [LossCurve()]
+    if cfg.stop_after_minutes:
+        found.append(TimeLimit(cfg.stop_after_minutes))
+    return found
+
+
+def run(trainer, cfg, *, rows: int, stage: str) -> dict:
+    """Train (resuming when asked), then save final/ if the run reached its last step."""
+    checkpoint = last_checkpoint(cfg.output_dir) if cfg.resume else None
+    started = time.time()
+    trainer.train(resume_from_checkpoint=checkpoint)
+    state = trainer.state
+    losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
+    summary = {
+        "stage": stage,
+        "base_model": cfg.model or "SmolLM2-135M-Instruct (offline default)",
+        "data": cfg.data,
+        "rows": rows,
+        "steps": state.global_step,
+        "max_steps": state.max_steps,
+        "resumed_from": checkpoint,
+        "seconds_this_run": round(time.time() - started, 1),
+        "first_loss": losses[0] if losses else None,
+        "last_loss": losses[-1] if losses else None,
+        "hardware": _hardware(),
+        "finished": state.global_step >= state.max_steps,
+    }
+    if summary["finished"]:
+        save_final(trainer, Path(cfg.output_dir) / FINAL_DIR, summary)
+    return summary
+
+
+def save_final(trainer, folder: Path, summary: dict) -> None:
+    """The trained adapter alone (no DPO reference copy), in float16 to keep it a few MB."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    trainer.model.save_pretrained(folder, selected_adapters=["default"])
+    weights = folder / "adapter_model.safetensors"
+    tensors = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in load_file(weights).items()}
+    save_file(tensors, weights, metadata={"format": "pt"})
+    (folder / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def _hardware() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"

@@ -1,0 +1,106 @@
+"""The Gradio page: a Refine tab (question + draft -> streamed program, verdict, side-by-side view,
+trace, charts) and the annotator's tab when that module is present. Layout only: the handlers
+live in cap_app.ui.handlers, the rendering in cap_app.align / cap_app.charts / cap_app.ui.views.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import gradio as gr
+
+from cap_app.refine import MAX_DRAFT_CHARS, MAX_QUESTION_CHARS, STRATEGIES
+from cap_app.ui import handlers
+from cap_app.ui.examples import load_examples
+from cap_app.ui.hosting import CONCURRENCY_LIMIT, QUEUE_SIZE, WEB_LIMITS, model_choices, wrap_generation_for_zero_gpu
+from cap_app.ui.views import TRACE_HEADERS
+
+TITLE = "CaP Refinery"
+INTRO = (
+    "Paste a math question and a chain-of-thought answer (the *draft*, perhaps wrong). A CaP model "
+    "re-solves it as a Python program, the program runs in a restricted sandbox, and the page shows "
+    "where the draft went wrong. Method: [Teaching LLMs to Refine with Tools](https://arxiv.org/abs/2412.16871)."
+)
+
+
+def _refine_tab() -> None:
+    with gr.Row():
+        with gr.Column(scale=1):
+            question = gr.Textbox(label="Question", lines=4, max_length=MAX_QUESTION_CHARS, elem_id="question")
+            draft = gr.Textbox(label="Draft answer (chain of thought)", lines=6, max_length=MAX_DRAFT_CHARS,
+                               elem_id="draft")
+            gold = gr.Textbox(label="Gold answer (optional)", max_lines=1, max_length=handlers.MAX_GOLD_CHARS,
+                              elem_id="gold")
+            with gr.Accordion("Settings", open=False, elem_id="settings"):
+                choices = model_choices()
+                model = gr.Dropdown(choices, value=choices[0], label="Model", elem_id="model")
+                strategy = gr.Radio(list(STRATEGIES), value="greedy", label="Strategy",
+                                    info="vote / cot+cap sample N programs; repair feeds errors back")
+                n = gr.Slider(*WEB_LIMITS["n"], value=4, step=1, label="N (programs for vote / cot+cap)")
+                temperature = gr.Slider(*WEB_LIMITS["temperature"], value=0.7, step=0.05,
+                                        label="Temperature (vote / cot+cap sampling)")
+                max_new_tokens = gr.Slider(*WEB_LIMITS["max_new_tokens"], value=320, step=16, label="Max new tokens",
+                                           elem_id="max-new-tokens")
+                time_limit = gr.Slider(*WEB_LIMITS["time_limit_s"], value=5, step=1,
+                                       label="Time limit per program run (s)")
+            with gr.Row():
+                refine = gr.Button("Refine", variant="primary", elem_id="refine")
+                stop = gr.Button("Stop", variant="stop", elem_id="stop")
+            status = gr.Markdown(elem_id="status")
+        with gr.Column(scale=1):
+            code = gr.Code(label="Program (streamed as it is written)", language="python", interactive=False,
+                           elem_id="program")
+            verdict = gr.HTML(elem_id="verdict")
+    examples = load_examples()
+    if examples:
+        gr.Examples(
+            [[e.question, e.draft, e.gold] for e in examples], inputs=[question, draft, gold],
+            example_labels=[e.label for e in examples], label="Real GSM8K test questions with GPT-3 drafts",
+            cache_examples=False, examples_per_page=len(examples),
+        )
+    gr.Markdown("### Draft vs program\nEach draft step beside the program line computing the same thing; "
+                "the draft's arithmetic is re-checked and each line shows the value it produced.")
+    side_by_side = gr.HTML(label="Draft vs program", elem_id="side-by-side")
+    with gr.Accordion("Execution trace and output", open=True):
+        with gr.Row():
+            trace = gr.Dataframe(headers=TRACE_HEADERS, label="Trace (line, code, variables changed)",
+                                 interactive=False, wrap=True, elem_id="trace")
+            stdout = gr.Textbox(label="Printed output and errors", lines=6, interactive=False, elem_id="stdout")
+    with gr.Row():
+        votes = gr.Plot(label="Answer votes", elem_id="votes-plot")
+        times = gr.Plot(label="Time per stage", elem_id="times-plot")
+        candidates = gr.Plot(label="Programs", elem_id="candidates-plot", visible=False)
+
+    outputs = {"status": status, "code": code, "verdict": verdict, "side_by_side": side_by_side, "trace": trace,
+               "stdout": stdout, "votes": votes, "times": times, "candidates": candidates}
+    inputs = [question, draft, gold, model, strategy, n, temperature, max_new_tokens, time_limit]
+    gr.on(
+        [refine.click, gold.submit], handlers.refine_page, inputs, [outputs[name] for name in handlers.OUTPUTS],
+        api_name="refine",
+        concurrency_limit=CONCURRENCY_LIMIT, concurrency_id="generation",
+    )
+    stop.click(handlers.stop_refinement, None, status, api_name="stop", queue=False)
+
+
+def build_demo() -> gr.Blocks:
+    """The whole app (not launched): the Refine tab and, when available, the Annotate tab."""
+    wrap_generation_for_zero_gpu()
+    with gr.Blocks(title=TITLE) as demo:
+        gr.Markdown(f"# {TITLE}\n{INTRO}")
+        with gr.Tab("Refine"):
+            _refine_tab()
+        if importlib.util.find_spec("cap_app.ui.annotator_tab") is not None:
+            from cap_app.ui.annotator_tab import build_annotator_tab
+
+            with gr.Tab("Annotate"):
+                build_annotator_tab()
+    demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CONCURRENCY_LIMIT)
+    return demo
+
+
+def launch(demo: gr.Blocks, host: str | None = None, port: int | None = None, **kwargs) -> None:
+    """Serve on host:port, defaulting to $GRADIO_SERVER_NAME:$GRADIO_SERVER_PORT (127.0.0.1:7860)."""
+    host = host or os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1"
+    port = port or int(os.environ.get("GRADIO_SERVER_PORT") or 7860)
+    demo.launch(server_name=host, server_port=port, show_error=False, **kwargs)

@@ -1,0 +1,66 @@
+"""Where the app runs: the model choice from the environment, the queue limits, and ZeroGPU.
+
+On a Hugging Face ZeroGPU Space a GPU is attached only while a function decorated with
+`spaces.GPU` runs, so only model generation is wrapped; the sandbox runs outside it. Elsewhere
+(no `spaces` package, or SPACES_ZERO_GPU unset) the wrapper is the identity.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Callable, TypeVar
+
+F = TypeVar("F", bound=Callable)
+
+DEFAULT_MODEL_CHOICE = "default"
+# Refinements in flight at once. The model's lock lets one of them generate at a time; the others
+# meanwhile run their programs in the sandbox, which runs in parallel.
+CONCURRENCY_LIMIT = int(os.environ.get("CAP_CONCURRENCY", "4"))
+QUEUE_SIZE = int(os.environ.get("CAP_QUEUE_SIZE", "16"))  # waiting refinements before "busy, try again"
+GPU_SECONDS = int(os.environ.get("CAP_GPU_SECONDS", "120"))  # ZeroGPU time asked for per generation
+# What one visitor may ask for (the settings sliders use the same bounds): (low, high)
+WEB_LIMITS = {"n": (1, 8), "temperature": (0.0, 1.5), "max_new_tokens": (16, 1024), "time_limit_s": (1, 30)}
+
+
+def zero_gpu_enabled() -> bool:
+    return bool(os.environ.get("SPACES_ZERO_GPU")) and importlib.util.find_spec("spaces") is not None
+
+
+def on_gpu(fn: F) -> F:
+    """`spaces.GPU(fn)` on a ZeroGPU Space, `fn` unchanged anywhere else."""
+    if not zero_gpu_enabled():
+        return fn
+    import spaces
+
+    return spaces.GPU(duration=GPU_SECONDS)(fn)
+
+
+def wrap_generation_for_zero_gpu() -> bool:
+    """On ZeroGPU, put the engine's two generation functions (its only model calls) under spaces.GPU.
+
+    The engine calls them as `generate.generate_stream(...)`, so replacing the module attributes
+    covers every caller; the sandbox and everything else keep running on the CPU.
+    """
+    if not zero_gpu_enabled():
+        return False
+    from cap_app import generate
+
+    for name in ("generate_stream", "generate_batch"):
+        fn = getattr(generate, name)
+        if not getattr(fn, "_on_zero_gpu", False):
+            wrapped = on_gpu(fn)
+            wrapped._on_zero_gpu = True
+            setattr(generate, name, wrapped)
+    return True
+
+
+def model_choices() -> list[str]:
+    """Models a visitor may pick: $CAP_MODEL (or the offline default) plus $CAP_MODEL_CHOICES.
+
+    A public page must not let visitors make the server download arbitrary models, so the list
+    comes from the operator, never from the request.
+    """
+    first = os.environ.get("CAP_MODEL") or DEFAULT_MODEL_CHOICE
+    extra = [m.strip() for m in os.environ.get("CAP_MODEL_CHOICES", "").split(",") if m.strip()]
+    return list(dict.fromkeys([first, *extra]))

@@ -1,0 +1,156 @@
+"""The Annotate tab's handlers, driven without a browser against a real store, and the tab's layout."""
+
+from __future__ import annotations
+
+import json
+import types
+
+import gradio as gr
+import pytest
+
+from cap_app.ui import annotator_tab as tab
+from cap_app.ui.annotator_tab import VIEW
+from tests.annotator.conftest import QUESTION, make_result, write_jsonl
+
+
+def view(values: tuple) -> dict:
+    assert len(values) == len(VIEW)
+    return dict(zip(VIEW, values))
+
+
+@pytest.fixture
+def batch_file(tmp_path):
+    """Four items: Janet with a right and a wrong refinement, three more with one each."""
+    rows = [make_result("print(18)", "18").to_dict(), make_result("print(26)", "26").to_dict()]
+    rows += [make_result(f"print({i})", str(i), question=f"What is {i}?", draft=f"{i}\nA: {i}", gold=str(i)).to_dict()
+             for i in (1, 2, 3)]
+    return write_jsonl(tmp_path / "batch.jsonl", rows)
+
+
+def loaded(store, batch_file, annotator="ann"):
+    dropdown, report, *values = tab.load_file(store, str(batch_file), "", "draft", annotator)
+    return dropdown, report, view(tuple(values))
+
+
+def test_upload_loads_the_batch_and_shows_the_first_item(store, batch_file):
+    dropdown, report, shown = loaded(store, batch_file)
+    assert report == "**batch\\.jsonl**: 4 items loaded."
+    assert dropdown["value"] == shown["state"]["batch"] and len(dropdown["choices"]) == 1
+    assert QUESTION.replace("'", "&#x27;") in shown["question"] and "Gold answer:</b> 18" in shown["question"]
+    assert shown["draft"].count("<li") == 3 and '<li value="3">A: 26</li>' in shown["draft"]
+    assert [label for label, _ in shown["refinement"]["choices"]] == [
+        "1: greedy, answer 18 (file)", "2: greedy, answer 26 (file)"]
+    assert "cap-sbs" in shown["side_by_side"] and shown["trace"] == [[1, "print(18)", ""]]
+    assert isinstance(shown["votes"], object) and shown["votes"] is not None
+    assert (shown["correct"], shown["vs_draft"], shown["note"]) == (None, None, "")
+    assert ">0</span> / <span class=\"cap-ann-total\">4</span>" in shown["progress"]
+
+
+def test_paths_outside_the_allowed_folders_are_refused(store, batch_file, monkeypatch, tmp_path):
+    monkeypatch.setenv("CAP_BATCH_DIRS", str(tmp_path / "elsewhere"))
+    dropdown, report, *rest = tab.load_file(store, None, str(batch_file), "draft", "ann")
+    assert "only from" in report and all(isinstance(v, type(gr.skip())) for v in rest)
+    monkeypatch.setenv("CAP_BATCH_DIRS", str(tmp_path))
+    assert "4 items loaded" in tab.load_file(store, None, str(batch_file), "draft", "ann")[1]
+
+
+def test_judging_saves_at_once_and_the_item_shows_it_again(store, batch_file):
+    _, _, shown = loaded(store, batch_file)
+    state = shown["state"]
+    status, progress = tab.record_judgement(store, state, "", "yes", None, None, "")
+    assert "Enter your annotator name first." in status
+    assert tab.record_judgement(store, state, "ann", None, None, None, "")[0] == ""  # leaving an empty form
+    status, progress = tab.record_judgement(store, state, "ann", "no", "worse", 5, "")
+    assert "The draft has 3 steps; the first wrong step cannot be 5." in status
+    status, progress = tab.record_judgement(store, state, "ann", "no", "worse", 2, "drops the muffins")
+    assert "Saved: item 1, refinement 1" in status and ">1</span> / " in progress
+    again = view(tab.item_view(store, state, "ann"))
+    assert (again["correct"], again["vs_draft"], again["first_wrong_step"], again["note"]) == (
+        "no", "worse", 2, "drops the muffins")
+    other = view(tab.item_view(store, state, "bob"))
+    assert other["correct"] is None  # judgements are per annotator
+
+
+def test_each_refinement_is_judged_on_its_own(store, batch_file):
+    _, _, shown = loaded(store, batch_file)
+    second = view(tab.choose_refinement(store, shown["state"], "ann", 1))
+    assert second["state"]["refinement"] == 1 and second["trace"] == [[1, "print(26)", ""]]
+    tab.record_judgement(store, second["state"], "ann", "no", None, None, "")
+    tab.record_judgement(store, shown["state"], "ann", "yes", None, None, "")
+    item = store.item_at(shown["state"]["batch"], 0)
+    first_ref, second_ref = store.refinements(item.id)
+    assert store.current_judgement(first_ref.id, "ann").correct == "yes"
+    assert store.current_judgement(second_ref.id, "ann").correct == "no"
+
+
+def test_navigation_next_unjudged_wraps_and_stops_when_all_are_judged(store, batch_file):
+    _, _, shown = loaded(store, batch_file)
+    state = shown["state"]
+    assert view(tab.step(store, state, "ann", delta=-1))["position"] == 4  # wraps to the last item
+    assert view(tab.go_to(store, state, "ann", 99))["position"] == 4
+    tab.record_judgement(store, tab.new_state(state["batch"], 1), "ann", "yes", None, None, "")
+    assert view(tab.next_unjudged(store, state, "ann"))["position"] == 3  # item 2 is judged
+    for position in (0, 2, 3):
+        tab.record_judgement(store, tab.new_state(state["batch"], position), "ann", "unsure", None, None, "")
+    done = view(tab.next_unjudged(store, state, "ann"))
+    assert "Every item of this batch is judged." in done["status"]
+    assert ">4</span> / " in done["progress"]
+    reopened = view(tab.open_batch(store, state["batch"], "ann"))
+    assert reopened["position"] == 1
+
+
+def test_undo_restores_the_previous_judgement_and_shows_its_item(store, batch_file):
+    _, _, shown = loaded(store, batch_file)
+    batch_id = shown["state"]["batch"]
+    tab.record_judgement(store, tab.new_state(batch_id, 2), "ann", "yes", None, None, "")
+    tab.record_judgement(store, tab.new_state(batch_id, 2), "ann", "yes", "better", None, "")
+    undone = view(tab.undo(store, tab.new_state(batch_id, 0), "ann"))
+    assert undone["position"] == 3 and "Undid your judgement of item 3" in undone["status"]
+    assert (undone["correct"], undone["vs_draft"]) == ("yes", None)
+    view(tab.undo(store, undone["state"], "ann"))
+    assert "Nothing to undo." in view(tab.undo(store, undone["state"], "ann"))["status"]
+
+
+def test_items_table_pages_and_opens_the_clicked_row(store, batch_file, monkeypatch):
+    monkeypatch.setattr(tab, "PAGE_SIZE", 3)
+    _, _, shown = loaded(store, batch_file)
+    tab.record_judgement(store, shown["state"], "ann", "yes", None, None, "")
+    assert [row[0] for row in tab.items_page(store, shown["state"], "ann", 1)] == [1, 2, 3]
+    assert tab.items_page(store, shown["state"], "ann", 2) == [[4, "What is 3?", 1, ""]]
+    assert tab.items_page(store, shown["state"], "ann", 1)[0][3] == "yes"
+    clicked = types.SimpleNamespace(index=[0, 1])  # what gr.SelectData carries
+    assert view(tab.open_from_table(store, shown["state"], "ann", 2, clicked))["position"] == 4
+
+
+def test_export_buttons_give_a_file_the_agreement_and_a_chart(store, batch_file):
+    _, _, shown = loaded(store, batch_file)
+    for annotator, labels in (("ann", ["yes", "no"]), ("bob", ["yes", "yes"])):
+        for index, label in enumerate(labels):
+            tab.record_judgement(store, {**shown["state"], "refinement": index}, annotator, label, None, None, "")
+    path, summary, figure = tab.export_download(store, "kto")
+    assert [json.loads(line)["label"] for line in open(path)] == [True]  # the second program is contested
+    assert "Cohen&#x27;s kappa ann vs bob on &#x27;correct&#x27; (2 shared): 0.000" in summary
+    assert [trace.name for trace in figure.data] == ["ann", "bob"]
+    assert list(figure.data[1].y) == [2, 0, 0]
+
+
+def test_run_refinement_adds_a_real_engine_result(store, batch_file, tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("CAP_MODEL", tiny_model_dir)
+    _, _, shown = loaded(store, batch_file)
+    state = tab.new_state(shown["state"]["batch"], 2)
+    ran = view(tab.run_refinement(store, state, "ann", tiny_model_dir, "greedy", 16))
+    assert "Refinement added" in ran["status"], ran["status"]
+    assert ran["state"]["refinement"] == 1 and len(ran["refinement"]["choices"]) == 2
+    stored = store.refinements(store.item_at(state["batch"], 2).id)[-1]
+    assert stored.source == "run" and stored.result.question == "What is 2?"
+    refused = view(tab.run_refinement(store, state, "ann", "some/other-model", "greedy", 16))
+    assert "could not run" in refused["status"]
+
+
+def test_the_tab_builds_inside_a_blocks_with_its_events(store):
+    with gr.Blocks() as demo:
+        with gr.Tab("Annotate"):
+            tab.build_annotator_tab(store)
+    names = {d["api_name"] for d in demo.get_config_file()["dependencies"]}
+    assert {"annotate_load_file", "annotate_record_judgement", "annotate_undo", "annotate_next_unjudged",
+            "annotate_export_download_dpo"} <= names

@@ -1,0 +1,1 @@
+"""Tests of the refinement engine: model loading, generation, extraction, strategies, CLI."""

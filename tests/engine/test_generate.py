@@ -1,0 +1,102 @@
+"""Batched and streamed generation on the tiny random Llama."""
+
+import threading
+
+import pytest
+import torch
+
+from cap_app.generate import GenerationConfig, _stopping_and_recording, generate_batch, generate_stream
+
+PROMPTS = ["x = 1", "a much longer prompt, so the batch needs left padding"]
+
+
+def test_batch_returns_n_samples_per_prompt_with_token_counts(tiny_loaded):
+    groups = generate_batch(tiny_loaded, PROMPTS, GenerationConfig(max_new_tokens=5, n=3, temperature=1.0))
+    assert [len(group) for group in groups] == [3, 3]
+    for prompt, group in zip(PROMPTS, groups):
+        prompt_tokens = len(tiny_loaded.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        for generation in group:
+            assert generation.prompt_tokens == prompt_tokens  # padding not counted
+            assert generation.new_tokens == 5 and generation.finish == "length"
+            assert generation.mean_logprob < 0
+
+
+def test_left_padded_batch_matches_one_prompt_at_a_time(tiny_loaded):
+    config = GenerationConfig(max_new_tokens=8)
+    batched = [group[0] for group in generate_batch(tiny_loaded, PROMPTS, config)]
+    alone = [generate_batch(tiny_loaded, [prompt], config)[0][0] for prompt in PROMPTS]
+    assert [g.text for g in batched] == [g.text for g in alone]
+    assert [g.mean_logprob for g in batched] == pytest.approx([g.mean_logprob for g in alone], abs=1e-4)
+
+
+def test_batch_size_splits_rows_without_changing_results(tiny_loaded):
+    whole = generate_batch(tiny_loaded, PROMPTS, GenerationConfig(max_new_tokens=4, n=2, batch_size=8))
+    split = generate_batch(tiny_loaded, PROMPTS, GenerationConfig(max_new_tokens=4, n=2, batch_size=1))
+    assert [[g.text for g in group] for group in whole] == [[g.text for g in group] for group in split]
+
+
+def test_seed_makes_sampling_reproducible(tiny_loaded):
+    def sample(seed):
+        config = GenerationConfig(max_new_tokens=12, n=2, temperature=1.0, top_p=1.0, seed=seed)
+        return [g.text for g in generate_batch(tiny_loaded, ["x"], config)[0]]
+
+    assert sample(1) == sample(1)
+    assert sample(1) != sample(2)
+
+
+def test_mean_logprob_is_the_models_own_probability_of_the_tokens(tiny_loaded):
+    """Checked against a teacher-forced forward pass; sampling settings must not distort it."""
+    tokenizer, model = tiny_loaded.tokenizer, tiny_loaded.model
+    [[generation]] = generate_batch(tiny_loaded, ["y ="], GenerationConfig(max_new_tokens=6, temperature=0.5))
+    prompt_ids = tokenizer("y =", add_special_tokens=False, return_tensors="pt")["input_ids"]
+    new_ids = torch.tensor([generation.token_ids])
+    assert new_ids.shape[1] == generation.new_tokens == 6
+    ids = torch.cat([prompt_ids, new_ids], dim=1)
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(ids).logits[0, :-1].float(), dim=-1)
+    expected = logprobs[prompt_ids.shape[1] - 1:].gather(1, new_ids[0].unsqueeze(1)).mean()
+    assert generation.mean_logprob == pytest.approx(float(expected), abs=1e-4)
+
+
+def test_stream_yields_each_rows_text_then_the_generations(tiny_loaded):
+    config = GenerationConfig(max_new_tokens=10, n=2, temperature=1.0)
+    chunks = list(generate_stream(tiny_loaded, PROMPTS, config))
+    final = chunks[-1]
+    assert final.row == -1 and [len(g) for g in final.generations] == [2, 2]
+    streamed = ["", "", "", ""]
+    for chunk in chunks[:-1]:
+        streamed[chunk.row] += chunk.text
+    assert streamed == [g.text for group in final.generations for g in group]
+    assert final.generations == generate_batch(tiny_loaded, PROMPTS, config)  # same seed, same samples
+
+
+def test_stream_stops_when_cancelled(tiny_loaded):
+    cancel = threading.Event()
+    stream = generate_stream(tiny_loaded, ["x"], GenerationConfig(max_new_tokens=300), cancel=cancel)
+    next(stream)
+    cancel.set()
+    [[generation]] = list(stream)[-1].generations
+    assert generation.finish == "cancelled" and generation.new_tokens < 300
+
+
+def test_closing_a_stream_early_releases_the_model(tiny_loaded):
+    stream = generate_stream(tiny_loaded, ["x"], GenerationConfig(max_new_tokens=300))
+    next(stream)
+    stream.close()
+    assert tiny_loaded.lock.acquire(timeout=30)  # the generation thread stopped and let go
+    tiny_loaded.lock.release()
+
+
+def test_generation_stops_when_the_python_block_closes(tiny_loaded):
+    """The stopping rule, fed a fenced program token by token (a random model never writes one)."""
+    tokenizer = tiny_loaded.tokenizer
+    rows = ["```python\nprint(1)\n```\nmore text", "just prose, no fence at all!!"]
+    ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in rows]
+    steps = min(len(i) for i in ids)
+    tokens = torch.tensor([i[:steps] for i in ids])
+    watch, _ = _stopping_and_recording(tokenizer, 2, 0, {tokenizer.eos_token_id}, True, None)
+    for step in range(1, steps + 1):
+        done = watch(tokens[:, :step], None)
+    closing = len(tokenizer("```python\nprint(1)\n```", add_special_tokens=False)["input_ids"])
+    assert done.tolist() == [True, False]
+    assert (watch.finish, watch.lengths) == (["program_end", "length"], [closing, steps])

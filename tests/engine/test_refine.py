@@ -1,0 +1,233 @@
+"""Refinement strategies. A random tiny model writes no programs, so these tests script the
+generator (the real one is tested in test_generate.py and test_bundled_model.py); the programs
+run in the real sandbox."""
+
+import threading
+
+import pytest
+
+import cap_app.generate
+from cap_app.generate import Generation, StreamChunk
+from cap_app.model import LoadedModel
+from cap_app.refine import (InputError, RefineConfig, RefineItem, item_from_record, refine, refine_batch,
+                            refine_stream, validate_inputs)
+from tests.helpers.tiny_model import make_tiny_tokenizer
+
+QUESTION = "Janet's ducks lay 16 eggs per day. She eats 3 and bakes with 4. She sells the rest at $2. How much does she make?"
+WRONG_DRAFT = "She has 16 - 3 = 13 eggs left.\nShe makes 13 * 2 = $26.\nA: 26"
+RIGHT = "```python\neggs = 16 - 3 - 4\nprint(eggs * 2)\n```"
+WRONG = "```python\nprint((16 - 3) * 2)\n```"
+TWENTY = "```python\nprint(20)\n```"
+CRASHES = "```python\neggs = 16 - 3 - 4\nprint(eggs / 0)\n```"
+PRINTS_NOTHING = "```python\neggs = 9\n```"
+
+
+class ScriptedGenerator:
+    """Stands in for cap_app.generate: returns scripted texts (with log-probs) in order and
+    records the prompts and settings it was called with."""
+
+    def __init__(self, *script: tuple[str, float]):
+        self.script = list(script)
+        self.calls: list[tuple[list[str], object]] = []
+
+    def _next(self, prompt: str) -> Generation:
+        text, logprob = self.script.pop(0)
+        return Generation(text=text, prompt_tokens=len(prompt), new_tokens=len(text), mean_logprob=logprob,
+                          finish="program_end")
+
+    def generate_batch(self, loaded, prompts, config, *, cancel=None):
+        self.calls.append((list(prompts), config))
+        return [[self._next(p) for _ in range(config.n)] for p in prompts]
+
+    def generate_stream(self, loaded, prompts, config, *, cancel=None):
+        groups = self.generate_batch(loaded, prompts, config)
+        rows = [g for group in groups for g in group]
+        for row, generation in enumerate(rows):
+            for start in range(0, len(generation.text), 7):
+                if cancel is not None and cancel.is_set():
+                    return
+                yield StreamChunk(row, generation.text[start:start + 7])
+        yield StreamChunk(-1, "", generations=groups)
+
+
+@pytest.fixture
+def scripted_model():
+    return LoadedModel(model=None, tokenizer=make_tiny_tokenizer(), name="scripted", device="cpu")
+
+
+def script(monkeypatch, *texts: tuple[str, float]) -> ScriptedGenerator:
+    generator = ScriptedGenerator(*texts)
+    monkeypatch.setattr(cap_app.generate, "generate_batch", generator.generate_batch)
+    monkeypatch.setattr(cap_app.generate, "generate_stream", generator.generate_stream)
+    return generator
+
+
+def test_greedy_corrects_a_wrong_draft(monkeypatch, scripted_model):
+    generator = script(monkeypatch, (RIGHT, -0.1))
+    result = refine(QUESTION, WRONG_DRAFT, gold="#### 18", model=scripted_model)
+    assert (result.draft_answer, result.refined_answer, result.verdict) == ("26", "18", "disagrees")
+    assert (result.gold, result.draft_correct, result.refined_correct) == ("18", False, True)
+    assert result.chosen == 0 and result.program == "eggs = 16 - 3 - 4\nprint(eggs * 2)"
+    assert result.execution.status == "ok" and result.execution.trace  # traced by the real sandbox
+    [(prompts, config)] = generator.calls
+    assert config.temperature == 0 and config.n == 1
+    assert WRONG_DRAFT in prompts[0] and QUESTION in prompts[0]
+    assert result.model == "scripted" and result.generated_tokens == len(RIGHT)
+    assert set(result.timings_ms) == {"generate", "execute", "total"}
+
+
+def test_greedy_agrees_with_a_right_draft_and_reports_a_failed_program(monkeypatch, scripted_model):
+    script(monkeypatch, (RIGHT, -0.1), (CRASHES, -0.1))
+    assert refine(QUESTION, "A: 18", model=scripted_model).verdict == "agrees"
+    failed = refine(QUESTION, "A: 18", model=scripted_model)
+    assert (failed.verdict, failed.refined_answer, failed.chosen) == ("no_answer", None, None)
+    assert failed.candidates[0].execution.status == "error" and "division by zero" in failed.candidates[0].execution.error
+
+
+def test_vote_takes_the_majority_answer(monkeypatch, scripted_model):
+    generator = script(monkeypatch, (WRONG, -0.1), (RIGHT, -0.9), (RIGHT.replace("eggs", "left"), -0.5),
+                       (CRASHES, -0.01))
+    result = refine(QUESTION, WRONG_DRAFT, config=RefineConfig(strategy="vote", n=4, temperature=0.8),
+                    model=scripted_model)
+    assert result.votes == {"26": 1, "18": 2} and result.refined_answer == "18"
+    assert result.chosen == 2  # the more likely of the two programs that printed 18
+    [(_, config)] = generator.calls
+    assert (config.n, config.temperature) == (4, 0.8)
+
+
+def test_vote_counts_equivalent_answers_together(monkeypatch, scripted_model):
+    script(monkeypatch, ("```python\nprint(18.0)\n```", -0.5), (RIGHT, -0.4), (TWENTY, -0.1))
+    result = refine(QUESTION, WRONG_DRAFT, config=RefineConfig(strategy="vote", n=3), model=scripted_model)
+    assert result.votes == {"18": 2, "20": 1} and result.refined_answer == "18"
+
+
+def test_vote_tie_goes_to_the_higher_log_prob(monkeypatch, scripted_model):
+    script(monkeypatch, (RIGHT, -0.9), (TWENTY, -0.2))
+    result = refine(QUESTION, WRONG_DRAFT, config=RefineConfig(strategy="vote", n=2), model=scripted_model)
+    assert (result.refined_answer, result.chosen) == ("20", 1)
+
+
+def test_cot_cap_counts_the_draft_as_a_vote(monkeypatch, scripted_model):
+    script(monkeypatch, (RIGHT, -0.1), (WRONG, -0.5), (TWENTY, -0.3))
+    result = refine(QUESTION, WRONG_DRAFT, config=RefineConfig(strategy="cot+cap", n=3), model=scripted_model)
+    assert result.votes == {"18": 1, "26": 2, "20": 1}
+    assert (result.refined_answer, result.chosen, result.verdict) == ("26", 1, "agrees")
+
+
+def test_cot_cap_tie_between_draft_alone_and_a_program_goes_to_the_program(monkeypatch, scripted_model):
+    script(monkeypatch, (RIGHT, -2.0))
+    result = refine(QUESTION, WRONG_DRAFT, config=RefineConfig(strategy="cot+cap", n=1), model=scripted_model)
+    assert result.votes == {"18": 1, "26": 1} and result.refined_answer == "18"
+
+
+def test_cot_cap_falls_back_to_the_draft_when_no_program_runs(monkeypatch, scripted_model):
+    script(monkeypatch, (CRASHES, -0.1), (CRASHES, -0.1))
+    result = refine(QUESTION, WRONG_DRAFT, config=RefineConfig(strategy="cot+cap", n=2), model=scripted_model)
+    assert (result.refined_answer, result.chosen, result.votes) == ("26", None, {"26": 1})
+
+
+def test_repair_feeds_the_error_back_until_a_program_runs(monkeypatch, scripted_model):
+    generator = script(monkeypatch, (CRASHES, -0.1), (PRINTS_NOTHING, -0.1), (RIGHT, -0.1))
+    result = refine(QUESTION, WRONG_DRAFT, config=RefineConfig(strategy="repair", repair_rounds=3),
+                    model=scripted_model)
+    assert [c.round for c in result.candidates] == [0, 1, 2]
+    assert (result.chosen, result.refined_answer) == (2, "18")
+    first_repair, second_repair = generator.calls[1][0][0], generator.calls[2][0][0]
+    assert "division by zero" in first_repair and "eggs / 0" in first_repair
+    assert "printed no answer" in second_repair and "division by zero" in second_repair  # the whole history
+
+
+def test_repair_gives_up_after_its_rounds(monkeypatch, scripted_model):
+    generator = script(monkeypatch, *[(CRASHES, -0.1)] * 3)
+    result = refine(QUESTION, WRONG_DRAFT, config=RefineConfig(strategy="repair", repair_rounds=2),
+                    model=scripted_model)
+    assert len(result.candidates) == 3 and result.verdict == "no_answer" and not generator.script
+
+
+def test_batch_groups_items_and_keeps_their_order(monkeypatch, scripted_model):
+    generator = script(monkeypatch, (RIGHT, -0.1), (TWENTY, -0.1), (WRONG, -0.1))
+    items = [RefineItem(QUESTION, WRONG_DRAFT, "18"), RefineItem("What is 4 * 5?", "A: 20"), RefineItem("q3", "")]
+    results = list(refine_batch(items, RefineConfig(batch_size=2), scripted_model))
+    assert [r.refined_answer for r in results] == ["18", "20", "26"]
+    assert [len(prompts) for prompts, _ in generator.calls] == [2, 1]
+    assert results[0].refined_correct is True and results[1].gold is None
+
+
+def test_batch_repairs_only_the_items_that_failed(monkeypatch, scripted_model):
+    generator = script(monkeypatch, (CRASHES, -0.1), (TWENTY, -0.1), (RIGHT, -0.1))
+    items = [RefineItem(QUESTION, WRONG_DRAFT), RefineItem("What is 4 * 5?", "A: 20")]
+    results = list(refine_batch(items, RefineConfig(strategy="repair", batch_size=2), scripted_model))
+    assert [len(prompts) for prompts, _ in generator.calls] == [2, 1]
+    assert [r.refined_answer for r in results] == ["18", "20"]
+
+
+def test_stream_reports_tokens_program_execution_then_the_result(monkeypatch, scripted_model):
+    script(monkeypatch, (RIGHT, -0.1), (TWENTY, -0.2))
+    events = list(refine_stream(QUESTION, WRONG_DRAFT, config=RefineConfig(strategy="vote", n=2),
+                                model=scripted_model))
+    kinds = [e.kind for e in events]
+    assert kinds[-1] == "done" and kinds.count("done") == 1
+    assert kinds.index("program") > max(i for i, k in enumerate(kinds) if k == "token")
+    for candidate, text in enumerate((RIGHT, TWENTY)):
+        assert "".join(e.text for e in events if e.kind == "token" and e.candidate == candidate) == text
+    executed = [e for e in events if e.kind == "executed"]
+    assert [(e.candidate, e.execution.answer) for e in executed] == [(0, "18"), (1, "20")]
+    result = events[-1].result
+    assert result.candidates[1].execution == executed[1].execution and result.votes == {"18": 1, "20": 1}
+
+
+def test_stream_repair_numbers_candidates_across_rounds(monkeypatch, scripted_model):
+    script(monkeypatch, (CRASHES, -0.1), (RIGHT, -0.1))
+    events = list(refine_stream(QUESTION, WRONG_DRAFT, config=RefineConfig(strategy="repair"),
+                                model=scripted_model))
+    assert [e.candidate for e in events if e.kind == "program"] == [0, 1]
+    assert {e.candidate for e in events if e.kind == "token"} == {0, 1}
+    assert events[-1].result.refined_answer == "18"
+
+
+def test_cancelled_stream_ends_without_a_result(monkeypatch, scripted_model):
+    script(monkeypatch, (RIGHT, -0.1))
+    cancel = threading.Event()
+    events = []
+    for event in refine_stream(QUESTION, WRONG_DRAFT, model=scripted_model, cancel=cancel):
+        events.append(event)
+        cancel.set()
+    assert [e.kind for e in events] == ["token"]
+
+
+@pytest.mark.parametrize("question, draft, message", [
+    ("", "A: 1", "the question is empty"),
+    ("   \n", "A: 1", "the question is empty"),
+    ("q", "x" * 8001, "the draft is too long (8,001 characters; the limit is 8,000)"),
+    ("q\x00", "A: 1", "the question contains control characters; paste plain text"),
+    ("q", "\x1b[31mred", "the draft contains control characters; paste plain text"),
+    ("q", None, "the draft must be text"),
+    (b"q", "", "the question must be text"),
+])
+def test_unusable_input_is_refused_with_a_clear_message(question, draft, message):
+    with pytest.raises(InputError) as raised:
+        validate_inputs(question, draft)
+    assert str(raised.value) == message
+
+
+def test_ordinary_input_passes_validation():
+    validate_inputs("Café costs €3.50 — how much?\tok", "Line one\r\nline two\n")
+    validate_inputs("What is 2 + 2?", "")  # no draft: refine from the question alone
+
+
+def test_items_from_the_drafts_file_format():
+    record = {"question": "Q?", "ground_truth": "so\nA: 18",
+              "6b_finetuning": {"is_correct": False, "solution": "A: 26"}, "175b_verification": {"solution": "A: 18"}}
+    assert item_from_record(record, draft_key="6b_finetuning") == RefineItem("Q?", "A: 26", "so\nA: 18")
+    assert item_from_record(record, draft_key="none") == RefineItem("Q?", "", "so\nA: 18")
+    with pytest.raises(InputError, match=r"missing 'draft' \(drafts in this record: 175b_verification, 6b_finetuning"):
+        item_from_record(record)
+    with pytest.raises(InputError, match="expected a JSON object"):
+        item_from_record(["Q?"])
+
+
+def test_unknown_strategy_and_bad_settings_are_refused():
+    with pytest.raises(ValueError, match="unknown strategy 'best'"):
+        RefineConfig(strategy="best")
+    with pytest.raises(ValueError, match="top_p"):
+        RefineConfig(top_p=0)

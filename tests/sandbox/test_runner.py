@@ -1,0 +1,123 @@
+"""The client side: many threads and processes at once, a dead zygote replaced, no zygote left
+behind by a dead client, bad settings refused, results that survive JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from cap_app.sandbox import ExecResult, SandboxConfig, run_program
+from cap_app.sandbox.runner import SandboxServer
+
+
+def test_many_threads_get_their_own_results(zygote_pids):
+    programs = [(f"x = {n}\nprint(x * x)", str(n * n)) for n in range(24)]
+    programs.append(("import sympy\nx = sympy.symbols('x')\nprint(sympy.solve(x - 5, x)[0])", "5"))
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda item: run_program(item[0]), programs))
+    assert [result.answer for result in results] == [answer for _, answer in programs]
+
+
+def test_hostile_and_ordinary_programs_side_by_side(zygote_pids):
+    jobs = ["while True:\n    pass", "print(2 + 2)", "x = [0] * 10 ** 9", "print(3 + 3)"]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda code: run_program(code, timeout_s=1, memory_mb=128), jobs))
+    assert [(r.status, r.answer) for r in results] == [("timeout", None), ("ok", "4"), ("memory", None), ("ok", "6")]
+
+
+CHILD_PROCESS = "from cap_app.sandbox import run_program; print(run_program('print(6 * 7)').answer)"
+
+
+def test_several_processes_each_use_their_own_zygote():
+    processes = [subprocess.Popen([sys.executable, "-c", CHILD_PROCESS], stdout=subprocess.PIPE, text=True)
+                 for _ in range(2)]
+    assert [p.communicate(timeout=120)[0].strip() for p in processes] == ["42", "42"]
+
+
+def test_a_killed_zygote_is_replaced():
+    server = SandboxServer()
+    try:
+        server.start()
+        first = server.pid
+        os.kill(first, signal.SIGKILL)
+        payload = json.dumps({"code": "print(1)", "config": vars(SandboxConfig())}).encode()
+        deadline = time.monotonic() + 5
+        while server.pid is not None and time.monotonic() < deadline:
+            time.sleep(0.05)  # the kill lands asynchronously
+        assert server.request(payload, 60)["stdout"] == "1\n"
+        assert server.pid not in (None, first)
+    finally:
+        server.stop()
+
+
+ORPHAN_CHECK = """\
+from cap_app.sandbox import server_pids, start_servers
+start_servers(with_sympy=False)
+print(server_pids()["light"], flush=True)
+import time
+time.sleep(60)
+"""
+
+
+def test_zygote_stops_when_its_client_process_dies():
+    client = subprocess.Popen([sys.executable, "-c", ORPHAN_CHECK], stdout=subprocess.PIPE, text=True)
+    zygote = int(client.stdout.readline())
+    os.kill(client.pid, signal.SIGKILL)
+    client.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _running(zygote):
+        time.sleep(0.05)
+    assert not _running(zygote)
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"timeout_s": 0}, "timeout_s must be a number between 0.05 and 120, got 0"),
+    ({"timeout_s": float("nan")}, "timeout_s must be a number between 0.05 and 120, got nan"),
+    ({"memory_mb": 10}, "memory_mb must be a number between 64 and 16384, got 10"),
+    ({"max_output_bytes": 0}, "max_output_bytes must be a number between 1 and 1.67772e+07, got 0"),
+    ({"trace": "yes"}, "trace must be true or false, got 'yes'"),
+    ({"max_trace_steps": True}, "max_trace_steps must be a number between 0 and 100000, got True"),
+])
+def test_bad_settings_are_refused(settings, message):
+    with pytest.raises(ValueError) as caught:
+        run_program("print(1)", **settings)
+    assert str(caught.value) == message
+
+
+def test_programs_that_are_not_text_or_too_long(zygote_pids):
+    assert run_program(b"print(1)").error == "the program must be text"
+    too_long = run_program("x = 1\n" * 10_000)
+    assert (too_long.status, too_long.error) == ("rejected", "program is too long (60000 characters, limit 50000)")
+    nul = run_program("x = 1\0")
+    assert (nul.status, nul.error) == ("error", "SyntaxError: source code string cannot contain null bytes")
+
+
+def test_result_survives_json(zygote_pids):
+    result = run_program("x = [1, 2]\nprint(sum(x))")
+    assert ExecResult.from_dict(json.loads(json.dumps(result.to_dict()))) == result
+
+
+def test_zygote_does_not_inherit_secrets(monkeypatch):
+    monkeypatch.setenv("CAP_TEST_SECRET_TOKEN", "hunter2")
+    server = SandboxServer()
+    try:
+        server.start()
+        with open(f"/proc/{server.pid}/environ", "rb") as environ:
+            assert b"hunter2" not in environ.read()
+    finally:
+        server.stop()

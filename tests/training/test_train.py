@@ -1,0 +1,112 @@
+"""SFT and DPO on a tiny random Llama on CPU: the loss goes down, runs resume, the adapter loads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cap_app.cli import main as cli_main
+from cap_app.prompts import build_messages, format_completion
+
+pytestmark = pytest.mark.slow
+
+QUESTION = "Tom has 3 boxes of 4 apples. He eats 2. How many apples are left?"
+DRAFT = "Tom has 3 + 4 = 7 apples. 7 - 2 = 5.\nA: 5"
+RIGHT = "boxes = 3\napples_per_box = 4\neaten = 2\nleft = boxes * apples_per_box - eaten\nprint(left)"
+WRONG = "boxes = 3\napples_per_box = 4\neaten = 2\nleft = boxes + apples_per_box - eaten\nprint(left)"
+# The tiny model's tokenizer is one token per byte, so the CaP prompt is ~900 tokens long.
+TINY = ["--max_length", "2048", "--warmup_steps", "0", "--disable_tqdm", "true", "--seed", "0"]
+
+
+def meta() -> dict:
+    return {"id": "t-0", "question": QUESTION, "draft": DRAFT, "draft_kind": "wrong_operation",
+            "draft_answer": "5", "gold": "10"}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("rows")
+    prompt = build_messages(QUESTION, DRAFT)
+    sft = {"prompt": prompt, "completion": [{"role": "assistant", "content": format_completion(RIGHT)}], "meta": meta()}
+    dpo = {"prompt": prompt, "chosen": sft["completion"],
+           "rejected": [{"role": "assistant", "content": format_completion(WRONG)}], "meta": meta()}
+    (folder / "sft.jsonl").write_text((json.dumps(sft) + "\n") * 2)
+    (folder / "dpo.jsonl").write_text((json.dumps(dpo) + "\n") * 2)
+    return folder
+
+
+def losses(output_dir: Path, key: str = "loss") -> list[float]:
+    state = json.loads(max(output_dir.glob("checkpoint-*/trainer_state.json"), key=lambda p: p.stat().st_mtime).read_text())
+    return [entry[key] for entry in state["log_history"] if key in entry]
+
+
+@pytest.fixture(scope="module")
+def sft_dir(tiny_model_dir, data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("sft")
+    code = cli_main(["train", "sft", "--model", tiny_model_dir, "--data", str(data / "sft.jsonl"),
+                     "--output_dir", str(out), "--max_steps", "6", "--per_device_train_batch_size", "2",
+                     "--learning_rate", "3e-2", "--save_steps", "3", *TINY])
+    assert code == 0
+    return out
+
+
+def test_sft_loss_goes_down_and_writes_adapter_and_curve(sft_dir):
+    curve = losses(sft_dir)
+    assert len(curve) == 6
+    assert sum(curve[-2:]) < sum(curve[:2]) - 0.1
+    assert (sft_dir / "final" / "adapter_model.safetensors").is_file()
+    assert "plotly" in (sft_dir / "loss.html").read_text()
+    summary = json.loads((sft_dir / "final" / "training_summary.json").read_text())
+    assert summary["steps"] == 6 and summary["finished"] and summary["rows"] == 2
+
+
+def test_trained_adapter_loads_in_the_engine(sft_dir, tiny_model_dir):
+    import torch
+
+    from cap_app.model import ModelConfig, load_model
+
+    base = load_model(ModelConfig(model=tiny_model_dir, adapter="none"))
+    tuned = load_model(ModelConfig(model=tiny_model_dir, adapter=str(sft_dir / "final")))
+    assert tuned.adapter == str(sft_dir / "final")
+    ids = base.tokenizer("print(1)", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert not torch.allclose(base.model(ids).logits, tuned.model(ids).logits)
+
+
+def test_dpo_from_the_sft_adapter_prefers_the_right_program(sft_dir, tiny_model_dir, data, tmp_path):
+    code = cli_main(["train", "dpo", "--model", tiny_model_dir, "--adapter", str(sft_dir / "final"),
+                     "--data", str(data / "dpo.jsonl"), "--output_dir", str(tmp_path), "--max_steps", "4",
+                     "--per_device_train_batch_size", "2", "--learning_rate", "3e-2", "--save_steps", "4",
+                     "--loss_type", "sigmoid+sft", "--loss_weights", "1", "0.5", *TINY])
+    assert code == 0
+    curve = losses(tmp_path)
+    assert curve[-1] < curve[0]
+    assert losses(tmp_path, "rewards/margins")[-1] > 0
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "final" / "adapter_model.safetensors", "pt") as weights:
+        assert weights.keys() and not any(".ref." in key for key in weights.keys())
+
+
+def test_a_stopped_run_resumes_from_its_checkpoint(tiny_model_dir, data, tmp_path, capsys):
+    args = ["train", "sft", "--model", tiny_model_dir, "--data", str(data / "sft.jsonl"), "--output_dir",
+            str(tmp_path), "--max_steps", "3", "--per_device_train_batch_size", "2", "--save_steps", "10",
+            "--lora_layers", "1-1", *TINY]
+    assert cli_main([*args, "--stop_after_minutes", "0.0001"]) == 0
+    assert "stopped at step 1 of 3" in capsys.readouterr().out
+    assert (tmp_path / "checkpoint-1").is_dir() and not (tmp_path / "final").exists()
+    assert cli_main([*args, "--resume"]) == 0
+    summary = json.loads((tmp_path / "final" / "training_summary.json").read_text())
+    assert summary["resumed_from"].endswith("checkpoint-1") and summary["steps"] == 3
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "final" / "adapter_model.safetensors", "pt") as weights:
+        layers = {key.split(".layers.")[1].split(".")[0] for key in weights.keys()}
+    assert layers == {"1"}  # --lora_layers 1-1: the other layer stays frozen and unadapted
+
+
+def test_missing_data_is_a_clear_error(tmp_path, capsys):
+    assert cli_main(["train", "dpo", "--data", str(tmp_path / "none.jsonl"), "--output_dir", str(tmp_path)]) == 2
+    assert "no data file" in capsys.readouterr().err

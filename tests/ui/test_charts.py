@@ -1,0 +1,56 @@
+"""Plotly figures: vote bars coloured by agreement with draft and gold, stage times, candidates."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from cap_app.charts import CATEGORIES, NO_ANSWER, candidates_figure, stage_times_figure, votes_figure
+from cap_app.results import Candidate
+from cap_app.sandbox.result import ExecResult
+
+
+def _vote_result(janet_result, *, gold="18"):
+    def cand(answer, status="ok"):
+        return Candidate("", "print(1)", ExecResult(status, answer=answer, duration_ms=5.0), answer, tokens=10)
+
+    candidates = [cand("18"), cand("18"), cand("26"), cand("<b>x</b>"), cand(None, "error")]
+    return dataclasses.replace(janet_result, strategy="vote", candidates=candidates, chosen=0,
+                               votes={"18": 2, "26": 1, "<b>x</b>": 1}, gold=gold)
+
+
+def _bars(fig):
+    return {trace.name: (list(trace.x), list(trace.y), trace.marker.color) for trace in fig.data}
+
+
+def test_votes_are_coloured_by_agreement_with_draft_and_gold(janet_result):
+    fig = votes_figure(_vote_result(janet_result))
+    bars = _bars(fig)
+    assert bars["differs from draft, right"] == (["18"], [2], CATEGORIES[(False, True)][1])
+    assert bars["same as draft, wrong"] == (["26"], [1], CATEGORIES[(True, False)][1])
+    assert bars["differs from draft, wrong"][:2] == (["&lt;b&gt;x&lt;/b&gt;"], [1])  # escaped, not bold
+    assert bars["program failed"][:2] == ([NO_ANSWER], [1])
+    right = next(t for t in fig.data if t.name == "differs from draft, right")
+    assert list(right.text) == ["2 ★ chosen"]
+    assert "draft said 26, gold 18" in fig.layout.title.text
+    json.loads(fig.to_json())  # serialisable for gr.Plot
+
+
+def test_votes_without_gold_only_compare_with_the_draft(janet_result):
+    bars = _bars(votes_figure(_vote_result(janet_result, gold=None)))
+    assert set(bars) == {"differs from draft", "same as draft", "program failed"}
+    assert bars["differs from draft"][:2] == (["18", "&lt;b&gt;x&lt;/b&gt;"], [2, 1])
+
+
+def test_stage_times_figure_shows_seconds_per_stage(janet_result):
+    fig = stage_times_figure(janet_result)
+    (bar,) = fig.data
+    assert list(bar.y) == ["prompt", "generate", "execute"]
+    assert list(bar.x) == [0.004, 1.5, 0.012]
+    assert "1.52 s in all, 40 tokens generated" in fig.layout.title.text
+
+
+def test_candidates_figure_groups_programs_by_run_status(janet_result):
+    fig = candidates_figure(_vote_result(janet_result))
+    by_status = {t.name: list(t.text) for t in fig.data}
+    assert by_status == {"ok": ["#1", "#2", "#3", "#4"], "error": ["#5"]}

@@ -1,0 +1,52 @@
+"""Verdict sentence and badges, trace rows, printed output."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from cap_app.results import Candidate
+from cap_app.sandbox.result import ExecResult, TraceStep
+from cap_app.ui.views import execution_text, message_html, trace_table, verdict_html, verdict_sentence
+from tests.ui.conftest import make_result
+
+
+def test_verdict_sentence_names_both_answers(janet_result):
+    assert verdict_sentence(janet_result) == (
+        "The refinement disagrees with the draft: 18 vs 26. Gold answer 18: the refinement is right and the draft is wrong.")
+    agreeing = make_result(refined="26", votes={"26": 1}, verdict="agrees", gold=None)
+    assert verdict_sentence(agreeing) == "The refinement agrees with the draft: 26."
+
+
+def test_verdict_sentence_when_no_program_ran():
+    failed = ExecResult("timeout", error="time limit of 5 s exceeded")
+    result = make_result(candidates=[Candidate("", "while True: pass", failed, None)], chosen=None, refined=None,
+                         votes={}, verdict="no_answer", gold=None)
+    assert verdict_sentence(result) == (
+        "No program produced an answer (time limit of 5 s exceeded), so the draft's answer 26 is unchecked.")
+
+
+def test_verdict_html_marks_answers_against_gold_and_escapes(janet_result):
+    page = verdict_html(janet_result)
+    assert 'data-verdict="disagrees"' in page
+    assert page.count("✓") == 1 and page.count("✗") == 1  # refined right, draft wrong
+    hostile = dataclasses.replace(janet_result, refined_answer="<script>x</script>")
+    assert "<script>" not in verdict_html(hostile)
+    assert "<b>" not in message_html("<b>busy</b>")
+
+
+def test_trace_table_rows_and_truncation(janet_result):
+    rows = trace_table(janet_result)
+    assert rows[3] == [4, "left = eggs - breakfast - muffins", "left = 9"]
+    assert rows[-1] == [6, "print(money)", ""]
+    truncated = ExecResult("ok", answer="1", trace=[TraceStep(1, "x = 1", {"x": "1"})], trace_truncated=True)
+    result = make_result(candidates=[Candidate("", "x = 1", truncated, "1")])
+    assert trace_table(result)[-1] == ["…", "(trace truncated)", ""]
+
+
+def test_execution_text_shows_output_errors_and_truncation():
+    run = ExecResult("error", stdout="partial\n", error="line 3: division by zero", stdout_truncated=True,
+                     duration_ms=7.4)
+    result = make_result(candidates=[Candidate("", "print(1/0)", run, None)], chosen=None, refined=None, votes={},
+                         verdict="no_answer")
+    assert execution_text(result) == "partial\n[output truncated]\nerror: line 3: division by zero\n[error, 7 ms]"
+    assert execution_text(make_result(candidates=[], chosen=None, refined=None, votes={})) == "No program was run."
