@@ -143,7 +143,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
-    from cap_app.refine import InputError, refine, validate_inputs
+    from cap_app.refine import InputError, validate_inputs
 
     if not batch:
         try:
@@ -157,12 +157,27 @@ def main(args: argparse.Namespace) -> int:
     try:
         if batch:
             return _run_batch(args, config, model)
-        result = refine(args.question, args.draft, gold=args.gold, config=config, model=model)
+        result = _refine_one(args, config, model)
     except RuntimeError as error:  # the sandbox could not start (SandboxUnavailable) and the like
         print(f"error: {str(error).splitlines()[0]}", file=sys.stderr)
         return 1
     print(json.dumps(result.to_dict(), ensure_ascii=False) if args.json else format_result(result))
     return 0
+
+
+def _refine_one(args, config: RefineConfig, model):
+    """Refine the single draft; on a terminal, show the program on stderr as it is written."""
+    from cap_app.refine import refine_stream
+
+    live = sys.stderr.isatty() and not args.json
+    for event in refine_stream(args.question, args.draft, gold=args.gold, config=config, model=model):
+        if event.kind == "token" and live:
+            sys.stderr.write(event.text)
+            sys.stderr.flush()
+        elif event.kind == "program" and live:
+            sys.stderr.write("\n")
+        elif event.kind == "done":
+            return event.result
 
 
 def load_for_command(args: argparse.Namespace):

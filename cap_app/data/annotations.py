@@ -114,7 +114,7 @@ def render(expr: ast.expr, env: dict[str, float], *, compact: bool = False) -> s
         def visit_Name(self, node: ast.Name) -> ast.expr:
             return ast.Constant(value=parse_number(format_number(env[node.id])))
 
-    text = ast.unparse(Substitute().visit(_copy(expr)))
+    text = ast.unparse(Substitute().visit(copy_expr(expr)))
     return text.replace(" ", "") if compact else text
 
 
@@ -147,7 +147,8 @@ def parse_solution(question: str, answer: str) -> Solution:
     return Solution(question, quantities, steps, lines, final.group(1).replace(",", ""))
 
 
-def _copy(expr: ast.expr) -> ast.expr:
+def copy_expr(expr: ast.expr) -> ast.expr:
+    """A deep copy of an expression (corruptions edit copies, never the solution)."""
     return ast.parse(ast.unparse(expr), mode="eval").body
 
 

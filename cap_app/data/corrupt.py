@@ -15,7 +15,9 @@ import math
 import random
 import re
 
-from cap_app.data.annotations import ANNOTATION, Solution, Step, evaluate, format_number, parse_number, render
+from cap_app.data.annotations import (
+    ANNOTATION, Solution, Step, copy_expr, evaluate, format_number, parse_number, render,
+)
 
 KINDS = ("wrong_operation", "wrong_quantity", "dropped_quantity", "skipped_step", "arithmetic_slip")
 FINAL_STYLES = ("A: {}", "#### {}", "The answer is {}.")
@@ -34,14 +36,14 @@ class Corruption:
 
 def corrupt(solution: Solution, kind: str, rng: random.Random) -> Corruption | None:
     """Apply `kind` to one random step; None when it does not apply or leaves the answer right."""
-    steps = [dataclasses.replace(step, expr=_copy(step.expr)) for step in solution.steps]
+    steps = [dataclasses.replace(step, expr=copy_expr(step.expr)) for step in solution.steps]
     order = list(range(len(steps)))
     rng.shuffle(order)
     for index in order:
         corruption = _CORRUPTORS[kind](solution, steps, index, rng)
         if corruption is not None and _answer_changes(solution, corruption):
             return corruption
-        steps = [dataclasses.replace(step, expr=_copy(step.expr)) for step in solution.steps]
+        steps = [dataclasses.replace(step, expr=copy_expr(step.expr)) for step in solution.steps]
     return None
 
 
@@ -81,10 +83,6 @@ def render_draft(
     if not keep_annotations:
         draft = ANNOTATION.sub("", draft)
     return draft, answer
-
-
-def _copy(expr: ast.expr) -> ast.expr:
-    return ast.parse(ast.unparse(expr), mode="eval").body
 
 
 def _answer_changes(solution: Solution, corruption: Corruption) -> bool:
@@ -145,7 +143,7 @@ def _skipped_step(solution, steps, index, rng) -> Corruption | None:
     for step in rest[index:]:
         for node in _nodes(step.expr, ast.Name):
             if node.id == skipped.name:
-                _replace(step, node, _copy(first_leaf))
+                _replace(step, node, copy_expr(first_leaf))
     return Corruption("skipped_step", rest, removed_line=skipped.line)
 
 

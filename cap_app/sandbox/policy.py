@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import builtins
 import decimal
+import functools
 import operator
 import string
 import sys
@@ -285,22 +286,20 @@ class PrintSink:
         return "".join(self.parts)
 
 
-def make_print_factory(sink: PrintSink) -> Callable[[Any], Any]:
-    """`_print_`: RestrictedPython makes one collector per scope; all share the sink."""
+class ScopePrinter:
+    """What `print` and `printed` use in one scope; `_print_` builds one per scope, all writing
+    to the run's single sink (RestrictedPython calls `_print_(_getattr_)`)."""
 
-    class ScopePrinter:
-        def __init__(self, _getattr_: Any = None):
-            pass
+    def __init__(self, sink: PrintSink, _getattr_: Any = None):
+        self.sink = sink
 
-        def __call__(self) -> str:  # the `printed` variable
-            return sink.text()
+    def __call__(self) -> str:  # the `printed` variable
+        return self.sink.text()
 
-        def _call_print(self, *objects: Any, sep: Any = " ", end: Any = "\n", file: Any = None, flush: bool = False) -> None:
-            if file is not None:
-                raise PolicyError("print(file=...) is not allowed")
-            builtins.print(*objects, sep=sep, end=end, file=sink)
-
-    return ScopePrinter
+    def _call_print(self, *objects: Any, sep: Any = " ", end: Any = "\n", file: Any = None, flush: bool = False) -> None:
+        if file is not None:
+            raise PolicyError("print(file=...) is not allowed")
+        builtins.print(*objects, sep=sep, end=end, file=self.sink)
 
 
 # ---------------------------------------------------------------- run time: builtins
@@ -414,5 +413,5 @@ def make_globals(sink: PrintSink) -> dict[str, Any]:
         "_apply_": guarded_apply,
         "_unpack_sequence_": guarded_unpack_sequence,
         "_iter_unpack_sequence_": guarded_iter_unpack_sequence,
-        "_print_": make_print_factory(sink),
+        "_print_": functools.partial(ScopePrinter, sink),
     }

@@ -199,6 +199,32 @@ def run_program(
             break
         except SandboxUnavailable as exc:
             data = {"status": "error", "error": str(exc)}
-    result = ExecResult.from_dict(data)
+    result = result_from_json(data)
     result.duration_ms = (time.perf_counter() - started) * 1000
     return result
+
+
+_STATUSES = ("ok", "error", "timeout", "rejected", "memory")
+
+
+def result_from_json(data: object) -> ExecResult:
+    """An ExecResult from what the zygote relayed. The child that wrote it ran hostile code, so
+    its shape is checked rather than trusted: a malformed result becomes an error result."""
+    malformed = ExecResult(status="error", error="the sandbox returned a malformed result")
+    if not isinstance(data, dict) or data.get("status") not in _STATUSES:
+        return malformed
+    fields = {f.name for f in dataclasses.fields(ExecResult)} - {"duration_ms"}
+    try:
+        result = ExecResult.from_dict({k: v for k, v in data.items() if k in fields})
+    except (TypeError, ValueError):  # unknown or missing trace-step fields
+        return malformed
+    well_formed = (
+        isinstance(result.stdout, str)
+        and all(isinstance(text, (str, type(None))) for text in (result.error, result.answer))
+        and isinstance(result.trace_truncated, bool) and isinstance(result.stdout_truncated, bool)
+        and isinstance(result.trace, list)
+        and all(isinstance(step.line, int) and isinstance(step.source, str) and isinstance(step.changed, dict)
+                and all(isinstance(k, str) and isinstance(v, str) for k, v in step.changed.items())
+                for step in result.trace)
+    )
+    return result if well_formed else malformed

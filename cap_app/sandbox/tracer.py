@@ -44,6 +44,13 @@ class _ShortRepr(reprlib.Repr):
 short_repr = _ShortRepr().repr
 
 
+def _is_injected_print_setup(frame: types.FrameType) -> bool:
+    """RestrictedPython starts a function that prints with `_print = _print_(_getattr_)`, placed
+    on the `def` line: not a line the program's author wrote, so not a step."""
+    code = frame.f_code
+    return frame.f_lineno == code.co_firstlineno and "_print" in code.co_varnames
+
+
 def _visible(name: str) -> bool:
     return name.isidentifier() and not name.startswith("_")
 
@@ -79,6 +86,8 @@ class LineTracer:
         if self.truncated:
             return None
         if event == "line":
+            if frame not in self._open and _is_injected_print_setup(frame):
+                return self._on_event
             snapshot = self._finish(frame)
             lineno = frame.f_lineno
             if 1 <= lineno <= len(self.lines):

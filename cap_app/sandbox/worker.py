@@ -1,21 +1,18 @@
 """What happens inside the forked child that runs one program.
 
-The child is forked ahead of need and walls itself in while it waits (`seal`): own process
-group, no inherited descriptors, no new processes, no file writes, and when started as root an
-empty root folder and the unprivileged user nobody. With the request (settings, source and the
-code the zygote compiled under the policy) come the run's limits (`limit`): CPU and address
-space, no room for new descriptors (so no files, sockets or pipes), bounded recursion and
-int-to-str digits, a wall-clock alarm. Then it runs the program with the line tracer, finds the
-answer, and writes one JSON line to the result pipe. Nothing here is trusted to survive the
-program: the zygote (`zygote.py`) kills the group at the deadline and reports whatever the
-child could not.
+The zygote forks one child per program, after compiling it under the policy; the child
+inherits the compiled code and walls itself in (`seal`): own process group, no inherited
+descriptors, no new processes, no file writes, and when started as root an empty root folder
+and the unprivileged user nobody. Then come the run's limits (`limit`): CPU and address space,
+no room for new descriptors (so no files, sockets or pipes), bounded recursion and int-to-str
+digits, a wall-clock alarm. It runs the program with the line tracer, finds the answer, and
+writes one JSON line to the result pipe. Nothing here is trusted to survive the program: the
+zygote (`zygote.py`) kills the group at the deadline and reports whatever the child could not.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import marshal
 import math
 import os
 import resource
@@ -29,8 +26,7 @@ from cap_app.sandbox.policy import (
     PROGRAM_FILENAME, OutputLimitExceeded, PolicyError, PrintSink, check_program, make_globals)
 from cap_app.sandbox.tracer import LineTracer
 
-RESULT_FD = 3  # the result pipe, after sealing: 0-2 are /dev/null
-REQUEST_FD = 4  # the request pipe, closed once read: then nothing above 3 exists
+RESULT_FD = 3  # the result pipe, after sealing: 0-2 are /dev/null, nothing above 3 is open
 MEMORY_RESERVE = 64 * 1024 * 1024  # headroom released after a MemoryError to build the result
 RECURSION_LIMIT = 400  # enough for recursive math helpers; far below the C stack
 INT_MAX_STR_DIGITS = 4300  # CPython's default, restated: str() of a huge int is refused quickly
@@ -91,20 +87,18 @@ def address_space() -> int:
         os.close(fd)
 
 
-def seal(request_fd: int, result_fd: int, empty_root: str) -> None:
-    """What needs no request: own process group, only the two pipes open, and when started as
-    root: `empty_root` (an empty folder only root may enter) as `/`, then the user nobody, so
-    no path leads anywhere. Afterwards fd 3 is the result pipe and fd 4 the request pipe."""
+def seal(result_fd: int, empty_root: str) -> None:
+    """Before the program: own process group, only the result pipe open (as fd 3), and when
+    started as root: `empty_root` (an empty folder only root may enter) as `/`, then the user
+    nobody, so no path leads anywhere."""
     os.setpgid(0, 0)
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE, signal.SIGCHLD):
         signal.signal(signum, signal.SIG_DFL)
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
-    request_fd = os.dup(request_fd)  # out of the way of RESULT_FD
     os.dup2(result_fd, RESULT_FD)
-    os.dup2(request_fd, REQUEST_FD)
-    os.closerange(REQUEST_FD + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    os.closerange(RESULT_FD + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
     if os.getuid() == 0:  # root ignores RLIMIT_NPROC and may read anything: become nobody
@@ -114,22 +108,6 @@ def seal(request_fd: int, result_fd: int, empty_root: str) -> None:
         os.setgid(NOBODY)
         os.setuid(NOBODY)
     resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
-
-
-def read_request() -> tuple[SandboxConfig, str, types.CodeType]:
-    """The run from fd 4 (then closed): settings, source and the code the zygote compiled.
-    marshal, not JSON: this direction is trusted (zygote to child) and loading stays in C."""
-    chunks = []
-    while chunk := os.read(REQUEST_FD, 1 << 16):
-        chunks.append(chunk)
-    os.close(REQUEST_FD)
-    settings, source, code = marshal.loads(b"".join(chunks))
-    return SandboxConfig(**settings), source, code
-
-
-def encode_request(config: SandboxConfig, source: str, code: types.CodeType) -> bytes:
-    """What `read_request` reads (written by the zygote)."""
-    return marshal.dumps((dataclasses.asdict(config), source, code))
 
 
 def limit(config: SandboxConfig, base_address_space: int) -> None:
@@ -274,14 +252,15 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def child_main(request_fd: int, result_fd: int, empty_root: str, base_address_space: int) -> None:
-    """Entry point of a forked spare child: seal, wait for a request, run it; never returns.
-    The result is one JSON line, so the zygote can answer before this process finishes exiting."""
+def child_main(result_fd: int, empty_root: str, base_address_space: int,
+               config: SandboxConfig, source: str, code: types.CodeType) -> None:
+    """Entry point of the forked child, which inherits the compiled program from the zygote:
+    seal, limit, run, report; never returns. The result is one JSON line, so the zygote can
+    answer before this process has finished exiting."""
     out_fd = result_fd
     try:
-        seal(request_fd, result_fd, empty_root)
+        seal(result_fd, empty_root)
         out_fd = RESULT_FD
-        config, source, code = read_request()
         limit(config, base_address_space)
         payload = json.dumps(run_compiled(code, source, config))
     except BaseException as exc:  # a failure of the sandbox itself, reported, never raised

@@ -6,12 +6,15 @@ zygotes: sympy makes every fork about ten times slower, so only programs that na
 zygote that imported it). It prints `ready` once imports and warm-up are done, then serves one
 request per connection on the Unix socket: the client sends `{"code", "config"}` as JSON and
 half-closes; the zygote compiles the program under the policy (parsing only: nothing of the
-program runs here), hands the code to a child forked ahead of need, and answers with the
-child's result JSON. It is single-threaded (forking from a threaded process is unsafe) and
-multiplexes everything with `selectors`: new connections, request bytes, result pipes of
-running children, deadlines. It is the parent of every child, so it can kill a child's whole
-process group at the deadline and read the exact exit status. It exits when its stdin (a pipe
-from the client process) closes, killing any children first.
+program runs here; rejections need no child), forks a child that inherits the compiled code,
+and answers with the child's result JSON. Children are forked on demand, not ahead: a child
+waiting while the zygote works makes every page the zygote touches a copy-on-write copy, which
+measured slower than forking on demand (benchmarks/README-sandbox.md). The zygote is
+single-threaded (forking from a threaded process is unsafe) and multiplexes everything with
+`selectors`: new connections, request bytes, result pipes of running children, deadlines. It
+is the parent of every child, so it can kill a child's whole process group at the deadline and
+read the exact exit status. It exits when its stdin (a pipe from the client process) closes,
+killing any children first.
 """
 
 from __future__ import annotations
@@ -26,37 +29,29 @@ import socket
 import sys
 import tempfile
 import time
+import types
 from dataclasses import dataclass, field
 from typing import Any
 
 from cap_app.sandbox.config import SandboxConfig
 from cap_app.sandbox.modules import enable_sympy
 from cap_app.sandbox.policy import check_program
-from cap_app.sandbox.worker import address_space, child_main, encode_request, execute, write_all
+from cap_app.sandbox.worker import address_space, child_main, execute
 
 MAX_RUNNING = max(2, 2 * (os.cpu_count() or 1))  # more requests wait in a queue
-SPARES = 2  # children forked ahead, waiting for a request
 KILL_GRACE_S = 0.5  # the child's own alarm fires first; this is the backstop
 MAX_REQUEST_BYTES = 1024 * 1024
 MAX_RESULT_BYTES = 64 * 1024 * 1024  # output (<= 16 MiB) + trace (<= 2M chars), JSON-escaped
 
 
 @dataclass
-class Spare:
-    """A forked child that has sealed itself and waits for a request on its pipe."""
-
-    pid: int
-    request_fd: int  # write end
-    result_fd: int  # read end
-
-
-@dataclass
 class Job:
     conn: socket.socket
-    request: bytes
-    timeout_s: float
-    memory_mb: int
-    child: Spare | None = None
+    config: SandboxConfig
+    source: str
+    code: types.CodeType
+    pid: int = 0
+    result_fd: int = -1
     deadline: float = 0.0
     killed: bool = False
     replied: bool = False
@@ -94,11 +89,11 @@ def warm_up(with_sympy: bool) -> None:
 
 def _response_for_dead_child(job: Job, status: int) -> dict[str, Any]:
     if job.killed or (os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGXCPU):
-        return {"status": "timeout", "error": f"time limit of {job.timeout_s:g} s exceeded"}
+        return {"status": "timeout", "error": f"time limit of {job.config.timeout_s:g} s exceeded"}
     if os.WIFSIGNALED(status):
         signum = os.WTERMSIG(status)
         if signum == signal.SIGKILL:  # not ours: the kernel's out-of-memory killer
-            return {"status": "memory", "error": f"memory limit of {job.memory_mb} MB exceeded"}
+            return {"status": "memory", "error": f"memory limit of {job.config.memory_mb} MB exceeded"}
         if signum == signal.SIGXFSZ:
             return {"status": "error", "error": "writing files is not allowed"}
         return {"status": "error", "error": f"the program crashed ({signal.Signals(signum).name})"}
@@ -117,19 +112,13 @@ class Zygote:
         self.selector.register(sys.stdin.fileno(), selectors.EVENT_READ, "parent")
         self.pending: dict[socket.socket, bytearray] = {}
         self.queue: collections.deque[Job] = collections.deque()
-        self.spares: collections.deque[Spare] = collections.deque()
         self.running: dict[int, Job] = {}  # result fd -> job
         self.alive = True
-        self.fork_retry_at = 0.0
         self.socket_path = socket_path
 
     def serve(self) -> None:
         while self.alive:
-            # Forking a spare is the slow part of a run: do it only when nothing is waiting.
-            wants_spare = len(self.spares) < SPARES and time.monotonic() >= self.fork_retry_at
-            timeout = 0.0 if wants_spare else self._wait_time()
-            events = self.selector.select(timeout)
-            for key, _ in events:
+            for key, _ in self.selector.select(self._wait_time()):
                 kind = key.data
                 if kind == "accept":
                     self._accept()
@@ -142,11 +131,6 @@ class Zygote:
                     self._read_result(kind)
             self._enforce_deadlines()
             self._start_queued()
-            if not events and len(self.spares) < SPARES and time.monotonic() >= self.fork_retry_at:
-                try:
-                    self.spares.append(self._fork_spare())
-                except OSError:  # out of processes or memory: try again in a second
-                    self.fork_retry_at = time.monotonic() + 1.0
         self._shutdown()
 
     def _wait_time(self) -> float | None:
@@ -194,43 +178,40 @@ class Zygote:
         if code is None:
             self._reply(conn, {"status": status, "error": error})
             return
-        self.queue.append(Job(conn, encode_request(config, source, code), config.timeout_s, config.memory_mb))
-
-    def _fork_spare(self) -> Spare:
-        request_read, request_write = os.pipe()
-        result_read, result_write = os.pipe()
-        size = address_space()
-        pid = os.fork()
-        if pid == 0:  # the child: never returns
-            child_main(request_read, result_write, self.empty_root, size)
-        os.close(request_read)
-        os.close(result_write)
-        try:
-            os.setpgid(pid, pid)  # also done by the child; whichever runs first wins
-        except OSError:
-            pass
-        return Spare(pid, request_write, result_read)
+        self.queue.append(Job(conn, config, source, code))
 
     def _start_queued(self) -> None:
         while self.queue and len(self.running) < MAX_RUNNING:
             job = self.queue.popleft()
             try:
-                child = self.spares.popleft() if self.spares else self._fork_spare()
-            except OSError as exc:
+                self._fork(job)
+            except OSError as exc:  # out of processes or memory
                 self._reply(job.conn, {"status": "error", "error": f"could not start a sandbox process: {exc}"})
-                continue
-            job.child = child
-            job.deadline = time.monotonic() + job.timeout_s + KILL_GRACE_S
-            self.running[child.result_fd] = job
-            self.selector.register(child.result_fd, selectors.EVENT_READ, job)
-            try:
-                write_all(child.request_fd, job.request)
-            except OSError:
-                pass  # the spare died; its result pipe reports it
-            os.close(child.request_fd)
+
+    def _fork(self, job: Job) -> None:
+        """Fork the child that runs `job`; it inherits the compiled program."""
+        result_read, result_write = os.pipe()
+        size = address_space()
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(result_read)
+            os.close(result_write)
+            raise
+        if pid == 0:  # the child: never returns
+            child_main(result_write, self.empty_root, size, job.config, job.source, job.code)
+        os.close(result_write)
+        try:
+            os.setpgid(pid, pid)  # also done by the child; whichever runs first wins
+        except OSError:
+            pass
+        job.pid, job.result_fd = pid, result_read
+        job.deadline = time.monotonic() + job.config.timeout_s + KILL_GRACE_S
+        self.running[result_read] = job
+        self.selector.register(result_read, selectors.EVENT_READ, job)
 
     def _read_result(self, job: Job) -> None:
-        data = os.read(job.child.result_fd, 1 << 16)
+        data = os.read(job.result_fd, 1 << 16)
         if data and len(job.output) + len(data) <= MAX_RESULT_BYTES:
             job.output += data
             if not job.replied and job.output.endswith(b"\n"):
@@ -252,7 +233,7 @@ class Zygote:
     def _kill(self, job: Job) -> None:
         job.killed = True
         try:
-            os.killpg(job.child.pid, signal.SIGKILL)
+            os.killpg(job.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
 
@@ -265,15 +246,15 @@ class Zygote:
 
     def _finish(self, job: Job) -> None:
         """The child's result pipe closed (it exited) or it was killed: reap it."""
-        self.selector.unregister(job.child.result_fd)
-        os.close(job.child.result_fd)
-        del self.running[job.child.result_fd]
+        self.selector.unregister(job.result_fd)
+        os.close(job.result_fd)
+        del self.running[job.result_fd]
         if not job.replied:
             try:  # whatever is left of the child's group; the unreaped child keeps the id reserved
-                os.killpg(job.child.pid, signal.SIGKILL)
+                os.killpg(job.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
-        _, status = os.waitpid(job.child.pid, 0)
+        _, status = os.waitpid(job.pid, 0)
         if not job.replied:
             self._reply(job.conn, _response_for_dead_child(job, status))
 
@@ -290,10 +271,7 @@ class Zygote:
     def _shutdown(self) -> None:
         for job in list(self.running.values()):
             self._kill(job)
-            os.waitpid(job.child.pid, 0)
-        for spare in self.spares:
-            os.kill(spare.pid, signal.SIGKILL)
-            os.waitpid(spare.pid, 0)
+            os.waitpid(job.pid, 0)
         self.listener.close()
         os.rmdir(self.empty_root)
         os.unlink(self.socket_path)

@@ -72,21 +72,18 @@ def in_sealed_child(action, tmp_path) -> str:
     empty_root = tmp_path / "empty-root"
     empty_root.mkdir(mode=0o700, exist_ok=True)
     result_read, result_write = os.pipe()
-    request_read, request_write = os.pipe()
     size = worker.address_space()
     pid = os.fork()
     if pid == 0:
         try:
-            worker.seal(request_read, result_write, str(empty_root))
-            os.close(worker.REQUEST_FD)
+            worker.seal(result_write, str(empty_root))
             worker.limit(SandboxConfig(timeout_s=2), size)
             outcome = f"ok: {action()}"
         except BaseException as exc:  # noqa: BLE001 (reported to the parent)
             outcome = f"{type(exc).__name__}: {exc}"
         os.write(worker.RESULT_FD, outcome.encode()[:2000])
         os._exit(0)
-    for fd in (result_write, request_read, request_write):
-        os.close(fd)
+    os.close(result_write)
     chunks = []
     while chunk := os.read(result_read, 4096):
         chunks.append(chunk)

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from cap_app.sandbox import ExecResult, SandboxConfig, run_program
-from cap_app.sandbox.runner import SandboxServer
+from cap_app.sandbox.runner import SandboxServer, result_from_json
 
 
 def test_many_threads_get_their_own_results(zygote_pids):
@@ -121,3 +121,21 @@ def test_zygote_does_not_inherit_secrets(monkeypatch):
             assert b"hunter2" not in environ.read()
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("forged", [
+    None, [], {"status": "pwned"}, {"status": "ok", "stdout": 5}, {"status": "ok", "trace": [{"line": 1}]},
+    {"status": "ok", "trace": [{"line": "1", "source": "x", "changed": {}}]},
+    {"status": "ok", "trace": [{"line": 1, "source": "x", "changed": {"a": 1}}]},
+    {"status": "ok", "answer": ["42"]}, {"status": "ok", "trace_truncated": "yes"},
+])
+def test_a_forged_result_from_a_child_becomes_an_error(forged):
+    """What a child writes is checked: a program that escaped could write anything."""
+    result = result_from_json(forged)
+    assert (result.status, result.error) == ("error", "the sandbox returned a malformed result")
+
+
+def test_a_well_formed_result_keeps_its_fields_and_drops_unknown_ones():
+    result = result_from_json({"status": "ok", "stdout": "1\n", "answer": "1", "extra": "ignored",
+                               "trace": [{"line": 1, "source": "print(1)", "changed": {}}]})
+    assert (result.status, result.answer, result.trace[0].source) == ("ok", "1", "print(1)")

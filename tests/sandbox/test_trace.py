@@ -44,6 +44,14 @@ def test_calls_keep_execution_order(zygote_pids):
                              (2, "y = x * 2", {"y": "6"}), (3, "return y", {})]
 
 
+PRINTING_FUNCTION = "def show(x):\n    print(x)\n    return x\ny = show(2)"
+
+
+def test_functions_that_print_start_at_their_first_line(zygote_pids):
+    result = run_program(PRINTING_FUNCTION)
+    assert [step.line for step in result.trace] == [1, 4, 2, 3]
+
+
 IN_PLACE = "xs = []\nxs.append(5)\ncounts = {'a': 1}\ncounts['a'] = 2"
 
 
