@@ -397,13 +397,15 @@ _WRAPPED_BUILTINS = {
 }
 
 
+_PROGRAM_BUILTINS = {name: getattr(builtins, name) for name in _PLAIN_BUILTINS} | _WRAPPED_BUILTINS
+_PROGRAM_BUILTINS["__import__"] = guarded_import
+
+
 def make_globals(sink: PrintSink) -> dict[str, Any]:
-    """A fresh namespace for one run: the builtins allowlist plus the guards."""
-    program_builtins = {name: getattr(builtins, name) for name in _PLAIN_BUILTINS}
-    program_builtins.update(_WRAPPED_BUILTINS)
-    program_builtins["__import__"] = guarded_import
+    """A fresh namespace for one run: the builtins allowlist (a copy: programs cannot write to
+    it, but a run must not be able to leave anything for the next) plus the guards."""
     return {
-        "__builtins__": program_builtins,
+        "__builtins__": dict(_PROGRAM_BUILTINS),
         "__name__": "__main__",
         "_getattr_": guarded_getattr,
         "_getitem_": guarded_getitem,

@@ -41,7 +41,11 @@ class TimeLimitExceeded(BaseException):
 class _Alarm:
     """Stops the program from outside its control flow: at the wall-clock limit, or soon after
     it printed past the output limit. The exception is raised again every 50 ms if swallowed;
-    the zygote's kill is the backstop."""
+    the zygote's kill is the backstop. One SIGALRM handler serves every alarm: installed once
+    (in the zygote, before any fork), so a child only sets its timer."""
+
+    current: "_Alarm | None" = None
+    handler_installed = False
 
     def __init__(self) -> None:
         self.armed = False
@@ -49,8 +53,11 @@ class _Alarm:
         self._exception: type[BaseException] = TimeLimitExceeded
 
     def arm(self, seconds: float) -> None:
+        if not _Alarm.handler_installed:
+            signal.signal(signal.SIGALRM, _Alarm._ring)
+            _Alarm.handler_installed = True
+        _Alarm.current = self
         self.armed = True
-        signal.signal(signal.SIGALRM, self._ring)
         signal.setitimer(signal.ITIMER_REAL, seconds)
 
     def stop_for_output(self) -> None:
@@ -62,12 +69,14 @@ class _Alarm:
         self.armed = False
         signal.setitimer(signal.ITIMER_REAL, 0)
 
-    def _ring(self, signum: int, frame: Any) -> None:
-        if not self.armed:
+    @staticmethod
+    def _ring(signum: int, frame: Any) -> None:
+        alarm = _Alarm.current
+        if alarm is None or not alarm.armed:
             return
-        self.timed_out = self.timed_out or self._exception is TimeLimitExceeded
+        alarm.timed_out = alarm.timed_out or alarm._exception is TimeLimitExceeded
         signal.setitimer(signal.ITIMER_REAL, 0.05)
-        raise self._exception()
+        raise alarm._exception()
 
 
 def format_bytes(count: int) -> str:
@@ -91,9 +100,7 @@ def seal(result_fd: int, empty_root: str) -> None:
     """Before the program: own process group, only the result pipe open (as fd 3), and when
     started as root: `empty_root` (an empty folder only root may enter) as `/`, then the user
     nobody, so no path leads anywhere."""
-    os.setpgid(0, 0)
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE, signal.SIGCHLD):
-        signal.signal(signum, signal.SIG_DFL)
+    os.setpgid(0, 0)  # signal dispositions stay the zygote's: SIGINT and SIGPIPE ignored, SIGALRM ours
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)

@@ -27,7 +27,6 @@ import selectors
 import signal
 import socket
 import sys
-import tempfile
 import time
 import types
 from dataclasses import dataclass, field
@@ -102,7 +101,10 @@ def _response_for_dead_child(job: Job, status: int) -> dict[str, Any]:
 
 class Zygote:
     def __init__(self, socket_path: str):
-        self.empty_root = tempfile.mkdtemp(prefix="cap-sandbox-root-")  # children's `/` (as root)
+        # The children's `/` when run as root: inside the client's private folder, so the client
+        # removes it even if this process is killed.
+        self.empty_root = os.path.join(os.path.dirname(socket_path), "empty-root")
+        os.mkdir(self.empty_root, 0o700)
         self.selector = selectors.DefaultSelector()
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(socket_path)
@@ -275,6 +277,10 @@ class Zygote:
         self.listener.close()
         os.rmdir(self.empty_root)
         os.unlink(self.socket_path)
+        try:  # the client's private folder for this socket, if the client died before removing it
+            os.rmdir(os.path.dirname(self.socket_path))
+        except OSError:
+            pass
 
 
 def main(argv: list[str]) -> int:
