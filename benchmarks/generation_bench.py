@@ -20,6 +20,7 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -45,7 +46,6 @@ def streaming_vs_bare(loaded, prompt: str, tokens: int, repeats: int) -> dict:
 
     The bare call gets the same generation settings, so the ratio isolates what streaming adds
     (thread, queue, incremental decoding, the stop and log-prob hooks)."""
-    import torch
     from transformers import GenerationConfig as HFGenerationConfig
 
     from cap_app.generate import GenerationConfig, generate_stream
@@ -58,10 +58,14 @@ def streaming_vs_bare(loaded, prompt: str, tokens: int, repeats: int) -> dict:
     bare, streamed = [], []
 
     def run_bare():
+        # In a worker thread like generate_stream's: on a busy machine torch ops in the main thread
+        # can run several times slower (see README-generation.md), which would flatter streaming.
+        out = []
         started = time.perf_counter()
-        with torch.no_grad():
-            out = loaded.model.generate(**inputs, generation_config=bare_config)
-        bare.append((out.shape[1] - inputs["input_ids"].shape[1]) / (time.perf_counter() - started))
+        worker = threading.Thread(target=lambda: out.append(loaded.model.generate(**inputs, generation_config=bare_config)))
+        worker.start()
+        worker.join()
+        bare.append((out[0].shape[1] - inputs["input_ids"].shape[1]) / (time.perf_counter() - started))
 
     def run_stream():
         nonlocal first_text_s

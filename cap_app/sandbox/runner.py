@@ -67,10 +67,14 @@ class SandboxServer:
         if "TZ" in os.environ:
             env["TZ"] = os.environ["TZ"]
         command = [sys.executable, "-m", "cap_app.sandbox.zygote", self.socket_path]
-        process = subprocess.Popen(
-            command + (["--sympy"] if self.with_sympy else []),
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True,
-        )
+        try:
+            process = subprocess.Popen(
+                command + (["--sympy"] if self.with_sympy else []),
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True,
+            )
+        except OSError as exc:
+            shutil.rmtree(self._directory, ignore_errors=True)
+            raise SandboxUnavailable(f"the sandbox server did not start: {exc}") from None
         ready, _, _ = select.select([process.stdout], [], [], START_TIMEOUT_S)
         line = process.stdout.readline() if ready else b""
         if line.strip() != b"ready":
@@ -186,10 +190,14 @@ def run_program(
                            max_output_bytes=max_output_bytes, max_trace_steps=max_trace_steps)
     if not isinstance(code, str):
         return ExecResult(status="rejected", error="the program must be text")
-    if len(code) > MAX_PROGRAM_CHARS:  # checked again in the child; here it saves the trip
-        return ExecResult(status="rejected", error=f"program is too long ({len(code)} characters, limit {MAX_PROGRAM_CHARS})")
+    if len(code) > MAX_PROGRAM_CHARS:  # checked again by the zygote; here it saves the trip
+        message = f"program is too long ({len(code)} characters, limit {MAX_PROGRAM_CHARS})"
+        return ExecResult(status="rejected", error=message)
     server = server_for(code)
-    server.start()  # a first run's server start-up is not the program's duration
+    try:
+        server.start()  # a first run's server start-up is not the program's duration
+    except SandboxUnavailable:
+        pass  # `request` below tries again and reports it
     started = time.perf_counter()
     payload = json.dumps({"code": code, "config": dataclasses.asdict(config)}).encode("utf-8")
     data = None

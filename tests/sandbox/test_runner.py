@@ -139,3 +139,13 @@ def test_a_well_formed_result_keeps_its_fields_and_drops_unknown_ones():
     result = result_from_json({"status": "ok", "stdout": "1\n", "answer": "1", "extra": "ignored",
                                "trace": [{"line": 1, "source": "print(1)", "changed": {}}]})
     assert (result.status, result.answer, result.trace[0].source) == ("ok", "1", "print(1)")
+
+
+def test_a_sandbox_that_cannot_start_gives_an_error_result(monkeypatch):
+    from cap_app.sandbox import runner
+
+    monkeypatch.setattr(runner, "_LIGHT", SandboxServer())
+    monkeypatch.setattr(runner.sys, "executable", "/nonexistent/python3")
+    result = run_program("print(1)")
+    assert result.status == "error"
+    assert result.error == "the sandbox server did not start: [Errno 2] No such file or directory: '/nonexistent/python3'"
