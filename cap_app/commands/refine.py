@@ -48,7 +48,10 @@ def format_result(result) -> str:
         lines.append(f"program {index + 1}{marker}:")
         lines += ["    " + line for line in candidate.program.splitlines()]
         execution = candidate.execution
-        outcome = f"printed {execution.answer}" if execution.ok else execution.error or execution.status
+        if execution.ok:
+            outcome = "printed no answer" if execution.answer is None else f"answer {execution.answer}"
+        else:
+            outcome = execution.error or execution.status
         lines.append(f"  -> {execution.status} in {execution.duration_ms:.0f} ms: {outcome}")
     if len(result.votes) > 1 or result.strategy in ("vote", "cot+cap"):
         lines.append("votes:          " + (", ".join(f"{a} x{n}" for a, n in result.votes.items()) or "(none)"))

@@ -130,6 +130,14 @@ def test_project_adapter_applies_to_the_offline_default_only(tmp_path, monkeypat
     assert cap_app.model._resolve_source(ModelConfig(model="some/model")).adapter is None
 
 
+def test_offline_default_is_the_bundled_gguf_else_the_same_model_on_the_hub(monkeypatch):
+    bundled = cap_app.model._resolve_source(ModelConfig()).path
+    assert bundled.endswith(".gguf")
+    monkeypatch.setattr(cap_app.model.importlib.util, "find_spec", lambda name: None)
+    source = cap_app.model._resolve_source(ModelConfig())
+    assert source.path == "HuggingFaceTB/SmolLM2-135M-Instruct" and source.name == "SmolLM2-135M-Instruct"
+
+
 def test_get_model_loads_once_for_concurrent_callers(tiny_model_dir, fresh_model_cache, monkeypatch):
     loads = []
     real_load = cap_app.model.load_model
