@@ -29,6 +29,7 @@ test: $(VENV)/.dev
 bench: $(VENV)/.runtime
 	$(PY) -m benchmarks.sandbox_bench
 	$(PY) -m benchmarks.generation_bench
+	$(PY) -m benchmarks.annotator_bench
 
 clean:
 	rm -rf $(VENV)

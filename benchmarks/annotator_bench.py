@@ -8,7 +8,7 @@ is a distinct item), then loaded into a fresh database. Measured: load time and 
 peak Python heap during the load against the file size (streaming keeps it flat), and the
 latency of one judgement (a committed, fsynced transaction), sequential and with several
 threads writing at once. Goals (issue 6): the peak heap stays flat (< 16 MiB) whatever the file
-size; a judgement is on disk in < 50 ms at p95. Figures for this machine: benchmarks/README-annotator.md.
+size; a judgement is on disk in < 50 ms at p95. Figures for this machine: benchmarks/README.md.
 """
 
 from __future__ import annotations

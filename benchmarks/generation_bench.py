@@ -59,7 +59,7 @@ def streaming_vs_bare(loaded, prompt: str, tokens: int, repeats: int) -> dict:
 
     def run_bare():
         # In a worker thread like generate_stream's: on a busy machine torch ops in the main thread
-        # can run several times slower (see README-generation.md), which would flatter streaming.
+        # can run several times slower (see benchmarks/README.md), which would flatter streaming.
         out = []
         started = time.perf_counter()
         worker = threading.Thread(target=lambda: out.append(loaded.model.generate(**inputs, generation_config=bare_config)))

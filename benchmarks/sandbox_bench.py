@@ -9,7 +9,7 @@ the last one is printed. Only problems whose chain reproduces the reference answ
 Measured: per-program latency (p50/p95) with the trace off and on, run one after another, the
 CPU time all processes involved spent per program, and throughput with `--workers` threads; the baseline starts `python3 -c PROGRAM` per program, the
 way many math-agent executors do. Goals (issue 3): p50 <= 5 ms trace off, <= 15 ms trace on,
->= 10x the baseline's throughput. Figures for this machine: benchmarks/README-sandbox.md.
+>= 10x the baseline's throughput. Figures for this machine: benchmarks/README.md.
 """
 
 from __future__ import annotations

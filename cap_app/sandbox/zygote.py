@@ -9,7 +9,7 @@ half-closes; the zygote compiles the program under the policy (parsing only: not
 program runs here; rejections need no child), forks a child that inherits the compiled code,
 and answers with the child's result JSON. Children are forked on demand, not ahead: a child
 waiting while the zygote works makes every page the zygote touches a copy-on-write copy, which
-measured slower than forking on demand (benchmarks/README-sandbox.md). The zygote is
+measured slower than forking on demand (benchmarks/README.md). The zygote is
 single-threaded (forking from a threaded process is unsafe) and multiplexes everything with
 `selectors`: new connections, request bytes, result pipes of running children, deadlines. It
 is the parent of every child, so it can kill a child's whole process group at the deadline and
