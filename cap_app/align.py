@@ -434,7 +434,8 @@ def _line_cell(row: AlignedRow) -> str:
     if line is None:
         return '<span class="cap-match">no program line computes this</span>' if row.step else ""
     parts = [f'<pre><span class="cap-lineno">{line.number}</span>{_E(line.source)}</pre>']
-    shown = ", ".join(f"{_E(k)} = {_E(v)}" for k, v in line.values.items())
+    # a `def` line "changes" a name to a function object: not a quantity worth showing
+    shown = ", ".join(f"{_E(k)} = {_E(v)}" for k, v in line.values.items() if not v.startswith("<function"))
     if line.printed is not None:
         shown = (shown + ", " if shown else "") + f"prints {_E(line.printed)}"
     if shown:
