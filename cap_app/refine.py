@@ -31,6 +31,7 @@ from cap_app.model import LoadedModel, get_model
 from cap_app.program import extract_program
 from cap_app.prompts import format_prompt, format_repair_prompt
 from cap_app.results import Candidate, RefinementResult
+from cap_app.sandbox.config import SandboxConfig
 from cap_app.sandbox.result import ExecResult
 
 STRATEGIES = ("greedy", "vote", "cot+cap", "repair")
@@ -70,9 +71,13 @@ class RefineConfig:
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy '{self.strategy}'; choose one of {', '.join(STRATEGIES)}")
-        if self.n < 1 or self.repair_rounds < 0 or self.timeout_s <= 0 or self.memory_mb < 16:
-            raise ValueError("n must be >= 1, repair_rounds >= 0, timeout_s > 0 and memory_mb >= 16")
+        if self.n < 1 or self.repair_rounds < 0:
+            raise ValueError("n must be >= 1 and repair_rounds >= 0")
         self.generation_config()  # validates the sampling settings
+        self.sandbox_config()  # validates the limits with the sandbox's own bounds
+
+    def sandbox_config(self) -> SandboxConfig:
+        return SandboxConfig(timeout_s=self.timeout_s, memory_mb=self.memory_mb, trace=self.trace)
 
     @property
     def samples(self) -> bool:
@@ -178,7 +183,7 @@ def _failure(execution: ExecResult) -> str:
 def _run(program: str, config: RefineConfig) -> ExecResult:
     from cap_app.sandbox import run_program
 
-    return run_program(program, timeout_s=config.timeout_s, memory_mb=config.memory_mb, trace=config.trace)
+    return run_program(program, **dataclasses.asdict(config.sandbox_config()))
 
 
 def _count_votes(state: _ItemState, draft_answer: str | None, strategy: str):

@@ -86,7 +86,8 @@ def _refine_tab() -> None:
 def build_demo() -> gr.Blocks:
     """The whole app (not launched): the Refine tab and, when available, the Annotate tab."""
     wrap_generation_for_zero_gpu()
-    with gr.Blocks(title=TITLE) as demo:
+    # No usage analytics: the demo may run where the network is closed, and visitors are not tracked.
+    with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
         gr.Markdown(f"# {TITLE}\n{INTRO}")
         with gr.Tab("Refine"):
             _refine_tab()

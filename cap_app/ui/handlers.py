@@ -66,7 +66,8 @@ def _cleared(status: str) -> tuple:
                   votes=None, times=None, candidates=None)
 
 
-def _model_config(choice: str):
+def model_config(choice: str):
+    """The ModelConfig for a model picked in a page; only the operator's choices are accepted."""
     from cap_app.model import ModelConfig
 
     if choice not in model_choices():
@@ -123,7 +124,7 @@ def refine_page(question: str, draft: str, gold: str, model_choice: str, strateg
         if gold is not None and (not isinstance(gold, str) or len(gold) > MAX_GOLD_CHARS):
             raise InputError(f"the gold answer must be text of at most {MAX_GOLD_CHARS} characters")
         config = refine_config(strategy, n, temperature, max_new_tokens, time_limit_s)
-        model_cfg = _model_config(model_choice)
+        model_cfg = model_config(model_choice)
     except (InputError, ValueError, TypeError) as error:
         yield _frame(status="", verdict=views.message_html(f"Cannot refine: {error}", "warning"))
         return
