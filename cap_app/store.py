@@ -325,20 +325,11 @@ class Store:
         return _batch(row)
 
     def item_at(self, batch_id: int, position: int) -> Item:
-        with self._connect() as conn:
-            row = conn.execute(
-                "SELECT * FROM items WHERE batch_id = ? AND position = ?", (batch_id, position)
-            ).fetchone()
-        if row is None:
-            raise StoreError(f"Batch {batch_id} has no item {position + 1}.")
-        return _item(row)
+        return _item(self._fetch_one("SELECT * FROM items WHERE batch_id = ? AND position = ?",
+                                     (batch_id, position), f"Batch {batch_id} has no item {position + 1}."))
 
     def item(self, item_id: int) -> Item:
-        with self._connect() as conn:
-            row = conn.execute("SELECT * FROM items WHERE id = ?", (item_id,)).fetchone()
-        if row is None:
-            raise StoreError(f"No item {item_id}.")
-        return _item(row)
+        return _item(self._fetch_one("SELECT * FROM items WHERE id = ?", (item_id,), f"No item {item_id}."))
 
     def items_page(self, batch_id: int, annotator: str | None, offset: int, limit: int) -> list[tuple[Item, int, bool]]:
         """One page of a batch: (item, number of refinements, judged by `annotator`)."""
@@ -363,11 +354,16 @@ class Store:
         return _refinement(row)
 
     def refinement(self, refinement_id: int) -> StoredRefinement:
+        return _refinement(self._fetch_one("SELECT * FROM refinements WHERE id = ?", (refinement_id,),
+                                           f"No refinement {refinement_id}."))
+
+    def _fetch_one(self, sql: str, params: tuple, missing: str) -> sqlite3.Row:
+        """The one row `sql` selects, or a StoreError saying what is missing."""
         with self._connect() as conn:
-            row = conn.execute("SELECT * FROM refinements WHERE id = ?", (refinement_id,)).fetchone()
+            row = conn.execute(sql, params).fetchone()
         if row is None:
-            raise StoreError(f"No refinement {refinement_id}.")
-        return _refinement(row)
+            raise StoreError(missing)
+        return row
 
     def refinements(self, item_id: int) -> list[StoredRefinement]:
         with self._connect() as conn:
