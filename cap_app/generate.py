@@ -6,6 +6,9 @@ Both paths run the same `model.generate` call with two small hooks:
 - `_LogprobRecorder` (a logits processor placed *before* temperature/top-p) keeps the mean
   log-probability of the chosen tokens under the model's own distribution; votes use it to
   break ties. It holds one (batch, vocab) row at a time instead of all scores.
+When a batch holds several samples of the same prompt, that prompt is prefilled once and its KV
+cache copied to each sample's row (`_shared_prompt_cache`): on CPU the ~400-token CaP prompt
+costs as much as dozens of decoding steps, and `generate` alone would pay it per sample.
 
 `generate_batch` and `generate_stream` are the only functions that touch the model, so a Space
 can wrap them (e.g. with `spaces.GPU`) and everything else stays on the CPU.
@@ -186,6 +189,29 @@ class _RowStreamer:
                 self.out.put((self.first_row + row, text))
 
 
+def _shared_prompt_cache(model, inputs, prompts: list[str]):
+    """A KV cache of every row's prompt but its last token, computed once per distinct prompt, or
+    None when all rows differ (nothing to share). `generate` then only runs the last prompt token
+    per row, then decodes as usual; positions follow the attention mask as `generate` sets them."""
+    import torch
+    from transformers import DynamicCache
+
+    first_row: dict[str, int] = {}
+    row_of_prompt = [first_row.setdefault(prompt, len(first_row)) for prompt in prompts]
+    if len(first_row) == len(prompts) or inputs["input_ids"].shape[1] < 2:
+        return None
+    distinct = [prompts.index(prompt) for prompt in first_row]
+    ids = inputs["input_ids"][distinct, :-1]
+    mask = inputs["attention_mask"][distinct, :-1]
+    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+              use_cache=True, logits_to_keep=1)
+    cache.batch_select_indices(torch.tensor(row_of_prompt, device=ids.device))
+    return cache
+
+
 def _generate_chunk(loaded: LoadedModel, prompts: list[str], config: GenerationConfig,
                     cancel: threading.Event | None, streamer_factory=None) -> list[Generation]:
     """One `model.generate` call over a list of prompts (already expanded to one row per sample)."""
@@ -214,7 +240,7 @@ def _generate_chunk(loaded: LoadedModel, prompts: list[str], config: GenerationC
         if config.seed is not None:
             torch.manual_seed(config.seed)
         sequences = model.generate(
-            **inputs, generation_config=hf_config, logits_processor=processors, stopping_criteria=[watch],
+            **inputs, past_key_values=_shared_prompt_cache(model, inputs, prompts), generation_config=hf_config, logits_processor=processors, stopping_criteria=[watch],
             streamer=streamer_factory(watch) if streamer_factory else None)
     recorder.finish(sequences)
     prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import importlib.util
 import os
 import shutil
@@ -174,18 +175,37 @@ def _first_line(error: BaseException) -> str:
     return text[0] if text else type(error).__name__
 
 
-def _check_fits(config, *, name: str, device: str, quantization: str, dtype) -> None:
-    """Refuse, before reading any weights, a model larger than the free memory of its device."""
-    import psutil
+def _parameter_count(config, path: str) -> int | None:
+    """Parameters of the model, read from a local folder's safetensors headers when there are any
+    (cheap) or else counted on a weightless skeleton; None for an architecture we cannot build."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    files = sorted(Path(path).glob("*.safetensors")) if Path(path).is_dir() else []
+    if files:
+        from safetensors import safe_open
+
+        total = 0
+        for file in files:
+            with safe_open(file, framework="pt") as handle:
+                total += sum(math.prod(handle.get_slice(key).get_shape()) for key in handle.keys())
+        return total
     try:
         with torch.device("meta"):
             skeleton = AutoModelForCausalLM.from_config(config)
     except Exception:  # an exotic architecture: let from_pretrained speak for itself
+        return None
+    return sum(p.numel() for p in skeleton.parameters())
+
+
+def _check_fits(config, path: str, *, name: str, device: str, quantization: str, dtype) -> None:
+    """Refuse, before reading any weights, a model larger than the free memory of its device."""
+    import psutil
+    import torch
+
+    params = _parameter_count(config, path)
+    if params is None:
         return
-    params = sum(p.numel() for p in skeleton.parameters())
     bytes_per_param = _BYTES_PER_PARAM.get(quantization, torch.finfo(dtype).bits / 8)
     needed = params * bytes_per_param
     free = torch.cuda.mem_get_info()[0] if device == "cuda" else psutil.virtual_memory().available
@@ -237,7 +257,7 @@ def load_model(cfg: ModelConfig | None = None) -> LoadedModel:
         tokenizer.pad_token = tokenizer.eos_token
 
     dtype = torch.float32 if device == "cpu" else (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
-    _check_fits(config, name=source.name, device=device, quantization=quantization, dtype=dtype)
+    _check_fits(config, path, name=source.name, device=device, quantization=quantization, dtype=dtype)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=dtype, device_map={"": device},

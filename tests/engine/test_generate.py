@@ -35,6 +35,26 @@ def test_batch_size_splits_rows_without_changing_results(tiny_loaded):
     assert [[g.text for g in group] for group in whole] == [[g.text for g in group] for group in split]
 
 
+def test_samples_of_one_prompt_share_its_prefill_and_match_unshared_generation(tiny_loaded):
+    """N samples of a prompt run the prompt through the model once, not N times, and the shared
+    cache changes nothing: greedy samples equal a lone generation, log-probs included."""
+    embedded_tokens = []
+    hook = tiny_loaded.model.get_input_embeddings().register_forward_hook(
+        lambda module, args, output: embedded_tokens.append(args[0].numel()))
+    try:
+        groups = generate_batch(tiny_loaded, PROMPTS, GenerationConfig(max_new_tokens=6, n=3))
+    finally:
+        hook.remove()
+    padded_len = len(tiny_loaded.tokenizer(PROMPTS[1], add_special_tokens=False)["input_ids"])
+    # one prefill of both prompts (all but the last token), then one token per row per step
+    assert embedded_tokens[0] == 2 * (padded_len - 1)
+    assert embedded_tokens[1:] == [6] * 6
+    alone = [generate_batch(tiny_loaded, [prompt], GenerationConfig(max_new_tokens=6))[0][0] for prompt in PROMPTS]
+    for group, single in zip(groups, alone):
+        assert [g.text for g in group] == [single.text] * 3
+        assert [g.mean_logprob for g in group] == pytest.approx([single.mean_logprob] * 3, abs=1e-4)
+
+
 def test_seed_makes_sampling_reproducible(tiny_loaded):
     def sample(seed):
         config = GenerationConfig(max_new_tokens=12, n=2, temperature=1.0, top_p=1.0, seed=seed)

@@ -56,12 +56,25 @@ def test_tokenizer_without_chat_template_is_refused_unless_allowed(tmp_path):
 def test_model_larger_than_memory_is_refused_before_loading_weights(tmp_path, tiny_model_dir):
     folder = tmp_path / "huge"
     shutil.copytree(tiny_model_dir, folder)
+    for weights in folder.glob("*.safetensors"):  # sized from the config then, not the weights' headers
+        weights.unlink()
     config = json.loads((folder / "config.json").read_text())
     config.update(hidden_size=16384, intermediate_size=53248, num_hidden_layers=126, num_attention_heads=128,
                   num_key_value_heads=8)  # ~400B parameters
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelLoadError, match=r"does not fit: it needs about \d+\.\d GiB on cpu.*--quantization 4bit"):
         load_model(ModelConfig(model=str(folder)))
+
+
+def test_parameter_count_from_weight_headers_matches_the_loaded_model(tiny_model_dir):
+    from transformers import AutoConfig
+
+    from cap_app.model import _parameter_count
+
+    loaded = load_model(ModelConfig(model=str(tiny_model_dir)))
+    params = {p.data_ptr(): p.numel() for p in loaded.model.parameters()}  # tied weights once
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    assert _parameter_count(config, str(tiny_model_dir)) == sum(params.values())
 
 
 def test_cuda_asked_without_a_gpu_is_a_clear_error(tiny_model_dir):
