@@ -51,7 +51,7 @@ def streaming_vs_bare(loaded, prompt: str, tokens: int, repeats: int) -> dict:
     from cap_app.generate import GenerationConfig, generate_stream
 
     inputs = loaded.tokenizer([prompt], return_tensors="pt", add_special_tokens=False)
-    config = GenerationConfig(max_new_tokens=tokens, stop_at_program_end=False)
+    config = GenerationConfig(max_new_tokens=tokens, stop_at_program_end=False, stop_on_repetition=False)
     bare_config = HFGenerationConfig(max_new_tokens=tokens, do_sample=False, num_beams=1,
                                      pad_token_id=loaded.tokenizer.pad_token_id,
                                      eos_token_id=loaded.tokenizer.eos_token_id)
@@ -90,13 +90,13 @@ def batched_vs_sequential(loaded, prompt: str, tokens: int, n: int = 8) -> dict:
     """N sampled programs in one batch vs the same N one at a time (same lengths: no early stop)."""
     from cap_app.generate import GenerationConfig, generate_batch
 
-    config = GenerationConfig(max_new_tokens=tokens, temperature=0.7, n=n, batch_size=n, stop_at_program_end=False)
+    config = GenerationConfig(max_new_tokens=tokens, temperature=0.7, n=n, batch_size=n, stop_at_program_end=False, stop_on_repetition=False)
     started = time.perf_counter()
     [batch] = generate_batch(loaded, [prompt], config)
     batched_s = time.perf_counter() - started
     started = time.perf_counter()
     single = [generate_batch(loaded, [prompt], GenerationConfig(
-        max_new_tokens=tokens, temperature=0.7, seed=seed, stop_at_program_end=False))[0][0] for seed in range(n)]
+        max_new_tokens=tokens, temperature=0.7, seed=seed, stop_at_program_end=False, stop_on_repetition=False))[0][0] for seed in range(n)]
     sequential_s = time.perf_counter() - started
     return {"n": n, "tokens_each": tokens, "batched_s": batched_s, "sequential_s": sequential_s,
             "speedup": sequential_s / batched_s,

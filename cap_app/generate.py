@@ -1,8 +1,9 @@
 """Generate CaP programs: batched (left padding, N samples per prompt) or streamed token by token.
 
 Both paths run the same `model.generate` call with two small hooks:
-- `_Watch` (a stopping criterion) ends each row once its ```python block is closed, at EOS, or
-  when the caller cancels, and remembers how many tokens each row really generated;
+- `_Watch` (a stopping criterion) ends each row once its ```python block is closed, at EOS, when
+  its last lines repeat in a loop (small models do; `repeats_in_tail`), or when the caller
+  cancels, and remembers how many tokens each row really generated;
 - `_LogprobRecorder` (a logits processor placed *before* temperature/top-p) keeps the mean
   log-probability of the chosen tokens under the model's own distribution; votes use it to
   break ties. It holds one (batch, vocab) row at a time instead of all scores.
@@ -25,8 +26,10 @@ from typing import Literal
 
 from cap_app.model import LoadedModel
 
-FinishReason = Literal["program_end", "eos", "length", "cancelled"]
+FinishReason = Literal["program_end", "eos", "repetition", "length", "cancelled"]
 FENCE = "```"
+REPEATS_TO_STOP = 3  # a block of lines written this many times in a row is a loop, not a program
+LONGEST_REPEATED_BLOCK = 4  # lines
 
 
 @dataclasses.dataclass
@@ -44,6 +47,8 @@ class GenerationConfig:
         "help": "most sequences generated together in one forward batch"})
     stop_at_program_end: bool = dataclasses.field(default=True, metadata={
         "help": "stop as soon as the ```python block is closed"})
+    stop_on_repetition: bool = dataclasses.field(default=True, metadata={
+        "help": f"stop a program whose last 1-{LONGEST_REPEATED_BLOCK} lines repeat {REPEATS_TO_STOP} times in a row"})
 
     def __post_init__(self):
         if self.temperature < 0 or not 0 < self.top_p <= 1:
@@ -77,6 +82,32 @@ class StreamChunk:
 _backtick_tokens: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+def repeats_in_tail(text: str) -> bool:
+    """True when the text's last complete lines are one block of 1-4 non-blank lines written
+    `REPEATS_TO_STOP` times in a row: the model is looping and will until the token limit."""
+    lines = text.split("\n")[:-1]  # complete lines only
+    for size in range(1, LONGEST_REPEATED_BLOCK + 1):
+        span = size * REPEATS_TO_STOP
+        if len(lines) < span:
+            break
+        block = lines[-size:]
+        if any(line.strip() for line in block) and all(
+                lines[-(k + 1) * size:len(lines) - k * size] == block for k in range(1, REPEATS_TO_STOP)):
+            return True
+    return False
+
+
+_newline_tokens: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _tokens_with_newline(tokenizer) -> frozenset[int]:
+    """Ids of tokens that end a line: only after them can a repetition be complete."""
+    if tokenizer not in _newline_tokens:
+        texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+        _newline_tokens[tokenizer] = frozenset(i for i, text in enumerate(texts) if "\n" in text)
+    return _newline_tokens[tokenizer]
+
+
 def _tokens_with_backtick(tokenizer) -> frozenset[int]:
     """Ids of tokens that contain a backtick: only they can complete a closing fence."""
     if tokenizer not in _backtick_tokens:
@@ -85,7 +116,7 @@ def _tokens_with_backtick(tokenizer) -> frozenset[int]:
 
 
 def _stopping_and_recording(tokenizer, batch: int, prompt_len: int, eos_ids: set[int],
-                            stop_at_program_end: bool, cancel: threading.Event | None):
+                            config: GenerationConfig, cancel: threading.Event | None):
     """The two generate() hooks for one batch (classes built here so importing this module stays
     free of torch/transformers, which the CLI's --help must not pay for)."""
     import torch
@@ -96,7 +127,8 @@ def _stopping_and_recording(tokenizer, batch: int, prompt_len: int, eos_ids: set
             self.done = [False] * batch
             self.finish: list[FinishReason] = ["length"] * batch
             self.lengths = [0] * batch
-            self.backticks = _tokens_with_backtick(tokenizer)
+            self.backticks = _tokens_with_backtick(tokenizer) if config.stop_at_program_end else frozenset()
+            self.newlines = _tokens_with_newline(tokenizer) if config.stop_on_repetition else frozenset()
 
         def __call__(self, input_ids, scores, **kwargs):
             last = input_ids[:, -1].tolist()
@@ -106,10 +138,12 @@ def _stopping_and_recording(tokenizer, batch: int, prompt_len: int, eos_ids: set
                 self.lengths[row] += 1
                 if token in eos_ids:
                     self._end(row, "eos")
-                elif stop_at_program_end and token in self.backticks:
+                elif token in self.backticks or token in self.newlines:
                     text = tokenizer.decode(input_ids[row, prompt_len:], skip_special_tokens=True)
-                    if text.count(FENCE) >= 2:
+                    if token in self.backticks and text.count(FENCE) >= 2:
                         self._end(row, "program_end")
+                    elif token in self.newlines and repeats_in_tail(text):
+                        self._end(row, "repetition")
             if cancel is not None and cancel.is_set():
                 for row in range(batch):
                     if not self.done[row]:
@@ -225,8 +259,7 @@ def _generate_chunk(loaded: LoadedModel, prompts: list[str], config: GenerationC
     eos = model.generation_config.eos_token_id
     eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
     eos_ids.discard(None)
-    watch, recorder = _stopping_and_recording(tokenizer, len(prompts), prompt_len, eos_ids,
-                                              config.stop_at_program_end, cancel)
+    watch, recorder = _stopping_and_recording(tokenizer, len(prompts), prompt_len, eos_ids, config, cancel)
     sample = config.temperature > 0
     processors = [recorder]
     if sample:  # our own warpers, after the recorder, so it sees the model's raw distribution

@@ -27,6 +27,7 @@ DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEFAULT_ADAPTER_DIR = Path(__file__).parent / "adapters" / "smollm2-cap"
 QUANTIZATIONS = ("auto", "4bit", "8bit", "none")
 DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 # Bytes per parameter when loaded, to tell "does not fit" before reading any weights.
 _BYTES_PER_PARAM = {"4bit": 0.6, "8bit": 1.1}
 
@@ -48,6 +49,10 @@ class ModelConfig:
         "choices": QUANTIZATIONS})
     device: str = dataclasses.field(default="auto", metadata={
         "help": "where to run the model: auto = CUDA when available", "choices": DEVICES})
+    dtype: str = dataclasses.field(default="auto", metadata={
+        "help": "weights' precision: auto = float32 on CPU, bfloat16 on CUDA (float16 where bf16 is missing); "
+                "bfloat16 on a CPU with AMX/AVX512-BF16 roughly halves batched generation time",
+        "choices": DTYPES})
     allow_plain_prompt: bool = dataclasses.field(default=False, metadata={
         "help": "accept a tokenizer without a chat template and use the plain-text CaP prompt"})
 
@@ -170,6 +175,18 @@ def _resolve_quantization(quantization: str, device: str) -> str:
     return quantization
 
 
+def _resolve_dtype(dtype: str, device: str):
+    import torch
+
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"unknown dtype '{dtype}'; choose one of {', '.join(DTYPES)}")
+    if dtype == "auto":
+        if device == "cpu":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return getattr(torch, dtype)
+
+
 def _first_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return text[0] if text else type(error).__name__
@@ -256,7 +273,7 @@ def load_model(cfg: ModelConfig | None = None) -> LoadedModel:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
 
-    dtype = torch.float32 if device == "cpu" else (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+    dtype = _resolve_dtype(cfg.dtype, device)
     _check_fits(config, path, name=source.name, device=device, quantization=quantization, dtype=dtype)
     try:
         model = AutoModelForCausalLM.from_pretrained(
@@ -298,7 +315,7 @@ def get_model(cfg: ModelConfig | None = None) -> LoadedModel:
     global _cached
     cfg = cfg or ModelConfig()
     source = _resolve_source(cfg)
-    key = (source, cfg.quantization, cfg.device, cfg.allow_plain_prompt)
+    key = (source, cfg.quantization, cfg.device, cfg.dtype, cfg.allow_plain_prompt)
     with _cache_lock:
         if _cached is not None and _cached[0] == key:
             return _cached[1]

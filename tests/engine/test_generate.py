@@ -5,7 +5,8 @@ import threading
 import pytest
 import torch
 
-from cap_app.generate import GenerationConfig, _stopping_and_recording, generate_batch, generate_stream
+from cap_app.generate import (
+    GenerationConfig, _stopping_and_recording, generate_batch, generate_stream, repeats_in_tail)
 
 PROMPTS = ["x = 1", "a much longer prompt, so the batch needs left padding"]
 
@@ -114,9 +115,41 @@ def test_generation_stops_when_the_python_block_closes(tiny_loaded):
     ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in rows]
     steps = min(len(i) for i in ids)
     tokens = torch.tensor([i[:steps] for i in ids])
-    watch, _ = _stopping_and_recording(tokenizer, 2, 0, {tokenizer.eos_token_id}, True, None)
+    watch, _ = _stopping_and_recording(tokenizer, 2, 0, {tokenizer.eos_token_id}, GenerationConfig(), None)
     for step in range(1, steps + 1):
         done = watch(tokens[:, :step], None)
     closing = len(tokenizer("```python\nprint(1)\n```", add_special_tokens=False)["input_ids"])
     assert done.tolist() == [True, False]
     assert (watch.finish, watch.lengths) == (["program_end", "length"], [closing, steps])
+
+
+@pytest.mark.parametrize(("text", "looping"), [
+    ("x = 1\nx = 1\nx = 1\n", True),
+    ("a = 1\nb = 2\na = 1\nb = 2\na = 1\nb = 2\n", True),  # a two-line block
+    ("```python\nt = 3\nprint(t)\nprint(t)\nprint(t)\n", True),
+    ("x = 1\nx = 1\nx = 1", False),  # the third line is not complete yet
+    ("x = 1\nx = 1\ny = 2\n", False),
+    ("a = 1\nb = 2\nc = 3\nprint(c)\n", False),
+    ("\n\n\n\n", False),  # blank lines are not a loop
+])
+def test_repeats_in_tail_finds_looping_lines_only(text, looping):
+    assert repeats_in_tail(text) is looping
+
+
+def test_generation_stops_when_lines_repeat(tiny_loaded):
+    tokenizer = tiny_loaded.tokenizer
+    rows = ["```python\ns = 1\ns = 1\ns = 1\ns = 1\n", "```python\ns = 1\nt = 2\nu = 3\nv = 4\n"]
+    ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in rows]
+    steps = min(len(i) for i in ids)
+    tokens = torch.tensor([i[:steps] for i in ids])
+    watch, _ = _stopping_and_recording(tokenizer, 2, 0, {tokenizer.eos_token_id}, GenerationConfig(), None)
+    for step in range(1, steps + 1):
+        done = watch(tokens[:, :step], None)
+    three_lines = len(tokenizer("```python\ns = 1\ns = 1\ns = 1\n", add_special_tokens=False)["input_ids"])
+    assert done.tolist() == [True, False]
+    assert watch.finish == ["repetition", "length"] and watch.lengths[0] == three_lines
+    off = GenerationConfig(stop_on_repetition=False)
+    watch, _ = _stopping_and_recording(tokenizer, 2, 0, {tokenizer.eos_token_id}, off, None)
+    for step in range(1, steps + 1):
+        done = watch(tokens[:, :step], None)
+    assert done.tolist() == [False, False]

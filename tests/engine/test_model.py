@@ -77,6 +77,14 @@ def test_parameter_count_from_weight_headers_matches_the_loaded_model(tiny_model
     assert _parameter_count(config, str(tiny_model_dir)) == sum(params.values())
 
 
+def test_dtype_option_sets_the_weights_precision(tiny_model_dir):
+    assert load_model(ModelConfig(model=str(tiny_model_dir))).model.dtype == torch.float32  # CPU default
+    loaded = load_model(ModelConfig(model=str(tiny_model_dir), dtype="bfloat16"))
+    assert {p.dtype for p in loaded.model.parameters()} == {torch.bfloat16}
+    with pytest.raises(ModelLoadError, match="unknown dtype 'int3'"):
+        load_model(ModelConfig(model=str(tiny_model_dir), dtype="int3"))
+
+
 def test_cuda_asked_without_a_gpu_is_a_clear_error(tiny_model_dir):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
