@@ -194,16 +194,21 @@ class _RowStreamer:
         self.prompt_seen = False
         self.cache: list[list[int]] = []
         self.printed: list[int] = []
+        self.received: list[int] = []
 
     def put(self, value):
         if not self.prompt_seen:
             self.prompt_seen = True
             self.cache = [[] for _ in range(value.shape[0])]
             self.printed = [0] * value.shape[0]
+            self.received = [0] * value.shape[0]
             return
         for row, token in enumerate(value.reshape(len(self.cache), -1)[:, -1].tolist()):
-            if self.watch.done[row]:  # finished rows receive padding
+            # `generate` calls the stopping criteria before the streamer, so a row's last real
+            # token arrives when `watch` already counted it; later ones are padding.
+            if self.received[row] >= self.watch.lengths[row]:
                 continue
+            self.received[row] += 1
             self.cache[row].append(token)
             text = self.tokenizer.decode(self.cache[row], skip_special_tokens=True)
             if text.endswith("\ufffd"):
