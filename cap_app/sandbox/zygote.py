@@ -11,9 +11,10 @@ and answers with the child's result JSON. Children are forked on demand, not ahe
 waiting while the zygote works makes every page the zygote touches a copy-on-write copy, which
 measured slower than forking on demand (benchmarks/README.md). The zygote is
 single-threaded (forking from a threaded process is unsafe) and multiplexes everything with
-`selectors`: new connections, request bytes, result pipes of running children, deadlines. It
-is the parent of every child, so it can kill a child's whole process group at the deadline and
-read the exact exit status. It exits when its stdin (a pipe from the client process) closes,
+`selectors`: new connections, request bytes, result pipes of running children, their exits
+(pidfds: a child is reaped when it has gone, never waited for; a blocking wait for its exit to
+finish held the loop about a millisecond per run), deadlines. It is the parent of every child,
+so it can kill a child's whole process group at the deadline and read the exact exit status. It exits when its stdin (a pipe from the client process) closes,
 killing any children first.
 """
 
@@ -35,7 +36,7 @@ from typing import Any
 from cap_app.sandbox.config import SandboxConfig
 from cap_app.sandbox.modules import enable_sympy
 from cap_app.sandbox.policy import check_program
-from cap_app.sandbox.worker import address_space, child_main, execute
+from cap_app.sandbox.worker import ProgramRun, address_space, child_main, execute, inheritable_limits
 
 MAX_RUNNING = max(2, 2 * (os.cpu_count() or 1))  # more requests wait in a queue
 KILL_GRACE_S = 0.5  # the child's own alarm fires first; this is the backstop
@@ -50,7 +51,8 @@ class Job:
     source: str
     code: types.CodeType
     pid: int = 0
-    result_fd: int = -1
+    result_fd: int = -1  # -1 once the pipe is closed
+    exit_fd: int = -1  # the child's pidfd: readable once it has exited
     deadline: float = 0.0
     killed: bool = False
     replied: bool = False
@@ -105,6 +107,7 @@ class Zygote:
         # removes it even if this process is killed.
         self.empty_root = os.path.join(os.path.dirname(socket_path), "empty-root")
         os.mkdir(self.empty_root, 0o700)
+        self.devnull = os.open(os.devnull, os.O_RDWR)  # each child's stdin/stdout/stderr
         self.selector = selectors.DefaultSelector()
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(socket_path)
@@ -114,7 +117,7 @@ class Zygote:
         self.selector.register(sys.stdin.fileno(), selectors.EVENT_READ, "parent")
         self.pending: dict[socket.socket, bytearray] = {}
         self.queue: collections.deque[Job] = collections.deque()
-        self.running: dict[int, Job] = {}  # result fd -> job
+        self.running: dict[int, Job] = {}  # pid -> job, until reaped
         self.alive = True
         self.socket_path = socket_path
 
@@ -129,8 +132,12 @@ class Zygote:
                         self.alive = False
                 elif kind == "request":
                     self._read_request(key.fileobj)
-                else:
+                elif self.running.get(kind.pid) is not kind:
+                    continue  # reaped earlier in this round
+                elif key.fd == kind.result_fd:
                     self._read_result(kind)
+                elif key.fd == kind.exit_fd:
+                    self._reap(kind)
             self._enforce_deadlines()
             self._start_queued()
         self._shutdown()
@@ -192,6 +199,7 @@ class Zygote:
 
     def _fork(self, job: Job) -> None:
         """Fork the child that runs `job`; it inherits the compiled program."""
+        run = ProgramRun(job.code, job.source, job.config)  # set up here: see ProgramRun
         result_read, result_write = os.pipe()
         size = address_space()
         try:
@@ -201,27 +209,42 @@ class Zygote:
             os.close(result_write)
             raise
         if pid == 0:  # the child: never returns
-            child_main(result_write, self.empty_root, size, job.config, job.source, job.code)
+            child_main(result_write, self.devnull, self.empty_root, size, run)
+        del run
         os.close(result_write)
+        os.set_blocking(result_read, False)
         try:
             os.setpgid(pid, pid)  # also done by the child; whichever runs first wins
         except OSError:
             pass
-        job.pid, job.result_fd = pid, result_read
+        job.pid, job.result_fd, job.exit_fd = pid, result_read, os.pidfd_open(pid)
         job.deadline = time.monotonic() + job.config.timeout_s + KILL_GRACE_S
-        self.running[result_read] = job
+        self.running[pid] = job
         self.selector.register(result_read, selectors.EVENT_READ, job)
+        self.selector.register(job.exit_fd, selectors.EVENT_READ, job)
 
-    def _read_result(self, job: Job) -> None:
-        data = os.read(job.result_fd, 1 << 16)
+    def _read_result(self, job: Job) -> bool:
+        """Take what the child wrote (a complete result line is answered at once); False when
+        there is nothing more to read now."""
+        try:
+            data = os.read(job.result_fd, 1 << 16)
+        except BlockingIOError:
+            return False
         if data and len(job.output) + len(data) <= MAX_RESULT_BYTES:
             job.output += data
             if not job.replied and job.output.endswith(b"\n"):
                 self._reply_result(job)
-            return
+            return True
         if data:  # a result this large is not one the worker writes
             self._kill(job)
-        self._finish(job)
+        self._close_result(job)
+        return False
+
+    def _close_result(self, job: Job) -> None:
+        if job.result_fd >= 0:
+            self.selector.unregister(job.result_fd)
+            os.close(job.result_fd)
+            job.result_fd = -1
 
     def _reply_result(self, job: Job) -> None:
         try:  # the child is untrusted: forward only a well-formed JSON object
@@ -243,20 +266,22 @@ class Zygote:
         now = time.monotonic()
         for job in list(self.running.values()):
             if not job.killed and now >= job.deadline:
-                self._kill(job)
-                self._finish(job)
+                self._kill(job)  # its exit is reaped like any other
 
-    def _finish(self, job: Job) -> None:
-        """The child's result pipe closed (it exited) or it was killed: reap it."""
-        self.selector.unregister(job.result_fd)
-        os.close(job.result_fd)
-        del self.running[job.result_fd]
+    def _reap(self, job: Job) -> None:
+        """The child has exited: read what is left of its result, collect its status, answer."""
+        while job.result_fd >= 0 and not job.killed and self._read_result(job):
+            pass
+        self._close_result(job)
+        self.selector.unregister(job.exit_fd)
+        os.close(job.exit_fd)
+        del self.running[job.pid]
         if not job.replied:
             try:  # whatever is left of the child's group; the unreaped child keeps the id reserved
                 os.killpg(job.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
-        _, status = os.waitpid(job.pid, 0)
+        _, status = os.waitpid(job.pid, 0)  # already exited: does not block
         if not job.replied:
             self._reply(job.conn, _response_for_dead_child(job, status))
 
@@ -275,6 +300,7 @@ class Zygote:
             self._kill(job)
             os.waitpid(job.pid, 0)
         self.listener.close()
+        os.close(self.devnull)
         os.rmdir(self.empty_root)
         os.unlink(self.socket_path)
         try:  # the client's private folder for this socket, if the client died before removing it
@@ -289,6 +315,7 @@ def main(argv: list[str]) -> int:
     with_sympy = "--sympy" in argv[1:]
     if with_sympy:
         enable_sympy()
+    inheritable_limits()
     zygote = Zygote(argv[0])
     warm_up(with_sympy)
     gc.collect()

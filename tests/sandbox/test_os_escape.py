@@ -73,10 +73,12 @@ def in_sealed_child(action, tmp_path) -> str:
     empty_root.mkdir(mode=0o700, exist_ok=True)
     result_read, result_write = os.pipe()
     size = worker.address_space()
+    devnull = os.open(os.devnull, os.O_RDWR)
     pid = os.fork()
     if pid == 0:
         try:
-            worker.seal(result_write, str(empty_root))
+            worker.inheritable_limits()  # what the zygote sets on itself before forking
+            worker.seal(result_write, devnull, str(empty_root))
             worker.limit(SandboxConfig(timeout_s=2), size)
             outcome = f"ok: {action()}"
         except BaseException as exc:  # noqa: BLE001 (reported to the parent)
@@ -84,6 +86,7 @@ def in_sealed_child(action, tmp_path) -> str:
         os.write(worker.RESULT_FD, outcome.encode()[:2000])
         os._exit(0)
     os.close(result_write)
+    os.close(devnull)
     chunks = []
     while chunk := os.read(result_read, 4096):
         chunks.append(chunk)
