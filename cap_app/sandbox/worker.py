@@ -96,24 +96,17 @@ def address_space() -> int:
         os.close(fd)
 
 
-def inheritable_limits() -> None:
-    """Limits the zygote sets on itself once, so each child inherits them instead of paying for
-    them: no core dumps, no bytes written to files (the zygote writes none; its pipes and
-    socket are not files)."""
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
-
-
 def seal(result_fd: int, devnull_fd: int, empty_root: str) -> None:
     """Before the program: own process group, only the result pipe open (as fd 3; stdin/out/err
     on the zygote's /dev/null), and when started as root: `empty_root` (an empty folder only
-    root may enter) as `/`, then the user nobody, so no path leads anywhere. The zygote's
-    `inheritable_limits` already hold."""
+    root may enter) as `/`, then the user nobody, so no path leads anywhere."""
     os.setpgid(0, 0)  # signal dispositions stay the zygote's: SIGINT and SIGPIPE ignored, SIGALRM ours
     for fd in (0, 1, 2):
         os.dup2(devnull_fd, fd)
     os.dup2(result_fd, RESULT_FD)
     os.closerange(RESULT_FD + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
     if os.getuid() == 0:  # root ignores RLIMIT_NPROC and may read anything: become nobody
         os.chroot(empty_root)
         os.chdir("/")

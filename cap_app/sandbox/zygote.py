@@ -36,7 +36,7 @@ from typing import Any
 from cap_app.sandbox.config import SandboxConfig
 from cap_app.sandbox.modules import enable_sympy
 from cap_app.sandbox.policy import check_program
-from cap_app.sandbox.worker import ProgramRun, address_space, child_main, execute, inheritable_limits
+from cap_app.sandbox.worker import ProgramRun, address_space, child_main, execute
 
 MAX_RUNNING = max(2, 2 * (os.cpu_count() or 1))  # more requests wait in a queue
 KILL_GRACE_S = 0.5  # the child's own alarm fires first; this is the backstop
@@ -315,7 +315,6 @@ def main(argv: list[str]) -> int:
     with_sympy = "--sympy" in argv[1:]
     if with_sympy:
         enable_sympy()
-    inheritable_limits()
     zygote = Zygote(argv[0])
     warm_up(with_sympy)
     gc.collect()

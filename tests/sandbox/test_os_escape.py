@@ -77,7 +77,6 @@ def in_sealed_child(action, tmp_path) -> str:
     pid = os.fork()
     if pid == 0:
         try:
-            worker.inheritable_limits()  # what the zygote sets on itself before forking
             worker.seal(result_write, devnull, str(empty_root))
             worker.limit(SandboxConfig(timeout_s=2), size)
             outcome = f"ok: {action()}"
