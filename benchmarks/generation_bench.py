@@ -29,7 +29,7 @@ COLD_START = (
     "from cap_app.model import ModelConfig, load_model, quiet_library_output\n"
     "quiet_library_output(); t1 = time.perf_counter()\n"
     "load_model(ModelConfig(adapter='none'))\n"
-    "t2 = time.perf_counter(); print(t1 - t0, t2 - t1)\n"
+    "t2 = time.perf_counter(); print(t1 - t0, t2 - t1, time.time(), flush=True)\n"
 )
 
 
@@ -105,15 +105,15 @@ def batched_vs_sequential(loaded, prompt: str, tokens: int, n: int = 8) -> dict:
 
 
 def cold_start(repeats: int) -> dict:
-    """A fresh Python process: imports, then load_model from the conversion cache."""
+    """A fresh Python process: from its launch until the model is ready (from the conversion
+    cache), split into imports and `load_model`; the process's exit is not part of it."""
     runs = []
     for _ in range(repeats):
-        started = time.perf_counter()
+        launched = time.time()
         out = subprocess.run([sys.executable, "-c", COLD_START], capture_output=True, text=True, check=True,
                              env=os.environ | {"HF_HUB_OFFLINE": "1"})
-        total = time.perf_counter() - started
-        imports, load = (float(x) for x in out.stdout.split())
-        runs.append({"process_s": total, "imports_s": imports, "load_model_s": load})
+        imports, load, ready_at = (float(x) for x in out.stdout.split())
+        runs.append({"ready_s": ready_at - launched, "imports_s": imports, "load_model_s": load})
     return {key: statistics.median(r[key] for r in runs) for key in runs[0]}
 
 
@@ -150,8 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| first streamed text | {s['first_text_s']:.2f} s | |")
     print(f"| {b['n']} samples batched vs sequential ({b['tokens_each']} tokens each) | {b['batched_s']:.1f} s vs "
           f"{b['sequential_s']:.1f} s = {b['speedup']:.1f}x | >= 3x |")
-    print(f"| cold start from cache: load_model / whole process | {c['load_model_s']:.2f} s / "
-          f"{c['process_s']:.2f} s | <= 5 s |")
+    print(f"| cold start from cache: launch to model ready (of which load_model) | {c['ready_s']:.2f} s "
+          f"({c['load_model_s']:.2f} s) | <= 5 s |")
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(figures, indent=2) + "\n")
