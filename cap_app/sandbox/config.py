@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-MAX_PROGRAM_CHARS = 50_000  # model programs are a few hundred characters; the zygote parses them
+MAX_PROGRAM_CHARS = 50_000  # model programs are a few hundred characters
 
 # Bounds on the settings themselves: settings come from users (CLI flags, app widgets), so a
 # value outside these is refused with a clear message instead of disabling a limit.

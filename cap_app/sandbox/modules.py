@@ -151,6 +151,15 @@ FACADES = build_facades()
 SLOW_MODULES = frozenset({"sympy"})
 
 
+def importable_names(with_sympy: bool) -> dict[str, frozenset[str]]:
+    """What `import`/`from ... import` may name, for the compiler: the facades' names, plus
+    sympy's (known without importing sympy, so any process can compile sympy programs)."""
+    names = {module: facade_names(facade) for module, facade in FACADES.items() if module not in SLOW_MODULES}
+    if with_sympy:
+        names["sympy"] = frozenset(_SYMPY_NAME_READERS + _SYMPY_NAMES)
+    return names
+
+
 def enable_sympy() -> None:
     """Add the sympy facade (algebra subset, string arguments refused; see module docstring)."""
     FACADES["sympy"] = Facade("sympy", _sympy_members())

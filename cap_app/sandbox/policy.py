@@ -27,7 +27,7 @@ from RestrictedPython.transformer import INSPECT_ATTRIBUTES
 from RestrictedPython.transformer import IOPERATOR_TO_STR as RestrictedPythonOperators
 
 from cap_app.sandbox.config import MAX_PROGRAM_CHARS
-from cap_app.sandbox.modules import FACADES, Facade, facade_names, is_sympy_object, no_strings
+from cap_app.sandbox.modules import FACADES, Facade, importable_names, is_sympy_object, no_strings
 
 PROGRAM_FILENAME = "<program>"
 
@@ -46,19 +46,21 @@ class ProgramPolicy(RestrictingNodeTransformer):
         """Deny classes: math programs need none, and classes open dunder and metaclass tricks."""
         self.error(node, "class definitions are not allowed")
 
+    importable = importable_names(with_sympy=False)
+
     def visit_Import(self, node: ast.Import) -> Any:
         """Allow only `import M` / `import M as N` for M in the facade allowlist."""
         for alias in node.names:
-            if alias.name not in FACADES:
+            if alias.name not in self.importable:
                 self.error(node, f"import of '{alias.name}' is not allowed")
         return super().visit_Import(node)
 
     def visit_ImportFrom(self, node: ast.ImportFrom) -> Any:
         """Allow `from M import name` only for names the facade of M exposes."""
-        if node.level or node.module not in FACADES:
+        if node.level or node.module not in self.importable:
             self.error(node, f"import of '{'.' * node.level}{node.module or ''}' is not allowed")
             return node
-        exposed = facade_names(FACADES[node.module])
+        exposed = self.importable[node.module]
         for alias in node.names:
             if alias.name != "*" and alias.name not in exposed:
                 self.error(node, f"import of '{node.module}.{alias.name}' is not allowed")
@@ -105,7 +107,13 @@ def _line_message(error: str) -> str:
     return error.rstrip(".")
 
 
-def check_program(source: str) -> tuple[types.CodeType | None, str | None, str]:
+class SympyProgramPolicy(ProgramPolicy):
+    """The same policy with the sympy facade importable (for the zygote that serves sympy)."""
+
+    importable = importable_names(with_sympy=True)
+
+
+def check_program(source: str, *, with_sympy: bool = False) -> tuple[types.CodeType | None, str | None, str]:
     """Compile under the policy: (code, None, "") or (None, one-line message, status)."""
     if len(source) > MAX_PROGRAM_CHARS:
         return None, f"program is too long ({len(source)} characters, limit {MAX_PROGRAM_CHARS})", "rejected"
@@ -119,7 +127,8 @@ def check_program(source: str) -> tuple[types.CodeType | None, str | None, str]:
     except ValueError as exc:  # e.g. lone surrogates
         return None, f"the program cannot be parsed: {exc}", "error"
     try:
-        result = compile_restricted_exec(tree, filename=PROGRAM_FILENAME, policy=ProgramPolicy)
+        policy = SympyProgramPolicy if with_sympy else ProgramPolicy
+        result = compile_restricted_exec(tree, filename=PROGRAM_FILENAME, policy=policy)
     except (RecursionError, MemoryError):
         return None, "the program cannot be compiled: it is nested too deeply", "error"
     except (ValueError, SyntaxError) as exc:
@@ -405,7 +414,7 @@ def make_globals(sink: PrintSink) -> dict[str, Any]:
     """A fresh namespace for one run: the builtins allowlist (a copy: programs cannot write to
     it, but a run must not be able to leave anything for the next) plus the guards."""
     return {
-        "__builtins__": dict(_PROGRAM_BUILTINS),
+        "__builtins__": _PROGRAM_BUILTINS,
         "__name__": "__main__",
         "_getattr_": guarded_getattr,
         "_getitem_": guarded_getitem,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import json
+import marshal
 import os
 import select
 import shutil
@@ -21,10 +22,12 @@ import sys
 import tempfile
 import threading
 import time
+import types
 from pathlib import Path
 
-from cap_app.sandbox.config import MAX_PROGRAM_CHARS, SandboxConfig
+from cap_app.sandbox.config import SandboxConfig
 from cap_app.sandbox.modules import SLOW_MODULES
+from cap_app.sandbox.policy import check_program
 from cap_app.sandbox.result import ExecResult
 
 START_TIMEOUT_S = 120.0  # importing sympy on a busy 2-core machine can take a while
@@ -172,6 +175,12 @@ def stop_servers() -> None:
     _FULL.stop()
 
 
+def request_payload(source: str, compiled: types.CodeType, config: SandboxConfig) -> bytes:
+    """What the zygote reads: a JSON line (source, config), then the code object (marshal)."""
+    header = json.dumps({"source": source, "config": dataclasses.asdict(config)}).encode("utf-8")
+    return header + b"\n" + marshal.dumps(compiled)
+
+
 def run_program(
     code: str,
     *,
@@ -190,16 +199,19 @@ def run_program(
                            max_output_bytes=max_output_bytes, max_trace_steps=max_trace_steps)
     if not isinstance(code, str):
         return ExecResult(status="rejected", error="the program must be text")
-    if len(code) > MAX_PROGRAM_CHARS:  # checked again by the zygote; here it saves the trip
-        message = f"program is too long ({len(code)} characters, limit {MAX_PROGRAM_CHARS})"
-        return ExecResult(status="rejected", error=message)
+    # Compiled here, not in the zygote: see zygote.py. Parsing only; nothing of the program runs.
     server = server_for(code)
+    started = time.perf_counter()
+    compiled, error, status = check_program(code, with_sympy=server.with_sympy)
+    compile_ms = (time.perf_counter() - started) * 1000
+    if compiled is None:
+        return ExecResult(status=status, error=error, duration_ms=compile_ms)
     try:
         server.start()  # a first run's server start-up is not the program's duration
     except SandboxUnavailable:
         pass  # `request` below tries again and reports it
     started = time.perf_counter()
-    payload = json.dumps({"code": code, "config": dataclasses.asdict(config)}).encode("utf-8")
+    payload = request_payload(code, compiled, config)
     data = None
     for _ in range(2):  # one retry: a zygote that died is restarted by `request`
         try:
@@ -208,7 +220,7 @@ def run_program(
         except SandboxUnavailable as exc:
             data = {"status": "error", "error": str(exc)}
     result = result_from_json(data)
-    result.duration_ms = (time.perf_counter() - started) * 1000
+    result.duration_ms = compile_ms + (time.perf_counter() - started) * 1000
     return result
 
 

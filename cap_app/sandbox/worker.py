@@ -201,9 +201,9 @@ def _step_dict(step: list[Any]) -> dict[str, Any]:
     return {"line": line, "source": clean_text(source), "changed": {k: clean_text(v) for k, v in changed.items()}}
 
 
-def execute(source: str, config: SandboxConfig) -> dict[str, Any]:
+def execute(source: str, config: SandboxConfig, *, with_sympy: bool = False) -> dict[str, Any]:
     """Compile and run `source` in this process; the result as a dict (see `ProgramRun.run`)."""
-    code, error, status = check_program(source)
+    code, error, status = check_program(source, with_sympy=with_sympy)
     if code is None:
         return {"status": status, "error": error}
     return ProgramRun(code, source, config).run()

@@ -4,18 +4,26 @@ child per program, so a run costs a fork instead of Python's start-up.
 `runner.py` starts it as `python -m cap_app.sandbox.zygote SOCKET_PATH [--sympy]` (two
 zygotes: sympy makes every fork about ten times slower, so only programs that name it go to the
 zygote that imported it). It prints `ready` once imports and warm-up are done, then serves one
-request per connection on the Unix socket: the client sends `{"code", "config"}` as JSON and
-half-closes; the zygote compiles the program under the policy (parsing only: nothing of the
-program runs here; rejections need no child), forks a child that inherits the compiled code,
-and answers with the child's result JSON. Children are forked on demand, not ahead: a child
-waiting while the zygote works makes every page the zygote touches a copy-on-write copy, which
-measured slower than forking on demand (benchmarks/README.md). The zygote is
-single-threaded (forking from a threaded process is unsafe) and multiplexes everything with
-`selectors`: new connections, request bytes, result pipes of running children, their exits
-(pidfds: a child is reaped when it has gone, never waited for; a blocking wait for its exit to
-finish held the loop about a millisecond per run), deadlines. It is the parent of every child,
-so it can kill a child's whole process group at the deadline and read the exact exit status. It exits when its stdin (a pipe from the client process) closes,
-killing any children first.
+request per connection on the Unix socket: the client sends a JSON line `{"source", "config"}`
+followed by the program's code object (marshal), which the client compiled under the policy,
+and half-closes; the zygote forks a child that inherits the code and answers with the child's
+result JSON.
+
+Why the client compiles: every fork write-protects all of the zygote's memory, so each page
+the zygote writes afterwards costs it a page fault; compiling here allocated a few hundred
+pages' worth of syntax tree per program (about half of the zygote's faults), in the calling
+process it costs nothing extra. The socket lives in a private folder (mode 0700) of the
+calling user, who is trusted; the program is not. Children are forked on demand, not ahead: a
+child waiting while the zygote works makes every page the zygote touches a copy, which
+measured slower (benchmarks/README.md).
+
+The zygote is single-threaded (forking from a threaded process is unsafe) and multiplexes
+everything with `selectors`: new connections, request bytes, result pipes of running children,
+their exits (pidfds: a child is reaped once it has gone, never waited for; a blocking wait for
+its exit held the loop about a millisecond per run), deadlines. It is the parent of every
+child, so it can kill a child's whole process group at the deadline and read the exact exit
+status. It exits when its stdin (a pipe from the client process) closes, killing any children
+first.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from __future__ import annotations
 import collections
 import gc
 import json
+import marshal
 import os
 import selectors
 import signal
@@ -35,12 +44,11 @@ from typing import Any
 
 from cap_app.sandbox.config import SandboxConfig
 from cap_app.sandbox.modules import enable_sympy
-from cap_app.sandbox.policy import check_program
 from cap_app.sandbox.worker import ProgramRun, address_space, child_main, execute
 
 MAX_RUNNING = max(2, 2 * (os.cpu_count() or 1))  # more requests wait in a queue
 KILL_GRACE_S = 0.5  # the child's own alarm fires first; this is the backstop
-MAX_REQUEST_BYTES = 1024 * 1024
+MAX_REQUEST_BYTES = 16 * 1024 * 1024  # a program of MAX_PROGRAM_CHARS and its code object
 MAX_RESULT_BYTES = 64 * 1024 * 1024  # output (<= 16 MiB) + trace (<= 2M chars), JSON-escaped
 
 
@@ -82,7 +90,7 @@ def warm_up(with_sympy: bool) -> None:
             "print(sympy.Matrix([[1, 2], [3, 4]]).det(), sympy.sqrt(8), sympy.Abs(-3), sympy.lcm(4, 6), sympy.gcd(4, 6))\n"
             "print(sympy.solve([x + y - 3, x - y - 1], [x, y]), (x ** 2).subs(x, 3), sympy.Float(1.5) * 2)\n"
         )
-    result = execute(sample, SandboxConfig(trace=True))
+    result = execute(sample, SandboxConfig(trace=True), with_sympy=with_sympy)
     if result["status"] != "ok":
         raise RuntimeError(f"sandbox warm-up failed: {result['error']}")
     time.localtime()  # loads the time zone while files can still be read
@@ -170,22 +178,15 @@ class Zygote:
         self.selector.unregister(conn)
         del self.pending[conn]
         try:
-            request = json.loads(buffer)
+            header, _, code_bytes = bytes(buffer).partition(b"\n")
+            request = json.loads(header)
             config = SandboxConfig(**request["config"])
-            source = request["code"]
-            if not isinstance(source, str):
-                raise TypeError("code must be a string")
+            source = request["source"]
+            code = marshal.loads(code_bytes)
+            if not isinstance(source, str) or not isinstance(code, types.CodeType):
+                raise TypeError("expected the source text and its code object")
         except Exception as exc:
             self._reply(conn, {"status": "error", "error": f"bad sandbox request: {exc}"})
-            return
-        # Compiling here (parse and policy only, nothing of the program runs) spares each child
-        # the copy-on-write cost of the compiler's pages, and rejections need no child at all.
-        try:
-            code, error, status = check_program(source)
-        except BaseException as exc:  # noqa: BLE001 (a compiler failure must not stop the zygote)
-            code, error, status = None, f"the program cannot be compiled: {type(exc).__name__}", "error"
-        if code is None:
-            self._reply(conn, {"status": status, "error": error})
             return
         self.queue.append(Job(conn, config, source, code))
 
@@ -247,13 +248,12 @@ class Zygote:
             job.result_fd = -1
 
     def _reply_result(self, job: Job) -> None:
-        try:  # the child is untrusted: forward only a well-formed JSON object
-            result = json.loads(job.output)
-        except ValueError:
-            return  # not a result: reported as a dead child when the pipe closes
-        if isinstance(result, dict):
+        """Forward a result line as it came: the client parses it and checks its shape (the
+        child is untrusted), so parsing it here too would only cost the zygote page faults."""
+        if job.output.startswith(b"{") and job.output.endswith(b"}\n"):
             job.replied = True
             self._reply(job.conn, bytes(job.output))
+        # anything else is not a result: reported as a dead child when the child has gone
 
     def _kill(self, job: Job) -> None:
         job.killed = True

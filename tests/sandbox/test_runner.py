@@ -14,7 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from cap_app.sandbox import ExecResult, SandboxConfig, run_program
-from cap_app.sandbox.runner import SandboxServer, result_from_json
+from cap_app.sandbox.policy import check_program
+from cap_app.sandbox.runner import SandboxServer, request_payload, result_from_json
 
 
 def test_many_threads_get_their_own_results(zygote_pids):
@@ -41,13 +42,26 @@ def test_several_processes_each_use_their_own_zygote():
     assert [p.communicate(timeout=120)[0].strip() for p in processes] == ["42", "42"]
 
 
+@pytest.mark.parametrize("payload", [
+    b"not json",
+    json.dumps({"source": "print(1)", "config": {}}).encode() + b"\n" + b"not a code object",
+    json.dumps({"source": "print(1)", "config": {}}).encode() + b"\n" + __import__("marshal").dumps(42),
+    json.dumps({"source": "print(1)", "config": {"timeout_s": -1}}).encode(),
+])
+def test_the_zygote_refuses_malformed_requests(zygote_pids, payload):
+    from cap_app.sandbox.runner import _LIGHT
+
+    answer = _LIGHT.request(payload, 60)
+    assert answer["status"] == "error" and answer["error"].startswith("bad sandbox request")
+
+
 def test_a_killed_zygote_is_replaced():
     server = SandboxServer()
     try:
         server.start()
         first = server.pid
         os.kill(first, signal.SIGKILL)
-        payload = json.dumps({"code": "print(1)", "config": vars(SandboxConfig())}).encode()
+        payload = request_payload("print(1)", check_program("print(1)")[0], SandboxConfig())
         deadline = time.monotonic() + 5
         while server.pid is not None and time.monotonic() < deadline:
             time.sleep(0.05)  # the kill lands asynchronously
