@@ -28,6 +28,11 @@ REPAIR_TEMPLATE = (
     "Fix the program. Reply with the corrected program only, in one ```python block."
 )
 
+DRAFT_SYSTEM_PROMPT = (
+    "You are a careful math assistant. Solve the question step by step in plain prose, without "
+    "code, and end with a last line of the form `The answer is N.`"
+)
+
 FENCE_OPEN = "```python\n"
 FENCE_CLOSE = "\n```"
 
@@ -63,6 +68,16 @@ def format_prompt(tokenizer, question: str, draft: str) -> str:
 def format_repair_prompt(tokenizer, question: str, draft: str, attempts: list[tuple[str, str]]) -> str:
     """The prompt for another try after failed attempts (see build_repair_messages)."""
     return render_messages(tokenizer, build_repair_messages(question, draft, attempts))
+
+
+def format_draft_prompt(tokenizer, question: str) -> str:
+    """A plain chain-of-thought prompt: the model writes a prose draft of its own, the kind of
+    answer CaP refines (`data build` samples such drafts when given a model)."""
+    user = f"Question: {question.strip()}"
+    if getattr(tokenizer, "chat_template", None):
+        return render_messages(tokenizer, [{"role": "system", "content": DRAFT_SYSTEM_PROMPT},
+                                           {"role": "user", "content": user}])
+    return f"{DRAFT_SYSTEM_PROMPT}\n\n{user}\n\nAnswer:\n"
 
 
 def format_completion(program: str) -> str:

@@ -2,6 +2,7 @@
 
     python -m cap_app data build --output-dir runs/data
     python -m cap_app data build --limit 200 --corrupted-drafts 3 --output-dir /tmp/cap-data
+    python -m cap_app data build --limit 200 --sample-model default --sampled-programs 4
 """
 
 from __future__ import annotations
@@ -23,11 +24,14 @@ def add_arguments(parser) -> None:
 
 def main(args) -> int:
     from cap_app.data.build import build
+    from cap_app.model import ModelLoadError, quiet_library_output
 
     cfg = dataclass_from_args(DataBuildConfig, args)
+    if cfg.sample_model:
+        quiet_library_output()
     try:
         report = build(cfg)
-    except (OSError, ValueError, KeyError) as error:
+    except (OSError, ValueError, KeyError, ModelLoadError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     summary = {k: v for k, v in report.items() if k != "config"}
