@@ -178,21 +178,35 @@ def _last_line(text: str) -> str | None:
     return one_line(clean_text(lines[-1]), 1000) if lines else None
 
 
+ENTRY_POINTS = ("solution", "main")  # small models often define one and never call it
+
+
+def _program_function_without_arguments(value: Any) -> bool:
+    """A function the program defined that can be called with no arguments."""
+    if not isinstance(value, types.FunctionType) or value.__code__.co_filename != PROGRAM_FILENAME:
+        return False
+    code = value.__code__
+    return (code.co_argcount == len(value.__defaults__ or ())
+            and code.co_kwonlyargcount == len(value.__kwdefaults__ or {}))
+
+
 def find_answer(namespace: dict[str, Any], sink: PrintSink) -> str | None:
-    """The CaP convention: last printed line; else `answer`; else what `solution()` returns."""
+    """The CaP convention: last printed line; else `answer`; else what `solution()` (or, failing
+    that, `main()`) prints or returns, called without arguments."""
     printed = _last_line(sink.text())
     if printed is not None:
         return printed
     answer = namespace.get("answer")
     if answer is not None and not callable(answer):
         return _to_text(answer)
-    solution = namespace.get("solution")
-    if isinstance(solution, types.FunctionType) and solution.__code__.co_filename == PROGRAM_FILENAME:
-        value = solution()
-        printed = _last_line(sink.text())
-        if printed is not None:
-            return printed
-        return None if value is None else _to_text(value)
+    for name in ENTRY_POINTS:
+        function = namespace.get(name)
+        if _program_function_without_arguments(function):
+            value = function()
+            printed = _last_line(sink.text())
+            if printed is not None:
+                return printed
+            return None if value is None else _to_text(value)
     return None
 
 

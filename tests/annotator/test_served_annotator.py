@@ -55,10 +55,12 @@ class Served:
             return self
         port = free_port()
         self.url = f"http://127.0.0.1:{port}/"
-        env = {**os.environ, "CAP_DB_PATH": str(self.db_path), "CAP_BATCH_DIRS": str(self.batch_path.parent),
+        env = {**os.environ, "CAP_BATCH_DIRS": str(self.batch_path.parent),
                "GRADIO_TEMP_DIR": str(self.folder / "gradio-tmp")}
+        env.pop("CAP_DB_PATH", None)  # the database comes from --db
+        command = [sys.executable, "-m", "cap_app", "serve", "--port", str(port), "--db", str(self.db_path)]
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "cap_app", "serve", "--port", str(port)],
+            self.process = subprocess.Popen(command,
                                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                                             start_new_session=True)
         deadline = time.monotonic() + STARTUP_TIMEOUT_S

@@ -114,6 +114,9 @@ def test_partial_output_and_trace_survive_a_timeout(zygote_pids):
     ("def solution():\n    return 7 * 6", "42"),
     ("def solution():\n    print('The answer is', 9)", "The answer is 9"),
     ("answer = 3\ndef solution():\n    return 4", "3"),
+    ("def main():\n    eggs = 16 - 3 - 4\n    print(eggs * 2)", "18"),  # defined, never called
+    ("def main():\n    return 5\ndef solution():\n    return 6", "6"),  # solution() first
+    ("def main(x):\n    return x", None),  # needs an argument: not an entry point we can call
     ("x = 1", None),
     ("print('\\ud800')", "?"),
 ])
