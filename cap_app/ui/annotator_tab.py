@@ -304,8 +304,21 @@ def _bind(fn, store: Store, **kwargs):
     return bound
 
 
-def build_annotator_tab(store: Store | None = None) -> None:
-    """Lay out the Annotate tab inside the caller's Blocks (and Tab) and wire its events."""
+def remembered_name(name: str | None) -> str:
+    """The annotator name as the browser keeps it between visits (see build_annotator_tab)."""
+    return _name(name)
+
+
+def saved_name_state() -> gr.BrowserState:
+    """Where the browser keeps the annotator name, so a reload or a later visit keeps it. Place it
+    outside any Tab: a tab that is not shown is not mounted, and its state would not be read
+    when the page loads."""
+    return gr.BrowserState("", storage_key="cap-annotator-name")
+
+
+def build_annotator_tab(demo: gr.Blocks, saved_name: gr.BrowserState, store: Store | None = None) -> None:
+    """Lay out the Annotate tab inside `demo` (and a Tab) and wire its events; `saved_name`
+    comes from `saved_name_state`."""
     store = store or Store()
     bind = _bind
     state = gr.State(new_state())
@@ -373,6 +386,8 @@ def build_annotator_tab(store: Store | None = None) -> None:
     batch.input(bind(open_batch, store), [batch, annotator], view, **db)
     gr.on([annotator.submit, annotator.blur], bind(choose_refinement, store),
           [state, annotator, refinement], view, **db)
+    gr.on([annotator.submit, annotator.blur], remembered_name, annotator, saved_name, **db)
+    demo.load(remembered_name, saved_name, annotator, **db)
     position.submit(bind(go_to, store), [state, annotator, position], view, **db)
     prev_button.click(bind(step, store, delta=-1), [state, annotator], view, **db)
     next_button.click(bind(step, store, delta=1), [state, annotator], view, **db)

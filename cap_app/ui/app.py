@@ -92,10 +92,11 @@ def build_demo() -> gr.Blocks:
         with gr.Tab("Refine"):
             _refine_tab()
         if importlib.util.find_spec("cap_app.ui.annotator_tab") is not None:
-            from cap_app.ui.annotator_tab import build_annotator_tab
+            from cap_app.ui.annotator_tab import build_annotator_tab, saved_name_state
 
+            saved_name = saved_name_state()
             with gr.Tab("Annotate"):
-                build_annotator_tab()
+                build_annotator_tab(demo, saved_name)
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CONCURRENCY_LIMIT)
     return demo
 

@@ -149,8 +149,9 @@ def test_run_refinement_adds_a_real_engine_result(store, batch_file, tiny_model_
 
 def test_the_tab_builds_inside_a_blocks_with_its_events(store):
     with gr.Blocks() as demo:
+        saved_name = tab.saved_name_state()
         with gr.Tab("Annotate"):
-            tab.build_annotator_tab(store)
+            tab.build_annotator_tab(demo, saved_name, store)
     names = {d["api_name"] for d in demo.get_config_file()["dependencies"]}
     assert {"annotate_load_file", "annotate_record_judgement", "annotate_undo", "annotate_next_unjudged",
             "annotate_export_download_dpo"} <= names

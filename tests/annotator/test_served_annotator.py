@@ -119,6 +119,9 @@ def test_keyboard_shortcuts_judge_navigate_and_undo_in_a_browser(served):
         expect(question).to_contain_text("Question 0: how many eggs?", timeout=WAIT_MS)
         page.keyboard.press("g")
         expect(question).to_contain_text("Question 1: how many eggs?", timeout=WAIT_MS)
+        page.reload()  # the name is kept by the browser across reloads and visits
+        page.get_by_role("tab", name="Annotate").click()
+        expect(page.locator("#cap-ann-name input, #cap-ann-name textarea").first).to_have_value("kbd", timeout=WAIT_MS)
         browser.close()
     mine = [row for row in Store(served.db_path).current_judgements() if row.judgement.annotator == "kbd"]
     assert [(row.item.position, row.judgement.correct, row.judgement.vs_draft) for row in mine] == [(0, "no", None)]
