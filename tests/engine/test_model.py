@@ -127,6 +127,27 @@ def test_adapter_changes_the_model_and_matches_peft(tiny_model_dir, lora_adapter
     assert torch.allclose(_logits(adapted), expected, atol=1e-4)
 
 
+def test_merged_adapter_is_cached_so_later_loads_skip_peft(tiny_model_dir, lora_adapter_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("CAP_CACHE_DIR", str(tmp_path / "cache"))
+    first = load_model(ModelConfig(model=tiny_model_dir, adapter=lora_adapter_dir))
+    assert len(list((tmp_path / "cache" / "merged").iterdir())) == 1
+
+    def no_peft(*args, **kwargs):
+        raise AssertionError("the adapter was applied again instead of read from the merged cache")
+
+    monkeypatch.setattr(cap_app.model, "_apply_adapter", no_peft)
+    second = load_model(ModelConfig(model=tiny_model_dir, adapter=lora_adapter_dir))
+    assert second.adapter == lora_adapter_dir
+    assert torch.allclose(_logits(first), _logits(second), atol=1e-6)
+
+    retrained = tmp_path / "retrained"
+    shutil.copytree(lora_adapter_dir, retrained)
+    with open(retrained / "adapter_config.json", "a") as handle:
+        handle.write("\n")  # any change to the adapter's files is a new cache entry
+    with pytest.raises(AssertionError, match="applied again"):
+        load_model(ModelConfig(model=tiny_model_dir, adapter=str(retrained)))
+
+
 def test_adapter_from_environment_and_none_disables_it(tiny_model_dir, lora_adapter_dir, monkeypatch):
     monkeypatch.setenv("CAP_ADAPTER", lora_adapter_dir)
     assert load_model(ModelConfig(model=tiny_model_dir)).adapter == lora_adapter_dir
