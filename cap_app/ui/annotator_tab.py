@@ -387,7 +387,9 @@ def build_annotator_tab(demo: gr.Blocks, saved_name: gr.BrowserState, store: Sto
     gr.on([annotator.submit, annotator.blur], bind(choose_refinement, store),
           [state, annotator, refinement], view, **db)
     gr.on([annotator.submit, annotator.blur], remembered_name, annotator, saved_name, **db)
-    demo.load(remembered_name, saved_name, annotator, **db)
+    # Restored in the browser, not through the server: a late answer from a busy server would
+    # overwrite a name typed meanwhile (a judgement then reads "enter your annotator name first").
+    demo.load(None, saved_name, annotator, js="(saved) => saved || ''")
     position.submit(bind(go_to, store), [state, annotator, position], view, **db)
     prev_button.click(bind(step, store, delta=-1), [state, annotator], view, **db)
     next_button.click(bind(step, store, delta=1), [state, annotator], view, **db)
