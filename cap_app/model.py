@@ -5,8 +5,8 @@ The offline default is SmolLM2-135M-Instruct, shipped as a GGUF file inside the 
 package. De-quantising a GGUF takes ~25 s, so it is converted once to safetensors and cached
 under $CAP_CACHE_DIR, keyed by the file's hash; later starts load that folder in well under a
 second. The package itself is never imported (its `__init__` needs `llm` and `llama_cpp`).
-Likewise a local LoRA adapter on a full-precision local model is merged once and the merged
-weights cached: importing peft and merging cost ~1.6 s of every start otherwise.
+Likewise the project's own CaP adapter is merged into that model once and the merged weights
+cached: importing peft and merging cost ~2 s of every start otherwise.
 """
 
 from __future__ import annotations
@@ -138,15 +138,18 @@ def _save_atomically(target: Path, model, tokenizer) -> None:
 
 
 def _merged_cache_path(base: str, adapter: str, dtype) -> Path | None:
-    """Where base+adapter merged in `dtype` is cached; None unless both are local folders.
+    """Where base+adapter merged in `dtype` is cached; None unless the adapter is this project's
+    own (the offline default's: other adapters, e.g. a researcher's checkpoints, would each
+    leave a full copy of the model behind) and the base a local folder.
 
-    Keyed by the adapter's file contents (small) and the base's weight files' names, sizes and
-    modification times (large; a converted GGUF's folder name already holds its hash), so
-    retraining the adapter or replacing the base makes a new entry."""
+    Keyed by the adapter's file contents (small) and the base's files' names, sizes and
+    modification times (large; a converted GGUF's folder name already holds its hash), so a new
+    adapter or base makes a new entry; `_save_merged` then removes the stale ones."""
     base_dir, adapter_dir = Path(base), Path(adapter)
-    if not base_dir.is_dir() or not (adapter_dir / "adapter_config.json").is_file():
+    if (not base_dir.is_dir() or not (adapter_dir / "adapter_config.json").is_file()
+            or adapter_dir.resolve() != DEFAULT_ADAPTER_DIR.resolve()):
         return None
-    key = hashlib.sha256(f"{base_dir.resolve()}\0{dtype}".encode())
+    key = hashlib.sha256(str(base_dir.resolve()).encode())
     for file in sorted(base_dir.iterdir()):
         if file.is_file():
             stat = file.stat()
@@ -154,7 +157,22 @@ def _merged_cache_path(base: str, adapter: str, dtype) -> Path | None:
     for file in sorted(adapter_dir.iterdir()):
         if file.is_file() and file.suffix in (".json", ".safetensors", ".bin"):
             key.update(f"\0{file.name}:".encode() + bytes.fromhex(_file_digest(file)))
-    return cache_dir() / "merged" / f"{base_dir.name}-{adapter_dir.name}-{key.hexdigest()[:16]}"
+    dtype_name = str(dtype).removeprefix("torch.")
+    return cache_dir() / "merged" / f"{base_dir.name}-{adapter_dir.name}-{dtype_name}-{key.hexdigest()[:16]}"
+
+
+def _save_merged(target: Path, model, tokenizer) -> None:
+    """Cache a merged model and drop older merges of the same base, adapter and dtype. A full or
+    read-only cache only costs the next start the merge again."""
+    try:
+        _save_atomically(target, model, tokenizer)
+    except OSError as error:
+        warnings.warn(f"could not cache the merged model in {target.parent}: {_first_line(error)}")
+        return
+    prefix = target.name.rsplit("-", 1)[0] + "-"
+    for stale in target.parent.iterdir():
+        if stale.name.startswith(prefix) and stale != target and ".tmp-" not in stale.name:
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -318,10 +336,7 @@ def load_model(cfg: ModelConfig | None = None) -> LoadedModel:
     if adapter:
         model = _apply_adapter(model, adapter, merge=quantization == "none")
         if merged is not None:
-            try:
-                _save_atomically(merged, model, tokenizer)
-            except OSError as error:  # a full or read-only cache only costs the next start the merge
-                warnings.warn(f"could not cache the merged model in {merged.parent}: {_first_line(error)}")
+            _save_merged(merged, model, tokenizer)
     model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, name=source.name, device=device,
                        adapter=source.adapter, quantization=quantization)

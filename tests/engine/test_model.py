@@ -127,25 +127,39 @@ def test_adapter_changes_the_model_and_matches_peft(tiny_model_dir, lora_adapter
     assert torch.allclose(_logits(adapted), expected, atol=1e-4)
 
 
-def test_merged_adapter_is_cached_so_later_loads_skip_peft(tiny_model_dir, lora_adapter_dir, tmp_path, monkeypatch):
+def test_the_projects_adapter_is_merged_once_and_later_loads_skip_peft(tiny_model_dir, lora_adapter_dir, tmp_path,
+                                                                        monkeypatch):
+    bundled = tmp_path / "bundled-adapter"
+    shutil.copytree(lora_adapter_dir, bundled)
+    monkeypatch.setattr(cap_app.model, "DEFAULT_ADAPTER_DIR", bundled)
     monkeypatch.setenv("CAP_CACHE_DIR", str(tmp_path / "cache"))
-    first = load_model(ModelConfig(model=tiny_model_dir, adapter=lora_adapter_dir))
-    assert len(list((tmp_path / "cache" / "merged").iterdir())) == 1
+    merged_dir = tmp_path / "cache" / "merged"
+    first = load_model(ModelConfig(model=tiny_model_dir, adapter=str(bundled)))
+    assert len(list(merged_dir.iterdir())) == 1
 
     def no_peft(*args, **kwargs):
         raise AssertionError("the adapter was applied again instead of read from the merged cache")
 
-    monkeypatch.setattr(cap_app.model, "_apply_adapter", no_peft)
-    second = load_model(ModelConfig(model=tiny_model_dir, adapter=lora_adapter_dir))
-    assert second.adapter == lora_adapter_dir
+    with monkeypatch.context() as patched:
+        patched.setattr(cap_app.model, "_apply_adapter", no_peft)
+        second = load_model(ModelConfig(model=tiny_model_dir, adapter=str(bundled)))
+    assert second.adapter == str(bundled)
     assert torch.allclose(_logits(first), _logits(second), atol=1e-6)
 
-    retrained = tmp_path / "retrained"
-    shutil.copytree(lora_adapter_dir, retrained)
-    with open(retrained / "adapter_config.json", "a") as handle:
-        handle.write("\n")  # any change to the adapter's files is a new cache entry
-    with pytest.raises(AssertionError, match="applied again"):
-        load_model(ModelConfig(model=tiny_model_dir, adapter=str(retrained)))
+    old_entry = next(merged_dir.iterdir())
+    with open(bundled / "adapter_config.json", "a") as handle:
+        handle.write("\n")  # a new version of the adapter: merged again, the old entry removed
+    third = load_model(ModelConfig(model=tiny_model_dir, adapter=str(bundled)))
+    assert torch.allclose(_logits(first), _logits(third), atol=1e-6)
+    entries = list(merged_dir.iterdir())
+    assert len(entries) == 1 and entries[0] != old_entry
+
+
+def test_other_adapters_are_merged_in_memory_without_filling_the_cache(tiny_model_dir, lora_adapter_dir, tmp_path,
+                                                                       monkeypatch):
+    monkeypatch.setenv("CAP_CACHE_DIR", str(tmp_path / "cache"))
+    load_model(ModelConfig(model=tiny_model_dir, adapter=lora_adapter_dir))
+    assert not (tmp_path / "cache" / "merged").exists()
 
 
 def test_adapter_from_environment_and_none_disables_it(tiny_model_dir, lora_adapter_dir, monkeypatch):
