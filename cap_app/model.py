@@ -155,7 +155,7 @@ def _merged_cache_path(base: str, adapter: str, dtype) -> Path | None:
             stat = file.stat()
             key.update(f"\0{file.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     for file in sorted(adapter_dir.iterdir()):
-        if file.is_file() and file.suffix in (".json", ".safetensors", ".bin"):
+        if file.is_file() and file.name.startswith("adapter_"):  # config and weights, not the model card
             key.update(f"\0{file.name}:".encode() + bytes.fromhex(_file_digest(file)))
     dtype_name = str(dtype).removeprefix("torch.")
     return cache_dir() / "merged" / f"{base_dir.name}-{adapter_dir.name}-{dtype_name}-{key.hexdigest()[:16]}"
