@@ -8,7 +8,8 @@ Input: JSONL with `question`, a gold answer (`gold`, `ground_truth` or GSM8K's `
 `#### N`), and the draft under `--draft-key` (text, or `{"solution": ...}` as in the drafts
 file). Prints one table row per strategy (draft and refined accuracy, wrong->right and
 right->wrong counts, answers missing, tokens and seconds per item) and writes a JSON report
-with the summary and every item's answers.
+with the summary and every item's answers, with each generated program's outcome (sandbox
+status, error, answer, tokens, the model's raw text).
 
 Exit status: 0 on success; 1 when the model or sandbox failed; 2 for unusable arguments or input.
 """
@@ -26,6 +27,7 @@ from cap_app.model import ModelConfig
 from cap_app.refine import STRATEGIES, RefineConfig
 
 HELP = "Evaluate refinement strategies on a JSONL file of drafts: accuracy table and JSON report."
+MAX_REPORTED_TEXT = 4000  # characters of each candidate's raw model text kept in the report
 COLUMNS = ("strategy", "items", "draft acc", "refined acc", "wrong->right", "right->wrong", "no answer",
            "tokens/item", "s/item")
 
@@ -60,6 +62,14 @@ def summarize(results) -> dict:
         "tokens_per_item": sum(r.generated_tokens for r in results) / count if count else 0.0,
         "seconds_per_item": sum(r.timings_ms["total"] for r in results) / 1000 / count if count else 0.0,
     }
+
+
+def candidate_outcome(candidate) -> dict:
+    """What one generated program did, so a report shows why an item got no answer (a program
+    cut at the token limit, one that printed nothing, a runtime error...) without a rerun."""
+    execution = candidate.execution
+    return {"status": execution.status, "error": execution.error, "answer": candidate.answer,
+            "tokens": candidate.tokens, "text": candidate.text[:MAX_REPORTED_TEXT]}
 
 
 def format_table(summary: dict[str, dict]) -> str:
@@ -126,7 +136,8 @@ def main(args: argparse.Namespace) -> int:
                 row["results"][strategy] = {
                     "refined_answer": result.refined_answer, "refined_correct": result.refined_correct,
                     "draft_correct": result.draft_correct, "verdict": result.verdict, "program": result.program,
-                    "votes": result.votes, "tokens": result.generated_tokens, "ms": result.timings_ms["total"]}
+                    "votes": result.votes, "tokens": result.generated_tokens, "ms": result.timings_ms["total"],
+                    "candidates": [candidate_outcome(c) for c in result.candidates]}
     except RuntimeError as error:  # the sandbox could not start (SandboxUnavailable) and the like
         print(f"error: {str(error).splitlines()[0]}", file=sys.stderr)
         return 1

@@ -119,6 +119,14 @@ def test_eval_compares_strategies_on_the_drafts_file(tiny, tmp_path, capsys):
     assert data["summary"]["greedy"]["no_answer"] == 3 and data["summary"]["greedy"]["refined_accuracy"] == 0
     assert [item["gold"] for item in data["items"]] == ["18", "3", "70000"]
     assert data["config"]["cot+cap"]["n"] == 2
+    # why each item has no answer is in the report: every program's sandbox outcome and raw text
+    for item in data["items"]:
+        candidates = item["results"]["cot+cap"]["candidates"]
+        assert len(candidates) == 2 and len(item["results"]["greedy"]["candidates"]) == 1
+        for candidate in candidates:
+            assert candidate["status"] in ("ok", "error", "rejected", "timeout", "memory")
+            assert (candidate["status"] == "ok") == (candidate["error"] is None)
+            assert candidate["answer"] is None and candidate["tokens"] > 0 and candidate["text"]
 
 
 def test_eval_limit_and_gsm8k_without_drafts(tiny, tmp_path, capsys):
