@@ -8,7 +8,7 @@ MAX_PROGRAM_CHARS = 50_000  # model programs are a few hundred characters
 
 # Bounds on the settings themselves: settings come from users (CLI flags, app widgets), so a
 # value outside these is refused with a clear message instead of disabling a limit.
-_BOUNDS = {
+BOUNDS = {
     "timeout_s": (0.05, 120.0),
     "memory_mb": (64, 16384),
     "max_output_bytes": (1, 16 * 1024 * 1024),
@@ -32,7 +32,7 @@ class SandboxConfig:
         default=1000, metadata={"help": "Trace steps kept; later lines run untraced and the trace is marked truncated."})
 
     def __post_init__(self) -> None:
-        for name, (low, high) in _BOUNDS.items():
+        for name, (low, high) in BOUNDS.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
                 raise ValueError(f"{name} must be a number between {low:g} and {high:g}, got {value!r}")

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
-import json
-import marshal
 import os
 import select
 import shutil
@@ -22,15 +20,16 @@ import sys
 import tempfile
 import threading
 import time
-import types
 from pathlib import Path
 
+from cap_app.sandbox import protocol
 from cap_app.sandbox.config import SandboxConfig
 from cap_app.sandbox.modules import SLOW_MODULES
 from cap_app.sandbox.policy import check_program
 from cap_app.sandbox.result import ExecResult
 
 START_TIMEOUT_S = 120.0  # importing sympy on a busy 2-core machine can take a while
+MALFORMED = "the sandbox returned a malformed result"
 QUEUE_WAIT_S = 300.0  # on top of the program's own limit: time a run may wait for a free slot
 
 
@@ -116,10 +115,12 @@ class SandboxServer:
         process = self._process
         return process is not None and process.poll() is None
 
-    def request(self, payload: bytes, wait_limit_s: float) -> dict:
-        """Send one run, wait for its result; raises SandboxUnavailable if the zygote dies."""
+    def request(self, payload: bytes, wait_limit_s: float) -> bytes:
+        """Send one run, return the whole reply (see protocol.py); raises SandboxUnavailable if
+        the zygote dies or stops answering."""
         self.start()
         chunks: list[bytes] = []
+        size = 0
         waited_since = time.monotonic()
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
@@ -127,7 +128,7 @@ class SandboxServer:
                 conn.sendall(payload)
                 conn.shutdown(socket.SHUT_WR)
                 conn.settimeout(1.0)
-                while True:
+                while size <= protocol.MAX_REPLY_BYTES:
                     try:
                         chunk = conn.recv(1 << 16)
                     except socket.timeout:
@@ -135,14 +136,13 @@ class SandboxServer:
                             raise SandboxUnavailable("the sandbox server stopped answering") from None
                         continue
                     if not chunk:
-                        break
+                        return b"".join(chunks)
                     chunks.append(chunk)
+                    size += len(chunk)
         except OSError as exc:
             raise SandboxUnavailable(f"the sandbox server is unreachable: {exc}") from None
-        try:
-            return json.loads(b"".join(chunks))
-        except ValueError:
-            raise SandboxUnavailable("the sandbox server sent no result") from None
+        # More than the worker ever writes: closing the connection stops the child's writes.
+        return protocol.zygote_error(MALFORMED)
 
 
 _LIGHT = SandboxServer(with_sympy=False)
@@ -175,12 +175,6 @@ def stop_servers() -> None:
     _FULL.stop()
 
 
-def request_payload(source: str, compiled: types.CodeType, config: SandboxConfig) -> bytes:
-    """What the zygote reads: a JSON line (source, config), then the code object (marshal)."""
-    header = json.dumps({"source": source, "config": dataclasses.asdict(config)}).encode("utf-8")
-    return header + b"\n" + marshal.dumps(compiled)
-
-
 def run_program(
     code: str,
     *,
@@ -211,13 +205,13 @@ def run_program(
     except SandboxUnavailable:
         pass  # `request` below tries again and reports it
     started = time.perf_counter()
-    payload = request_payload(code, compiled, config)
+    payload = protocol.request_payload(code, compiled, config)
     data = None
     for _ in range(2):  # one retry: a zygote that died is restarted by `request`
         try:
-            data = server.request(payload, config.timeout_s + QUEUE_WAIT_S)
+            data = protocol.result_data(server.request(payload, config.timeout_s + QUEUE_WAIT_S), config)
             break
-        except SandboxUnavailable as exc:
+        except (SandboxUnavailable, protocol.BadReply) as exc:
             data = {"status": "error", "error": str(exc)}
     result = result_from_json(data)
     result.duration_ms = compile_ms + (time.perf_counter() - started) * 1000
@@ -230,7 +224,7 @@ _STATUSES = ("ok", "error", "timeout", "rejected", "memory")
 def result_from_json(data: object) -> ExecResult:
     """An ExecResult from what the zygote relayed. The child that wrote it ran hostile code, so
     its shape is checked rather than trusted: a malformed result becomes an error result."""
-    malformed = ExecResult(status="error", error="the sandbox returned a malformed result")
+    malformed = ExecResult(status="error", error=MALFORMED)
     if not isinstance(data, dict) or data.get("status") not in _STATUSES:
         return malformed
     fields = {f.name for f in dataclasses.fields(ExecResult)} - {"duration_ms"}

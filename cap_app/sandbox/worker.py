@@ -1,13 +1,14 @@
 """What happens inside the forked child that runs one program.
 
-The zygote forks one child per program, after compiling it under the policy and setting its
-run up (`ProgramRun`); the child inherits both and walls itself in (`seal`): own process group, no inherited
-descriptors, no new processes, no file writes, and when started as root an empty root folder
-and the unprivileged user nobody. Then come the run's limits (`limit`): CPU and address space,
-no room for new descriptors (so no files, sockets or pipes), bounded recursion and int-to-str
-digits, a wall-clock alarm. It runs the program with the line tracer, finds the answer, and
-writes one JSON line to the result pipe. Nothing here is trusted to survive the program: the
-zygote (`zygote.py`) kills the group at the deadline and reports whatever the child could not.
+The zygote forks one child per connection; the child walls itself in (`seal`): own process
+group, no inherited descriptors but the client's connection, no new processes, no file writes,
+and when started as root an empty root folder and the unprivileged user nobody. It reads the
+request (the program, compiled under the policy by the client, and its settings) from the
+connection and sets the run up (`ProgramRun`). Then come the run's limits (`limit`): CPU and
+address space, no room for new descriptors (so no files, sockets or pipes), bounded recursion
+and int-to-str digits, a wall-clock alarm. It runs the program with the line tracer, finds the
+answer, and writes one JSON line back. Nothing here is trusted to survive the program: the
+zygote (`zygote.py`) kills the group at the deadline and reports how the child ended.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ import types
 from typing import Any
 
 from cap_app.sandbox.config import SandboxConfig
+from cap_app.sandbox.protocol import MAX_REQUEST_BYTES, read_request
 from cap_app.sandbox.policy import (
     PROGRAM_FILENAME, OutputLimitExceeded, PolicyError, PrintSink, check_program, make_globals)
 from cap_app.sandbox.tracer import LineTracer
 
-RESULT_FD = 3  # the result pipe, after sealing: 0-2 are /dev/null, nothing above 3 is open
+RESULT_FD = 3  # the client's connection, after sealing: 0-2 are /dev/null, nothing above 3 is open
 MEMORY_RESERVE = 64 * 1024 * 1024  # headroom released after a MemoryError to build the result
 RECURSION_LIMIT = 400  # enough for recursive math helpers; far below the C stack
 INT_MAX_STR_DIGITS = 4300  # CPython's default, restated: str() of a huge int is refused quickly
@@ -97,7 +99,7 @@ def address_space() -> int:
 
 
 def seal(result_fd: int, devnull_fd: int, empty_root: str) -> None:
-    """Before the program: own process group, only the result pipe open (as fd 3; stdin/out/err
+    """Before the program: own process group, only the connection open (as fd 3; stdin/out/err
     on the zygote's /dev/null), and when started as root: `empty_root` (an empty folder only
     root may enter) as `/`, then the user nobody, so no path leads anywhere."""
     os.setpgid(0, 0)  # signal dispositions stay the zygote's: SIGINT and SIGPIPE ignored, SIGALRM ours
@@ -224,13 +226,8 @@ def execute(source: str, config: SandboxConfig, *, with_sympy: bool = False) -> 
 
 
 class ProgramRun:
-    """One program's run, set up (namespace, output sink, alarm, tracer) apart from running it.
-
-    The zygote sets a run up *before* forking, so the child starts with it ready: objects the
-    set-up creates or references are then already written in the zygote's memory, and the child
-    takes far fewer copy-on-write page faults (each costs microseconds). The zygote itself never
-    runs it, and the fork gives every child its own pristine copy.
-    """
+    """One program's run, set up (namespace, output sink, alarm, tracer) apart from running it:
+    the child sets it up before the run's limits apply, so only the program counts against them."""
 
     def __init__(self, code: types.CodeType, source: str, config: SandboxConfig):
         self.code, self.config = code, config
@@ -285,16 +282,35 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def child_main(result_fd: int, devnull_fd: int, empty_root: str, base_address_space: int, run: ProgramRun) -> None:
-    """Entry point of the forked child, which inherits the prepared run from the zygote: seal,
-    limit, run, report; never returns. The result is one JSON line, so the zygote can answer
-    before this process has finished exiting."""
-    out_fd = result_fd
+def read_all(fd: int, limit: int) -> bytes:
+    """Everything until end of file; ValueError past `limit` bytes."""
+    chunks, size = [], 0
+    while chunk := os.read(fd, 1 << 16):
+        size += len(chunk)
+        if size > limit:
+            raise ValueError(f"request larger than {format_bytes(limit)}")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def child_main(conn_fd: int, devnull_fd: int, empty_root: str) -> None:
+    """Entry point of the forked child: seal, read the request from the client's connection,
+    limit, run, write the result back on it; never returns. The zygote reports how the child
+    ended once it has gone, so nothing here needs to outlive the program."""
+    out_fd = conn_fd
     try:
-        seal(result_fd, devnull_fd, empty_root)
+        base_address_space = address_space()  # before sealing: /proc is gone after a chroot
+        seal(conn_fd, devnull_fd, empty_root)
         out_fd = RESULT_FD
-        limit(run.config, base_address_space)
-        payload = json.dumps(run.run())
+        os.set_blocking(RESULT_FD, True)  # the zygote's copy is idle until this process has gone
+        try:
+            source, code, config = read_request(read_all(RESULT_FD, MAX_REQUEST_BYTES))
+        except Exception as exc:
+            payload = json.dumps({"status": "error", "error": f"bad sandbox request: {one_line(str(exc))}"})
+        else:
+            run = ProgramRun(code, source, config)
+            limit(config, base_address_space)
+            payload = json.dumps(run.run())
     except BaseException as exc:  # a failure of the sandbox itself, reported, never raised
         try:
             release_memory_reserve()

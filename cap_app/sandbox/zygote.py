@@ -4,67 +4,66 @@ child per program, so a run costs a fork instead of Python's start-up.
 `runner.py` starts it as `python -m cap_app.sandbox.zygote SOCKET_PATH [--sympy]` (two
 zygotes: sympy makes every fork about ten times slower, so only programs that name it go to the
 zygote that imported it). It prints `ready` once imports and warm-up are done, then serves one
-request per connection on the Unix socket: the client sends a JSON line `{"source", "config"}`
-followed by the program's code object (marshal), which the client compiled under the policy,
-and half-closes; the zygote forks a child that inherits the code and answers with the child's
-result JSON.
+run per connection on a Unix socket. The protocol (`protocol.py`): the client sends the run's
+time limit (8 bytes), then the request, and half-closes; the zygote reads only the time limit
+and forks; the child reads the request from the same connection, runs it and writes its result
+there; once the child has exited and been reaped, the zygote appends its own last line with the
+child's wait status, so the client learns of kills and crashes from the parent, never from the
+child.
 
-Why the client compiles: every fork write-protects all of the zygote's memory, so each page
-the zygote writes afterwards costs it a page fault; compiling here allocated a few hundred
-pages' worth of syntax tree per program (about half of the zygote's faults), in the calling
-process it costs nothing extra. The socket lives in a private folder (mode 0700) of the
-calling user, who is trusted; the program is not. Children are forked on demand, not ahead: a
-child waiting while the zygote works makes every page the zygote touches a copy, which
-measured slower (benchmarks/README.md).
+Why the zygote does so little: every fork write-protects all of its memory, so each page it
+writes afterwards costs it a page fault, and every Python object it touches is written
+(reference counts). Parsing requests, setting runs up and relaying results here cost it about
+250 faults per run; in the child, which owns its copy, the same work costs far less. The socket
+lives in a private folder (mode 0700) of the calling user, who is trusted; the program is not.
+Children are forked on demand, not ahead: a child waiting while the zygote works makes every
+page the zygote touches a copy.
 
 The zygote is single-threaded (forking from a threaded process is unsafe) and multiplexes
-everything with `selectors`: new connections, request bytes, result pipes of running children,
-their exits (pidfds: a child is reaped once it has gone, never waited for; a blocking wait for
-its exit held the loop about a millisecond per run), deadlines. It is the parent of every
-child, so it can kill a child's whole process group at the deadline and read the exact exit
-status. It exits when its stdin (a pipe from the client process) closes, killing any children
-first.
+everything with one epoll: new connections, their time limits, the exits of running children
+(pidfds: a child is reaped once it has gone, never waited for), deadlines. It is the parent of
+every child, so it can kill a child's whole process group at the deadline and read the exact
+exit status. It exits when its stdin (a pipe from the client process) closes, killing any
+children first.
 """
 
 from __future__ import annotations
 
 import collections
 import gc
-import json
-import marshal
 import os
-import selectors
+import select
 import signal
 import socket
 import sys
 import time
 import types
-from dataclasses import dataclass, field
-from typing import Any
 
-from cap_app.sandbox.config import SandboxConfig
-from cap_app.sandbox.modules import enable_sympy
-from cap_app.sandbox.worker import ProgramRun, address_space, child_main, execute
+# `statistics` imports `random` only for NormalDist.samples, which no facade exposes; a real
+# `random` registers an at-fork reseed that costs every child ~40 page faults (0.1 ms), so a
+# placeholder stands in while the sandbox's modules load (the sympy zygote imports the real one).
+sys.modules.setdefault("random", types.ModuleType("random", "placeholder, see cap_app/sandbox/zygote.py"))
+from cap_app.sandbox import protocol  # noqa: E402
+from cap_app.sandbox.config import SandboxConfig  # noqa: E402
+from cap_app.sandbox.modules import enable_sympy  # noqa: E402
+from cap_app.sandbox.worker import child_main, execute  # noqa: E402
 
-MAX_RUNNING = max(2, 2 * (os.cpu_count() or 1))  # more requests wait in a queue
+if sys.modules["random"].__doc__.startswith("placeholder"):
+    del sys.modules["random"]
+
+MAX_RUNNING = max(2, 2 * (os.cpu_count() or 1))  # more runs wait in a queue
 KILL_GRACE_S = 0.5  # the child's own alarm fires first; this is the backstop
-MAX_REQUEST_BYTES = 16 * 1024 * 1024  # a program of MAX_PROGRAM_CHARS and its code object
-MAX_RESULT_BYTES = 64 * 1024 * 1024  # output (<= 16 MiB) + trace (<= 2M chars), JSON-escaped
 
 
-@dataclass
-class Job:
-    conn: socket.socket
-    config: SandboxConfig
-    source: str
-    code: types.CodeType
-    pid: int = 0
-    result_fd: int = -1  # -1 once the pipe is closed
-    exit_fd: int = -1  # the child's pidfd: readable once it has exited
-    deadline: float = 0.0
-    killed: bool = False
-    replied: bool = False
-    output: bytearray = field(default_factory=bytearray)
+class Run:
+    """One connection: waiting for its time limit, queued, or running as child `pid`."""
+
+    __slots__ = ("conn", "limit", "pid", "pidfd", "deadline", "killed")
+
+    def __init__(self, conn: socket.socket):
+        self.conn, self.limit = conn, b""
+        self.pid = self.pidfd = 0
+        self.deadline, self.killed = 0.0, False
 
 
 def warm_up(with_sympy: bool) -> None:
@@ -93,20 +92,8 @@ def warm_up(with_sympy: bool) -> None:
     result = execute(sample, SandboxConfig(trace=True), with_sympy=with_sympy)
     if result["status"] != "ok":
         raise RuntimeError(f"sandbox warm-up failed: {result['error']}")
+    protocol.read_request(protocol.request_body("print(1)", compile("print(1)", "<warm-up>", "exec"), SandboxConfig()))
     time.localtime()  # loads the time zone while files can still be read
-
-
-def _response_for_dead_child(job: Job, status: int) -> dict[str, Any]:
-    if job.killed or (os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGXCPU):
-        return {"status": "timeout", "error": f"time limit of {job.config.timeout_s:g} s exceeded"}
-    if os.WIFSIGNALED(status):
-        signum = os.WTERMSIG(status)
-        if signum == signal.SIGKILL:  # not ours: the kernel's out-of-memory killer
-            return {"status": "memory", "error": f"memory limit of {job.config.memory_mb} MB exceeded"}
-        if signum == signal.SIGXFSZ:
-            return {"status": "error", "error": "writing files is not allowed"}
-        return {"status": "error", "error": f"the program crashed ({signal.Signals(signum).name})"}
-    return {"status": "error", "error": f"the program ended without a result (exit status {os.WEXITSTATUS(status)})"}
 
 
 class Zygote:
@@ -116,43 +103,39 @@ class Zygote:
         self.empty_root = os.path.join(os.path.dirname(socket_path), "empty-root")
         os.mkdir(self.empty_root, 0o700)
         self.devnull = os.open(os.devnull, os.O_RDWR)  # each child's stdin/stdout/stderr
-        self.selector = selectors.DefaultSelector()
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(socket_path)
         self.listener.listen(128)
         self.listener.setblocking(False)
-        self.selector.register(self.listener, selectors.EVENT_READ, "accept")
-        self.selector.register(sys.stdin.fileno(), selectors.EVENT_READ, "parent")
-        self.pending: dict[socket.socket, bytearray] = {}
-        self.queue: collections.deque[Job] = collections.deque()
-        self.running: dict[int, Job] = {}  # pid -> job, until reaped
+        self.parent = sys.stdin.fileno()
+        self.epoll = select.epoll()
+        self.epoll.register(self.listener.fileno(), select.EPOLLIN)
+        self.epoll.register(self.parent, select.EPOLLIN)
+        self.waiting: dict[int, Run] = {}  # connection fd -> run whose time limit is still to come
+        self.queue: collections.deque[Run] = collections.deque()
+        self.running: dict[int, Run] = {}  # pidfd -> run, until reaped
         self.alive = True
         self.socket_path = socket_path
 
     def serve(self) -> None:
+        listener, parent = self.listener.fileno(), self.parent
         while self.alive:
-            for key, _ in self.selector.select(self._wait_time()):
-                kind = key.data
-                if kind == "accept":
+            for fd, _ in self.epoll.poll(self._wait_time()):
+                if fd == listener:
                     self._accept()
-                elif kind == "parent":
-                    if not os.read(sys.stdin.fileno(), 4096):
-                        self.alive = False
-                elif kind == "request":
-                    self._read_request(key.fileobj)
-                elif self.running.get(kind.pid) is not kind:
-                    continue  # reaped earlier in this round
-                elif key.fd == kind.result_fd:
-                    self._read_result(kind)
-                elif key.fd == kind.exit_fd:
-                    self._reap(kind)
+                elif fd in self.running:
+                    self._reap(self.running.pop(fd))
+                elif fd in self.waiting:
+                    self._read_limit(self.waiting[fd])
+                elif fd == parent and not os.read(parent, 4096):
+                    self.alive = False
             self._enforce_deadlines()
             self._start_queued()
         self._shutdown()
 
-    def _wait_time(self) -> float | None:
-        deadlines = [job.deadline for job in self.running.values() if not job.killed]
-        return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
+    def _wait_time(self) -> float:
+        deadlines = [run.deadline for run in self.running.values() if not run.killed]
+        return max(0.0, min(deadlines) - time.monotonic()) if deadlines else -1
 
     def _accept(self) -> None:
         try:
@@ -160,145 +143,100 @@ class Zygote:
         except BlockingIOError:
             return
         conn.setblocking(False)
-        self.pending[conn] = bytearray()
-        self.selector.register(conn, selectors.EVENT_READ, "request")
+        self._read_limit(Run(conn))
 
-    def _read_request(self, conn: socket.socket) -> None:
+    def _read_limit(self, run: Run) -> None:
+        """The run's time limit, the first 8 bytes; the rest of the request is the child's."""
+        fd = run.conn.fileno()
         try:
-            data = conn.recv(65536)
-        except (BlockingIOError, InterruptedError):
+            data = run.conn.recv(protocol.LIMIT_BYTES - len(run.limit))
+        except BlockingIOError:  # not sent yet: wait for it
+            if fd not in self.waiting:
+                self.waiting[fd] = run
+                self.epoll.register(fd, select.EPOLLIN)
             return
         except OSError:
             data = b""
-            self.pending[conn].clear()
-        buffer = self.pending[conn]
-        buffer += data
-        if data and len(buffer) <= MAX_REQUEST_BYTES:
-            return
-        self.selector.unregister(conn)
-        del self.pending[conn]
-        try:
-            header, _, code_bytes = bytes(buffer).partition(b"\n")
-            request = json.loads(header)
-            config = SandboxConfig(**request["config"])
-            source = request["source"]
-            code = marshal.loads(code_bytes)
-            if not isinstance(source, str) or not isinstance(code, types.CodeType):
-                raise TypeError("expected the source text and its code object")
-        except Exception as exc:
-            self._reply(conn, {"status": "error", "error": f"bad sandbox request: {exc}"})
-            return
-        self.queue.append(Job(conn, config, source, code))
+        run.limit += data
+        if data and len(run.limit) < protocol.LIMIT_BYTES:
+            return self._read_limit(run)
+        if self.waiting.pop(fd, None) is not None:
+            self.epoll.unregister(fd)
+        timeout_s = protocol.read_limit(run.limit)
+        if timeout_s is None:
+            self._refuse(run, "bad sandbox request: no valid time limit")
+        else:
+            run.deadline = timeout_s + KILL_GRACE_S  # relative until the child starts
+            self.queue.append(run)
 
     def _start_queued(self) -> None:
         while self.queue and len(self.running) < MAX_RUNNING:
-            job = self.queue.popleft()
+            run = self.queue.popleft()
             try:
-                self._fork(job)
+                self._fork(run)
             except OSError as exc:  # out of processes or memory
-                self._reply(job.conn, {"status": "error", "error": f"could not start a sandbox process: {exc}"})
+                self._refuse(run, f"could not start a sandbox process: {exc}")
 
-    def _fork(self, job: Job) -> None:
-        """Fork the child that runs `job`; it inherits the compiled program."""
-        run = ProgramRun(job.code, job.source, job.config)  # set up here: see ProgramRun
-        result_read, result_write = os.pipe()
-        size = address_space()
-        try:
-            pid = os.fork()
-        except OSError:
-            os.close(result_read)
-            os.close(result_write)
-            raise
+    def _fork(self, run: Run) -> None:
+        pid = os.fork()
         if pid == 0:  # the child: never returns
-            child_main(result_write, self.devnull, self.empty_root, size, run)
-        del run
-        os.close(result_write)
-        os.set_blocking(result_read, False)
+            child_main(run.conn.fileno(), self.devnull, self.empty_root)
         try:
             os.setpgid(pid, pid)  # also done by the child; whichever runs first wins
         except OSError:
             pass
-        job.pid, job.result_fd, job.exit_fd = pid, result_read, os.pidfd_open(pid)
-        job.deadline = time.monotonic() + job.config.timeout_s + KILL_GRACE_S
-        self.running[pid] = job
-        self.selector.register(result_read, selectors.EVENT_READ, job)
-        self.selector.register(job.exit_fd, selectors.EVENT_READ, job)
-
-    def _read_result(self, job: Job) -> bool:
-        """Take what the child wrote (a complete result line is answered at once); False when
-        there is nothing more to read now."""
-        try:
-            data = os.read(job.result_fd, 1 << 16)
-        except BlockingIOError:
-            return False
-        if data and len(job.output) + len(data) <= MAX_RESULT_BYTES:
-            job.output += data
-            if not job.replied and job.output.endswith(b"\n"):
-                self._reply_result(job)
-            return True
-        if data:  # a result this large is not one the worker writes
-            self._kill(job)
-        self._close_result(job)
-        return False
-
-    def _close_result(self, job: Job) -> None:
-        if job.result_fd >= 0:
-            self.selector.unregister(job.result_fd)
-            os.close(job.result_fd)
-            job.result_fd = -1
-
-    def _reply_result(self, job: Job) -> None:
-        """Forward a result line as it came: the client parses it and checks its shape (the
-        child is untrusted), so parsing it here too would only cost the zygote page faults."""
-        if job.output.startswith(b"{") and job.output.endswith(b"}\n"):
-            job.replied = True
-            self._reply(job.conn, bytes(job.output))
-        # anything else is not a result: reported as a dead child when the child has gone
-
-    def _kill(self, job: Job) -> None:
-        job.killed = True
-        try:
-            os.killpg(job.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        run.pid, run.pidfd = pid, os.pidfd_open(pid)
+        run.deadline += time.monotonic()
+        self.running[run.pidfd] = run
+        self.epoll.register(run.pidfd, select.EPOLLIN)
 
     def _enforce_deadlines(self) -> None:
         now = time.monotonic()
-        for job in list(self.running.values()):
-            if not job.killed and now >= job.deadline:
-                self._kill(job)  # its exit is reaped like any other
+        for run in self.running.values():
+            if not run.killed and now >= run.deadline:
+                run.killed = True
+                self._kill_group(run.pid)  # its exit is reaped like any other
 
-    def _reap(self, job: Job) -> None:
-        """The child has exited: read what is left of its result, collect its status, answer."""
-        while job.result_fd >= 0 and not job.killed and self._read_result(job):
-            pass
-        self._close_result(job)
-        self.selector.unregister(job.exit_fd)
-        os.close(job.exit_fd)
-        del self.running[job.pid]
-        if not job.replied:
-            try:  # whatever is left of the child's group; the unreaped child keeps the id reserved
-                os.killpg(job.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        _, status = os.waitpid(job.pid, 0)  # already exited: does not block
-        if not job.replied:
-            self._reply(job.conn, _response_for_dead_child(job, status))
+    def _reap(self, run: Run) -> None:
+        """The child has exited: collect its status and tell the client."""
+        self.epoll.unregister(run.pidfd)
+        os.close(run.pidfd)
+        self._kill_group(run.pid)  # whatever is left of its group; the unreaped child keeps the id reserved
+        _, status = os.waitpid(run.pid, 0)  # already exited: does not block
+        self._finish(run, protocol.exit_line(status, run.killed))
 
-    def _reply(self, conn: socket.socket, result: dict[str, Any] | bytes) -> None:
+    @staticmethod
+    def _kill_group(pid: int) -> None:
         try:
-            conn.setblocking(True)
-            conn.settimeout(10)
-            conn.sendall(result if isinstance(result, bytes) else json.dumps(result).encode("utf-8"))
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def _refuse(self, run: Run, message: str) -> None:
+        """Answer a run no child will read: what the client sent is read first, because closing
+        a Unix socket with unread data resets it and the client would lose the answer."""
+        try:
+            while run.conn.recv(1 << 16):
+                pass
+        except OSError:  # nothing more for now (a request of over ~200 KB may still lose it)
+            pass
+        self._finish(run, protocol.zygote_error(message))
+
+    def _finish(self, run: Run, line: bytes) -> None:
+        """The zygote's line ends the reply (after anything of the child's still in the socket's
+        buffer, hence blocking); a client that gave up or stopped reading loses it."""
+        try:
+            run.conn.settimeout(10)
+            run.conn.sendall(line)
         except OSError:
-            pass  # the client gave up; nothing to do
+            pass
         finally:
-            conn.close()
+            run.conn.close()
 
     def _shutdown(self) -> None:
-        for job in list(self.running.values()):
-            self._kill(job)
-            os.waitpid(job.pid, 0)
+        for run in self.running.values():
+            self._kill_group(run.pid)
+            os.waitpid(run.pid, 0)
         self.listener.close()
         os.close(self.devnull)
         os.rmdir(self.empty_root)

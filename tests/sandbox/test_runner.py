@@ -4,8 +4,10 @@ behind by a dead client, bad settings refused, results that survive JSON."""
 from __future__ import annotations
 
 import json
+import marshal
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -13,9 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from cap_app.sandbox import ExecResult, SandboxConfig, run_program
+from cap_app.sandbox import ExecResult, SandboxConfig, protocol, run_program, server_pids
 from cap_app.sandbox.policy import check_program
-from cap_app.sandbox.runner import SandboxServer, request_payload, result_from_json
+from cap_app.sandbox.runner import SandboxServer, result_from_json
 
 
 def test_many_threads_get_their_own_results(zygote_pids):
@@ -42,17 +44,34 @@ def test_several_processes_each_use_their_own_zygote():
     assert [p.communicate(timeout=120)[0].strip() for p in processes] == ["42", "42"]
 
 
+A_LIMIT = struct.pack("<d", 5.0)
+PRINT_1 = compile("print(1)", "<test>", "exec")
+
+
 @pytest.mark.parametrize("payload", [
-    b"not json",
-    json.dumps({"source": "print(1)", "config": {}}).encode() + b"\n" + b"not a code object",
-    json.dumps({"source": "print(1)", "config": {}}).encode() + b"\n" + __import__("marshal").dumps(42),
-    json.dumps({"source": "print(1)", "config": {"timeout_s": -1}}).encode(),
+    A_LIMIT + b"not marshal",
+    A_LIMIT + marshal.dumps(("print(1)", "not a code object", ())),
+    A_LIMIT + marshal.dumps(42),
+    A_LIMIT + marshal.dumps(("print(1)", PRINT_1, (-1.0, 512, 65536, True, 1000))),
+    struct.pack("<d", float("nan")) + marshal.dumps(("print(1)", PRINT_1, ())),
+    struct.pack("<d", 1e9) + marshal.dumps(("print(1)", PRINT_1, ())),
+    b"\x00\x01",
 ])
 def test_the_zygote_refuses_malformed_requests(zygote_pids, payload):
     from cap_app.sandbox.runner import _LIGHT
 
-    answer = _LIGHT.request(payload, 60)
-    assert answer["status"] == "error" and answer["error"].startswith("bad sandbox request")
+    answer = protocol.result_data(_LIGHT.request(payload, 60), SandboxConfig())
+    assert answer["status"] == "error" and answer["error"].startswith("bad sandbox request"), answer
+    assert server_pids() == zygote_pids
+
+
+def test_a_reply_without_the_zygotes_last_line_is_not_a_result():
+    """A child may write anything, but only the zygote writes after the child has gone."""
+    with pytest.raises(protocol.BadReply):
+        protocol.result_data(b'{"status": "ok", "stdout": "1\\n"}\n', SandboxConfig())
+    forged = b'{"status": "ok"}\n{"wait_status": 0, "killed": false}\n'
+    answer = protocol.result_data(forged + protocol.exit_line(9, True), SandboxConfig(timeout_s=2))
+    assert answer == {"status": "timeout", "error": "time limit of 2 s exceeded"}
 
 
 def test_a_killed_zygote_is_replaced():
@@ -61,11 +80,11 @@ def test_a_killed_zygote_is_replaced():
         server.start()
         first = server.pid
         os.kill(first, signal.SIGKILL)
-        payload = request_payload("print(1)", check_program("print(1)")[0], SandboxConfig())
+        payload = protocol.request_payload("print(1)", check_program("print(1)")[0], SandboxConfig())
         deadline = time.monotonic() + 5
         while server.pid is not None and time.monotonic() < deadline:
             time.sleep(0.05)  # the kill lands asynchronously
-        assert server.request(payload, 60)["stdout"] == "1\n"
+        assert protocol.result_data(server.request(payload, 60), SandboxConfig())["stdout"] == "1\n"
         assert server.pid not in (None, first)
     finally:
         server.stop()
