@@ -15,6 +15,7 @@ import os
 import select
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -30,6 +31,7 @@ from cap_app.sandbox.result import ExecResult
 
 START_TIMEOUT_S = 120.0  # importing sympy on a busy 2-core machine can take a while
 MALFORMED = "the sandbox returned a malformed result"
+RECEIVE_TICK = struct.pack("ll", 1, 0)  # a struct timeval of 1 s
 QUEUE_WAIT_S = 300.0  # on top of the program's own limit: time a run may wait for a free slot
 
 
@@ -127,11 +129,13 @@ class SandboxServer:
                 conn.connect(self.socket_path)
                 conn.sendall(payload)
                 conn.shutdown(socket.SHUT_WR)
-                conn.settimeout(1.0)
+                # One blocking call takes the whole reply (MSG_WAITALL returns at end of file), so
+                # the thread wakes once per run, not per write; every second it checks the zygote.
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, RECEIVE_TICK)
                 while size <= protocol.MAX_REPLY_BYTES:
                     try:
-                        chunk = conn.recv(1 << 16)
-                    except socket.timeout:
+                        chunk = conn.recv(1 << 16, socket.MSG_WAITALL)
+                    except BlockingIOError:  # a tick without the whole reply
                         if not self._alive() or time.monotonic() - waited_since > wait_limit_s:
                             raise SandboxUnavailable("the sandbox server stopped answering") from None
                         continue
@@ -219,6 +223,7 @@ def run_program(
 
 
 _STATUSES = ("ok", "error", "timeout", "rejected", "memory")
+_RESULT_FIELDS = frozenset(f.name for f in dataclasses.fields(ExecResult)) - {"duration_ms"}
 
 
 def result_from_json(data: object) -> ExecResult:
@@ -227,9 +232,8 @@ def result_from_json(data: object) -> ExecResult:
     malformed = ExecResult(status="error", error=MALFORMED)
     if not isinstance(data, dict) or data.get("status") not in _STATUSES:
         return malformed
-    fields = {f.name for f in dataclasses.fields(ExecResult)} - {"duration_ms"}
     try:
-        result = ExecResult.from_dict({k: v for k, v in data.items() if k in fields})
+        result = ExecResult.from_dict({k: v for k, v in data.items() if k in _RESULT_FIELDS})
     except (TypeError, ValueError):  # unknown or missing trace-step fields
         return malformed
     well_formed = (
