@@ -54,13 +54,20 @@ class SandboxServer:
         return os.path.join(self._directory, "zygote.sock")
 
     def start(self) -> None:
-        """Start the zygote now (otherwise the first run does); idempotent."""
+        """Start the zygote now (otherwise the first run does); idempotent. Whether a started
+        zygote still runs is checked when a run fails (`request`), not before every run."""
+        if self._started_here():
+            return
         with self._lock:
-            if self._process is not None and self._owner_pid == os.getpid() and self._process.poll() is None:
+            if self._started_here():
                 return
             if self._owner_pid == os.getpid():
                 self._stop_locked()
             self._start_locked()
+
+    def _started_here(self) -> bool:
+        process = self._process
+        return process is not None and self._owner_pid == os.getpid() and process.returncode is None
 
     def _start_locked(self) -> None:
         self._directory = tempfile.mkdtemp(prefix="cap-sandbox-")
@@ -144,6 +151,7 @@ class SandboxServer:
                     chunks.append(chunk)
                     size += len(chunk)
         except OSError as exc:
+            self._alive()  # notes a zygote that has died, so the retry starts a new one
             raise SandboxUnavailable(f"the sandbox server is unreachable: {exc}") from None
         # More than the worker ever writes: closing the connection stops the child's writes.
         return protocol.zygote_error(MALFORMED)

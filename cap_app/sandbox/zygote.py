@@ -14,17 +14,19 @@ child.
 Why the zygote does so little: every fork write-protects all of its memory, so each page it
 writes afterwards costs it a page fault, and every Python object it touches is written
 (reference counts). Parsing requests, setting runs up and relaying results here cost it about
-250 faults per run; in the child, which owns its copy, the same work costs far less. The socket
-lives in a private folder (mode 0700) of the calling user, who is trusted; the program is not.
+130 more faults per run than it takes now; the child does the same work for about 90, and the
+zygote, which every run queues behind, is free sooner (benchmarks/README.md). The socket lives
+in a private folder (mode 0700) of the calling user, who is trusted; the program is not.
 Children are forked on demand, not ahead: a child waiting while the zygote works makes every
 page the zygote touches a copy.
 
-The zygote is single-threaded (forking from a threaded process is unsafe) and multiplexes
+A zygote is single-threaded (forking from a threaded process is unsafe) and multiplexes
 everything with one epoll: new connections, their time limits, the exits of running children
 (pidfds: a child is reaped once it has gone, never waited for), deadlines. It is the parent of
 every child, so it can kill a child's whole process group at the deadline and read the exact
-exit status. It exits when its stdin (a pipe from the client process) closes, killing any
-children first.
+exit status. On a machine with several CPUs it forks copies of itself that serve the same
+socket (`start_siblings`). It exits when its stdin (a pipe from the client process) closes,
+killing any children first.
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ from cap_app.sandbox.worker import child_main, execute  # noqa: E402
 if sys.modules["random"].__doc__.startswith("placeholder"):
     del sys.modules["random"]
 
-MAX_RUNNING = max(2, 2 * (os.cpu_count() or 1))  # more runs wait in a queue
+FORKERS = min(4, os.cpu_count() or 1)  # processes serving the socket, see `start_siblings`
+MAX_RUNNING = max(2, 2 * (os.cpu_count() or 1) // FORKERS)  # per forker; more runs wait in a queue
 KILL_GRACE_S = 0.5  # the child's own alarm fires first; this is the backstop
 
 
@@ -108,17 +111,35 @@ class Zygote:
         self.listener.listen(128)
         self.listener.setblocking(False)
         self.parent = sys.stdin.fileno()
-        self.epoll = select.epoll()
-        self.epoll.register(self.listener.fileno(), select.EPOLLIN)
-        self.epoll.register(self.parent, select.EPOLLIN)
+        self.siblings: list[int] = []  # the copies this zygote forked (start_siblings)
+        self.is_sibling = False  # a copy: the first zygote cleans up after all of them
+        self.first = -1  # in a copy: a pidfd of the first zygote
         self.waiting: dict[int, Run] = {}  # connection fd -> run whose time limit is still to come
         self.queue: collections.deque[Run] = collections.deque()
         self.running: dict[int, Run] = {}  # pidfd -> run, until reaped
         self.alive = True
         self.socket_path = socket_path
 
+    def start_siblings(self, count: int) -> None:
+        """Fork `count` copies of this zygote that serve the same socket (in each, this returns
+        at once). A fork takes the forking process about a third of a millisecond, so with one
+        forker, runs queue behind it and CPUs idle; each copy forks and reaps its own children.
+        The copies share the zygote's pages, so each costs little memory."""
+        for _ in range(count):
+            pid = os.fork()
+            if pid == 0:
+                self.siblings, self.is_sibling = [], True
+                self.first = os.pidfd_open(os.getppid())  # a copy stops when the first zygote does
+                return
+            self.siblings.append(pid)
+
     def serve(self) -> None:
         listener, parent = self.listener.fileno(), self.parent
+        self.epoll = select.epoll()  # each forker's own: an inherited one would share its events
+        self.epoll.register(listener, select.EPOLLIN | select.EPOLLEXCLUSIVE)  # one forker woken per connection
+        self.epoll.register(parent, select.EPOLLIN)
+        if self.is_sibling:
+            self.epoll.register(self.first, select.EPOLLIN)
         while self.alive:
             for fd, _ in self.epoll.poll(self._wait_time()):
                 if fd == listener:
@@ -127,7 +148,7 @@ class Zygote:
                     self._reap(self.running.pop(fd))
                 elif fd in self.waiting:
                     self._read_limit(self.waiting[fd])
-                elif fd == parent and not os.read(parent, 4096):
+                elif fd == parent and not os.read(parent, 4096) or fd == self.first:
                     self.alive = False
             self._enforce_deadlines()
             self._start_queued()
@@ -239,6 +260,10 @@ class Zygote:
             os.waitpid(run.pid, 0)
         self.listener.close()
         os.close(self.devnull)
+        if self.is_sibling:
+            return
+        for pid in self.siblings:  # they stop on the same end of file
+            os.waitpid(pid, 0)
         os.rmdir(self.empty_root)
         os.unlink(self.socket_path)
         try:  # the client's private folder for this socket, if the client died before removing it
@@ -257,8 +282,10 @@ def main(argv: list[str]) -> int:
     warm_up(with_sympy)
     gc.collect()
     gc.freeze()  # children then leave the pre-imported heap untouched by the collector
-    sys.stdout.write("ready\n")
-    sys.stdout.flush()
+    zygote.start_siblings(FORKERS - 1)
+    if not zygote.is_sibling:
+        sys.stdout.write("ready\n")
+        sys.stdout.flush()
     zygote.serve()
     return 0
 

@@ -90,6 +90,29 @@ def test_a_killed_zygote_is_replaced():
         server.stop()
 
 
+def test_a_run_right_after_the_zygote_died_starts_a_new_one(monkeypatch):
+    """Nothing checks the zygote before a run: the failed connection does, and the retry works.
+    Its copies stop with it."""
+    from cap_app.sandbox import runner
+
+    server = SandboxServer()
+    monkeypatch.setattr(runner, "_LIGHT", server)
+    try:
+        server.start()
+        first = server.pid
+        copies = _children(first)
+        os.kill(first, signal.SIGKILL)
+        time.sleep(0.2)
+        assert run_program("print(6 * 7)").answer == "42"
+        assert server.pid not in (None, first)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(map(_running, copies)):
+            time.sleep(0.05)
+        assert not any(map(_running, copies))
+    finally:
+        server.stop()
+
+
 ORPHAN_CHECK = """\
 from cap_app.sandbox import server_pids, start_servers
 start_servers(with_sympy=False)
@@ -100,14 +123,29 @@ time.sleep(60)
 
 
 def test_zygote_stops_when_its_client_process_dies():
+    """With its copies (one per CPU, up to four, serving the same socket)."""
     client = subprocess.Popen([sys.executable, "-c", ORPHAN_CHECK], stdout=subprocess.PIPE, text=True)
     zygote = int(client.stdout.readline())
+    copies = _children(zygote)
+    assert len(copies) == min(4, os.cpu_count()) - 1
     os.kill(client.pid, signal.SIGKILL)
     client.wait()
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and _running(zygote):
+    while time.monotonic() < deadline and any(map(_running, [zygote, *copies])):
         time.sleep(0.05)
-    assert not _running(zygote)
+    assert not any(map(_running, [zygote, *copies]))
+
+
+def _children(pid: int) -> list[int]:
+    children = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                if int(stat.read().rsplit(")", 1)[1].split()[1]) == pid:
+                    children.append(int(entry))
+        except (FileNotFoundError, ProcessLookupError):  # gone meanwhile
+            continue
+    return children
 
 
 def _running(pid: int) -> bool:
