@@ -59,14 +59,21 @@ KILL_GRACE_S = 0.5  # the child's own alarm fires first; this is the backstop
 
 
 class Run:
-    """One connection: waiting for its time limit, queued, or running as child `pid`."""
+    """One connection (a descriptor): waiting for its time limit, queued, or running as child `pid`."""
 
     __slots__ = ("conn", "limit", "pid", "pidfd", "deadline", "killed")
 
-    def __init__(self, conn: socket.socket):
+    def __init__(self, conn: int):
         self.conn, self.limit = conn, b""
         self.pid = self.pidfd = 0
         self.deadline, self.killed = 0.0, False
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def warm_up(with_sympy: bool) -> None:
@@ -134,55 +141,61 @@ class Zygote:
             self.siblings.append(pid)
 
     def serve(self) -> None:
+        """The loop. Connections are plain descriptors and the helpers few: every Python function
+        and object this touches costs a page fault after each fork (socket objects alone, with
+        their enum conversions, cost about twenty)."""
         listener, parent = self.listener.fileno(), self.parent
         self.epoll = select.epoll()  # each forker's own: an inherited one would share its events
         self.epoll.register(listener, select.EPOLLIN | select.EPOLLEXCLUSIVE)  # one forker woken per connection
         self.epoll.register(parent, select.EPOLLIN)
         if self.is_sibling:
             self.epoll.register(self.first, select.EPOLLIN)
+        running, waiting = self.running, self.waiting
         while self.alive:
-            for fd, _ in self.epoll.poll(self._wait_time()):
+            timeout = -1.0
+            if running:
+                deadlines = [run.deadline for run in running.values() if not run.killed]
+                timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else -1.0
+            for fd, _ in self.epoll.poll(timeout):
                 if fd == listener:
-                    self._accept()
-                elif fd in self.running:
-                    self._reap(self.running.pop(fd))
-                elif fd in self.waiting:
-                    self._read_limit(self.waiting[fd])
+                    try:
+                        conn, _ = self.listener._accept()  # a descriptor, not a socket object
+                    except BlockingIOError:
+                        continue
+                    os.set_blocking(conn, False)
+                    self._read_limit(Run(conn))
+                elif fd in running:
+                    self._reap(running.pop(fd))
+                elif fd in waiting:
+                    self._read_limit(waiting[fd])
                 elif fd == parent and not os.read(parent, 4096) or fd == self.first:
                     self.alive = False
-            self._enforce_deadlines()
-            self._start_queued()
+            if running:
+                now = time.monotonic()
+                for run in running.values():
+                    if not run.killed and now >= run.deadline:
+                        run.killed = True
+                        _kill_group(run.pid)  # its exit is reaped like any other
+            while self.queue and len(running) < MAX_RUNNING:
+                self._fork(self.queue.popleft())
         self._shutdown()
-
-    def _wait_time(self) -> float:
-        deadlines = [run.deadline for run in self.running.values() if not run.killed]
-        return max(0.0, min(deadlines) - time.monotonic()) if deadlines else -1
-
-    def _accept(self) -> None:
-        try:
-            conn, _ = self.listener.accept()
-        except BlockingIOError:
-            return
-        conn.setblocking(False)
-        self._read_limit(Run(conn))
 
     def _read_limit(self, run: Run) -> None:
         """The run's time limit, the first 8 bytes; the rest of the request is the child's."""
-        fd = run.conn.fileno()
         try:
-            data = run.conn.recv(protocol.LIMIT_BYTES - len(run.limit))
+            data = os.read(run.conn, protocol.LIMIT_BYTES - len(run.limit))
         except BlockingIOError:  # not sent yet: wait for it
-            if fd not in self.waiting:
-                self.waiting[fd] = run
-                self.epoll.register(fd, select.EPOLLIN)
+            if run.conn not in self.waiting:
+                self.waiting[run.conn] = run
+                self.epoll.register(run.conn, select.EPOLLIN)
             return
         except OSError:
             data = b""
         run.limit += data
         if data and len(run.limit) < protocol.LIMIT_BYTES:
             return self._read_limit(run)
-        if self.waiting.pop(fd, None) is not None:
-            self.epoll.unregister(fd)
+        if self.waiting.pop(run.conn, None) is not None:
+            self.epoll.unregister(run.conn)
         timeout_s = protocol.read_limit(run.limit)
         if timeout_s is None:
             self._refuse(run, "bad sandbox request: no valid time limit")
@@ -190,18 +203,13 @@ class Zygote:
             run.deadline = timeout_s + KILL_GRACE_S  # relative until the child starts
             self.queue.append(run)
 
-    def _start_queued(self) -> None:
-        while self.queue and len(self.running) < MAX_RUNNING:
-            run = self.queue.popleft()
-            try:
-                self._fork(run)
-            except OSError as exc:  # out of processes or memory
-                self._refuse(run, f"could not start a sandbox process: {exc}")
-
     def _fork(self, run: Run) -> None:
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as exc:  # out of processes or memory
+            return self._refuse(run, f"could not start a sandbox process: {exc}")
         if pid == 0:  # the child: never returns
-            child_main(run.conn.fileno(), self.devnull, self.empty_root)
+            child_main(run.conn, self.devnull, self.empty_root)
         try:
             os.setpgid(pid, pid)  # also done by the child; whichever runs first wins
         except OSError:
@@ -211,52 +219,46 @@ class Zygote:
         self.running[run.pidfd] = run
         self.epoll.register(run.pidfd, select.EPOLLIN)
 
-    def _enforce_deadlines(self) -> None:
-        now = time.monotonic()
-        for run in self.running.values():
-            if not run.killed and now >= run.deadline:
-                run.killed = True
-                self._kill_group(run.pid)  # its exit is reaped like any other
-
     def _reap(self, run: Run) -> None:
         """The child has exited: collect its status and tell the client."""
         self.epoll.unregister(run.pidfd)
         os.close(run.pidfd)
-        self._kill_group(run.pid)  # whatever is left of its group; the unreaped child keeps the id reserved
+        _kill_group(run.pid)  # whatever is left of its group; the unreaped child keeps the id reserved
         _, status = os.waitpid(run.pid, 0)  # already exited: does not block
         self._finish(run, protocol.exit_line(status, run.killed))
-
-    @staticmethod
-    def _kill_group(pid: int) -> None:
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
 
     def _refuse(self, run: Run, message: str) -> None:
         """Answer a run no child will read: what the client sent is read first, because closing
         a Unix socket with unread data resets it and the client would lose the answer."""
         try:
-            while run.conn.recv(1 << 16):
+            while os.read(run.conn, 1 << 16):
                 pass
         except OSError:  # nothing more for now (a request of over ~200 KB may still lose it)
             pass
         self._finish(run, protocol.zygote_error(message))
 
-    def _finish(self, run: Run, line: bytes) -> None:
-        """The zygote's line ends the reply (after anything of the child's still in the socket's
-        buffer, hence blocking); a client that gave up or stopped reading loses it."""
+    @staticmethod
+    def _finish(run: Run, line: bytes) -> None:
+        """The zygote's line ends the reply. It comes after anything of the child's still in the
+        socket's buffer, so when the buffer is full it is sent with a timeout; a client that gave
+        up or stopped reading loses it."""
         try:
-            run.conn.settimeout(10)
-            run.conn.sendall(line)
+            os.write(run.conn, line)
+        except BlockingIOError:
+            with socket.socket(fileno=run.conn) as conn:
+                conn.settimeout(10)
+                try:
+                    conn.sendall(line)
+                except OSError:
+                    pass
+            return
         except OSError:
             pass
-        finally:
-            run.conn.close()
+        os.close(run.conn)
 
     def _shutdown(self) -> None:
         for run in self.running.values():
-            self._kill_group(run.pid)
+            _kill_group(run.pid)
             os.waitpid(run.pid, 0)
         self.listener.close()
         os.close(self.devnull)
