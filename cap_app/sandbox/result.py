@@ -40,3 +40,8 @@ class ExecResult:
         data = dict(data)
         data["trace"] = [TraceStep(**step) for step in data.get("trace", [])]
         return cls(**data)
+
+
+def clean_text(text: str) -> str:
+    """Text that survives JSON and UTF-8 (programs may print lone surrogates)."""
+    return text.encode("utf-8", "replace").decode("utf-8")

@@ -10,7 +10,6 @@ the zygote reads end-of-file and stops.
 from __future__ import annotations
 
 import atexit
-import dataclasses
 import os
 import select
 import shutil
@@ -27,7 +26,7 @@ from cap_app.sandbox import protocol
 from cap_app.sandbox.config import SandboxConfig
 from cap_app.sandbox.modules import SLOW_MODULES
 from cap_app.sandbox.policy import check_program
-from cap_app.sandbox.result import ExecResult
+from cap_app.sandbox.result import ExecResult, TraceStep, clean_text
 
 START_TIMEOUT_S = 120.0  # importing sympy on a busy 2-core machine can take a while
 MALFORMED = "the sandbox returned a malformed result"
@@ -231,26 +230,29 @@ def run_program(
 
 
 _STATUSES = ("ok", "error", "timeout", "rejected", "memory")
-_RESULT_FIELDS = frozenset(f.name for f in dataclasses.fields(ExecResult)) - {"duration_ms"}
+_RESULT_DEFAULTS = (("stdout", ""), ("error", None), ("answer", None), ("trace", []))
 
 
 def result_from_json(data: object) -> ExecResult:
-    """An ExecResult from what the zygote relayed. The child that wrote it ran hostile code, so
-    its shape is checked rather than trusted: a malformed result becomes an error result."""
+    """An ExecResult from the child's result (see `ProgramRun.run`). The child ran hostile code,
+    so its shape is checked rather than trusted (a malformed result becomes an error result),
+    and its texts are made valid UTF-8 here rather than in the child, where every step of the
+    work costs page faults."""
     malformed = ExecResult(status="error", error=MALFORMED)
     if not isinstance(data, dict) or data.get("status") not in _STATUSES:
         return malformed
-    try:
-        result = ExecResult.from_dict({k: v for k, v in data.items() if k in _RESULT_FIELDS})
-    except (TypeError, ValueError):  # unknown or missing trace-step fields
+    stdout, error, answer, trace = (data.get(key, default) for key, default in _RESULT_DEFAULTS)
+    flags = [data.get("trace_truncated", False), data.get("stdout_truncated", False)]
+    if not (isinstance(stdout, str) and all(isinstance(text, (str, type(None))) for text in (error, answer))
+            and all(isinstance(flag, bool) for flag in flags) and isinstance(trace, list)):
         return malformed
-    well_formed = (
-        isinstance(result.stdout, str)
-        and all(isinstance(text, (str, type(None))) for text in (result.error, result.answer))
-        and isinstance(result.trace_truncated, bool) and isinstance(result.stdout_truncated, bool)
-        and isinstance(result.trace, list)
-        and all(isinstance(step.line, int) and isinstance(step.source, str) and isinstance(step.changed, dict)
-                and all(isinstance(k, str) and isinstance(v, str) for k, v in step.changed.items())
-                for step in result.trace)
-    )
-    return result if well_formed else malformed
+    steps = []
+    for step in trace:
+        if not (isinstance(step, list) and len(step) == 3 and type(step[0]) is int and isinstance(step[1], str)
+                and isinstance(step[2], dict)
+                and all(isinstance(k, str) and isinstance(v, str) for k, v in step[2].items())):
+            return malformed
+        steps.append(TraceStep(step[0], clean_text(step[1]), {clean_text(k): clean_text(v) for k, v in step[2].items()}))
+    return ExecResult(status=data["status"], stdout=clean_text(stdout), error=error and clean_text(error),
+                      answer=answer and clean_text(answer), trace=steps,
+                      trace_truncated=flags[0], stdout_truncated=flags[1])

@@ -41,7 +41,16 @@ class _ShortRepr(reprlib.Repr):
             return f"<{type(obj).__name__}>"
 
 
-short_repr = _ShortRepr().repr
+_SHORT_REPR = _ShortRepr()
+
+
+def short_repr(value: Any) -> str:
+    """The repr shown in the trace. Numbers, the usual values of math programs, skip reprlib:
+    their repr is short already, and each function a child runs costs it page faults."""
+    kind = type(value)
+    if kind is float or kind is bool or value is None or (kind is int and value.bit_length() < 127):
+        return repr(value)  # at most 40 characters, as reprlib would allow
+    return _SHORT_REPR.repr(value)
 
 
 def _is_injected_print_setup(frame: types.FrameType) -> bool:
@@ -52,7 +61,7 @@ def _is_injected_print_setup(frame: types.FrameType) -> bool:
 
 
 def _visible(name: str) -> bool:
-    return name.isidentifier() and not name.startswith("_")
+    return not name.startswith("_") and name.isidentifier()
 
 
 MAX_TRACE_CHARS = 2_000_000  # a trace past this many characters is truncated like a long one

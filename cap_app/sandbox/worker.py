@@ -26,6 +26,7 @@ from cap_app.sandbox.config import SandboxConfig
 from cap_app.sandbox.protocol import MAX_REQUEST_BYTES, read_request
 from cap_app.sandbox.policy import (
     PROGRAM_FILENAME, OutputLimitExceeded, PolicyError, PrintSink, check_program, make_globals)
+from cap_app.sandbox.result import clean_text
 from cap_app.sandbox.tracer import LineTracer
 
 RESULT_FD = 3  # the client's connection, after sealing: 0-2 are /dev/null, nothing above 3 is open
@@ -162,11 +163,6 @@ def describe_error(exc: BaseException) -> str:
     return f"line {line}: {message}" if line else message
 
 
-def clean_text(text: str) -> str:
-    """Text that survives JSON and UTF-8 (programs may print lone surrogates)."""
-    return text.encode("utf-8", "replace").decode("utf-8")
-
-
 def _to_text(value: Any) -> str | None:
     try:
         text = str(value)
@@ -210,11 +206,6 @@ def find_answer(namespace: dict[str, Any], sink: PrintSink) -> str | None:
                 return printed
             return None if value is None else _to_text(value)
     return None
-
-
-def _step_dict(step: list[Any]) -> dict[str, Any]:
-    line, source, changed = step
-    return {"line": line, "source": clean_text(source), "changed": {k: clean_text(v) for k, v in changed.items()}}
 
 
 def execute(source: str, config: SandboxConfig, *, with_sympy: bool = False) -> dict[str, Any]:
@@ -265,15 +256,20 @@ class ProgramRun:
             status, error = "timeout", f"time limit of {config.timeout_s:g} s exceeded"
         elif sink.truncated and status != "memory":
             status, error = "error", f"output truncated at {format_bytes(config.max_output_bytes)}"
-        return {
+        return {  # texts as the program made them (maybe lone surrogates): the client cleans them
             "status": status,
-            "stdout": clean_text(sink.text()),
+            "stdout": sink.text(),
             "error": error,
             "answer": answer if status == "ok" else None,
-            "trace": [_step_dict(step) for step in tracer.steps] if tracer else [],
+            "trace": tracer.steps if tracer else [],  # [line, source, {name: short repr}] each
             "trace_truncated": bool(tracer and tracer.truncated),
             "stdout_truncated": sink.truncated,
         }
+
+
+def result_line(result: dict[str, Any]) -> bytes:
+    """One result as the JSON line the child writes (ASCII: json escapes the rest)."""
+    return json.dumps(result).encode("ascii") + b"\n"
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -306,18 +302,18 @@ def child_main(conn_fd: int, devnull_fd: int, empty_root: str) -> None:
         try:
             source, code, config = read_request(read_all(RESULT_FD, MAX_REQUEST_BYTES))
         except Exception as exc:
-            payload = json.dumps({"status": "error", "error": f"bad sandbox request: {one_line(str(exc))}"})
+            payload = result_line({"status": "error", "error": f"bad sandbox request: {one_line(str(exc))}"})
         else:
             run = ProgramRun(code, source, config)
             limit(config, base_address_space)
-            payload = json.dumps(run.run())
+            payload = result_line(run.run())
     except BaseException as exc:  # a failure of the sandbox itself, reported, never raised
         try:
             release_memory_reserve()
         except Exception:
             pass
-        payload = json.dumps({"status": "error", "error": f"sandbox failure: {one_line(repr(exc))}"})
+        payload = result_line({"status": "error", "error": f"sandbox failure: {one_line(repr(exc))}"})
     try:
-        write_all(out_fd, payload.encode("utf-8") + b"\n")
+        write_all(out_fd, payload)
     finally:
         os._exit(0)

@@ -196,8 +196,9 @@ def test_zygote_does_not_inherit_secrets(monkeypatch):
 
 @pytest.mark.parametrize("forged", [
     None, [], {"status": "pwned"}, {"status": "ok", "stdout": 5}, {"status": "ok", "trace": [{"line": 1}]},
-    {"status": "ok", "trace": [{"line": "1", "source": "x", "changed": {}}]},
-    {"status": "ok", "trace": [{"line": 1, "source": "x", "changed": {"a": 1}}]},
+    {"status": "ok", "trace": [["1", "x", {}]]}, {"status": "ok", "trace": [[1, "x", {"a": 1}]]},
+    {"status": "ok", "trace": [[1, "x"]]}, {"status": "ok", "trace": [[True, "x", {}]]},
+    {"status": "ok", "error": 3}, {"status": "ok", "stdout_truncated": None},
     {"status": "ok", "answer": ["42"]}, {"status": "ok", "trace_truncated": "yes"},
 ])
 def test_a_forged_result_from_a_child_becomes_an_error(forged):
@@ -208,8 +209,9 @@ def test_a_forged_result_from_a_child_becomes_an_error(forged):
 
 def test_a_well_formed_result_keeps_its_fields_and_drops_unknown_ones():
     result = result_from_json({"status": "ok", "stdout": "1\n", "answer": "1", "extra": "ignored",
-                               "trace": [{"line": 1, "source": "print(1)", "changed": {}}]})
+                               "trace": [[1, "print(1)", {"x": "\ud800"}]]})
     assert (result.status, result.answer, result.trace[0].source) == ("ok", "1", "print(1)")
+    assert result.trace[0].changed == {"x": "?"}  # a lone surrogate, made valid UTF-8
 
 
 def test_a_sandbox_that_cannot_start_gives_an_error_result(monkeypatch):
@@ -220,3 +222,9 @@ def test_a_sandbox_that_cannot_start_gives_an_error_result(monkeypatch):
     result = run_program("print(1)")
     assert result.status == "error"
     assert result.error == "the sandbox server did not start: [Errno 2] No such file or directory: '/nonexistent/python3'"
+
+
+def test_lone_surrogates_come_back_as_valid_text(zygote_pids):
+    result = run_program('x = "\\ud800"\nprint(x + "!")\ny = 1 / 0')
+    assert (result.stdout, result.error) == ("?!\n", "line 3: division by zero")
+    json.dumps(result.to_dict(), ensure_ascii=False).encode("utf-8")  # raises on a lone surrogate
