@@ -10,6 +10,7 @@ the zygote reads end-of-file and stops.
 from __future__ import annotations
 
 import atexit
+import importlib.util
 import os
 import select
 import shutil
@@ -72,15 +73,19 @@ class SandboxServer:
         self._directory = tempfile.mkdtemp(prefix="cap-sandbox-")
         package_root = str(Path(__file__).resolve().parents[2])
         # A minimal environment: programs must not find this process's secrets (tokens, keys)
-        # in their own memory, even past the policy.
-        env = {"PATH": os.defpath, "LC_ALL": "C.UTF-8", "PYTHONPATH": package_root}
+        # in their own memory, even past the policy. `-S`: no `site`, so no .pth hooks run in
+        # the zygote and it is ~0.6 MB smaller (every fork copies its page tables); the folders
+        # of the libraries it needs come after the standard library (zygote.py), and it runs in
+        # its private folder, so nothing in the caller's working folder can shadow a module.
+        env = {"PATH": os.defpath, "LC_ALL": "C.UTF-8", "PYTHONPATH": package_root,
+               "CAP_SANDBOX_LIBRARIES": os.pathsep.join(_library_folders(self.with_sympy))}
         if "TZ" in os.environ:
             env["TZ"] = os.environ["TZ"]
-        command = [sys.executable, "-m", "cap_app.sandbox.zygote", self.socket_path]
+        command = [sys.executable, "-S", "-m", "cap_app.sandbox.zygote", self.socket_path]
         try:
             process = subprocess.Popen(
                 command + (["--sympy"] if self.with_sympy else []),
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True, cwd=self._directory,
             )
         except OSError as exc:
             shutil.rmtree(self._directory, ignore_errors=True)
@@ -154,6 +159,19 @@ class SandboxServer:
             raise SandboxUnavailable(f"the sandbox server is unreachable: {exc}") from None
         # More than the worker ever writes: closing the connection stops the child's writes.
         return protocol.zygote_error(MALFORMED)
+
+
+def _library_folders(with_sympy: bool) -> list[str]:
+    """The import folders of the third-party packages the zygote imports (found, not imported)."""
+    names = ["RestrictedPython"] + (["sympy", "mpmath"] if with_sympy else [])
+    folders = []
+    for name in names:
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.submodule_search_locations:
+            folder = os.path.dirname(list(spec.submodule_search_locations)[0])
+            if folder not in folders:
+                folders.append(folder)
+    return folders
 
 
 _LIGHT = SandboxServer(with_sympy=False)

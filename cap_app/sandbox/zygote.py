@@ -41,6 +41,9 @@ import sys
 import time
 import types
 
+# Started with `-S` (see runner.py): the third-party libraries' folders go after the standard
+# library's, as `site` would put them.
+sys.path.extend(filter(None, os.environ.get("CAP_SANDBOX_LIBRARIES", "").split(os.pathsep)))
 # `statistics` imports `random` only for NormalDist.samples, which no facade exposes; a real
 # `random` registers an at-fork reseed that costs every child ~40 page faults (0.1 ms), so a
 # placeholder stands in while the sandbox's modules load (the sympy zygote imports the real one).

@@ -228,3 +228,22 @@ def test_lone_surrogates_come_back_as_valid_text(zygote_pids):
     result = run_program('x = "\\ud800"\nprint(x + "!")\ny = 1 / 0')
     assert (result.stdout, result.error) == ("?!\n", "line 3: division by zero")
     json.dumps(result.to_dict(), ensure_ascii=False).encode("utf-8")  # raises on a lone surrogate
+
+
+def test_modules_in_the_callers_folder_do_not_shadow_the_zygotes(tmp_path, monkeypatch):
+    """The zygote runs without `site` in its own folder: a `statistics.py` where the caller works
+    is never imported (it would run in the zygote and in every child)."""
+    from cap_app.sandbox import runner
+
+    marker = tmp_path / "imported"
+    (tmp_path / "statistics.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.chdir(tmp_path)
+    server = SandboxServer()
+    monkeypatch.setattr(runner, "_LIGHT", server)
+    try:
+        assert run_program("import statistics\nprint(statistics.median([1, 3, 5]))").answer == "3"
+        assert not marker.exists()
+        with open(f"/proc/{server.pid}/cmdline", "rb") as cmdline:
+            assert b"-S" in cmdline.read().split(b"\0")
+    finally:
+        server.stop()
