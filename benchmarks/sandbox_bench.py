@@ -7,8 +7,9 @@ The programs are built from the calculator annotations of GSM8K train (`<<48/2=2
 variable per annotation, later annotations reuse earlier variables where the number matches,
 the last one is printed. Only problems whose chain reproduces the reference answer are kept.
 Measured: per-program latency (p50/p95) with the trace off and on, run one after another, the
-CPU time all processes involved spent per program, and throughput with `--workers` threads; the baseline starts `python3 -c PROGRAM` per program, the
-way many math-agent executors do. Goals (issue 3): p50 <= 5 ms trace off, <= 15 ms trace on,
+CPU time all processes involved spent per program, and throughput with `--workers` threads in
+`--rounds` alternating rounds; the baseline starts `python3 -c PROGRAM` per program, the way
+many math-agent executors do. Goals (issue 3): p50 <= 5 ms trace off, <= 15 ms trace on,
 >= 10x the baseline's throughput. Figures for this machine: benchmarks/README.md.
 """
 
@@ -148,10 +149,10 @@ def children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def measure(name: str, run: Callable[[str], str | None], programs: list[tuple[str, float]], workers: int,
-            cpu_s: Callable[[], float]) -> dict:
-    """Latency one at a time (with the CPU time all processes involved spent, which other work
-    on the machine inflates far less than latency), then throughput with `workers` threads."""
+def measure_latency(name: str, run: Callable[[str], str | None], programs: list[tuple[str, float]],
+                    cpu_s: Callable[[], float]) -> dict:
+    """Latency one at a time, with the CPU time all processes involved spent (which other work on
+    the machine inflates far less than latency), and whether every answer is right."""
     latencies, wrong = [], 0
     cpu_before = cpu_s() + time.process_time()
     for program, expected in programs:
@@ -160,14 +161,26 @@ def measure(name: str, run: Callable[[str], str | None], programs: list[tuple[st
         latencies.append((time.perf_counter() - started) * 1000)
         wrong += not answer_matches(answer, expected)
     cpu_ms = (cpu_s() + time.process_time() - cpu_before) * 1000 / len(programs)
-    started = time.perf_counter()
-    with ThreadPoolExecutor(workers) as pool:
-        list(pool.map(lambda item: run(item[0]), programs))
-    elapsed = time.perf_counter() - started
     return {"name": name, "programs": len(programs), "wrong_answers": wrong,
             "p50_ms": round(statistics.median(latencies), 2), "p95_ms": round(_percentile(latencies, 0.95), 2),
-            "cpu_ms_per_run": round(cpu_ms, 2),
-            "throughput_per_s": round(len(programs) / elapsed, 1), "workers": workers}
+            "cpu_ms_per_run": round(cpu_ms, 2)}
+
+
+def measure_throughput(runs: dict[str, tuple[Callable[[str], object], Callable[[int], list[str]]]],
+                       workers: int, rounds: int) -> dict[str, float]:
+    """Runs per second for each entry of `runs` (name -> (run, programs of round r)), from
+    `workers` threads, in alternating rounds: the VM's speed drifts by 10-20% within a minute,
+    and alternating makes the drift hit every row alike instead of whichever ran last."""
+    elapsed, done = dict.fromkeys(runs, 0.0), dict.fromkeys(runs, 0)
+    with ThreadPoolExecutor(workers) as pool:
+        for round_index in range(rounds):
+            for name, (run, programs_of_round) in runs.items():
+                batch = programs_of_round(round_index)
+                started = time.perf_counter()
+                list(pool.map(run, batch))
+                elapsed[name] += time.perf_counter() - started
+                done[name] += len(batch)
+    return {name: done[name] / elapsed[name] for name in runs}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2 * (os.cpu_count() or 1),
                         help="threads for the throughput runs, the same for every row (default: 2 per CPU, so "
                              "the sandbox's round trips overlap; the baseline is CPU-bound either way)")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="alternating throughput rounds (default 5; the baseline runs 1/rounds of the programs in each)")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
 
@@ -186,17 +201,27 @@ def main(argv: list[str] | None = None) -> int:
     for program, _ in programs[:20]:  # warm the zygote's spares and the page cache
         run_program(program, trace=False)
     zygotes = zygote_processes(server_pids()["light"])
+    zygote_cpu_s = lambda: sum(map(process_cpu_s, zygotes))  # noqa: E731
+    trace_off = lambda program: run_program(program, trace=False).answer  # noqa: E731
+    trace_on = lambda program: run_program(program, trace=True).answer  # noqa: E731
     rows = [
-        measure("sandbox, trace off", lambda p: run_program(p, trace=False).answer, programs, args.workers,
-                lambda: sum(map(process_cpu_s, zygotes))),
-        measure("sandbox, trace on", lambda p: run_program(p, trace=True).answer, programs, args.workers,
-                lambda: sum(map(process_cpu_s, zygotes))),
-        measure("baseline: python3 -c per program", run_in_fresh_python, programs, args.workers, children_cpu_s),
+        measure_latency("sandbox, trace off", trace_off, programs, zygote_cpu_s),
+        measure_latency("sandbox, trace on", trace_on, programs, zygote_cpu_s),
+        measure_latency("baseline: python3 -c per program", run_in_fresh_python, programs, children_cpu_s),
     ]
+    sources = [program for program, _ in programs]
+    every_program = lambda _: sources  # noqa: E731  the sandbox rows run them all each round
+    rates = measure_throughput({  # the baseline, ten times slower, runs each program once in all
+        "sandbox, trace off": (trace_off, every_program),
+        "sandbox, trace on": (trace_on, every_program),
+        "baseline: python3 -c per program": (run_in_fresh_python, lambda r: sources[r::args.rounds]),
+    }, args.workers, args.rounds)
+    for row in rows:
+        row["throughput_per_s"], row["workers"] = round(rates[row["name"]], 1), args.workers
     baseline = rows[-1]["throughput_per_s"]
     load = os.getloadavg()[1]  # other work on the machine slows every row; report it
-    print(f"{len(programs)} GSM8K programs, {os.cpu_count()} CPUs, {args.workers} workers for throughput, "
-          f"load average {load:.1f}")
+    print(f"{len(programs)} GSM8K programs, {os.cpu_count()} CPUs, {args.workers} workers and {args.rounds} "
+          f"alternating rounds for throughput, load average {load:.1f}")
     print(f"{'':34} {'p50 ms':>8} {'p95 ms':>8} {'CPU ms':>8} {'runs/s':>8} {'vs baseline':>12} {'wrong':>6}")
     for row in rows:
         speedup = row["throughput_per_s"] / baseline

@@ -44,4 +44,4 @@ class ExecResult:
 
 def clean_text(text: str) -> str:
     """Text that survives JSON and UTF-8 (programs may print lone surrogates)."""
-    return text.encode("utf-8", "replace").decode("utf-8")
+    return text if text.isascii() else text.encode("utf-8", "replace").decode("utf-8")
