@@ -242,7 +242,7 @@ def run_program(
             break
         except (SandboxUnavailable, protocol.BadReply) as exc:
             data = {"status": "error", "error": str(exc)}
-    result = result_from_json(data)
+    result = result_from_json(data, code)
     result.duration_ms = compile_ms + (time.perf_counter() - started) * 1000
     return result
 
@@ -251,11 +251,11 @@ _STATUSES = ("ok", "error", "timeout", "rejected", "memory")
 _RESULT_DEFAULTS = (("stdout", ""), ("error", None), ("answer", None), ("trace", []))
 
 
-def result_from_json(data: object) -> ExecResult:
-    """An ExecResult from the child's result (see `ProgramRun.run`). The child ran hostile code,
-    so its shape is checked rather than trusted (a malformed result becomes an error result),
-    and its texts are made valid UTF-8 here rather than in the child, where every step of the
-    work costs page faults."""
+def result_from_json(data: object, source: str) -> ExecResult:
+    """An ExecResult from the child's result (see `ProgramRun.run`) for the program `source`.
+    The child ran hostile code, so its shape is checked rather than trusted (a malformed result
+    becomes an error result). Work the child need not do is done here, where it costs no page
+    faults: texts made valid UTF-8, trace steps given their line's source."""
     malformed = ExecResult(status="error", error=MALFORMED)
     if not isinstance(data, dict) or data.get("status") not in _STATUSES:
         return malformed
@@ -264,13 +264,15 @@ def result_from_json(data: object) -> ExecResult:
     if not (isinstance(stdout, str) and all(isinstance(text, (str, type(None))) for text in (error, answer))
             and all(isinstance(flag, bool) for flag in flags) and isinstance(trace, list)):
         return malformed
+    lines = source.replace("\r\n", "\n").replace("\r", "\n").split("\n")  # ast's line breaks
     steps = []
     for step in trace:
-        if not (isinstance(step, list) and len(step) == 3 and type(step[0]) is int and isinstance(step[1], str)
-                and isinstance(step[2], dict)
-                and all(isinstance(k, str) and isinstance(v, str) for k, v in step[2].items())):
+        if not (isinstance(step, list) and len(step) == 2 and type(step[0]) is int and 1 <= step[0] <= len(lines)
+                and isinstance(step[1], dict)
+                and all(isinstance(k, str) and isinstance(v, str) for k, v in step[1].items())):
             return malformed
-        steps.append(TraceStep(step[0], clean_text(step[1]), {clean_text(k): clean_text(v) for k, v in step[2].items()}))
+        source_line = clean_text(lines[step[0] - 1].strip()[:200])
+        steps.append(TraceStep(step[0], source_line, {clean_text(k): clean_text(v) for k, v in step[1].items()}))
     return ExecResult(status=data["status"], stdout=clean_text(stdout), error=error and clean_text(error),
                       answer=answer and clean_text(answer), trace=steps,
                       trace_truncated=flags[0], stdout_truncated=flags[1])

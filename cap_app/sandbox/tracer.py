@@ -69,10 +69,11 @@ MAX_CHANGES_PER_STEP = 30  # a line that changes more variables (e.g. a huge unp
 
 
 class LineTracer:
-    """Collects `[line, source, {name: short repr}]` steps, at most `max_steps`."""
+    """Collects `[line, {name: short repr}]` steps, at most `max_steps`. A line's source text is
+    not copied: the client has the program (runner.result_from_json)."""
 
-    def __init__(self, lines: list[str], max_steps: int):
-        self.lines = lines
+    def __init__(self, line_count: int, max_steps: int):
+        self.line_count = line_count
         self.max_steps = max_steps
         self.steps: list[list[Any]] = []
         self.truncated = False
@@ -99,13 +100,13 @@ class LineTracer:
                 return self._on_event
             snapshot = self._finish(frame)
             lineno = frame.f_lineno
-            if 1 <= lineno <= len(self.lines):
+            if 1 <= lineno <= self.line_count:
                 if len(self.steps) >= self.max_steps or self._chars > MAX_TRACE_CHARS:
                     self.truncated = True
                     sys.settrace(None)
                     return None
-                step = [lineno, self.lines[lineno - 1].strip()[:200], {}]
-                self._chars += len(step[1])
+                step = [lineno, {}]
+                self._chars += 16
                 self.steps.append(step)
                 self._open[frame] = (step, snapshot if snapshot is not None else self._snapshot(frame))
         elif event == "return":
@@ -123,7 +124,7 @@ class LineTracer:
         if opened is None:
             return None
         step, before = opened
-        changed = step[2]
+        changed = step[1]
         after: dict[str, tuple[Any, str]] = {}
         for name, value in frame.f_locals.items():
             if not _visible(name):

@@ -225,8 +225,8 @@ class ProgramRun:
         self.alarm = _Alarm()
         self.sink = PrintSink(config.max_output_bytes, on_truncation=self.alarm.stop_for_output)
         self.namespace = make_globals(self.sink)
-        lines = source.replace("\r\n", "\n").replace("\r", "\n").split("\n")  # ast's line breaks
-        self.tracer = LineTracer(lines, config.max_trace_steps) if config.trace else None
+        line_count = source.count("\n") + source.count("\r") - source.count("\r\n") + 1  # ast's line breaks
+        self.tracer = LineTracer(line_count, config.max_trace_steps) if config.trace else None
 
     def run(self) -> dict[str, Any]:
         """Run the program in this (already isolated) process; the result as a dict."""
@@ -261,7 +261,7 @@ class ProgramRun:
             "stdout": sink.text(),
             "error": error,
             "answer": answer if status == "ok" else None,
-            "trace": tracer.steps if tracer else [],  # [line, source, {name: short repr}] each
+            "trace": tracer.steps if tracer else [],  # [line, {name: short repr}] each
             "trace_truncated": bool(tracer and tracer.truncated),
             "stdout_truncated": sink.truncated,
         }

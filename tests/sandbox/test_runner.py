@@ -196,20 +196,21 @@ def test_zygote_does_not_inherit_secrets(monkeypatch):
 
 @pytest.mark.parametrize("forged", [
     None, [], {"status": "pwned"}, {"status": "ok", "stdout": 5}, {"status": "ok", "trace": [{"line": 1}]},
-    {"status": "ok", "trace": [["1", "x", {}]]}, {"status": "ok", "trace": [[1, "x", {"a": 1}]]},
-    {"status": "ok", "trace": [[1, "x"]]}, {"status": "ok", "trace": [[True, "x", {}]]},
+    {"status": "ok", "trace": [["1", {}]]}, {"status": "ok", "trace": [[1, {"a": 1}]]},
+    {"status": "ok", "trace": [[1]]}, {"status": "ok", "trace": [[True, {}]]},
+    {"status": "ok", "trace": [[0, {}]]}, {"status": "ok", "trace": [[3, {}]]},  # the program has 2 lines
     {"status": "ok", "error": 3}, {"status": "ok", "stdout_truncated": None},
     {"status": "ok", "answer": ["42"]}, {"status": "ok", "trace_truncated": "yes"},
 ])
 def test_a_forged_result_from_a_child_becomes_an_error(forged):
     """What a child writes is checked: a program that escaped could write anything."""
-    result = result_from_json(forged)
+    result = result_from_json(forged, "x = 1\nprint(x)")
     assert (result.status, result.error) == ("error", "the sandbox returned a malformed result")
 
 
 def test_a_well_formed_result_keeps_its_fields_and_drops_unknown_ones():
     result = result_from_json({"status": "ok", "stdout": "1\n", "answer": "1", "extra": "ignored",
-                               "trace": [[1, "print(1)", {"x": "\ud800"}]]})
+                               "trace": [[2, {"x": "\ud800"}]]}, "x = 1\r\n    print(1)  \r\n")
     assert (result.status, result.answer, result.trace[0].source) == ("ok", "1", "print(1)")
     assert result.trace[0].changed == {"x": "?"}  # a lone surrogate, made valid UTF-8
 
