@@ -56,8 +56,9 @@ from cap_app.sandbox.worker import child_main, execute  # noqa: E402
 if sys.modules["random"].__doc__.startswith("placeholder"):
     del sys.modules["random"]
 
-FORKERS = min(4, os.cpu_count() or 1)  # processes serving the socket, see `start_siblings`
-MAX_RUNNING = max(2, 2 * (os.cpu_count() or 1) // FORKERS)  # per forker; more runs wait in a queue
+CPUS = len(os.sched_getaffinity(0))  # the CPUs this process may use (a container's share)
+FORKERS = min(4, CPUS)  # processes serving the socket, see `start_siblings`
+MAX_RUNNING = max(2, 2 * CPUS // FORKERS)  # per forker; more runs wait in a queue
 KILL_GRACE_S = 0.5  # the child's own alarm fires first; this is the backstop
 
 
