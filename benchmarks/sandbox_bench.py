@@ -131,19 +131,6 @@ def process_cpu_s(pid: int) -> float:
     return sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
-def zygote_processes(zygote: int) -> list[int]:
-    """The zygote and its copies (its children while no program runs; see zygote.py)."""
-    copies = []
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                if int(stat.read().rsplit(")", 1)[1].split()[1]) == zygote:
-                    copies.append(int(entry))
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-    return [zygote, *copies]
-
-
 def children_cpu_s() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -195,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from cap_app.sandbox import run_program, server_pids, start_servers
+    from cap_app.sandbox.runner import zygote_processes
 
     programs = gsm8k_programs(args.programs)
     start_servers(with_sympy=False)

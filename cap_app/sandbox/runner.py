@@ -198,6 +198,20 @@ def server_pids() -> dict[str, int | None]:
     return {"light": _LIGHT.pid, "sympy": _FULL.pid}
 
 
+def zygote_processes(zygote: int) -> list[int]:
+    """A zygote and its copies (see zygote.py): its children while it runs no program. For
+    adding up their CPU time or checking that they stop."""
+    copies = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                if int(stat.read().rsplit(")", 1)[1].split()[1]) == zygote:
+                    copies.append(int(entry))
+        except (FileNotFoundError, ProcessLookupError):  # gone meanwhile
+            continue
+    return [zygote, *copies]
+
+
 def stop_servers() -> None:
     """Stop the zygotes (and their running children); later runs start new ones."""
     _LIGHT.stop()

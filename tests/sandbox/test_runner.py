@@ -17,7 +17,7 @@ import pytest
 
 from cap_app.sandbox import ExecResult, SandboxConfig, protocol, run_program, server_pids
 from cap_app.sandbox.policy import check_program
-from cap_app.sandbox.runner import SandboxServer, result_from_json
+from cap_app.sandbox.runner import SandboxServer, result_from_json, zygote_processes
 
 
 def test_many_threads_get_their_own_results(zygote_pids):
@@ -100,7 +100,7 @@ def test_a_run_right_after_the_zygote_died_starts_a_new_one(monkeypatch):
     try:
         server.start()
         first = server.pid
-        copies = _children(first)
+        copies = zygote_processes(first)[1:]
         os.kill(first, signal.SIGKILL)
         time.sleep(0.2)
         assert run_program("print(6 * 7)").answer == "42"
@@ -126,7 +126,7 @@ def test_zygote_stops_when_its_client_process_dies():
     """With its copies (one per CPU, up to four, serving the same socket)."""
     client = subprocess.Popen([sys.executable, "-c", ORPHAN_CHECK], stdout=subprocess.PIPE, text=True)
     zygote = int(client.stdout.readline())
-    copies = _children(zygote)
+    copies = zygote_processes(zygote)[1:]
     assert len(copies) == min(4, len(os.sched_getaffinity(0))) - 1
     os.kill(client.pid, signal.SIGKILL)
     client.wait()
@@ -134,18 +134,6 @@ def test_zygote_stops_when_its_client_process_dies():
     while time.monotonic() < deadline and any(map(_running, [zygote, *copies])):
         time.sleep(0.05)
     assert not any(map(_running, [zygote, *copies]))
-
-
-def _children(pid: int) -> list[int]:
-    children = []
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                if int(stat.read().rsplit(")", 1)[1].split()[1]) == pid:
-                    children.append(int(entry))
-        except (FileNotFoundError, ProcessLookupError):  # gone meanwhile
-            continue
-    return children
 
 
 def _running(pid: int) -> bool:
