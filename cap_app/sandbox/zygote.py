@@ -247,18 +247,20 @@ class Zygote:
         socket's buffer, so when the buffer is full it is sent with a timeout; a client that gave
         up or stopped reading loses it."""
         try:
-            os.write(run.conn, line)
+            sent = os.write(run.conn, line)
         except BlockingIOError:
-            with socket.socket(fileno=run.conn) as conn:
-                conn.settimeout(10)
-                try:
-                    conn.sendall(line)
-                except OSError:
-                    pass
-            return
+            sent = 0
         except OSError:
-            pass
-        os.close(run.conn)
+            sent = len(line)  # the client has gone
+        if sent == len(line):
+            os.close(run.conn)
+            return
+        with socket.socket(fileno=run.conn) as conn:  # closes the descriptor
+            conn.settimeout(10)
+            try:
+                conn.sendall(line[sent:])
+            except OSError:
+                pass
 
     def _shutdown(self) -> None:
         for run in self.running.values():

@@ -236,3 +236,11 @@ def test_modules_in_the_callers_folder_do_not_shadow_the_zygotes(tmp_path, monke
             assert b"-S" in cmdline.read().split(b"\0")
     finally:
         server.stop()
+
+
+def test_a_result_larger_than_the_socket_buffer_arrives_whole(zygote_pids):
+    """3 MB of output: the child blocks on the connection until the client reads, and the
+    zygote's last line still comes after all of it."""
+    result = run_program("for i in range(30000):\n    print('x' * 100)", max_output_bytes=4 * 1024 * 1024,
+                         trace=False)
+    assert (result.status, len(result.stdout), result.stdout_truncated) == ("ok", 30000 * 101, False)
