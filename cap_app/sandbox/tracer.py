@@ -53,17 +53,6 @@ def short_repr(value: Any) -> str:
     return _SHORT_REPR.repr(value)
 
 
-def _is_injected_print_setup(frame: types.FrameType) -> bool:
-    """RestrictedPython starts a function that prints with `_print = _print_(_getattr_)`, placed
-    on the `def` line: not a line the program's author wrote, so not a step."""
-    code = frame.f_code
-    return frame.f_lineno == code.co_firstlineno and "_print" in code.co_varnames
-
-
-def _visible(name: str) -> bool:
-    return not name.startswith("_") and name.isidentifier()
-
-
 MAX_TRACE_CHARS = 2_000_000  # a trace past this many characters is truncated like a long one
 MAX_CHANGES_PER_STEP = 30  # a line that changes more variables (e.g. a huge unpacking) shows 30
 
@@ -81,24 +70,27 @@ class LineTracer:
         self._open: dict[types.FrameType, tuple[list[Any], dict[str, tuple[Any, str]]]] = {}
 
     def start(self) -> None:
-        sys.settrace(self._on_call)
+        sys.settrace(self._on_event)
 
     def stop(self) -> None:
         sys.settrace(None)
         self._open.clear()
 
-    def _on_call(self, frame: types.FrameType, event: str, arg: Any) -> Any:
-        if frame.f_code.co_filename != PROGRAM_FILENAME or self.truncated:
-            return None
-        return self._on_event
-
     def _on_event(self, frame: types.FrameType, event: str, arg: Any) -> Any:
+        """The one trace function, global and per frame (fewer functions: each one a child calls
+        costs it page faults). Frames not compiled from the program are not followed."""
+        if event == "call":
+            return self._on_event if frame.f_code.co_filename == PROGRAM_FILENAME and not self.truncated else None
         if self.truncated:
             return None
+        opened = self._open.get(frame)
         if event == "line":
-            if frame not in self._open and _is_injected_print_setup(frame):
+            code = frame.f_code
+            if opened is None and frame.f_lineno == code.co_firstlineno and "_print" in code.co_varnames:
+                # RestrictedPython starts a function that prints with `_print = _print_(_getattr_)`
+                # on its `def` line: not a line the program's author wrote, so not a step.
                 return self._on_event
-            snapshot = self._finish(frame)
+            snapshot = self._record_changes(frame, opened)
             lineno = frame.f_lineno
             if 1 <= lineno <= self.line_count:
                 if len(self.steps) >= self.max_steps or self._chars > MAX_TRACE_CHARS:
@@ -108,37 +100,32 @@ class LineTracer:
                 step = [lineno, {}]
                 self._chars += 16
                 self.steps.append(step)
-                self._open[frame] = (step, snapshot if snapshot is not None else self._snapshot(frame))
-        elif event == "return":
-            self._finish(frame)
-            self._open.pop(frame, None)
+                self._open[frame] = (step, snapshot)
+        elif event == "return" and opened is not None:
+            self._record_changes(frame, opened)
+            del self._open[frame]
         return self._on_event
 
-    def _snapshot(self, frame: types.FrameType) -> dict[str, tuple[Any, str]]:
-        return {name: (value, "" if isinstance(value, _IMMUTABLE) else short_repr(value))
-                for name, value in frame.f_locals.items() if _visible(name)}
-
-    def _finish(self, frame: types.FrameType) -> dict[str, tuple[Any, str]] | None:
-        """Record what the frame's open step changed; return the frame's new snapshot."""
-        opened = self._open.get(frame)
-        if opened is None:
-            return None
-        step, before = opened
-        changed = step[1]
+    def _record_changes(self, frame: types.FrameType,
+                        opened: tuple[list[Any], dict[str, tuple[Any, str]]] | None) -> dict[str, tuple[Any, str]]:
+        """Fill the frame's open step (if any) with the variables its line changed; return the
+        frame's variables now, as (value, short repr or "" for values compared by identity)."""
+        before, changed = (opened[1], opened[0][1]) if opened is not None else ({}, None)
         after: dict[str, tuple[Any, str]] = {}
         for name, value in frame.f_locals.items():
-            if not _visible(name):
+            if name[:1] == "_" or not name.isidentifier():  # the guards RestrictedPython injects
                 continue
             old = before.get(name)
             if isinstance(value, _IMMUTABLE):
                 after[name] = (value, "")
-                if (old is None or old[0] is not value) and len(changed) < MAX_CHANGES_PER_STEP:
-                    changed[name] = short_repr(value)
-                    self._chars += len(name) + len(changed[name])
+                if changed is not None and (old is None or old[0] is not value) and len(changed) < MAX_CHANGES_PER_STEP:
+                    text = changed[name] = short_repr(value)
+                    self._chars += len(name) + len(text)
             else:
                 text = short_repr(value)
                 after[name] = (value, text)
-                if (old is None or old[0] is not value or old[1] != text) and len(changed) < MAX_CHANGES_PER_STEP:
+                if (changed is not None and (old is None or old[0] is not value or old[1] != text)
+                        and len(changed) < MAX_CHANGES_PER_STEP):
                     changed[name] = text
                     self._chars += len(name) + len(text)
         return after
