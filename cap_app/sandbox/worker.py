@@ -13,7 +13,7 @@ zygote (`zygote.py`) kills the group at the deadline and reports how the child e
 
 from __future__ import annotations
 
-import json
+import json.encoder
 import math
 import os
 import resource
@@ -99,7 +99,28 @@ def address_space() -> int:
         os.close(fd)
 
 
-def seal(result_fd: int, devnull_fd: int, empty_root: str) -> None:
+class Inherited:
+    """What every child takes from the zygote as it was when set up (`set_up_zygote`)."""
+
+    __slots__ = ("address_space", "descriptor_limit")
+
+    def __init__(self, address_space: int, descriptor_limit: int):
+        self.address_space, self.descriptor_limit = address_space, descriptor_limit
+
+
+def set_up_zygote() -> Inherited:
+    """The limits every run shares, set once in the zygote and so inherited by each child (each
+    call a child makes costs it page faults): no core files, bounded recursion and int-to-str
+    digits. Also measures what children need to know of the zygote: its address space (a
+    program's `memory_mb` comes on top; what the zygote allocates later is not counted) and the
+    descriptor numbers to close."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    sys.setrecursionlimit(RECURSION_LIMIT)
+    sys.set_int_max_str_digits(INT_MAX_STR_DIGITS)
+    return Inherited(address_space(), resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+
+
+def seal(result_fd: int, devnull_fd: int, empty_root: str, inherited: Inherited) -> None:
     """Before the program: own process group, only the connection open (as fd 3; stdin/out/err
     on the zygote's /dev/null), and when started as root: `empty_root` (an empty folder only
     root may enter) as `/`, then the user nobody, so no path leads anywhere."""
@@ -107,8 +128,7 @@ def seal(result_fd: int, devnull_fd: int, empty_root: str) -> None:
     for fd in (0, 1, 2):
         os.dup2(devnull_fd, fd)
     os.dup2(result_fd, RESULT_FD)
-    os.closerange(RESULT_FD + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    os.closerange(RESULT_FD + 1, inherited.descriptor_limit)
     resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
     if os.getuid() == 0:  # root ignores RLIMIT_NPROC and may read anything: become nobody
         os.chroot(empty_root)
@@ -127,8 +147,6 @@ def limit(config: SandboxConfig, base_address_space: int) -> None:
     resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 1))
     resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit + MEMORY_RESERVE))
     resource.setrlimit(resource.RLIMIT_NOFILE, (RESULT_FD + 1, RESULT_FD + 1))
-    sys.setrecursionlimit(RECURSION_LIMIT)
-    sys.set_int_max_str_digits(INT_MAX_STR_DIGITS)
 
 
 def release_memory_reserve() -> None:
@@ -267,9 +285,16 @@ class ProgramRun:
         }
 
 
+# json.dumps's own C encoder (ASCII output, no indent), called directly: dumps, encode and
+# iterencode are Python layers that cost a child page faults on every run. Results are plain
+# dicts, lists, strings, numbers and booleans, built here, so no circularity check is needed.
+_encode_json = json.encoder.c_make_encoder(
+    None, None, json.encoder.encode_basestring_ascii, None, ": ", ", ", False, False, True)
+
+
 def result_line(result: dict[str, Any]) -> bytes:
-    """One result as the JSON line the child writes (ASCII: json escapes the rest)."""
-    return json.dumps(result).encode("ascii") + b"\n"
+    """One result as the JSON line the child writes."""
+    return "".join(_encode_json(result, 0)).encode("ascii") + b"\n"
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -289,14 +314,13 @@ def read_all(fd: int, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def child_main(conn_fd: int, devnull_fd: int, empty_root: str) -> None:
+def child_main(conn_fd: int, devnull_fd: int, empty_root: str, inherited: Inherited) -> None:
     """Entry point of the forked child: seal, read the request from the client's connection,
     limit, run, write the result back on it; never returns. The zygote reports how the child
     ended once it has gone, so nothing here needs to outlive the program."""
     out_fd = conn_fd
     try:
-        base_address_space = address_space()  # before sealing: /proc is gone after a chroot
-        seal(conn_fd, devnull_fd, empty_root)
+        seal(conn_fd, devnull_fd, empty_root, inherited)
         out_fd = RESULT_FD
         os.set_blocking(RESULT_FD, True)  # the zygote's copy is idle until this process has gone
         try:
@@ -305,7 +329,7 @@ def child_main(conn_fd: int, devnull_fd: int, empty_root: str) -> None:
             payload = result_line({"status": "error", "error": f"bad sandbox request: {one_line(str(exc))}"})
         else:
             run = ProgramRun(code, source, config)
-            limit(config, base_address_space)
+            limit(config, inherited.address_space)
             payload = result_line(run.run())
     except BaseException as exc:  # a failure of the sandbox itself, reported, never raised
         try:

@@ -51,7 +51,7 @@ sys.modules.setdefault("random", types.ModuleType("random", "placeholder, see ca
 from cap_app.sandbox import protocol  # noqa: E402
 from cap_app.sandbox.config import SandboxConfig  # noqa: E402
 from cap_app.sandbox.modules import enable_sympy  # noqa: E402
-from cap_app.sandbox.worker import child_main, execute  # noqa: E402
+from cap_app.sandbox.worker import child_main, execute, set_up_zygote  # noqa: E402
 
 if sys.modules["random"].__doc__.startswith("placeholder"):
     del sys.modules["random"]
@@ -213,7 +213,7 @@ class Zygote:
         except OSError as exc:  # out of processes or memory
             return self._refuse(run, f"could not start a sandbox process: {exc}")
         if pid == 0:  # the child: never returns
-            child_main(run.conn, self.devnull, self.empty_root)
+            child_main(run.conn, self.devnull, self.empty_root, self.inherited)
         try:
             os.setpgid(pid, pid)  # also done by the child; whichever runs first wins
         except OSError:
@@ -288,6 +288,7 @@ def main(argv: list[str]) -> int:
         enable_sympy()
     zygote = Zygote(argv[0])
     warm_up(with_sympy)
+    zygote.inherited = set_up_zygote()
     gc.collect()
     gc.freeze()  # children then leave the pre-imported heap untouched by the collector
     zygote.start_siblings(FORKERS - 1)

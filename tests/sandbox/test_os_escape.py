@@ -72,13 +72,13 @@ def in_sealed_child(action, tmp_path) -> str:
     empty_root = tmp_path / "empty-root"
     empty_root.mkdir(mode=0o700, exist_ok=True)
     result_read, result_write = os.pipe()
-    size = worker.address_space()
     devnull = os.open(os.devnull, os.O_RDWR)
     pid = os.fork()
     if pid == 0:
         try:
-            worker.seal(result_write, devnull, str(empty_root))
-            worker.limit(SandboxConfig(timeout_s=2), size)
+            inherited = worker.set_up_zygote()  # what a zygote sets once for all its children
+            worker.seal(result_write, devnull, str(empty_root), inherited)
+            worker.limit(SandboxConfig(timeout_s=2), inherited.address_space)
             outcome = f"ok: {action()}"
         except BaseException as exc:  # noqa: BLE001 (reported to the parent)
             outcome = f"{type(exc).__name__}: {exc}"
