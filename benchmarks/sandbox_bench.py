@@ -189,21 +189,18 @@ def main(argv: list[str] | None = None) -> int:
     for program, _ in programs[:20]:  # warm the zygote's spares and the page cache
         run_program(program, trace=False)
     zygotes = zygote_processes(server_pids()["light"])
-    zygote_cpu_s = lambda: sum(map(process_cpu_s, zygotes))  # noqa: E731
-    trace_off = lambda program: run_program(program, trace=False).answer  # noqa: E731
-    trace_on = lambda program: run_program(program, trace=True).answer  # noqa: E731
-    rows = [
-        measure_latency("sandbox, trace off", trace_off, programs, zygote_cpu_s),
-        measure_latency("sandbox, trace on", trace_on, programs, zygote_cpu_s),
-        measure_latency("baseline: python3 -c per program", run_in_fresh_python, programs, children_cpu_s),
-    ]
     sources = [program for program, _ in programs]
-    every_program = lambda _: sources  # noqa: E731  the sandbox rows run them all each round
-    rates = measure_throughput({  # the baseline, ten times slower, runs each program once in all
-        "sandbox, trace off": (trace_off, every_program),
-        "sandbox, trace on": (trace_on, every_program),
-        "baseline: python3 -c per program": (run_in_fresh_python, lambda r: sources[r::args.rounds]),
-    }, args.workers, args.rounds)
+    cases = [  # name, run, CPU clock, programs of throughput round r (the baseline, ten times
+        # slower, runs a 1/rounds slice in each round: each program once in all)
+        ("sandbox, trace off", lambda program: run_program(program, trace=False).answer,
+         lambda: sum(map(process_cpu_s, zygotes)), lambda _: sources),
+        ("sandbox, trace on", lambda program: run_program(program, trace=True).answer,
+         lambda: sum(map(process_cpu_s, zygotes)), lambda _: sources),
+        ("baseline: python3 -c per program", run_in_fresh_python, children_cpu_s,
+         lambda round_index: sources[round_index::args.rounds]),
+    ]
+    rows = [measure_latency(name, run, programs, cpu_s) for name, run, cpu_s, _ in cases]
+    rates = measure_throughput({name: (run, share) for name, run, _, share in cases}, args.workers, args.rounds)
     for row in rows:
         row["throughput_per_s"], row["workers"] = round(rates[row["name"]], 1), args.workers
     baseline = rows[-1]["throughput_per_s"]

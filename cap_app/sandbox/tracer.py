@@ -85,8 +85,7 @@ class LineTracer:
             return None
         opened = self._open.get(frame)
         if event == "line":
-            code = frame.f_code
-            if opened is None and frame.f_lineno == code.co_firstlineno and "_print" in code.co_varnames:
+            if opened is None and frame.f_lineno == frame.f_code.co_firstlineno and "_print" in frame.f_code.co_varnames:
                 # RestrictedPython starts a function that prints with `_print = _print_(_getattr_)`
                 # on its `def` line: not a line the program's author wrote, so not a step.
                 return self._on_event

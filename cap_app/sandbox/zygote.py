@@ -47,13 +47,14 @@ sys.path.extend(filter(None, os.environ.get("CAP_SANDBOX_LIBRARIES", "").split(o
 # `statistics` imports `random` only for NormalDist.samples, which no facade exposes; a real
 # `random` registers an at-fork reseed that costs every child ~40 page faults (0.1 ms), so a
 # placeholder stands in while the sandbox's modules load (the sympy zygote imports the real one).
-sys.modules.setdefault("random", types.ModuleType("random", "placeholder, see cap_app/sandbox/zygote.py"))
+_RANDOM_PLACEHOLDER = types.ModuleType("random", "placeholder, see cap_app/sandbox/zygote.py")
+sys.modules.setdefault("random", _RANDOM_PLACEHOLDER)
 from cap_app.sandbox import protocol  # noqa: E402
 from cap_app.sandbox.config import SandboxConfig  # noqa: E402
 from cap_app.sandbox.modules import enable_sympy  # noqa: E402
 from cap_app.sandbox.worker import child_main, execute, set_up_zygote  # noqa: E402
 
-if sys.modules["random"].__doc__.startswith("placeholder"):
+if sys.modules.get("random") is _RANDOM_PLACEHOLDER:
     del sys.modules["random"]
 
 CPUS = len(os.sched_getaffinity(0))  # the CPUs this process may use (a container's share)
