@@ -34,8 +34,9 @@ COLUMNS = ("strategy", "items", "draft acc", "refined acc", "wrong->right", "rig
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, help="JSONL file of questions, gold answers and drafts")
-    parser.add_argument("--draft-key", default="draft",
-                        help="field holding the draft, e.g. 6b_finetuning in data/gsm8k/model_drafts_dev.jsonl; "
+    parser.add_argument("--draft-key", nargs="+", default=["draft"], dest="draft_keys",
+                        help="field(s) holding the draft, e.g. 6b_finetuning in data/gsm8k/model_drafts_dev.jsonl; "
+                             "several keys evaluate every draft source and add a table row per source; "
                              "'none' to refine without drafts (default: draft)")
     parser.add_argument("--limit", type=int, help="evaluate only the first N usable items")
     parser.add_argument("--strategy", nargs="+", choices=STRATEGIES, default=["greedy"], dest="strategies",
@@ -72,9 +73,12 @@ def candidate_outcome(candidate) -> dict:
             "tokens": candidate.tokens, "text": candidate.text[:MAX_REPORTED_TEXT]}
 
 
-def format_table(summary: dict[str, dict]) -> str:
+def format_table(summary: dict[str, dict], by_draft_key: dict[str, dict[str, dict]] | None = None) -> str:
+    """One row per strategy; with several draft sources, one per source and strategy first."""
     rows = [COLUMNS]
-    for strategy, s in summary.items():
+    labelled = [(f"{strategy} [{key}]", s) for key, per in (by_draft_key or {}).items() for strategy, s in per.items()]
+    labelled += [(strategy if not by_draft_key else f"{strategy} [all]", s) for strategy, s in summary.items()]
+    for strategy, s in labelled:
         rows.append((strategy, str(s["items"]), f"{s['draft_accuracy']:.1%}", f"{s['refined_accuracy']:.1%}",
                      str(s["wrong_to_right"]), str(s["right_to_wrong"]), str(s["no_answer"]),
                      f"{s['tokens_per_item']:.1f}", f"{s['seconds_per_item']:.2f}"))
@@ -83,19 +87,24 @@ def format_table(summary: dict[str, dict]) -> str:
                      for row in rows)
 
 
-def _load_items(args) -> list | None:
+def _load_items(args) -> list[tuple[str, object]]:
+    """(draft key, item) for the first --limit usable items of each draft key."""
     from cap_app.commands.refine import read_jsonl_items
 
     items = []
-    for number, item, detail in read_jsonl_items(args.input, draft_key=args.draft_key):
-        if item is not None and item.gold is None:
-            item, detail = None, "no gold answer (gold, ground_truth or answer)"
-        if item is None:
-            print(f"{args.input}:{number}: skipped: {detail}", file=sys.stderr)
-            continue
-        items.append(item)
-        if args.limit is not None and len(items) >= args.limit:
-            break
+    for key in dict.fromkeys(args.draft_keys):
+        count = 0
+        for number, item, detail in read_jsonl_items(args.input, draft_key=key):
+            if item is not None and item.gold is None:
+                item, detail = None, "no gold answer (gold, ground_truth or answer)"
+            if item is None:
+                print(f"{args.input}:{number}: skipped{f' ({key})' if len(args.draft_keys) > 1 else ''}: {detail}",
+                      file=sys.stderr)
+                continue
+            items.append((key, item))
+            count += 1
+            if args.limit is not None and count >= args.limit:
+                break
     return items
 
 
@@ -111,7 +120,8 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    items = _load_items(args)
+    keyed = _load_items(args)
+    items = [item for _, item in keyed]
     if not items:
         print(f"error: no usable items in {args.input}", file=sys.stderr)
         return 2
@@ -124,13 +134,18 @@ def main(args: argparse.Namespace) -> int:
     model = load_for_command(args)
     if model is None:
         return 1
-    summary, per_item = {}, [{"question": i.question, "gold": None, "draft_answer": None, "results": {}}
-                             for i in items]
+    summary, per_item = {}, [{"question": i.question, "draft_key": key, "gold": None, "draft_answer": None,
+                               "results": {}} for key, i in keyed]
+    by_draft_key: dict[str, dict] = {}
     try:
         for strategy, config in configs.items():
             results = list(tqdm(refine_batch(items, config, model), total=len(items), desc=strategy,
                                 unit="item", file=sys.stderr))
             summary[strategy] = summarize(results)
+            if len(args.draft_keys) > 1:
+                for key in dict.fromkeys(args.draft_keys):
+                    mine = [result for (k, _), result in zip(keyed, results) if k == key]
+                    by_draft_key.setdefault(key, {})[strategy] = summarize(mine)
             for row, result in zip(per_item, results):
                 row.update(gold=result.gold, draft_answer=result.draft_answer)
                 row["results"][strategy] = {
@@ -141,10 +156,10 @@ def main(args: argparse.Namespace) -> int:
     except RuntimeError as error:  # the sandbox could not start (SandboxUnavailable) and the like
         print(f"error: {str(error).splitlines()[0]}", file=sys.stderr)
         return 1
-    print(format_table(summary))
-    report = {"input": args.input, "draft_key": args.draft_key, "model": model.description,
+    print(format_table(summary, by_draft_key))
+    report = {"input": args.input, "draft_keys": args.draft_keys, "model": model.description,
               "config": {s: dataclasses.asdict(c) for s, c in configs.items()},
-              "summary": summary, "items": per_item}
+              "summary": summary, "by_draft_key": by_draft_key, "items": per_item}
     report_path = Path(args.report)
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -20,6 +20,10 @@ class _CapFields:
     model: str | None = field(default=None, metadata={
         "help": "base model: Hub id, local folder or .gguf file; default: the offline SmolLM2-135M-Instruct"})
     data: str = field(default="", metadata={"help": "JSONL rows from `python -m cap_app data build`"})
+    dtype: str = field(default="auto", metadata={
+        "help": "base weights' precision (the LoRA weights stay float32): auto = bfloat16 where the CPU or GPU "
+                "has bf16 units (~3x faster steps on a CPU with AVX512-BF16/AMX than float32 weights under "
+                "autocast), else float32; or float32, bfloat16, float16"})
     max_rows: int | None = field(default=None, metadata={"help": "train on the first N rows only"})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling (alpha)"})

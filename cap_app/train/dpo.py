@@ -23,7 +23,7 @@ def train_dpo(cfg: CapDPOConfig) -> dict:
     from trl import DPOTrainer
 
     rows = read_rows(cfg.data, cfg.max_rows, required=("prompt", "chosen", "rejected"))
-    model, tokenizer = load_base(cfg.model)
+    model, tokenizer = load_base(cfg.model, cfg.dtype)
     if cfg.adapter and cfg.adapter.lower() != "none":
         try:
             model = PeftModel.from_pretrained(model, cfg.adapter, is_trainable=True)

@@ -7,8 +7,27 @@ fix, not to reproduce prompts.
 
 from __future__ import annotations
 
-from cap_app.train.common import answer_text, callbacks, load_base, lora_config, prompt_text, read_rows, run
+from cap_app.train.common import (
+    answer_text, callbacks, keep_freed_memory, load_base, lora_config, prompt_text, read_rows, run,
+)
 from cap_app.train.config import CapSFTConfig
+
+
+def completion_loss(model, inputs: dict, num_items_in_batch=None):
+    """Mean next-token cross-entropy on the completion only, projecting through the LM head only
+    the positions that have a label: the vocabulary projection (49,152 logits per position on
+    SmolLM2) is the largest single cost of a small model's step, and trl's own fused head also
+    computes entropy and accuracy for its logs, which a CPU run cannot spare."""
+    import torch.nn.functional as F
+
+    backbone = model.get_base_model().model
+    hidden = backbone(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).last_hidden_state
+    targets = inputs["labels"][:, 1:]
+    mask = targets != -100
+    logits = model.get_output_embeddings()(hidden[:, :-1][mask])
+    total = F.cross_entropy(logits.float(), targets[mask], reduction="sum")
+    count = num_items_in_batch if num_items_in_batch is not None else mask.sum()
+    return total / max(int(count), 1)
 
 
 def train_sft(cfg: CapSFTConfig) -> dict:
@@ -16,10 +35,17 @@ def train_sft(cfg: CapSFTConfig) -> dict:
     from datasets import Dataset
     from trl import SFTTrainer
 
+    class CompletionLossTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            loss = completion_loss(model, inputs, num_items_in_batch)
+            return (loss, None) if return_outputs else loss
+
+    keep_freed_memory()
     rows = read_rows(cfg.data, cfg.max_rows, required=("prompt", "completion"))
-    model, tokenizer = load_base(cfg.model)
+    model, tokenizer = load_base(cfg.model, cfg.dtype)
     dataset = Dataset.from_list(
         [{"prompt": prompt_text(tokenizer, row), "completion": answer_text(row["completion"])} for row in rows])
-    trainer = SFTTrainer(model=model, args=cfg, train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=lora_config(cfg, model), callbacks=callbacks(cfg, "CaP SFT", ("loss",)))
+    trainer = CompletionLossTrainer(model=model, args=cfg, train_dataset=dataset, processing_class=tokenizer,
+                                    peft_config=lora_config(cfg, model),
+                                    callbacks=callbacks(cfg, "CaP SFT", ("loss",)))
     return run(trainer, cfg, rows=len(rows), stage="sft")

@@ -27,7 +27,8 @@ def verdict_sentence(result: RefinementResult) -> str:
         reason = ""
         if execution is not None:
             reason = f" ({execution.error or execution.status})" if not execution.ok else " (it printed no answer)"
-        sentence = f"No program produced an answer{reason}, so the draft's answer {_answer(draft)} is unchecked."
+        stands = f"the draft's answer {draft} stands, unverified" if draft is not None else "the draft stands, unverified"
+        sentence = f"No program produced an answer{reason}, so {stands}."
     elif draft is None:
         sentence = f"The draft states no final answer; the refinement gives {refined}."
     elif result.verdict == "agrees":

@@ -22,7 +22,7 @@ def test_verdict_sentence_when_no_program_ran():
     result = make_result(candidates=[Candidate("", "while True: pass", failed, None)], chosen=None, refined=None,
                          votes={}, verdict="no_answer", gold=None)
     assert verdict_sentence(result) == (
-        "No program produced an answer (time limit of 5 s exceeded), so the draft's answer 26 is unchecked.")
+        "No program produced an answer (time limit of 5 s exceeded), so the draft's answer 26 stands, unverified.")
 
 
 def test_verdict_html_marks_answers_against_gold_and_escapes(janet_result):
