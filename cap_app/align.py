@@ -479,15 +479,9 @@ def _other_programs_html(result: RefinementResult) -> str:
     return f"<details><summary>Other programs ({len(blocks)}), line diff against the chosen one</summary>{''.join(blocks)}</details>"
 
 
-def _shown_candidate(result: RefinementResult):
-    if result.chosen is not None:
-        return result.candidates[result.chosen]
-    return result.candidates[-1] if result.candidates else None
-
-
 def render_side_by_side(result: RefinementResult) -> str:
     """The draft's steps beside the program's lines, as self-contained HTML (all text escaped)."""
-    candidate = _shown_candidate(result)
+    candidate = result.shown_candidate
     program = candidate.program if candidate else ""
     execution = candidate.execution if candidate else None
     alignment = align_draft_to_program(result.draft, program, execution, result.question)

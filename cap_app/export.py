@@ -36,7 +36,17 @@ CSV_COLUMNS = (
     "strategy", "model", "program", "refined_answer", "draft_answer", "annotator", "correct",
     "vs_draft", "first_wrong_step", "note", "judged_at",
 )
-_SPREADSHEET_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+# A cell starting with one of these is a formula to a spreadsheet (OWASP, CSV injection), full-width
+# forms included: some spreadsheets read "＝1+1" as "=1+1".
+_SPREADSHEET_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "＝", "＋", "－", "＠")
+# What an export with no rows lacked, and what to do about it.
+_WHY_EMPTY = {
+    "dpo": ("A DPO pair needs one question + draft with a program judged correct (yes) and another judged "
+            "wrong (no): run another refinement of such an item and judge both programs."),
+    "kto": ("A KTO row needs a program judged yes or no (unsure and conflicting judgements are left out): "
+            "judge some refinements."),
+    "csv": "Nobody has judged a refinement yet.",
+}
 
 
 @dataclasses.dataclass
@@ -84,13 +94,19 @@ class ExportSummary:
     without_program: int  # judged yes/no, but the model wrote no program to train on
     agreements: list[Agreement]
     label_counts: dict[str, Counter]  # annotator -> Counter of "correct" labels
+    format: str = ""  # set by `export`, with the two below
     rows_written: int = 0
     output: str = ""
 
-    def text(self) -> str:
+    def text(self, *, full_path: bool = True) -> str:
+        """The summary as lines of text; `full_path=False` names the written file without its folder
+        (a web page must not show paths on the server)."""
         lines = []
         if self.output:
-            lines.append(f"wrote {self.rows_written} rows to {self.output}")
+            where = self.output if full_path else Path(self.output).name
+            why = f". {_WHY_EMPTY[self.format]}" if not self.rows_written else ""
+            rows = f"{self.rows_written} row" + ("" if self.rows_written == 1 else "s")
+            lines.append(f"wrote {rows} to {where}{why}")
         lines.append(f"{self.judgements} current judgements by {len(self.annotators)} annotators; "
                      f"{self.labeled_programs} programs with a yes/no consensus, {self.conflicts} conflicting, "
                      f"{self.without_program} judged refinements without a program")
@@ -107,11 +123,9 @@ class ExportSummary:
 
 
 def judged_program(result: RefinementResult) -> str | None:
-    """The program an annotator sees and judges: the winning candidate's, else the last attempt's
-    (the same one the side-by-side view and the trace show)."""
-    if result.program is not None:
-        return result.program
-    return result.candidates[-1].program if result.candidates else None
+    """The program an annotator sees and judges (the same one the side-by-side view and the trace show)."""
+    shown = result.shown_candidate
+    return shown.program if shown is not None else None
 
 
 def labeled_programs(rows: Iterable[JudgedRow]) -> tuple[list[Labeled], int, int]:
@@ -193,12 +207,11 @@ def csv_row(row: JudgedRow) -> dict:
 
 
 def _spreadsheet_safe(value):
-    """Quote text a spreadsheet would run as a formula (CSV injection); numbers stay numbers."""
+    """Quote text a spreadsheet would run as a formula (CSV injection), as OWASP says: every text cell,
+    number-like text too (Python reads "-inf" or "-1_000" as a number; a spreadsheet may not). The
+    numeric columns hold ints, never text, and stay numbers."""
     if isinstance(value, str) and value.startswith(_SPREADSHEET_FORMULA_START):
-        try:
-            float(value)
-        except ValueError:
-            return "'" + value
+        return "'" + value
     return value
 
 
@@ -267,6 +280,7 @@ def export(store: Store, fmt: str, output: str | os.PathLike, *, tokenizer=None)
     if fmt not in FORMATS:
         raise ValueError(f"Unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}.")
     summary = summarize(store)
+    summary.format = fmt
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")

@@ -170,7 +170,7 @@ class _ItemState:
         self.candidates.append(Candidate(
             text=generation.text, program=program, execution=execution,
             answer=normalize_answer(execution.answer) if execution.ok else None,
-            logprob=generation.mean_logprob, tokens=generation.new_tokens, round=round_))
+            logprob=generation.mean_logprob, tokens=generation.new_tokens, round=round_, finish=generation.finish))
         return len(self.candidates) - 1
 
 

@@ -23,6 +23,9 @@ class Candidate:
     logprob: float | None = None  # mean token log-prob, breaks vote ties
     tokens: int = 0  # generated tokens
     round: int = 0  # repair round that produced it (0 = first attempt)
+    # why generation stopped (generate.FinishReason): "length" and "repetition" cut the program off
+    # before it was finished; "" in results saved before this was recorded
+    finish: str = ""
 
 
 @dataclasses.dataclass
@@ -51,6 +54,13 @@ class RefinementResult:
     @property
     def execution(self) -> ExecResult | None:
         return self.candidates[self.chosen].execution if self.chosen is not None else None
+
+    @property
+    def shown_candidate(self) -> Candidate | None:
+        """The program every view shows and annotators judge: the winner, else the last attempt."""
+        if self.chosen is not None:
+            return self.candidates[self.chosen]
+        return self.candidates[-1] if self.candidates else None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -168,12 +168,19 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
-def _clean_annotator(annotator: str | None) -> str:
+def check_annotator(annotator: str | None) -> str:
+    """The name as stored (whitespace runs made one space); "" when none is given, which is fine for
+    looking, not for judging. StoreError when it is too long to store."""
     name = " ".join((annotator or "").split())
-    if not name:
-        raise StoreError("Enter your annotator name first.")
     if len(name) > MAX_ANNOTATOR_CHARS:
         raise StoreError(f"Annotator name is longer than {MAX_ANNOTATOR_CHARS} characters.")
+    return name
+
+
+def _clean_annotator(annotator: str | None) -> str:
+    name = check_annotator(annotator)
+    if not name:
+        raise StoreError("Enter your annotator name first.")
     return name
 
 

@@ -19,18 +19,19 @@ import gradio as gr
 from cap_app import batches, export
 from cap_app.align import render_side_by_side, split_draft
 from cap_app.charts import votes_figure
-from cap_app.store import CORRECT_CHOICES, VS_DRAFT_CHOICES, Store, StoreError
+from cap_app.store import CORRECT_CHOICES, VS_DRAFT_CHOICES, Store, StoreError, check_annotator
 from cap_app.ui import views
 from cap_app.ui.hosting import CONCURRENCY_LIMIT, model_choices
 from cap_app.ui.views import TRACE_HEADERS
 
 VIEW = ("state", "progress", "position", "question", "draft", "refinement", "verdict", "side_by_side",
         "trace", "votes", "correct", "vs_draft", "first_wrong_step", "note", "status")
+RADIOS = ("correct", "vs_draft")  # the judgement form's radio buttons (names in VIEW)
 PAGE_SIZE = 20
 EXPORT_BUTTONS = (("dpo", "DPO pairs (JSONL)"), ("kto", "KTO rows (JSONL)"), ("csv", "All judgements (CSV)"))
 PAGE_HEADERS = ["#", "question", "refinements", "judged by you"]
 SHORTCUTS = (("y / n / u", "refinement correct: yes / no / unsure"), ("b / s / w", "vs draft: better / same / worse"),
-             ("j / k", "next / previous item"), ("g", "next unjudged"), ("z", "undo your last judgement"),
+             ("j / k", "next / previous item"), ("g", "next unjudged"), ("z", "undo your last change"),
              ("r", "run a refinement"))
 # Keys click the matching control; ignored while typing in a field or when this tab is hidden.
 SHORTCUTS_JS = """
@@ -149,8 +150,10 @@ def refresh_batches(store: Store, state: dict):
 
 
 def load_file(store: Store, upload: str | None, path: str, draft_key: str, annotator: str) -> tuple:
-    """Load button: a file upload or a server path (within the allowed folders) becomes a batch."""
+    """Load button: a file upload or a server path (within the allowed folders) becomes a batch. A name
+    the store cannot take is refused before loading: the batch would load, then fail to show."""
     try:
+        check_annotator(annotator)
         if upload:
             source, name = Path(upload), Path(upload).name
         elif (path or "").strip():
@@ -209,8 +212,10 @@ def choose_refinement(store: Store, state: dict, annotator: str, index: int | No
 
 
 def record_judgement(store: Store, state: dict, annotator: str, correct: str | None, vs_draft: str | None,
-                     first_wrong_step: float | None, note: str) -> tuple[str, str]:
-    """Any change of the judgement form: save the whole form now. Returns (status, progress)."""
+                     first_wrong_step: float | None, note: str) -> tuple:
+    """Any change of the judgement form: save the whole form now. Returns (status, progress, *RADIOS).
+    When refused, the choices go back to what is saved (if anything), so a refused click does not
+    look made; typed fields keep what was typed, so nothing typed is lost."""
     try:
         if state.get("batch") is None:
             raise StoreError("Load a batch first.")
@@ -225,16 +230,20 @@ def record_judgement(store: Store, state: dict, annotator: str, correct: str | N
         judgement = store.judge(refinement.id, annotator, correct=correct, vs_draft=vs_draft,
                                 first_wrong_step=first_wrong_step, note=note)
     except StoreError as error:
-        return _error(str(error)), progress_html(store, state.get("batch"), annotator)
+        shown = dict(zip(VIEW, _safe_view(store, state, annotator)))
+        return (_error(str(error)), progress_html(store, state.get("batch"), annotator),
+                *(shown[name] for name in RADIOS))
+    kept = tuple(gr.skip() for _ in RADIOS)
     if judgement is None:  # an empty form left untouched: nothing to save
-        return "", progress_html(store, state["batch"], annotator)
+        return "", progress_html(store, state["batch"], annotator), *kept
     saved = (f"Saved: item {item.position + 1}, refinement {refinements.index(refinement) + 1} "
              f"({judgement.created_at[11:19]} UTC).")
-    return views.message_html(saved), progress_html(store, state["batch"], annotator)
+    return views.message_html(saved), progress_html(store, state["batch"], annotator), *kept
 
 
 def undo(store: Store, state: dict, annotator: str) -> tuple:
-    """Undo: withdraw this annotator's newest judgement and show the item it was about."""
+    """Undo: withdraw this annotator's newest change and show the item it was about. Each click or
+    typed field saves a snapshot of the form, so undo steps back one of those, not a whole judgement."""
     try:
         undone = store.undo_last(annotator)
     except StoreError as error:
@@ -244,7 +253,7 @@ def undo(store: Store, state: dict, annotator: str) -> tuple:
     refinement = store.refinement(undone.refinement_id)
     item = store.item(refinement.item_id)
     index = [r.id for r in store.refinements(item.id)].index(refinement.id)
-    message = f"Undid your judgement of item {item.position + 1} made at {undone.created_at[11:19]} UTC."
+    message = f"Undid your change to item {item.position + 1} made at {undone.created_at[11:19]} UTC."
     return _safe_view(store, new_state(item.batch_id, item.position, index), annotator, views.message_html(message))
 
 
@@ -290,11 +299,13 @@ def open_from_table(store: Store, state: dict, annotator: str, page: float | Non
 
 
 def export_download(store: Store, fmt: str):
-    """Export buttons: the file to download, the summary with agreement, the label chart."""
+    """Export buttons: the file to download (none when empty), the summary with agreement and, for an
+    empty export, why it is empty; the label chart."""
     folder = Path(tempfile.mkdtemp(prefix="cap-export-"))
     suffix = "csv" if fmt == "csv" else "jsonl"
     summary = export.export(store, fmt, folder / f"cap-{fmt}.{suffix}")
-    return summary.output, f"<pre>{html.escape(summary.text())}</pre>", export.label_counts_figure(summary)
+    return (summary.output if summary.rows_written else None,
+            f"<pre>{html.escape(summary.text(full_path=False))}</pre>", export.label_counts_figure(summary))
 
 
 def _bind(fn, store: Store, **kwargs):
@@ -339,10 +350,13 @@ def build_annotator_tab(demo: gr.Blocks, saved_name: gr.BrowserState, store: Sto
         progress = gr.HTML(progress_html(store, None, ""), elem_id="cap-ann-progress")
         with gr.Row():
             prev_button = gr.Button("◀ Previous (k)", elem_id="cap-ann-prev")
-            position = gr.Number(label="Item", precision=0, minimum=1, elem_id="cap-ann-position")
+            # No `minimum` on this and the step field: the page shows an empty gr.Number as 0 and marks
+            # 0 red as below a minimum of 1, before anything is done. go_to clamps the item number and
+            # the store refuses a step below 1, each with its own message.
+            position = gr.Number(label="Item", precision=0, elem_id="cap-ann-position")
             next_button = gr.Button("Next (j) ▶", elem_id="cap-ann-next")
             unjudged_button = gr.Button("Next unjudged (g)", elem_id="cap-ann-unjudged")
-            undo_button = gr.Button("Undo last judgement (z)", elem_id="cap-ann-undo")
+            undo_button = gr.Button("Undo last change (z)", elem_id="cap-ann-undo")
         status = gr.HTML(elem_id="cap-ann-status")
         question = gr.HTML(elem_id="cap-ann-question")
         draft = gr.HTML(label="Draft steps", elem_id="cap-ann-draft")
@@ -360,7 +374,7 @@ def build_annotator_tab(demo: gr.Blocks, saved_name: gr.BrowserState, store: Sto
                 correct = gr.Radio(list(CORRECT_CHOICES), label="Refinement correct?", elem_id="cap-ann-correct")
                 vs_draft = gr.Radio(list(VS_DRAFT_CHOICES), label="Compared to the draft", elem_id="cap-ann-vs")
                 first_wrong_step = gr.Number(label="First wrong step of the draft (empty: none)", precision=0,
-                                             minimum=1, elem_id="cap-ann-step")
+                                             elem_id="cap-ann-step")
             note = gr.Textbox(label="Note (saved when you leave the field or press Enter)", max_lines=3,
                               max_length=5000, elem_id="cap-ann-note")
         side_by_side = gr.HTML(elem_id="cap-ann-side-by-side")
@@ -400,7 +414,8 @@ def build_annotator_tab(demo: gr.Blocks, saved_name: gr.BrowserState, store: Sto
               concurrency_limit=CONCURRENCY_LIMIT, concurrency_id="generation")
     judged = gr.on([correct.input, vs_draft.input, first_wrong_step.submit, first_wrong_step.blur, note.submit,
                     note.blur], bind(record_judgement, store),
-                   [state, annotator, correct, vs_draft, first_wrong_step, note], [status, progress], **db)
+                   [state, annotator, correct, vs_draft, first_wrong_step, note],
+                   [status, progress, correct, vs_draft], **db)
     for event in (page.submit, state.change, judged.then):
         event(bind(items_page, store), [state, annotator, page], table, **db)
     def annotate_open_row(state: dict, annotator: str, page: float | None, evt: gr.SelectData) -> tuple:

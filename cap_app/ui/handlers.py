@@ -61,9 +61,10 @@ def _frame(**values) -> tuple:
     return tuple(values.get(name, gr.skip()) for name in OUTPUTS)
 
 
-def _cleared(status: str) -> tuple:
-    return _frame(status=status, code="", verdict="", side_by_side="", trace=[], stdout="",
-                  votes=None, times=None, candidates=None)
+def _cleared(status: str, verdict: str = "") -> tuple:
+    """Every view emptied: nothing of an earlier refinement may stay beside a new message or run."""
+    return _frame(status=status, code="", verdict=verdict, side_by_side="", trace=[], stdout="",
+                  votes=None, times=None, candidates=gr.update(value=None, visible=False))
 
 
 def model_config(choice: str):
@@ -98,7 +99,7 @@ def shown_program(program: str, raw_text: str) -> str:
 
 def result_frame(result, status: str) -> tuple:
     """Every view of a finished refinement."""
-    shown = result.candidates[result.chosen] if result.chosen is not None else (result.candidates or [None])[-1]
+    shown = result.shown_candidate
     many = len(result.candidates) > 1
     return _frame(
         status=status,
@@ -126,7 +127,7 @@ def refine_page(question: str, draft: str, gold: str, model_choice: str, strateg
         config = refine_config(strategy, n, temperature, max_new_tokens, time_limit_s)
         model_cfg = model_config(model_choice)
     except (InputError, ValueError, TypeError) as error:
-        yield _frame(status="", verdict=views.message_html(f"Cannot refine: {error}", "warning"))
+        yield _cleared("", views.message_html(f"Cannot refine: {error}", "warning"))
         return
     cancel = _cancel_event(request)
     try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import html
 
 from cap_app.answers import answers_equal
-from cap_app.results import RefinementResult
+from cap_app.results import Candidate, RefinementResult
 
 TRACE_HEADERS = ["line", "code", "variables changed"]
 _E = html.escape
@@ -23,12 +23,10 @@ def verdict_sentence(result: RefinementResult) -> str:
     """One plain sentence, e.g. "The refinement disagrees with the draft: 18 vs 26"."""
     refined, draft = result.refined_answer, result.draft_answer
     if refined is None:
-        execution = result.execution or (result.candidates[-1].execution if result.candidates else None)
-        reason = ""
-        if execution is not None:
-            reason = f" ({execution.error or execution.status})" if not execution.ok else " (it printed no answer)"
-        stands = f"the draft's answer {draft} stands, unverified" if draft is not None else "the draft stands, unverified"
-        sentence = f"No program produced an answer{reason}, so {stands}."
+        reason, advice = _no_answer_reason(result.shown_candidate)
+        draft_part = (f"so the draft's answer {draft} stands, unverified" if draft is not None
+                      else "and the draft states no final answer")
+        sentence = f"No program produced an answer{reason}, {draft_part}.{advice}"
     elif draft is None:
         sentence = f"The draft states no final answer; the refinement gives {refined}."
     elif result.verdict == "agrees":
@@ -38,6 +36,27 @@ def verdict_sentence(result: RefinementResult) -> str:
     if result.gold is not None:
         sentence += " " + _gold_sentence(result)
     return sentence
+
+
+# A program cut off before it was finished fails on whatever line it was cut at; that error blames
+# code the model never finished writing, so the sentence names the cut and what to change instead.
+_CUT_OFF = {
+    "length": ("it was cut off at the “Max new tokens” limit of {tokens} tokens before it was finished",
+               "Raise “Max new tokens” and refine again."),
+    "repetition": ("it was cut off by the repetition stop after {tokens} tokens: it kept writing the same lines",
+                   "More tokens will not help; try the vote or repair strategy, or another model."),
+}
+
+
+def _no_answer_reason(candidate: Candidate | None) -> tuple[str, str]:
+    """Why the shown program gave no answer (in parentheses) and, for a program cut off, what to change."""
+    if candidate is None:
+        return "", ""
+    if candidate.finish in _CUT_OFF:
+        cut, advice = _CUT_OFF[candidate.finish]
+        return f" ({cut.format(tokens=candidate.tokens)})", " " + advice
+    execution = candidate.execution
+    return (f" ({execution.error or execution.status})" if not execution.ok else " (it printed no answer)"), ""
 
 
 def _gold_sentence(result: RefinementResult) -> str:
@@ -66,9 +85,14 @@ def verdict_html(result: RefinementResult) -> str:
     has_gold = result.gold is not None
     draft_mark = result.draft_correct if has_gold else None
     refined_mark = result.refined_correct if has_gold else None
-    if not has_gold and result.refined_answer is not None and result.draft_answer is not None:
-        draft_mark = answers_equal(result.draft_answer, result.refined_answer)  # judged by the program
-    badges = _badge("draft" if has_gold else "draft (checked by the program)", result.draft_answer, draft_mark)
+    draft_label = "draft"
+    if not has_gold and result.draft_answer is not None:  # the badge says what the sentence says
+        if result.refined_answer is None:
+            draft_label = "draft (unverified)"
+        else:
+            draft_label = "draft (checked by the program)"
+            draft_mark = answers_equal(result.draft_answer, result.refined_answer)
+    badges = _badge(draft_label, result.draft_answer, draft_mark)
     badges += _badge(f"refined ({result.strategy})", result.refined_answer, refined_mark)
     if has_gold:
         badges += _badge("gold", result.gold, None)
@@ -84,9 +108,10 @@ def message_html(text: str, kind: str = "info") -> str:
 
 def trace_table(result: RefinementResult) -> list[list]:
     """Rows [line, code, variables changed] of the chosen program's trace (for a gr.Dataframe)."""
-    execution = result.execution or (result.candidates[-1].execution if result.candidates else None)
-    if execution is None:
+    shown = result.shown_candidate
+    if shown is None:
         return []
+    execution = shown.execution
     rows: list[list] = [
         [step.line, step.source.strip(), ", ".join(f"{k} = {v}" for k, v in step.changed.items())]
         for step in execution.trace
@@ -98,9 +123,10 @@ def trace_table(result: RefinementResult) -> list[list]:
 
 def execution_text(result: RefinementResult) -> str:
     """What the chosen program printed, then its error, with truncation made visible."""
-    execution = result.execution or (result.candidates[-1].execution if result.candidates else None)
-    if execution is None:
+    shown = result.shown_candidate
+    if shown is None:
         return "No program was run."
+    execution = shown.execution
     parts = [execution.stdout.rstrip("\n") or "(nothing printed)"]
     if execution.stdout_truncated:
         parts.append("[output truncated]")

@@ -32,6 +32,12 @@ def loaded(store, batch_file, annotator="ann"):
     return dropdown, report, view(tuple(values))
 
 
+def judge(store, state, annotator, correct, vs_draft=None, first_wrong_step=None, note="") -> dict:
+    """One change of the judgement form: what the status, progress and radio buttons show after it."""
+    values = tab.record_judgement(store, state, annotator, correct, vs_draft, first_wrong_step, note)
+    return dict(zip(("status", "progress", *tab.RADIOS), values))
+
+
 def test_upload_loads_the_batch_and_shows_the_first_item(store, batch_file):
     dropdown, report, shown = loaded(store, batch_file)
     assert report == "**batch\\.jsonl**: 4 items loaded."
@@ -57,18 +63,31 @@ def test_paths_outside_the_allowed_folders_are_refused(store, batch_file, monkey
 def test_judging_saves_at_once_and_the_item_shows_it_again(store, batch_file):
     _, _, shown = loaded(store, batch_file)
     state = shown["state"]
-    status, progress = tab.record_judgement(store, state, "", "yes", None, None, "")
-    assert "Enter your annotator name first." in status
-    assert tab.record_judgement(store, state, "ann", None, None, None, "")[0] == ""  # leaving an empty form
-    status, progress = tab.record_judgement(store, state, "ann", "no", "worse", 5, "")
-    assert "The draft has 3 steps; the first wrong step cannot be 5." in status
-    status, progress = tab.record_judgement(store, state, "ann", "no", "worse", 2, "drops the muffins")
-    assert "Saved: item 1, refinement 1" in status and ">1</span> / " in progress
+    assert "Enter your annotator name first." in judge(store, state, "", "yes")["status"]
+    assert judge(store, state, "ann", None)["status"] == ""  # leaving an empty form
+    refused = judge(store, state, "ann", "no", "worse", 5)
+    assert "The draft has 3 steps; the first wrong step cannot be 5." in refused["status"]
+    saved = judge(store, state, "ann", "no", "worse", 2, "drops the muffins")
+    assert "Saved: item 1, refinement 1" in saved["status"] and ">1</span> / " in saved["progress"]
+    assert (saved["correct"], saved["vs_draft"]) == (gr.skip(), gr.skip())  # the form is left as it is
     again = view(tab.item_view(store, state, "ann"))
     assert (again["correct"], again["vs_draft"], again["first_wrong_step"], again["note"]) == (
         "no", "worse", 2, "drops the muffins")
     other = view(tab.item_view(store, state, "bob"))
     assert other["correct"] is None  # judgements are per annotator
+
+
+def test_a_refused_judgement_does_not_look_made(store, batch_file, tmp_path):
+    unrefined = write_jsonl(tmp_path / "plain.jsonl", [{"question": "What is 2 + 2?", "draft": "2 + 2 = 4\nA: 4"}])
+    _, _, plain = loaded(store, unrefined)
+    refused = judge(store, plain["state"], "ann", "yes")
+    assert "There is no refinement to judge yet" in refused["status"]
+    assert (refused["correct"], refused["vs_draft"]) == (None, None)
+    _, _, shown = loaded(store, batch_file)
+    assert judge(store, shown["state"], "", "yes", "better")["correct"] is None  # no name yet
+    judge(store, shown["state"], "ann", "no")
+    refused = judge(store, shown["state"], "ann", "yes", "better", 5)  # the draft has 3 steps
+    assert (refused["correct"], refused["vs_draft"]) == ("no", None)  # what is saved, not what was refused
 
 
 def test_each_refinement_is_judged_on_its_own(store, batch_file):
@@ -105,10 +124,16 @@ def test_undo_restores_the_previous_judgement_and_shows_its_item(store, batch_fi
     tab.record_judgement(store, tab.new_state(batch_id, 2), "ann", "yes", None, None, "")
     tab.record_judgement(store, tab.new_state(batch_id, 2), "ann", "yes", "better", None, "")
     undone = view(tab.undo(store, tab.new_state(batch_id, 0), "ann"))
-    assert undone["position"] == 3 and "Undid your judgement of item 3" in undone["status"]
+    assert undone["position"] == 3 and "Undid your change to item 3" in undone["status"]
     assert (undone["correct"], undone["vs_draft"]) == ("yes", None)
     view(tab.undo(store, undone["state"], "ann"))
     assert "Nothing to undo." in view(tab.undo(store, undone["state"], "ann"))["status"]
+
+
+def test_a_name_the_store_cannot_take_is_refused_before_the_batch_loads(store, batch_file):
+    _, report, *rest = tab.load_file(store, str(batch_file), "", "draft", "a" * 81)
+    assert "Annotator name is longer than 80 characters." in report
+    assert store.list_batches() == [] and all(value == gr.skip() for value in rest)  # the session's view is kept
 
 
 def test_items_table_pages_and_opens_the_clicked_row(store, batch_file, monkeypatch):
@@ -134,6 +159,19 @@ def test_export_buttons_give_a_file_the_agreement_and_a_chart(store, batch_file)
     assert list(figure.data[1].y) == [2, 0, 0]
 
 
+def test_an_empty_export_says_why_and_shows_no_server_path(store, batch_file):
+    _, _, shown = loaded(store, batch_file)
+    judge(store, shown["state"], "ann", "yes")  # one program judged right, none wrong: no pair
+    path, summary, _ = tab.export_download(store, "dpo")
+    assert path is None
+    assert ("wrote 0 rows to cap-dpo.jsonl. A DPO pair needs one question + draft with a program judged correct "
+            "(yes) and another judged wrong (no): run another refinement of such an item and judge both programs."
+            ) in summary
+    assert "cap-export-" not in summary  # the server's temporary folder
+    path, summary, _ = tab.export_download(store, "kto")
+    assert path.endswith("cap-kto.jsonl") and "wrote 1 row to cap-kto.jsonl\n" in summary
+
+
 def test_run_refinement_adds_a_real_engine_result(store, batch_file, tiny_model_dir, monkeypatch):
     monkeypatch.setenv("CAP_MODEL", tiny_model_dir)
     _, _, shown = loaded(store, batch_file)
@@ -152,6 +190,12 @@ def test_the_tab_builds_inside_a_blocks_with_its_events(store):
         saved_name = tab.saved_name_state()
         with gr.Tab("Annotate"):
             tab.build_annotator_tab(demo, saved_name, store)
-    names = {d["api_name"] for d in demo.get_config_file()["dependencies"]}
+    config = demo.get_config_file()
+    names = {d["api_name"] for d in config["dependencies"]}
     assert {"annotate_load_file", "annotate_record_judgement", "annotate_undo", "annotate_next_unjudged",
             "annotate_export_download_dpo"} <= names
+    props = {c["props"].get("elem_id"): c["props"] for c in config["components"]}
+    assert props["cap-ann-undo"]["value"] == "Undo last change (z)"  # one click is undone, not a whole judgement
+    for number in (c["props"] for c in config["components"] if c["type"] == "number"):
+        # the page shows an empty number as 0, and marks it red when that is below the minimum
+        assert number.get("minimum") is None or (number.get("value") or 0) >= number["minimum"], number

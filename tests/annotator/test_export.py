@@ -81,6 +81,17 @@ def test_csv_has_every_current_judgement_and_defuses_formulas(store, tmp_path):
     assert rows[0]["program"] == "print(1)" and rows[0]["item"] == "1"
 
 
+@pytest.mark.parametrize("note", ["-inf", "+nan", "-1_000", "-5", "＝1+1", "＋1", "－1", "＠SUM(A1)"])
+def test_csv_quotes_every_text_cell_a_spreadsheet_reads_as_a_formula(store, refinements_file, tmp_path, note):
+    batch = load_batch(store, refinements_file).batch
+    store.judge(store.refinements(store.item_at(batch.id, 0).id)[0].id, "ann", correct="yes", note=note)
+    export(store, "csv", tmp_path / "all.csv")
+    with open(tmp_path / "all.csv", newline="", encoding="utf-8") as fh:
+        [row] = list(csv.DictReader(fh))
+    assert row["note"] == "'" + note  # number-like text too (OWASP); numeric columns stay numbers
+    assert row["item"] == "1"
+
+
 def test_undone_judgements_are_not_exported(store, refinements_file, tmp_path):
     judge_batch(store, refinements_file, {"ann": ["yes", "no", None]})
     store.undo_last("ann")

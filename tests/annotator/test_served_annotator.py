@@ -115,7 +115,7 @@ def test_keyboard_shortcuts_judge_navigate_and_undo_in_a_browser(served):
         page.keyboard.press("j")
         expect(question).to_contain_text("Question 1: how many eggs?", timeout=WAIT_MS)
         page.keyboard.press("z")  # undoes "worse" on item 1 and shows item 1 again
-        expect(status).to_contain_text("Undid your judgement of item 1", timeout=WAIT_MS)
+        expect(status).to_contain_text("Undid your change to item 1", timeout=WAIT_MS)
         expect(question).to_contain_text("Question 0: how many eggs?", timeout=WAIT_MS)
         page.keyboard.press("g")
         expect(question).to_contain_text("Question 1: how many eggs?", timeout=WAIT_MS)
@@ -138,7 +138,7 @@ def annotate_until_stopped(url: str, batch_path: str, name: str, acked: list, st
         while not stop.is_set():
             correct = ("yes", "no", "unsure")[count % 3]
             note = f"{name} note {count}"
-            status, _ = client.predict(name, correct, "same", None, note, api_name="/annotate_record_judgement")
+            status = client.predict(name, correct, "same", None, note, api_name="/annotate_record_judgement")[0]
             item = int(re.search(r"Saved: item (\d+)", status).group(1))
             acked.append((name, item, correct, note))
             client.predict(name, api_name="/annotate_step_1")

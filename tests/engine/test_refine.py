@@ -73,6 +73,7 @@ def test_greedy_corrects_a_wrong_draft(monkeypatch, scripted_model):
     assert config.temperature == 0 and config.n == 1
     assert WRONG_DRAFT in prompts[0] and QUESTION in prompts[0]
     assert result.model == "scripted" and result.generated_tokens == len(RIGHT)
+    assert result.candidates[0].finish == "program_end"  # kept, so a view can tell a program cut off mid-way
     assert set(result.timings_ms) == {"generate", "execute", "total"}
 
 

@@ -50,3 +50,35 @@ def test_execution_text_shows_output_errors_and_truncation():
                          verdict="no_answer")
     assert execution_text(result) == "partial\n[output truncated]\nerror: line 3: division by zero\n[error, 7 ms]"
     assert execution_text(make_result(candidates=[], chosen=None, refined=None, votes={})) == "No program was run."
+
+
+CUT_AT_LIMIT = ExecResult("error", error="line 24: name 'egg' is not defined")
+
+
+def no_answer(candidate: Candidate, **changes):
+    return make_result(candidates=[candidate], chosen=None, refined=None, votes={}, verdict="no_answer", gold=None,
+                       **changes)
+
+
+def test_a_program_cut_off_is_reported_as_cut_off_not_as_its_error():
+    at_limit = no_answer(Candidate("", "eggs = 16\negg", CUT_AT_LIMIT, None, tokens=320, finish="length"))
+    assert verdict_sentence(at_limit) == (
+        "No program produced an answer (it was cut off at the “Max new tokens” limit of 320 tokens before it was "
+        "finished), so the draft's answer 26 stands, unverified. Raise “Max new tokens” and refine again.")
+    looping = no_answer(Candidate("", "x = 1\nx = 1\nx = 1", CUT_AT_LIMIT, None, tokens=90, finish="repetition"))
+    assert verdict_sentence(looping) == (
+        "No program produced an answer (it was cut off by the repetition stop after 90 tokens: it kept writing the "
+        "same lines), so the draft's answer 26 stands, unverified. More tokens will not help; try the vote or "
+        "repair strategy, or another model.")
+
+
+def test_without_gold_the_draft_badge_says_what_the_sentence_says():
+    unverified = no_answer(Candidate("", "print(x)", ExecResult("error", error="line 1: name 'x' is not defined"), None))
+    page = verdict_html(unverified)
+    assert "draft (unverified)" in page and "checked by the program" not in page and "stands, unverified" in page
+    checked = verdict_html(make_result(gold=None))
+    assert "draft (checked by the program)" in checked and checked.count("✗") == 1  # 26 refuted by the program's 18
+    silent = dataclasses.replace(unverified, draft_answer=None)
+    assert verdict_sentence(silent) == (
+        "No program produced an answer (line 1: name 'x' is not defined), and the draft states no final answer.")
+    assert "unverified" not in verdict_html(silent) and "checked by the program" not in verdict_html(silent)
