@@ -60,6 +60,9 @@ def summarize(results) -> dict:
         "wrong_to_right": sum(not r.draft_correct and r.refined_correct for r in results),
         "right_to_wrong": sum(r.draft_correct and not r.refined_correct for r in results),
         "no_answer": sum(r.refined_answer is None for r in results),
+        # generations stopped by the token limit or the repetition stop, of all generations
+        "cut_off": sum(c.finish in ("length", "repetition") for r in results for c in r.candidates),
+        "generations": sum(len(r.candidates) for r in results),
         "tokens_per_item": sum(r.generated_tokens for r in results) / count if count else 0.0,
         "seconds_per_item": sum(r.timings_ms["total"] for r in results) / 1000 / count if count else 0.0,
     }
@@ -70,7 +73,7 @@ def candidate_outcome(candidate) -> dict:
     cut at the token limit, one that printed nothing, a runtime error...) without a rerun."""
     execution = candidate.execution
     return {"status": execution.status, "error": execution.error, "answer": candidate.answer,
-            "tokens": candidate.tokens, "text": candidate.text[:MAX_REPORTED_TEXT]}
+            "tokens": candidate.tokens, "finish": candidate.finish, "text": candidate.text[:MAX_REPORTED_TEXT]}
 
 
 def format_table(summary: dict[str, dict], by_draft_key: dict[str, dict[str, dict]] | None = None) -> str:

@@ -129,6 +129,23 @@ def test_eval_compares_strategies_on_the_drafts_file(tiny, tmp_path, capsys):
             assert candidate["answer"] is None and candidate["tokens"] > 0 and candidate["text"]
 
 
+def test_eval_over_several_draft_sources_has_a_row_per_source(tiny, tmp_path, capsys):
+    path, rows = _drafts_sample(tmp_path)
+    report = tmp_path / "report.json"
+    keys = ["6b_finetuning", "175b_verification"]
+    assert main(["eval", "--input", str(path), "--draft-key", *keys, "--limit", "2", "--report", str(report),
+                 *tiny]) == 0
+    table = capsys.readouterr().out.splitlines()[1:]
+    assert [row.split()[:2] for row in table] == [["greedy", "[6b_finetuning]"], ["greedy", "[175b_verification]"],
+                                                  ["greedy", "[all]"]]
+    data = json.loads(report.read_text())
+    assert data["summary"]["greedy"]["items"] == 4
+    for key in keys:
+        expected = sum(row[key]["is_correct"] for row in rows[:2]) / 2
+        assert data["by_draft_key"][key]["greedy"]["draft_accuracy"] == pytest.approx(expected)
+    assert [item["draft_key"] for item in data["items"]] == [keys[0]] * 2 + [keys[1]] * 2
+
+
 def test_eval_limit_and_gsm8k_without_drafts(tiny, tmp_path, capsys):
     path = tmp_path / "gsm8k.jsonl"
     path.write_text("".join(json.dumps({"question": f"What is {i} + 1?", "answer": f"{i}+1={i + 1}\n#### {i + 1}"}) + "\n"
