@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import queue
+import re
 import threading
 import weakref
 from collections.abc import Iterator, Sequence
@@ -30,6 +31,10 @@ FinishReason = Literal["program_end", "eos", "repetition", "length", "cancelled"
 FENCE = "```"
 REPEATS_TO_STOP = 3  # a block of lines written this many times in a row is a loop, not a program
 LONGEST_REPEATED_BLOCK = 4  # lines
+# `eggs_5 = eggs_4 + 4`, `eggs_6 = eggs_5 + 4`, ...: a line of one shape (numbers aside) written this
+# many times in a row is a counting loop; a GSM8K program never needs that many.
+COUNTING_LINES_TO_STOP = 6
+_DIGITS = re.compile(r"\d+")
 
 
 @dataclasses.dataclass
@@ -84,8 +89,12 @@ _backtick_tokens: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def repeats_in_tail(text: str) -> bool:
     """True when the text's last complete lines are one block of 1-4 non-blank lines written
-    `REPEATS_TO_STOP` times in a row: the model is looping and will until the token limit."""
+    `REPEATS_TO_STOP` times in a row, or `COUNTING_LINES_TO_STOP` lines that differ only in their
+    numbers: the model is looping and will until the token limit."""
     lines = text.split("\n")[:-1]  # complete lines only
+    tail = lines[-COUNTING_LINES_TO_STOP:]
+    if len(tail) == COUNTING_LINES_TO_STOP and tail[-1].strip() and len({_DIGITS.sub("#", line) for line in tail}) == 1:
+        return True
     for size in range(1, LONGEST_REPEATED_BLOCK + 1):
         span = size * REPEATS_TO_STOP
         if len(lines) < span:

@@ -131,6 +131,9 @@ def test_generation_stops_when_the_python_block_closes(tiny_loaded):
     ("x = 1\nx = 1\ny = 2\n", False),
     ("a = 1\nb = 2\nc = 3\nprint(c)\n", False),
     ("\n\n\n\n", False),  # blank lines are not a loop
+    ("".join(f"eggs_{i + 1} = eggs_{i} + 4\n" for i in range(2, 8)), True),  # counting, six lines
+    ("".join(f"eggs_{i + 1} = eggs_{i} + 4\n" for i in range(2, 7)), False),  # five could be a program
+    ("a = 3 * 4\nb = 5 * 6\nc = 7 * 8\nd = 1 * 2\ne = 2 * 3\nf = 4 * 5\n", False),  # other names
 ])
 def test_repeats_in_tail_finds_looping_lines_only(text, looping):
     assert repeats_in_tail(text) is looping
