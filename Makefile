@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: run test bench clean
+.PHONY: run test bench train-offline eval-offline clean
 
 $(VENV)/.runtime: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,29 @@ bench: $(VENV)/.runtime
 	$(PY) -m benchmarks.sandbox_bench
 	$(PY) -m benchmarks.generation_bench
 	$(PY) -m benchmarks.annotator_bench
+
+# The offline CaP adapter's recipe (cap_app/adapters/smollm2-cap/README.md). Resumable: run it
+# again to continue from the last checkpoint in runs/sft-faithful, MINUTES at a time.
+MINUTES ?= 120
+train-offline: $(VENV)/.runtime
+	test -f runs/data-faithful/sft.jsonl || $(PY) -m cap_app data faithful --output-dir runs/data-faithful --prompts-per-question 2
+	$(PY) -m cap_app train sft --data runs/data-faithful/sft.jsonl --output_dir runs/sft-faithful \
+	  --num_train_epochs 3 --per_device_train_batch_size 8 --use_cpu true --bf16 false \
+	  --lora_r 32 --lora_alpha 64 --lora_dropout 0.0 --lora_layers 18-29 --learning_rate 4e-4 --warmup_steps 10 \
+	  --pad_to_multiple_of 32 --max_length 640 --train_sampling_strategy group_by_length \
+	  --save_steps 20 --save_total_limit 3 --logging_steps 5 --resume --stop_after_minutes $(MINUTES)
+
+# The shipped default on the dev drafts, their slips and their plain versions (LIMIT items per source).
+LIMIT ?= 200
+DRAFT_SOURCES := 6b_finetuning 6b_verification 175b_finetuning 175b_verification
+eval-offline: $(VENV)/.runtime
+	mkdir -p runs/eval
+	$(PY) -m cap_app data variants --kind slip --output runs/dev_slips.jsonl
+	$(PY) -m cap_app data variants --kind plain --output runs/dev_plain.jsonl
+	for set in data/gsm8k/model_drafts_dev.jsonl runs/dev_slips.jsonl runs/dev_plain.jsonl; do \
+	  $(PY) -m cap_app eval --input $$set --draft-key $(DRAFT_SOURCES) --strategy greedy --no-trace \
+	    --batch-size 8 --max-new-tokens 256 --limit $(LIMIT) --report runs/eval/$$(basename $$set .jsonl).json || exit 1; \
+	done
 
 clean:
 	rm -rf $(VENV)

@@ -192,15 +192,36 @@ def run(trainer, cfg, *, rows: int, stage: str) -> dict:
 
 def save_final(trainer, folder: Path, summary: dict) -> None:
     """The trained adapter alone (no DPO reference copy), in float16 to keep it a few MB."""
-    import torch
-    from safetensors.torch import load_file, save_file
-
     folder.mkdir(parents=True, exist_ok=True)
     trainer.model.save_pretrained(folder, selected_adapters=["default"])
     weights = folder / "adapter_model.safetensors"
-    tensors = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in load_file(weights).items()}
-    save_file(tensors, weights, metadata={"format": "pt"})
+    _write_float16(weights, weights)
     (folder / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def ship_adapter(checkpoint: str, target: str, *, base: str) -> Path:
+    """Copy a checkpoint's LoRA adapter to `target` as float16 (a few MB, fit to commit) with
+    `base` as its base model; the model card and other files in `target` are kept."""
+    source = Path(checkpoint)
+    weights, config = source / "adapter_model.safetensors", source / "adapter_config.json"
+    if not (weights.is_file() and config.is_file()):
+        raise TrainingError(f"{source} holds no adapter (adapter_model.safetensors + adapter_config.json)")
+    folder = Path(target)
+    folder.mkdir(parents=True, exist_ok=True)
+    settings = json.loads(config.read_text())
+    settings.update(base_model_name_or_path=base, inference_mode=True)
+    (folder / "adapter_config.json").write_text(json.dumps(settings, indent=2) + "\n")
+    _write_float16(weights, folder / "adapter_model.safetensors")
+    return folder
+
+
+def _write_float16(source: Path, target: Path) -> None:
+    """LoRA weights in float16: half the size, and the adapter is merged or added in float32 anyway."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    tensors = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in load_file(source).items()}
+    save_file(tensors, target, metadata={"format": "pt"})
 
 
 def _hardware() -> str:

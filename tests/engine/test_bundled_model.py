@@ -36,3 +36,36 @@ def test_bundled_model_converts_once_and_streams_a_refinement(cap_cache_dir, fre
     assert [p.name for p in (cap_cache_dir / "gguf").iterdir()] == [converted.name]
     assert converted.stat().st_mtime_ns == stamp
     assert reloaded.tokenizer.chat_template == loaded.tokenizer.chat_template
+
+
+# Fixed dev items whose 175b_verification draft is right and which the shipped adapter keeps right
+# (its model card: it keeps 12 of the first 28 such drafts): a regression here means the shipped
+# model got worse at following a right draft, or at recomputing a slip (dev item 9's seed-0 slip,
+# as `data variants --kind slip` builds it).
+KEPT_ITEMS = (1, 9, 11, 13)
+SLIPPED_ITEM = 9
+KEY = "175b_verification"
+
+
+@pytest.mark.slow
+def test_shipped_model_keeps_right_drafts_and_recomputes_a_slip(cap_cache_dir):
+    import random
+
+    from cap_app.answers import answers_equal
+    from cap_app.data.variants import slip_draft
+    from cap_app.refine import RefineItem, refine_batch
+
+    rows = [json.loads(line) for line in DRAFTS.read_text().splitlines()]
+    items = []
+    for index in KEPT_ITEMS:
+        row = rows[index]
+        assert row[KEY]["is_correct"], index
+        items.append(RefineItem(row["question"], row[KEY]["solution"], row["ground_truth"]))
+    row = rows[SLIPPED_ITEM]
+    gold = row["ground_truth"].rsplit("A:", 1)[1].strip()
+    slipped, _ = slip_draft(row[KEY]["solution"], gold, random.Random(f"0:{SLIPPED_ITEM + 1}:{KEY}"))
+    items.append(RefineItem(row["question"], slipped, row["ground_truth"]))
+    results = list(refine_batch(items, RefineConfig(max_new_tokens=200, trace=False), get_model(ModelConfig())))
+    for result in results[:-1]:
+        assert result.draft_correct and answers_equal(result.refined_answer, result.draft_answer), result.program
+    assert not results[-1].draft_correct and results[-1].refined_correct, results[-1].program

@@ -75,6 +75,26 @@ def test_trained_adapter_loads_in_the_engine(sft_dir, tiny_model_dir):
         assert not torch.allclose(base.model(ids).logits, tuned.model(ids).logits)
 
 
+def test_ship_turns_a_checkpoint_into_a_float16_adapter_folder(sft_dir, tiny_model_dir, tmp_path, capsys):
+    import torch
+    from safetensors.torch import load_file
+
+    from cap_app.model import ModelConfig, load_model
+
+    target = tmp_path / "shipped"
+    target.mkdir()
+    (target / "README.md").write_text("model card")
+    assert cli_main(["train", "ship", str(sft_dir / "checkpoint-6"), "--to", str(target), "--base", "tiny"]) == 0
+    assert (target / "README.md").read_text() == "model card"  # the card is kept
+    assert json.loads((target / "adapter_config.json").read_text())["base_model_name_or_path"] == "tiny"
+    shipped, trained = load_file(target / "adapter_model.safetensors"), load_file(sft_dir / "checkpoint-6" /
+                                                                                   "adapter_model.safetensors")
+    assert shipped.keys() == trained.keys() and {t.dtype for t in shipped.values()} == {torch.float16}
+    assert load_model(ModelConfig(model=tiny_model_dir, adapter=str(target))).adapter == str(target)
+    assert cli_main(["train", "ship", str(tmp_path / "nothing"), "--to", str(target)]) == 2
+    assert "holds no adapter" in capsys.readouterr().err
+
+
 def test_dpo_from_the_sft_adapter_prefers_the_right_program(sft_dir, tiny_model_dir, data, tmp_path):
     code = cli_main(["train", "dpo", "--model", tiny_model_dir, "--adapter", str(sft_dir / "final"),
                      "--data", str(data / "dpo.jsonl"), "--output_dir", str(tmp_path), "--max_steps", "4",
