@@ -157,6 +157,7 @@ def write_variants(source: Path, target: Path, *, kind: str, seed: int = 0, min_
         row = json.loads(line)
         gold = normalize_answer(row["ground_truth"].rsplit("\n", 1)[-1])
         out = {key: value for key, value in row.items() if not isinstance(value, dict)}
+        varied = False
         for key, value in row.items():
             if not (isinstance(value, dict) and isinstance(value.get("solution"), str)):
                 continue
@@ -170,7 +171,8 @@ def write_variants(source: Path, target: Path, *, kind: str, seed: int = 0, min_
                 out[key] = {"solution": slipped[0], "is_correct": False, "slipped_step": slipped[1],
                             "original": value["solution"]}
             counts[key] = counts.get(key, 0) + 1
-        if len(out) > len([v for v in row.values() if not isinstance(v, dict)]):
+            varied = True
+        if varied:
             rows_out.append(out)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows_out), encoding="utf-8")

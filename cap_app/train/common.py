@@ -61,8 +61,7 @@ def training_dtype(dtype: str) -> str:
 
     if torch.cuda.is_available():
         return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
-    capability = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "")()
-    return "bfloat16" if _cpu_has_bf16() or capability == "AMX" else "float32"
+    return "bfloat16" if _cpu_has_bf16() else "float32"
 
 
 def _cpu_has_bf16() -> bool:
