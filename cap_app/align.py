@@ -23,15 +23,17 @@ from cap_app.results import RefinementResult
 from cap_app.sandbox.result import ExecResult
 
 ANNOTATION_RE = re.compile(r"<<([^<>=]*)=([^<>]*)>>")
-NUMBER_RE = re.compile(r"(?<![\w.])\d+(?:,\d{3})*(?:\.\d+)?|(?<![\w.\d])\.\d+")
+# ASCII: a digit after a letter is part of a name ("x2"), but Chinese or Japanese prose puts
+# numbers straight after word characters ("有8个")
+NUMBER_RE = re.compile(r"(?<![\w.])\d+(?:,\d{3})*(?:\.\d+)?|(?<![\w.\d])\.\d+", re.ASCII)
 # an equation written in prose: operands (numbers, maybe $, %, parentheses) joined by operators, "=", a result
 _OPERAND = r"\(*\s*\$?(?:\d[\d,]*(?:\.\d+)?|\.\d+)%?\s*\)*"
 EQUATION_RE = re.compile(
     rf"(?P<expr>{_OPERAND}(?:\s*[-+*/x×÷]\s*{_OPERAND})+)\s*=\s*\$?(?P<result>-?(?:\d[\d,]*(?:\.\d+)?|\.\d+)%?)"
 )
 _OPERATOR_BEFORE_RE = re.compile(r"[-+*/x×÷]\s*$")  # "3 years * (1/3) = 9": only part of it was caught
-SENTENCE_SPLIT_RE = re.compile(r"(?<=[.!?])\s+(?=[A-Z$])")
-ANSWER_LINE_RE = re.compile(r"^\s*(?:A:|####|The answer is|Answer:)", re.IGNORECASE)
+SENTENCE_SPLIT_RE = re.compile(r"(?<=[.!?])\s+(?=[A-Z$])|(?<=[。！？])(?=.)")  # CJK full stops need no space
+ANSWER_LINE_RE = re.compile(r"^\s*(?:A:|####|The answer is|Answer:|答案|答[:：])", re.IGNORECASE)
 TOKEN_RE = re.compile(r"\d[\d,]*(?:\.\d+)?|\w+|[^\w\s]")
 WORD_NUMBERS = {
     "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7,
@@ -492,6 +494,8 @@ def render_side_by_side(result: RefinementResult) -> str:
     note = ""
     if candidate is None:
         note = '<div class="cap-note">No program was generated.</div>'
+    elif candidate.cut_off:
+        note = f'<div class="cap-note">The program was {_E(candidate.cut_off)}.</div>'
     elif execution is not None and not execution.ok:
         note = f'<div class="cap-note">The program did not finish: {_E(execution.error or execution.status)}</div>'
     return (

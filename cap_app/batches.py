@@ -45,14 +45,14 @@ class RowError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class LoadReport:
     batch: Batch
-    reused: bool  # the same file (and draft key) was loaded before: its items and judgements are kept
+    reused: bool  # the same file (and draft key) was already loaded: its items and judgements are shared
 
     def summary(self) -> str:
         """Markdown for the annotator: what loaded and which lines were skipped."""
         batch = self.batch
         head = f"**{_markdown_text(batch.name)}**: {items_text(batch.item_count)} loaded"
         if self.reused:
-            head += " (this file was loaded before; your earlier judgements are kept)"
+            head += " (already loaded: the same items, with every judgement made on them)"
         if not batch.error_count:
             return head + "."
         lines = [f"{head}; {batch.error_count} malformed row{'s' if batch.error_count != 1 else ''} skipped:"]

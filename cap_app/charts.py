@@ -93,22 +93,28 @@ def stage_times_figure(result: RefinementResult) -> go.Figure:
 
 
 def candidates_figure(result: RefinementResult) -> go.Figure:
-    """One point per program: tokens generated vs run time, coloured by how its run ended."""
+    """One point per program: tokens generated vs run time, coloured by how its run ended.
+    Programs on the same spot (vote samples are often alike) share one point and one label, and
+    labels may spill past the axes instead of being clipped at the top."""
     fig = go.Figure()
-    statuses: dict[str, list[int]] = {}
+    most_ms = max((c.execution.duration_ms for c in result.candidates), default=0.0) or 1.0
+    spots: dict[tuple[str, int, int], list[int]] = {}
     for i, cand in enumerate(result.candidates):
-        statuses.setdefault(cand.execution.status, []).append(i)
+        near = round(cand.execution.duration_ms / most_ms * 20)  # within ~5% of the run-time axis
+        spots.setdefault((cand.execution.status, cand.tokens, near), []).append(i)
     colours = {"ok": "#2ca02c", "error": "#d62728", "timeout": "#ff7f0e", "rejected": "#9467bd", "memory": "#8c564b"}
-    for status, indices in statuses.items():
-        cands = [result.candidates[i] for i in indices]
+    for status in dict.fromkeys(key[0] for key in spots):
+        groups = [indices for key, indices in spots.items() if key[0] == status]
+        firsts = [result.candidates[indices[0]] for indices in groups]
         fig.add_scatter(
-            name=status, mode="markers+text", x=[c.tokens for c in cands],
-            y=[c.execution.duration_ms for c in cands], marker=dict(size=12, color=colours.get(status, "#7f7f7f")),
-            text=[f"#{i + 1}" for i in indices], textposition="top center",
-            customdata=[safe_label(c.answer) if c.answer is not None else html.escape(status) for c in cands],
+            name=status, mode="markers+text", x=[c.tokens for c in firsts],
+            y=[c.execution.duration_ms for c in firsts], marker=dict(size=12, color=colours.get(status, "#7f7f7f")),
+            text=[", ".join(f"#{i + 1}" for i in indices) for indices in groups], textposition="top center",
+            cliponaxis=False,
+            customdata=[safe_label(c.answer) if c.answer is not None else html.escape(status) for c in firsts],
             hovertemplate="program %{text}: %{x} tokens, ran %{y:.0f} ms, answer %{customdata}<extra></extra>",
         )
     fig.update_layout(title=dict(text="Programs: length vs run time", font=dict(size=14)),
                       xaxis=dict(title="tokens generated", rangemode="tozero"),
-                      yaxis=dict(title="run time (ms)", rangemode="tozero"), **LAYOUT)
+                      yaxis=dict(title="run time (ms)", range=[0, most_ms * 1.25]), **LAYOUT)
     return fig

@@ -76,12 +76,14 @@ class Generation:
 
 @dataclasses.dataclass
 class StreamChunk:
-    """New text of one row (`row` counts prompts x samples in order); the last chunk has
-    `row == -1` and carries all `generations`, grouped per prompt like `generate_batch`."""
+    """New text of one row (`row` counts prompts x samples in order) and how many tokens that row
+    has generated so far; the last chunk has `row == -1` and carries all `generations`, grouped
+    per prompt like `generate_batch`."""
 
     row: int
     text: str
     generations: list[list[Generation]] | None = None
+    tokens: int = 0
 
 
 _backtick_tokens: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -228,13 +230,13 @@ class _RowStreamer:
             else:
                 self.printed[row] = len(text)
             if new:
-                self.out.put((self.first_row + row, new))
+                self.out.put((self.first_row + row, new, self.received[row]))
 
     def end(self):
         for row, tokens in enumerate(self.cache):
             text = self.tokenizer.decode(tokens, skip_special_tokens=True)[self.printed[row]:]
             if text:
-                self.out.put((self.first_row + row, text))
+                self.out.put((self.first_row + row, text, self.received[row]))
 
 
 def _shared_prompt_cache(model, inputs, prompts: list[str]):
@@ -351,7 +353,7 @@ def generate_stream(loaded: LoadedModel, prompts: Sequence[str], config: Generat
             thread = threading.Thread(target=work, name="cap-generate", daemon=True)
             thread.start()
             while (item := out.get()) is not done:
-                yield StreamChunk(row=item[0], text=item[1])
+                yield StreamChunk(row=item[0], text=item[1], tokens=item[2])
             thread.join()
             if failure:
                 raise failure[0]

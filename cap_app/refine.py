@@ -99,14 +99,16 @@ class RefineItem:
 
 @dataclasses.dataclass
 class RefineEvent:
-    """Progress of `refine_stream`: `token` (new program text of candidate N), `program` (the
-    program pulled out of it), `executed` (its sandbox result), then one `done` with the result."""
+    """Progress of `refine_stream`: `token` (new program text of candidate N, and its `tokens` so
+    far), `program` (the program pulled out of it), `executed` (its sandbox result), then one
+    `done` with the result."""
 
     kind: Literal["token", "program", "executed", "done"]
     candidate: int
     text: str = ""
     result: RefinementResult | None = None
     execution: ExecResult | None = None
+    tokens: int = 0
 
 
 def validate_inputs(question: object, draft: object) -> None:
@@ -156,7 +158,7 @@ class _ItemState:
         self.prompt_tokens = 0
 
     def prompt(self, tokenizer) -> str:
-        failed = [(c.program, _failure(c.execution)) for c in self.candidates]
+        failed = [(c.program, _failure(c)) for c in self.candidates]
         if failed:
             return format_repair_prompt(tokenizer, self.item.question, self.item.draft, failed)
         return format_prompt(tokenizer, self.item.question, self.item.draft)
@@ -174,7 +176,14 @@ class _ItemState:
         return len(self.candidates) - 1
 
 
-def _failure(execution: ExecResult) -> str:
+def _failure(candidate: Candidate) -> str:
+    """What the repair turn tells the model. A program cut off mid-line fails on the line it was
+    cut at; that error would send the model fixing code it never finished, so the cut is named."""
+    if candidate.finish == "length":
+        return "it was cut off at the token limit before it was finished; write a shorter program"
+    if candidate.finish == "repetition":
+        return "it kept repeating the same lines and was stopped; write each step once"
+    execution = candidate.execution
     if execution.ok:
         return "it ran but printed no answer; print the final answer on the last line"
     return execution.error or f"it stopped with status '{execution.status}'"
@@ -303,7 +312,7 @@ def refine_stream(question: str, draft: str, *, gold: str | None = None, config:
         for chunk in generate.generate_stream(loaded, [state.prompt(loaded.tokenizer)], generation_config,
                                               cancel=cancel):
             if chunk.generations is None:
-                yield RefineEvent("token", first + chunk.row, chunk.text)
+                yield RefineEvent("token", first + chunk.row, chunk.text, tokens=chunk.tokens)
             else:
                 generations = chunk.generations[0]
         state.timings["generate"] += _ms_since(began)

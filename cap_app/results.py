@@ -27,6 +27,17 @@ class Candidate:
     # before it was finished; "" in results saved before this was recorded
     finish: str = ""
 
+    @property
+    def cut_off(self) -> str | None:
+        """How generation cut the program off, e.g. "cut off at the token limit of 320 tokens", or
+        None. Such a program fails on whatever line it was cut at, an error that blames code the
+        model never finished writing, so every view names the cut instead."""
+        if self.finish == "length":
+            return f"cut off at the token limit of {self.tokens} tokens before it was finished"
+        if self.finish == "repetition":
+            return f"cut off by the repetition stop after {self.tokens} tokens: it kept writing the same lines"
+        return None
+
 
 @dataclasses.dataclass
 class RefinementResult:

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import itertools
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,7 +32,7 @@ VS_DRAFT_CHOICES = ("better", "same", "worse")
 MAX_ANNOTATOR_CHARS = 80
 MAX_NOTE_CHARS = 5000
 SPACES_DATA_DIR = "/data"  # Hugging Face Spaces persistent storage
-STALE_IMPORT_S = 120.0  # an unfinished import with no progress for this long died; the next load redoes it
+IMPORT_WAIT_S = 600.0  # how long a load waits for other sessions' imports before giving up
 
 # Each entry is one schema version (index + 1): a tuple of statements run in one transaction.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -44,7 +46,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             errors TEXT NOT NULL,  -- JSON list of [line, message], first few only
             error_count INTEGER NOT NULL,
             created_at TEXT NOT NULL,
-            updated_at TEXT NOT NULL,  -- last progress of the import
+            updated_at TEXT NOT NULL,  -- unused since imports take a file lock (kept: the schema only grows)
             complete INTEGER NOT NULL DEFAULT 0,  -- hidden until every row is in
             UNIQUE (sha256, draft_key)
         )""",
@@ -277,47 +279,73 @@ class Store:
         max_stored_errors: int = 200,
     ) -> tuple[Batch, bool]:
         """Insert a batch, consuming `items` lazily (a large file never sits in memory); return it and
-        whether it is new (False: the same file was loaded by someone else meanwhile).
+        whether it is new (False: the same file was loaded by someone else meanwhile, or while this
+        call waited for their import to finish).
 
         Rows are committed `chunk_rows` at a time, so other annotators' judgements never wait long
         for the write lock; the batch stays hidden until complete, and an import that died half
         way is cleared by the next load of the same file. `errors` may still grow while `items`
         is consumed (the parser appends as it goes); it is read once all items are in.
         """
-        with self._transaction() as conn:
-            existing = conn.execute("SELECT * FROM batches WHERE sha256 = ? AND draft_key = ?",
-                                    (sha256, draft_key)).fetchone()
-            if existing is not None and existing["complete"]:
-                return _batch(existing), False
-            if existing is not None:
-                age_s = (datetime.now(timezone.utc) - datetime.fromisoformat(existing["updated_at"])).total_seconds()
-                if age_s < STALE_IMPORT_S:
-                    raise StoreError(f"{name} is being loaded by another session right now; try again when it is done.")
-                _delete_batch(conn, existing["id"])
-            batch_id = conn.execute(
-                "INSERT INTO batches (name, sha256, draft_key, item_count, errors, error_count, created_at, updated_at)"
-                " VALUES (?, ?, ?, 0, '[]', 0, ?, ?)",
-                (name, sha256, draft_key, _now(), _now()),
-            ).lastrowid
-        count = 0
-        try:
-            iterator = iter(items)
-            while chunk := list(itertools.islice(iterator, chunk_rows)):
+        with self._import_lock():
+            with self._transaction() as conn:
+                existing = conn.execute("SELECT * FROM batches WHERE sha256 = ? AND draft_key = ?",
+                                        (sha256, draft_key)).fetchone()
+                if existing is not None and existing["complete"]:
+                    return _batch(existing), False
+                if existing is not None:  # we hold the import lock, so whoever started this import died
+                    _delete_batch(conn, existing["id"])
+                batch_id = conn.execute(
+                    "INSERT INTO batches (name, sha256, draft_key, item_count, errors, error_count, created_at,"
+                    " updated_at) VALUES (?, ?, ?, 0, '[]', 0, ?, ?)",
+                    (name, sha256, draft_key, _now(), _now()),
+                ).lastrowid
+            try:
+                return self._fill_batch(batch_id, items, errors, chunk_rows, max_stored_errors), True
+            except BaseException:
                 with self._transaction() as conn:
-                    for item in chunk:
-                        count += _insert_item(conn, batch_id, count, item)
-                    conn.execute("UPDATE batches SET updated_at = ? WHERE id = ?", (_now(), batch_id))
+                    _delete_batch(conn, batch_id)
+                raise
+
+    def _fill_batch(self, batch_id: int, items: Iterable[NewItem], errors: list[tuple[int, str]],
+                    chunk_rows: int, max_stored_errors: int) -> Batch:
+        count = 0
+        iterator = iter(items)
+        while chunk := list(itertools.islice(iterator, chunk_rows)):
             with self._transaction() as conn:
-                conn.execute(
-                    "UPDATE batches SET item_count = ?, errors = ?, error_count = ?, complete = 1 WHERE id = ?",
-                    (count, json.dumps(errors[:max_stored_errors]), len(errors), batch_id),
-                )
-                row = conn.execute("SELECT * FROM batches WHERE id = ?", (batch_id,)).fetchone()
-        except BaseException:
-            with self._transaction() as conn:
-                _delete_batch(conn, batch_id)
-            raise
-        return _batch(row), True
+                for item in chunk:
+                    count += _insert_item(conn, batch_id, count, item)
+        with self._transaction() as conn:
+            conn.execute(
+                "UPDATE batches SET item_count = ?, errors = ?, error_count = ?, complete = 1 WHERE id = ?",
+                (count, json.dumps(errors[:max_stored_errors]), len(errors), batch_id),
+            )
+            return _batch(conn.execute("SELECT * FROM batches WHERE id = ?", (batch_id,)).fetchone())
+
+    @contextlib.contextmanager
+    def _import_lock(self) -> Iterator[None]:
+        """One import at a time per database, held by an OS file lock: sessions loading the same
+        new file wait for the first and then share its batch, and the lock dies with its process,
+        so an import cut short by a crash is redone by the next load at once (no stale timer)."""
+        lock_path = self.path.with_name(self.path.name + ".import-lock")
+        try:
+            handle = open(lock_path, "a")
+        except OSError as exc:
+            raise StoreError(f"Cannot open the import lock {lock_path}: {exc}") from exc
+        with handle:
+            deadline = time.monotonic() + IMPORT_WAIT_S
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise StoreError("Another file is still being loaded; try again in a few minutes.") from None
+                    time.sleep(0.05)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def list_batches(self) -> list[Batch]:
         with self._connect() as conn:

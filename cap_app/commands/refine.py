@@ -52,6 +52,8 @@ def format_result(result) -> str:
             outcome = "printed no answer" if execution.answer is None else f"answer {execution.answer}"
         else:
             outcome = execution.error or execution.status
+        if candidate.cut_off and candidate.answer is None:
+            outcome += f" (the program was {candidate.cut_off})"
         lines.append(f"  -> {execution.status} in {execution.duration_ms:.0f} ms: {outcome}")
     if len(result.votes) > 1 or result.strategy in ("vote", "cot+cap"):
         lines.append("votes:          " + (", ".join(f"{a} x{n}" for a, n in result.votes.items()) or "(none)"))

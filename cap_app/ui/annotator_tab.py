@@ -174,7 +174,11 @@ def _first_unjudged(store: Store, batch_id: int, annotator: str) -> int:
     return 0 if position is None else position
 
 
-def open_batch(store: Store, batch_id: int | None, annotator: str) -> tuple:
+def open_batch(store: Store, state: dict, batch_id: int | None, annotator: str) -> tuple:
+    """The Batch dropdown: open a batch at its first unjudged item. The browser also sends the
+    dropdown's value when it merely loses focus, so the batch already open stays where it is."""
+    if batch_id is not None and batch_id == state.get("batch"):
+        return _safe_view(store, state, annotator)
     if batch_id is None:
         return _safe_view(store, new_state(), annotator)
     return _safe_view(store, new_state(batch_id, _first_unjudged(store, batch_id, annotator)), annotator)
@@ -397,7 +401,7 @@ def build_annotator_tab(demo: gr.Blocks, saved_name: gr.BrowserState, store: Sto
     db = dict(concurrency_limit=None)  # SQLite serialises writers itself
     load.click(bind(load_file, store), [upload, path, draft_key, annotator], [batch, report, *view], **db)
     batch.focus(bind(refresh_batches, store), [state], batch, **db)
-    batch.input(bind(open_batch, store), [batch, annotator], view, **db)
+    batch.input(bind(open_batch, store), [state, batch, annotator], view, **db)
     gr.on([annotator.submit, annotator.blur], bind(choose_refinement, store),
           [state, annotator, refinement], view, **db)
     gr.on([annotator.submit, annotator.blur], remembered_name, annotator, saved_name, **db)

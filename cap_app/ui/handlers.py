@@ -153,13 +153,15 @@ def _run_refinement(question, draft, gold, config, model_cfg, cancel: threading.
         return
     yield _frame(status=f"Writing a program with {model.description}…")
     gold = (gold or "").strip() or None
-    last_update, written = 0.0, {}
+    last_update, written, tokens, began = 0.0, {}, {}, time.monotonic()
     for event in refine_stream(question, draft, gold=gold, config=config, model=model, cancel=cancel):
         if event.kind == "token":
             written[event.candidate] = written.get(event.candidate, "") + event.text
+            tokens[event.candidate] = event.tokens
             if time.monotonic() - last_update >= STREAM_INTERVAL_S:
                 last_update = time.monotonic()
-                yield _frame(code=_programs_text(written))
+                yield _frame(code=_programs_text(written), status=writing_status(
+                    model.description, tokens, config.max_new_tokens, time.monotonic() - began))
         elif event.kind == "program":
             written[event.candidate] = shown_program(event.text, written.get(event.candidate, ""))
             yield _frame(code=_programs_text(written),
@@ -172,6 +174,14 @@ def _run_refinement(question, draft, gold, config, model_cfg, cancel: threading.
             return
     # the engine ends the stream without a result only when it was cancelled
     yield _frame(code=_programs_text(written), status="Stopped." if cancel.is_set() else "No result.")
+
+
+def writing_status(model: str, tokens: dict[int, int], limit: int, elapsed_s: float) -> str:
+    """How far generation is: tokens written against the "Max new tokens" limit, and the time."""
+    what = "a program" if len(tokens) == 1 else f"{len(tokens)} programs"
+    most = "" if len(tokens) == 1 else "longest "
+    return (f"Writing {what} with {model}… {most}{max(tokens.values(), default=0)} / {limit} tokens, "
+            f"{elapsed_s:.0f} s")
 
 
 def _programs_text(written: dict[int, str]) -> str:

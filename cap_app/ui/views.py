@@ -38,13 +38,9 @@ def verdict_sentence(result: RefinementResult) -> str:
     return sentence
 
 
-# A program cut off before it was finished fails on whatever line it was cut at; that error blames
-# code the model never finished writing, so the sentence names the cut and what to change instead.
-_CUT_OFF = {
-    "length": ("it was cut off at the “Max new tokens” limit of {tokens} tokens before it was finished",
-               "Raise “Max new tokens” and refine again."),
-    "repetition": ("it was cut off by the repetition stop after {tokens} tokens: it kept writing the same lines",
-                   "More tokens will not help; try the vote or repair strategy, or another model."),
+_CUT_OFF_ADVICE = {
+    "length": "Raise “Max new tokens” and refine again.",
+    "repetition": "More tokens will not help; try the vote or repair strategy, or another model.",
 }
 
 
@@ -52,9 +48,8 @@ def _no_answer_reason(candidate: Candidate | None) -> tuple[str, str]:
     """Why the shown program gave no answer (in parentheses) and, for a program cut off, what to change."""
     if candidate is None:
         return "", ""
-    if candidate.finish in _CUT_OFF:
-        cut, advice = _CUT_OFF[candidate.finish]
-        return f" ({cut.format(tokens=candidate.tokens)})", " " + advice
+    if candidate.cut_off:
+        return f" (it was {candidate.cut_off})", " " + _CUT_OFF_ADVICE[candidate.finish]
     execution = candidate.execution
     return (f" ({execution.error or execution.status})" if not execution.ok else " (it printed no answer)"), ""
 

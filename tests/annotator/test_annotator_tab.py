@@ -114,8 +114,15 @@ def test_navigation_next_unjudged_wraps_and_stops_when_all_are_judged(store, bat
     done = view(tab.next_unjudged(store, state, "ann"))
     assert "Every item of this batch is judged." in done["status"]
     assert ">4</span> / " in done["progress"]
-    reopened = view(tab.open_batch(store, state["batch"], "ann"))
+    reopened = view(tab.open_batch(store, tab.new_state(), state["batch"], "ann"))
     assert reopened["position"] == 1
+
+
+def test_touching_the_batch_dropdown_keeps_the_open_item(store, batch_file):
+    _, _, shown = loaded(store, batch_file)
+    at_two = view(tab.go_to(store, shown["state"], "ann", 2))
+    touched = view(tab.open_batch(store, at_two["state"], at_two["state"]["batch"], "ann"))
+    assert touched["position"] == 2 and touched["state"] == at_two["state"]
 
 
 def test_undo_restores_the_previous_judgement_and_shows_its_item(store, batch_file):

@@ -25,7 +25,7 @@ def test_the_same_file_again_reuses_the_batch_and_its_judgements(store, refineme
     first = load_batch(store, refinements_file)
     again = load_batch(store, refinements_file, name="renamed.jsonl")
     assert again.reused and again.batch == first.batch
-    assert "loaded before" in again.summary()
+    assert "already loaded" in again.summary()
     other_key = load_batch(store, DRAFTS_DEV, draft_key="6b_finetuning")
     assert other_key.batch.id != first.batch.id
 

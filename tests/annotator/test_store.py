@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import sqlite3
 import threading
+import time
 
 import pytest
 
@@ -117,7 +118,7 @@ def test_an_import_reads_rows_outside_its_write_transactions_so_judges_are_not_b
     assert created and batch.item_count == 50 and saved[0].correct == "yes"
 
 
-def test_a_failed_import_leaves_nothing_and_a_dead_one_is_redone(store):
+def test_a_failed_import_leaves_nothing(store):
     def rows():
         yield NewItem(1, "q1", "d")
         raise ValueError("parser gave up")
@@ -127,16 +128,62 @@ def test_a_failed_import_leaves_nothing_and_a_dead_one_is_redone(store):
     assert store.list_batches() == [] and store.find_batch("sha-bad", "draft") is None
     with sqlite3.connect(store.path) as conn:
         assert conn.execute("SELECT COUNT(*) FROM items").fetchone()[0] == 0
-        # an import that died without cleaning up (process killed): fresh, then an hour old
-        conn.execute("INSERT INTO batches (name, sha256, draft_key, item_count, errors, error_count, created_at,"
-                     " updated_at) VALUES ('dead', 'sha-dead', 'draft', 0, '[]', 0, datetime('now'),"
-                     " strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now'))")
-    with pytest.raises(StoreError, match="being loaded by another session"):
-        store.add_batch("dead", "sha-dead", "draft", iter([NewItem(1, "q", "d")]), [])
-    with sqlite3.connect(store.path) as conn:
-        conn.execute("UPDATE batches SET updated_at = '2020-01-01T00:00:00+00:00'")
-    batch, created = store.add_batch("dead", "sha-dead", "draft", iter([NewItem(1, "q", "d")]), [])
-    assert created and batch.item_count == 1 and [b.name for b in store.list_batches()] == ["dead"]
+
+
+def test_sessions_loading_the_same_new_file_at_once_all_get_its_one_batch(store):
+    started = threading.Event()
+
+    def rows():
+        started.set()
+        for i in range(20):
+            time.sleep(0.01)  # a slow import: the other sessions arrive while it runs
+            yield NewItem(i + 1, f"q{i}", "d")
+
+    results, failures = [], []
+
+    def load(items):
+        try:
+            results.append(Store(store.path).add_batch("same", "sha-same", "draft", items, [], chunk_rows=5))
+        except StoreError as error:
+            failures.append(str(error))
+
+    first = threading.Thread(target=load, args=(rows(),))
+    first.start()
+    started.wait()
+    others = [threading.Thread(target=load, args=(rows(),)) for _ in range(5)]
+    for thread in others:
+        thread.start()
+    for thread in [first, *others]:
+        thread.join()
+    assert failures == []
+    assert len({batch.id for batch, _ in results}) == 1 and sorted(new for _, new in results) == [False] * 5 + [True]
+    assert results[0][0].item_count == 20
+
+
+def _import_forever(path: str, started) -> None:
+    def rows():
+        yield NewItem(1, "q1", "d")
+        started.set()
+        time.sleep(600)  # killed here, half way through the import
+        yield NewItem(2, "q2", "d")
+
+    Store(path).add_batch("big", "sha-big", "draft", rows(), [], chunk_rows=1)
+
+
+def test_a_file_whose_import_was_killed_loads_again_at_once(store):
+    ctx = multiprocessing.get_context("spawn")
+    started = ctx.Event()
+    child = ctx.Process(target=_import_forever, args=(str(store.path), started))
+    child.start()
+    assert started.wait(60)
+    child.kill()
+    child.join()
+    with sqlite3.connect(store.path) as conn:  # the dead import left its unfinished batch behind
+        assert conn.execute("SELECT COUNT(*) FROM batches WHERE NOT complete").fetchone()[0] == 1
+    began = time.monotonic()
+    batch, created = store.add_batch("big", "sha-big", "draft", iter([NewItem(1, "q", "d")]), [])
+    assert created and batch.item_count == 1 and time.monotonic() - began < 5
+    assert [b.name for b in store.list_batches()] == ["big"]
 
 
 def test_judgement_snapshots_undo_brings_the_previous_one_back(store):

@@ -88,6 +88,11 @@ def test_stream_yields_each_rows_text_then_the_generations(tiny_loaded):
     for chunk in chunks[:-1]:
         streamed[chunk.row] += chunk.text
     assert streamed == [g.text for group in final.generations for g in group]
+    counted = {}
+    for chunk in chunks[:-1]:
+        assert chunk.tokens > counted.get(chunk.row, 0)  # each row's count only grows
+        counted[chunk.row] = chunk.tokens
+    assert all(counted[row] <= g.new_tokens for row, g in enumerate(g for group in final.generations for g in group))
     assert final.generations == generate_batch(tiny_loaded, PROMPTS, config)  # same seed, same samples
 
 

@@ -26,14 +26,14 @@ class ScriptedGenerator:
     """Stands in for cap_app.generate: returns scripted texts (with log-probs) in order and
     records the prompts and settings it was called with."""
 
-    def __init__(self, *script: tuple[str, float]):
+    def __init__(self, *script: tuple):  # (text, mean log-prob[, finish])
         self.script = list(script)
         self.calls: list[tuple[list[str], object]] = []
 
     def _next(self, prompt: str) -> Generation:
-        text, logprob = self.script.pop(0)
+        text, logprob, *finish = self.script.pop(0)
         return Generation(text=text, prompt_tokens=len(prompt), new_tokens=len(text), mean_logprob=logprob,
-                          finish="program_end")
+                          finish=finish[0] if finish else "program_end")
 
     def generate_batch(self, loaded, prompts, config, *, cancel=None):
         self.calls.append((list(prompts), config))
@@ -136,6 +136,17 @@ def test_repair_feeds_the_error_back_until_a_program_runs(monkeypatch, scripted_
     first_repair, second_repair = generator.calls[1][0][0], generator.calls[2][0][0]
     assert "division by zero" in first_repair and "eggs / 0" in first_repair
     assert "printed no answer" in second_repair and "division by zero" in second_repair  # the whole history
+
+
+def test_repair_names_the_cut_not_the_broken_line_of_a_cut_off_program(monkeypatch, scripted_model):
+    cut = "```python\neggs = 16 - 3 - 4\nprint(eg"
+    generator = script(monkeypatch, (cut, -0.1, "length"), (cut, -0.1, "repetition"), (RIGHT, -0.1))
+    result = refine(QUESTION, WRONG_DRAFT, config=RefineConfig(strategy="repair", repair_rounds=3),
+                    model=scripted_model)
+    assert result.refined_answer == "18"
+    first_repair, second_repair = generator.calls[1][0][0], generator.calls[2][0][0]
+    assert "cut off at the token limit" in first_repair and "SyntaxError" not in first_repair
+    assert "kept repeating the same lines" in second_repair
 
 
 def test_repair_gives_up_after_its_rounds(monkeypatch, scripted_model):

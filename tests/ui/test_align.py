@@ -103,6 +103,20 @@ def test_steps_match_lines_by_value_before_quantities():
     assert rows[1].diff() == [("equal", "16 * 7")]
 
 
+def test_chinese_drafts_split_at_full_stops_and_match_only_numbers_they_state():
+    draft = "小明有8个苹果，吃了2个，8-2=6。又买了5个，6+5=11。\n答案：11"
+    program = "apples = 5\neaten = 2\nstart = 8\nleft = start - eaten\ntotal = left + apples\nprint(total)"
+    trace = ExecResult("ok", stdout="11\n", answer="11", trace=[
+        TraceStep(n, line, {line.split(" = ")[0]: value}) for n, (line, value) in enumerate(
+            zip(program.splitlines(), ["5", "2", "8", "6", "11"]), 1)] + [TraceStep(6, "print(total)", {})])
+    steps = split_draft(draft)
+    assert [s.numbers for s in steps] == [[8, 2, 8, 2, 6], [5, 6, 5, 11], [11]]  # "有8个": 8 after a Han character
+    assert steps[2].is_answer
+    rows = align_draft_to_program(draft, program, trace).rows
+    assert [(r.step.index if r.step else None, r.line.number, r.match) for r in rows] == [
+        (None, 1, None), (None, 2, None), (None, 3, None), (0, 4, "value"), (1, 5, "value"), (2, 6, "value")]
+
+
 def test_loops_report_hits_and_last_values():
     program = "total = 0\nfor i in range(3):\n    total += 2\nprint(total)"
     trace = ExecResult("ok", stdout="6\n", answer="6", trace=[TraceStep(1, "total = 0", {"total": "0"})]

@@ -53,4 +53,13 @@ def test_stage_times_figure_shows_seconds_per_stage(janet_result):
 def test_candidates_figure_groups_programs_by_run_status(janet_result):
     fig = candidates_figure(_vote_result(janet_result))
     by_status = {t.name: list(t.text) for t in fig.data}
-    assert by_status == {"ok": ["#1", "#2", "#3", "#4"], "error": ["#5"]}
+    assert by_status == {"ok": ["#1, #2, #3, #4"], "error": ["#5"]}  # alike programs share one label
+
+
+def test_candidates_figure_labels_apart_programs_apart_and_unclipped(janet_result):
+    result = _vote_result(janet_result)
+    result.candidates[1] = dataclasses.replace(result.candidates[1], tokens=30)
+    result.candidates[2].execution.duration_ms = 50.0
+    fig = candidates_figure(result)
+    assert list(fig.data[0].text) == ["#1, #4", "#2", "#3"]
+    assert all(trace.cliponaxis is False for trace in fig.data) and fig.layout.yaxis.range[1] > 50

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import gradio as gr
 import plotly.graph_objects as go
 import pytest
@@ -65,7 +67,7 @@ def test_a_long_draft_is_refused_with_the_limit_not_cut_in_the_browser(tiny_choi
     refusal = f"the draft is too long ({MAX_DRAFT_CHARS + 1:,} characters; the limit is {MAX_DRAFT_CHARS:,})"
     assert refusal in frame["verdict"]
     boxes = {c["props"].get("elem_id"): c["props"] for c in build_demo().get_config_file()["components"]}
-    for box in ("question", "draft"):  # a browser max_length would cut a paste silently, before the server sees it
+    for box in ("question", "draft", "gold"):  # a browser max_length would cut a paste silently, before the server sees it
         assert boxes[box].get("max_length") is None and "characters" in boxes[box]["info"]
     assert f"{MAX_DRAFT_CHARS:,}" in boxes["draft"]["info"]
 
@@ -81,6 +83,8 @@ def test_refine_streams_the_program_then_shows_every_view(tiny_choice):
     frames = run(JANET_QUESTION, JANET_DRAFT, gold="18", model=tiny_choice)
     streamed = [f["code"] for f in frames[:-1] if isinstance(f["code"], str) and f["code"]]
     assert streamed, "the code view is updated while the program is written"
+    progress = [f["status"] for f in frames if isinstance(f["status"], str) and " tokens, " in f["status"]]
+    assert progress and all(re.search(r"… \d+ / 24 tokens, \d+ s$", status) for status in progress)
     final = frames[-1]
     assert final["status"] == "Done."
     assert 'class="cap-verdict"' in final["verdict"] and "Gold answer 18" in final["verdict"]
@@ -89,7 +93,7 @@ def test_refine_streams_the_program_then_shows_every_view(tiny_choice):
     assert isinstance(final["votes"], go.Figure) and isinstance(final["times"], go.Figure)
     assert final["candidates"]["visible"] is False  # one program: no programs chart
     # the random model never closes its program: the verdict names the token limit, not the broken code
-    assert "cut off at the “Max new tokens” limit of 24 tokens" in final["verdict"]
+    assert "cut off at the token limit of 24 tokens" in final["verdict"]
 
 
 def test_prompt_injection_in_the_draft_is_harmless(tiny_choice):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from cap_app.align import render_side_by_side
+from cap_app.commands.refine import format_result
 from cap_app.results import Candidate
 from cap_app.sandbox.result import ExecResult, TraceStep
 from cap_app.ui.views import execution_text, message_html, trace_table, verdict_html, verdict_sentence
@@ -63,13 +65,17 @@ def no_answer(candidate: Candidate, **changes):
 def test_a_program_cut_off_is_reported_as_cut_off_not_as_its_error():
     at_limit = no_answer(Candidate("", "eggs = 16\negg", CUT_AT_LIMIT, None, tokens=320, finish="length"))
     assert verdict_sentence(at_limit) == (
-        "No program produced an answer (it was cut off at the “Max new tokens” limit of 320 tokens before it was "
+        "No program produced an answer (it was cut off at the token limit of 320 tokens before it was "
         "finished), so the draft's answer 26 stands, unverified. Raise “Max new tokens” and refine again.")
     looping = no_answer(Candidate("", "x = 1\nx = 1\nx = 1", CUT_AT_LIMIT, None, tokens=90, finish="repetition"))
     assert verdict_sentence(looping) == (
         "No program produced an answer (it was cut off by the repetition stop after 90 tokens: it kept writing the "
         "same lines), so the draft's answer 26 stands, unverified. More tokens will not help; try the vote or "
         "repair strategy, or another model.")
+    beside = render_side_by_side(at_limit)
+    assert "The program was cut off at the token limit of 320 tokens" in beside and "not defined" not in beside
+    cli = format_result(dataclasses.replace(at_limit, timings_ms={"total": 900.0}))
+    assert "(the program was cut off at the token limit of 320 tokens before it was finished)" in cli
 
 
 def test_without_gold_the_draft_badge_says_what_the_sentence_says():
