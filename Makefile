@@ -32,11 +32,15 @@ bench: $(VENV)/.runtime
 	$(PY) -m benchmarks.annotator_bench
 
 # The offline CaP adapter's recipe (cap_app/adapters/smollm2-cap/README.md). Resumable: run it
-# again to continue from the last checkpoint in runs/sft-faithful, MINUTES at a time.
+# again to continue from the last checkpoint in RUN, MINUTES at a time. INIT=cap_app/adapters/smollm2-cap
+# (with a new RUN and SEED) trains the shipped adapter further when the checkpoints are gone.
 MINUTES ?= 120
+RUN ?= runs/sft-faithful
+SEED ?= 42
+INIT ?= none
 train-offline: $(VENV)/.runtime
 	test -f runs/data-faithful/sft.jsonl || $(PY) -m cap_app data faithful --output-dir runs/data-faithful --prompts-per-question 2
-	$(PY) -m cap_app train sft --data runs/data-faithful/sft.jsonl --output_dir runs/sft-faithful \
+	$(PY) -m cap_app train sft --data runs/data-faithful/sft.jsonl --output_dir $(RUN) --init_adapter $(INIT) --seed $(SEED) \
 	  --num_train_epochs 3 --per_device_train_batch_size 8 --use_cpu true --bf16 false \
 	  --lora_r 32 --lora_alpha 64 --lora_dropout 0.0 --lora_layers 18-29 --learning_rate 4e-4 --warmup_steps 10 \
 	  --pad_to_multiple_of 32 --max_length 640 --train_sampling_strategy group_by_length \

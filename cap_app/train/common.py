@@ -94,6 +94,19 @@ def lora_config(cfg, model):
                       target_modules=targets, layers_to_transform=layers, task_type="CAUSAL_LM")
 
 
+def adapted(model, cfg, adapter: str | None, role: str):
+    """The model with `adapter` loaded to train further (peft keeps its LoRA shape and casts its
+    weights to float32), else a fresh LoRA as cfg says; returns (model, peft_config for trl)."""
+    if not adapter or adapter.lower() == "none":
+        return model, lora_config(cfg, model)
+    from peft import PeftModel
+
+    try:
+        return PeftModel.from_pretrained(model, adapter, is_trainable=True), None
+    except (OSError, ValueError) as error:
+        raise TrainingError(f"{role} {adapter!r} could not be loaded: {str(error).splitlines()[0]}") from None
+
+
 def read_rows(path: str, max_rows: int | None, required: tuple[str, ...]) -> list[dict]:
     """The JSONL rows, checked for the keys this stage needs."""
     if not Path(path).is_file():

@@ -51,6 +51,9 @@ class CapSFTConfig(_CapFields, SFTConfig):
     """Stage 1: (CaP prompt of question + draft) -> correct program, loss on the program only."""
 
     data: str = field(default="runs/data/sft.jsonl", metadata={"help": "SFT rows (data build's sft.jsonl)"})
+    init_adapter: str | None = field(default=None, metadata={
+        "help": "start from this adapter's weights and LoRA shape (e.g. cap_app/adapters/smollm2-cap, to train "
+                "the shipped one further) instead of a fresh LoRA; the lora_* options are then ignored"})
     output_dir: str = field(default="runs/sft", metadata={"help": "checkpoints, final/ adapter, loss.html"})
     learning_rate: float = field(default=2e-4, metadata={"help": "peak learning rate (LoRA)"})
     num_train_epochs: float = field(default=1.0, metadata={"help": "epochs over the rows"})

@@ -9,7 +9,7 @@ chosen program, weighted by `loss_weights`).
 from __future__ import annotations
 
 from cap_app.train.common import (
-    TrainingError, answer_text, callbacks, load_base, lora_config, prompt_text, read_rows, run,
+    adapted, answer_text, callbacks, load_base, prompt_text, read_rows, run,
 )
 from cap_app.train.config import CapDPOConfig
 
@@ -19,19 +19,12 @@ METRICS = ("loss", "rewards/accuracies", "rewards/margins")
 def train_dpo(cfg: CapDPOConfig) -> dict:
     """Train (or resume) the DPO adapter; returns a summary (final adapter in output_dir/final)."""
     from datasets import Dataset
-    from peft import PeftModel
     from trl import DPOTrainer
 
     rows = read_rows(cfg.data, cfg.max_rows, required=("prompt", "chosen", "rejected"))
     model, tokenizer = load_base(cfg.model, cfg.dtype)
-    if cfg.adapter and cfg.adapter.lower() != "none":
-        try:
-            model = PeftModel.from_pretrained(model, cfg.adapter, is_trainable=True)
-        except (OSError, ValueError) as error:
-            raise TrainingError(f"SFT adapter {cfg.adapter!r} could not be loaded: {str(error).splitlines()[0]}") from None
-        peft_config = None  # trl trains this adapter and keeps a frozen copy of it as the reference
-    else:
-        peft_config = lora_config(cfg, model)
+    # trl trains a loaded adapter further and keeps a frozen copy of it as the reference
+    model, peft_config = adapted(model, cfg, cfg.adapter, "SFT adapter")
     dataset = Dataset.from_list([
         {"prompt": prompt_text(tokenizer, row), "chosen": answer_text(row["chosen"]),
          "rejected": answer_text(row["rejected"])}

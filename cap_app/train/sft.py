@@ -8,7 +8,7 @@ fix, not to reproduce prompts.
 from __future__ import annotations
 
 from cap_app.train.common import (
-    answer_text, callbacks, keep_freed_memory, load_base, lora_config, prompt_text, read_rows, run,
+    adapted, answer_text, callbacks, keep_freed_memory, load_base, prompt_text, read_rows, run,
 )
 from cap_app.train.config import CapSFTConfig
 
@@ -45,7 +45,8 @@ def train_sft(cfg: CapSFTConfig) -> dict:
     model, tokenizer = load_base(cfg.model, cfg.dtype)
     dataset = Dataset.from_list(
         [{"prompt": prompt_text(tokenizer, row), "completion": answer_text(row["completion"])} for row in rows])
+    model, peft_config = adapted(model, cfg, cfg.init_adapter, "initial adapter")
     trainer = CompletionLossTrainer(model=model, args=cfg, train_dataset=dataset, processing_class=tokenizer,
-                                    peft_config=lora_config(cfg, model),
+                                    peft_config=peft_config,
                                     callbacks=callbacks(cfg, "CaP SFT", ("loss",)))
     return run(trainer, cfg, rows=len(rows), stage="sft")

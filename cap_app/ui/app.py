@@ -27,14 +27,14 @@ INTRO = (
 def _refine_tab() -> None:
     with gr.Row():
         with gr.Column(scale=1):
-            # No max_length on these two: the browser would cut a long paste silently. The engine's
-            # limits are stated here and enforced by validate_inputs, which refuses and says why.
+            # No max_length on these three: the browser would cut a long paste silently. The limits
+            # are stated here and enforced by the handler, which refuses and says why.
             question = gr.Textbox(label="Question", lines=4, info=f"At most {MAX_QUESTION_CHARS:,} characters.",
                                   elem_id="question")
             draft = gr.Textbox(label="Draft answer (chain of thought)", lines=6,
                                info=f"At most {MAX_DRAFT_CHARS:,} characters.", elem_id="draft")
-            gold = gr.Textbox(label="Gold answer (optional)", max_lines=1, max_length=handlers.MAX_GOLD_CHARS,
-                              elem_id="gold")
+            gold = gr.Textbox(label="Gold answer (optional)", max_lines=1, elem_id="gold",
+                              info=f"At most {handlers.MAX_GOLD_CHARS} characters.")
             with gr.Accordion("Settings", open=False, elem_id="settings"):
                 choices = model_choices()
                 model = gr.Dropdown(choices, value=choices[0], label="Model", elem_id="model")

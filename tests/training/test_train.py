@@ -127,6 +127,23 @@ def test_a_stopped_run_resumes_from_its_checkpoint(tiny_model_dir, data, tmp_pat
     assert layers == {"1"}  # --lora_layers 1-1: the other layer stays frozen and unadapted
 
 
+def test_sft_continues_from_a_given_adapter_in_its_own_shape(sft_dir, tiny_model_dir, data, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    start = load_file(sft_dir / "final" / "adapter_model.safetensors")
+    args = ["train", "sft", "--model", tiny_model_dir, "--data", str(data / "sft.jsonl"), "--output_dir",
+            str(tmp_path), "--max_steps", "2", "--per_device_train_batch_size", "2", "--learning_rate", "1e-2",
+            "--lora_layers", "1-1", *TINY]  # ignored: the given adapter's shape is kept
+    assert cli_main([*args, "--init_adapter", str(sft_dir / "final")]) == 0
+    continued = load_file(tmp_path / "final" / "adapter_model.safetensors")
+    assert continued.keys() == start.keys()  # both layers, as the adapter it started from
+    assert any(not (continued[key].float() - start[key].float()).abs().max() < 1e-6 for key in start)
+    first_from_trained = losses(tmp_path)[0]
+    assert first_from_trained < losses(sft_dir)[0]  # it starts where the first run got to, not from scratch
+    assert cli_main([*args, "--output_dir", str(tmp_path / "x"), "--init_adapter", str(tmp_path / "nothing")]) == 2
+    assert "initial adapter" in capsys.readouterr().err
+
+
 def test_missing_data_is_a_clear_error(tmp_path, capsys):
     assert cli_main(["train", "dpo", "--data", str(tmp_path / "none.jsonl"), "--output_dir", str(tmp_path)]) == 2
     assert "no data file" in capsys.readouterr().err
