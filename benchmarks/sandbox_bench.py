@@ -2,21 +2,27 @@
 
     .venv/bin/python -m benchmarks.sandbox_bench                  # 500 programs
     .venv/bin/python -m benchmarks.sandbox_bench --programs 100 --json runs/sandbox_bench.json
+    mkdir /tmp/before && git archive HEAD cap_app | tar -x -C /tmp/before
+    .venv/bin/python -m benchmarks.sandbox_bench --before /tmp/before    # a change against the code before it
 
 The programs are built from the calculator annotations of GSM8K train (`<<48/2=24>>`): one
 variable per annotation, later annotations reuse earlier variables where the number matches,
 the last one is printed. Only problems whose chain reproduces the reference answer are kept.
-Measured: per-program latency (p50/p95) with the trace off and on, run one after another, the
-CPU time all processes involved spent per program, and throughput with `--workers` threads in
-`--rounds` alternating rounds; the baseline starts `python3 -c PROGRAM` per program, the way
-many math-agent executors do. Goals (issue 3): p50 <= 5 ms trace off, <= 15 ms trace on,
->= 10x the baseline's throughput. Figures for this machine: benchmarks/README.md.
+With `--before DIR` (a copy of `cap_app` from before a change), that copy's zygote runs the same
+programs in the same alternating rounds: a before/after comparison under the same load.
+Measured: per-program latency (p50/p95) with the trace off and on, one run at a time (the rows
+taking turns every 25 programs), the CPU time all processes involved spent per program, and
+throughput with `--workers` threads in `--rounds` alternating rounds; the baseline starts
+`python3 -c PROGRAM` per program, the way many math-agent executors do. Goals (issue 3): p50
+<= 5 ms trace off, <= 15 ms trace on, >= 10x the baseline's throughput. Figures for this
+machine: benchmarks/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import itertools
 import json
 import math
 import operator
@@ -136,32 +142,44 @@ def children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def measure_latency(name: str, run: Callable[[str], str | None], programs: list[tuple[str, float]],
-                    cpu_s: Callable[[], float]) -> dict:
-    """Latency one at a time, with the CPU time all processes involved spent (which other work on
-    the machine inflates far less than latency), and whether every answer is right."""
-    latencies, wrong = [], 0
-    cpu_before = cpu_s() + time.process_time()
-    for program, expected in programs:
-        started = time.perf_counter()
-        answer = run(program)
-        latencies.append((time.perf_counter() - started) * 1000)
-        wrong += not answer_matches(answer, expected)
-    cpu_ms = (cpu_s() + time.process_time() - cpu_before) * 1000 / len(programs)
-    return {"name": name, "programs": len(programs), "wrong_answers": wrong,
-            "p50_ms": round(statistics.median(latencies), 2), "p95_ms": round(_percentile(latencies, 0.95), 2),
-            "cpu_ms_per_run": round(cpu_ms, 2)}
+def measure_latency(cases: list[tuple[str, Callable[[str], str | None], Callable[[], float]]],
+                    programs: list[tuple[str, float]]) -> list[dict]:
+    """Latency one run at a time, for each case (name, run, CPU clock of its other processes),
+    with the CPU time all processes involved spent (which other work on the machine inflates far
+    less than latency), and whether every answer is right. The cases take turns every 25
+    programs, so the VM's drift hits them alike (turns at every program left each case's caches
+    cold and made every row about twice as slow)."""
+    latencies = {name: [] for name, _, _ in cases}
+    wrong, client_cpu_s = dict.fromkeys(latencies, 0), dict.fromkeys(latencies, 0.0)
+    other_cpu_before = {name: cpu_s() for name, _, cpu_s in cases}
+    for start in range(0, len(programs), 25):
+        for (name, run, _), (program, expected) in itertools.product(cases, programs[start:start + 25]):
+            cpu_before, started = time.process_time(), time.perf_counter()
+            answer = run(program)
+            latencies[name].append((time.perf_counter() - started) * 1000)
+            client_cpu_s[name] += time.process_time() - cpu_before
+            wrong[name] += not answer_matches(answer, expected)
+    rows = []
+    for name, _, cpu_s in cases:
+        cpu_ms = (cpu_s() - other_cpu_before[name] + client_cpu_s[name]) * 1000 / len(programs)
+        rows.append({"name": name, "programs": len(programs), "wrong_answers": wrong[name],
+                     "p50_ms": round(statistics.median(latencies[name]), 2),
+                     "p95_ms": round(_percentile(latencies[name], 0.95), 2), "cpu_ms_per_run": round(cpu_ms, 2)})
+    return rows
 
 
 def measure_throughput(runs: dict[str, tuple[Callable[[str], object], Callable[[int], list[str]]]],
                        workers: int, rounds: int) -> dict[str, float]:
     """Runs per second for each entry of `runs` (name -> (run, programs of round r)), from
     `workers` threads, in alternating rounds: the VM's speed drifts by 10-20% within a minute,
-    and alternating makes the drift hit every row alike instead of whichever ran last."""
+    and alternating makes the drift hit every row alike instead of whichever ran last. Every
+    other round runs the rows in reverse order, so none always follows the baseline's hundreds
+    of interpreter start-ups."""
     elapsed, done = dict.fromkeys(runs, 0.0), dict.fromkeys(runs, 0)
     with ThreadPoolExecutor(workers) as pool:
         for round_index in range(rounds):
-            for name, (run, programs_of_round) in runs.items():
+            for name in list(runs)[::-1 if round_index % 2 else 1]:
+                run, programs_of_round = runs[name]
                 batch = programs_of_round(round_index)
                 started = time.perf_counter()
                 list(pool.map(run, batch))
@@ -179,43 +197,60 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5,
                         help="alternating throughput rounds (default 5; the baseline runs 1/rounds of the programs in each)")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    parser.add_argument("--before", type=Path,
+                        help="a folder holding a copy of cap_app/ from before a change: its sandbox runs too")
     args = parser.parse_args(argv)
 
-    from cap_app.sandbox import run_program, server_pids, start_servers
-    from cap_app.sandbox.runner import zygote_processes
+    from cap_app.sandbox import SandboxConfig
+    from cap_app.sandbox.runner import SandboxServer, run_on, zygote_processes
 
     programs = gsm8k_programs(args.programs)
-    start_servers(with_sympy=False)
-    for program, _ in programs[:20]:  # warm the zygote's spares and the page cache
-        run_program(program, trace=False)
-    zygotes = zygote_processes(server_pids()["light"])
     sources = [program for program, _ in programs]
-    cases = [  # name, run, CPU clock, programs of throughput round r (the baseline, ten times
-        # slower, runs a 1/rounds slice in each round: each program once in all)
-        ("sandbox, trace off", lambda program: run_program(program, trace=False).answer,
-         lambda: sum(map(process_cpu_s, zygotes)), lambda _: sources),
-        ("sandbox, trace on", lambda program: run_program(program, trace=True).answer,
-         lambda: sum(map(process_cpu_s, zygotes)), lambda _: sources),
-        ("baseline: python3 -c per program", run_in_fresh_python, children_cpu_s,
-         lambda round_index: sources[round_index::args.rounds]),
-    ]
-    rows = [measure_latency(name, run, programs, cpu_s) for name, run, cpu_s, _ in cases]
+    servers = {"sandbox": SandboxServer()}
+    if args.before:
+        servers["sandbox before"] = SandboxServer(package_root=str(args.before.resolve()))
+    cases = []  # name, run, CPU clock, programs of throughput round r
+    for label, server in servers.items():
+        for trace in (False, True):
+            config = SandboxConfig(trace=trace)
+            run = lambda program, server=server, config=config: run_on(server, program, config).answer  # noqa: E731
+            for program in sources[:20]:  # warm the zygote's copies and the page cache
+                run(program)
+            zygotes = zygote_processes(server.pid)
+            cases.append((f"{label}, trace {'on' if trace else 'off'}", run,
+                          lambda zygotes=zygotes: sum(map(process_cpu_s, zygotes)), lambda _: sources))
+    # The baseline, ten times slower, runs a 1/rounds slice in each round: each program once in all.
+    cases.append(("baseline: python3 -c per program", run_in_fresh_python, children_cpu_s,
+                  lambda round_index: sources[round_index::args.rounds]))
+    # The sandbox rows take turns; the baseline, whose interpreter start-ups would leave their
+    # caches cold, runs alone after them.
+    rows = (measure_latency([(name, run, cpu_s) for name, run, cpu_s, _ in cases[:-1]], programs)
+            + measure_latency([cases[-1][:3]], programs))
     rates = measure_throughput({name: (run, share) for name, run, _, share in cases}, args.workers, args.rounds)
+    for server in servers.values():
+        server.stop()
     for row in rows:
         row["throughput_per_s"], row["workers"] = round(rates[row["name"]], 1), args.workers
     baseline = rows[-1]["throughput_per_s"]
     load = os.getloadavg()[1]  # other work on the machine slows every row; report it
     print(f"{len(programs)} GSM8K programs, {os.cpu_count()} CPUs, {args.workers} workers and {args.rounds} "
           f"alternating rounds for throughput, load average {load:.1f}")
+    print(f"Walls: {', '.join(servers['sandbox'].walls)}")
     print(f"{'':34} {'p50 ms':>8} {'p95 ms':>8} {'CPU ms':>8} {'runs/s':>8} {'vs baseline':>12} {'wrong':>6}")
     for row in rows:
         speedup = row["throughput_per_s"] / baseline
         row["speedup_vs_baseline"] = round(speedup, 1)
         print(f"{row['name']:34} {row['p50_ms']:>8} {row['p95_ms']:>8} {row['cpu_ms_per_run']:>8} "
               f"{row['throughput_per_s']:>8} {speedup:>11.1f}x {row['wrong_answers']:>6}")
+    for row in rows[:2] if args.before else []:  # the change's cost: after against before
+        before = next(other for other in rows if other["name"] == row["name"].replace("sandbox", "sandbox before"))
+        print(f"{row['name']} against before: p50 {row['p50_ms'] / before['p50_ms'] - 1:+.1%}, "
+              f"CPU {row['cpu_ms_per_run'] / before['cpu_ms_per_run'] - 1:+.1%}, "
+              f"runs/s {row['throughput_per_s'] / before['throughput_per_s'] - 1:+.1%}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"cpus": os.cpu_count(), "load_average_5min": load, "rows": rows}, indent=2))
+        args.json.write_text(json.dumps({"cpus": os.cpu_count(), "load_average_5min": load,
+                                         "walls": servers["sandbox"].walls, "rows": rows}, indent=2))
     return 0 if all(row["wrong_answers"] == 0 for row in rows) else 1
 
 

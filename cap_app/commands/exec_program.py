@@ -1,11 +1,12 @@
 """`python -m cap_app exec FILE`: run a program in the sandbox and show what it did.
 
     python -m cap_app exec program.py              # readable summary
-    python -m cap_app exec program.py --json       # one JSON object (ExecResult.to_dict())
+    python -m cap_app exec program.py --json       # one JSON object: ExecResult.to_dict() and "walls"
     echo 'print(6 * 7)' | python -m cap_app exec - --no-trace
 
 Exit status: 0 when the program ran to completion (status "ok"), 1 when it failed, was
-rejected or hit a limit, 2 when the file or the settings are unusable.
+rejected or hit a limit, 2 when the file or the settings are unusable. "walls" in the JSON
+names the process walls around the program (see cap_app/sandbox/walls.py).
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def format_summary(result) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    from cap_app.sandbox import run_program
+    from cap_app.sandbox import run_program, sandbox_walls
 
     try:
         config = dataclass_from_args(SandboxConfig, args)
@@ -77,7 +78,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     result = run_program(code, **dataclasses.asdict(config))
     if args.json:
-        print(json.dumps(result.to_dict(), ensure_ascii=False))
+        print(json.dumps({**result.to_dict(), "walls": list(sandbox_walls())}, ensure_ascii=False))
     else:
         print(format_summary(result))
     return 0 if result.ok else 1

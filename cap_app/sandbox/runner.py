@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import importlib.util
+import logging
 import os
 import select
 import shutil
@@ -28,7 +29,9 @@ from cap_app.sandbox.config import SandboxConfig
 from cap_app.sandbox.modules import SLOW_MODULES
 from cap_app.sandbox.policy import check_program
 from cap_app.sandbox.result import ExecResult, TraceStep, clean_text
+from cap_app.sandbox.walls import SECOND_WALLS, describe
 
+logger = logging.getLogger(__name__)
 START_TIMEOUT_S = 120.0  # importing sympy on a busy 2-core machine can take a while
 MALFORMED = "the sandbox returned a malformed result"
 RECEIVE_TICK = struct.pack("ll", 1, 0)  # a struct timeval of 1 s
@@ -40,10 +43,13 @@ class SandboxUnavailable(RuntimeError):
 
 
 class SandboxServer:
-    """A handle on this process's zygote; started lazily, restarted when it dies."""
+    """A handle on this process's zygote; started lazily, restarted when it dies. `package_root`:
+    where the zygote's code comes from (a benchmark compares with an older copy)."""
 
-    def __init__(self, with_sympy: bool = False) -> None:
+    def __init__(self, with_sympy: bool = False, package_root: str | None = None) -> None:
         self.with_sympy = with_sympy
+        self.package_root = package_root or str(Path(__file__).resolve().parents[2])
+        self.walls: tuple[str, ...] = ()  # what the zygote's children are walled in by (walls.py)
         self._lock = threading.Lock()
         self._process: subprocess.Popen | None = None
         self._owner_pid = 0
@@ -71,13 +77,12 @@ class SandboxServer:
 
     def _start_locked(self) -> None:
         self._directory = tempfile.mkdtemp(prefix="cap-sandbox-")
-        package_root = str(Path(__file__).resolve().parents[2])
         # A minimal environment: programs must not find this process's secrets (tokens, keys)
         # in their own memory, even past the policy. `-S`: no `site`, so no .pth hooks run in
         # the zygote and it is ~0.6 MB smaller (every fork copies its page tables); the folders
         # of the libraries it needs come after the standard library (zygote.py), and it runs in
         # its private folder, so nothing in the caller's working folder can shadow a module.
-        env = {"PATH": os.defpath, "LC_ALL": "C.UTF-8", "PYTHONPATH": package_root,
+        env = {"PATH": os.defpath, "LC_ALL": "C.UTF-8", "PYTHONPATH": self.package_root,
                "CAP_SANDBOX_LIBRARIES": os.pathsep.join(_library_folders(self.with_sympy))}
         if "TZ" in os.environ:
             env["TZ"] = os.environ["TZ"]
@@ -91,13 +96,15 @@ class SandboxServer:
             shutil.rmtree(self._directory, ignore_errors=True)
             raise SandboxUnavailable(f"the sandbox server did not start: {exc}") from None
         ready, _, _ = select.select([process.stdout], [], [], START_TIMEOUT_S)
-        line = process.stdout.readline() if ready else b""
-        if line.strip() != b"ready":
+        words = (process.stdout.readline() if ready else b"").decode("ascii", "replace").split()
+        if words[:1] != ["ready"]:
             process.kill()
             process.wait()
             shutil.rmtree(self._directory, ignore_errors=True)
             raise SandboxUnavailable("the sandbox server did not start")
-        self._process, self._owner_pid = process, os.getpid()
+        self._process, self._owner_pid, self.walls = process, os.getpid(), tuple(words[1:])
+        if not any(wall in self.walls for wall in SECOND_WALLS):
+            logger.warning(describe(self.walls))
 
     def stop(self) -> None:
         """Stop the zygote (its children are killed); a later run starts a new one."""
@@ -198,6 +205,16 @@ def server_pids() -> dict[str, int | None]:
     return {"light": _LIGHT.pid, "sympy": _FULL.pid}
 
 
+def sandbox_walls() -> tuple[str, ...]:
+    """The walls around every program (see walls.py), as the light zygote found them; starts it.
+    () when it cannot start (each run then reports why)."""
+    try:
+        _LIGHT.start()
+    except SandboxUnavailable:
+        return ()
+    return _LIGHT.walls
+
+
 def zygote_processes(zygote: int) -> list[int]:
     """A zygote and its copies (see zygote.py): its children while it runs no program. For
     adding up their CPU time or checking that they stop."""
@@ -236,8 +253,12 @@ def run_program(
                            max_output_bytes=max_output_bytes, max_trace_steps=max_trace_steps)
     if not isinstance(code, str):
         return ExecResult(status="rejected", error="the program must be text")
+    return run_on(server_for(code), code, config)
+
+
+def run_on(server: SandboxServer, code: str, config: SandboxConfig) -> ExecResult:
+    """`run_program` on the given zygote."""
     # Compiled here, not in the zygote: see zygote.py. Parsing only; nothing of the program runs.
-    server = server_for(code)
     started = time.perf_counter()
     compiled, error, status = check_program(code, with_sympy=server.with_sympy)
     compile_ms = (time.perf_counter() - started) * 1000

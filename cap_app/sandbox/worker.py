@@ -2,7 +2,8 @@
 
 The zygote forks one child per connection; the child walls itself in (`seal`): own process
 group, no inherited descriptors but the client's connection, no new processes, no file writes,
-and when started as root an empty root folder and the unprivileged user nobody. It reads the
+when started as root an empty root folder and the unprivileged user nobody, and, as any user,
+the kernel walls of `walls.py` (Landlock from the zygote, a seccomp allowlist). It reads the
 request (the program, compiled under the policy by the client, and its settings) from the
 connection and sets the run up (`ProgramRun`). Then come the run's limits (`limit`): CPU and
 address space, no room for new descriptors (so no files, sockets or pipes), bounded recursion
@@ -22,6 +23,7 @@ import sys
 import types
 from typing import Any
 
+from cap_app.sandbox import walls
 from cap_app.sandbox.config import SandboxConfig
 from cap_app.sandbox.protocol import MAX_REQUEST_BYTES, read_request
 from cap_app.sandbox.policy import (
@@ -102,33 +104,37 @@ def address_space() -> int:
 class Inherited:
     """What every child takes from the zygote as it was when set up (`set_up_zygote`)."""
 
-    __slots__ = ("address_space", "descriptor_limit")
+    __slots__ = ("address_space", "descriptor_limit", "walls")
 
-    def __init__(self, address_space: int, descriptor_limit: int):
-        self.address_space, self.descriptor_limit = address_space, descriptor_limit
+    def __init__(self, address_space: int, descriptor_limit: int, walls: tuple[str, ...]):
+        self.address_space, self.descriptor_limit, self.walls = address_space, descriptor_limit, walls
 
 
 def set_up_zygote() -> Inherited:
     """The limits every run shares, set once in the zygote and so inherited by each child (each
     call a child makes costs it page faults): no core files, bounded recursion and int-to-str
-    digits. Also measures what children need to know of the zygote: its address space (a
-    program's `memory_mb` comes on top; what the zygote allocates later is not counted) and the
-    descriptor numbers to close."""
+    digits; no new privileges, the network namespace and Landlock (`walls.set_up`, which also
+    finds whether children can load the seccomp filter). Also measures what children need to know of the zygote:
+    its address space (a program's `memory_mb` comes on top; what the zygote allocates later is
+    not counted) and the descriptor numbers to close."""
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     sys.setrecursionlimit(RECURSION_LIMIT)
     sys.set_int_max_str_digits(INT_MAX_STR_DIGITS)
-    return Inherited(address_space(), resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    size = address_space()  # before Landlock (in walls.set_up) forbids reading /proc
+    return Inherited(size, resource.getrlimit(resource.RLIMIT_NOFILE)[0], walls.set_up())
 
 
 def seal(result_fd: int, devnull_fd: int, empty_root: str, inherited: Inherited) -> None:
-    """Before the program: own process group, only the connection open (as fd 3; stdin/out/err
-    on the zygote's /dev/null), and when started as root: `empty_root` (an empty folder only
-    root may enter) as `/`, then the user nobody, so no path leads anywhere."""
+    """Before the program: own process group, only the connection open (as fd 3, blocking;
+    stdin/out/err on the zygote's /dev/null), when started as root: `empty_root` (an empty
+    folder only root may enter) as `/`, then the user nobody, so no path leads anywhere; and
+    the kernel walls the zygote found (walls.py; raises if one fails: no run without it)."""
     os.setpgid(0, 0)  # signal dispositions stay the zygote's: SIGINT and SIGPIPE ignored, SIGALRM ours
     for fd in (0, 1, 2):
         os.dup2(devnull_fd, fd)
     os.dup2(result_fd, RESULT_FD)
     os.closerange(RESULT_FD + 1, inherited.descriptor_limit)
+    os.set_blocking(RESULT_FD, True)  # the zygote's copy is idle until this process has gone
     resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
     if os.getuid() == 0:  # root ignores RLIMIT_NPROC and may read anything: become nobody
         os.chroot(empty_root)
@@ -137,6 +143,8 @@ def seal(result_fd: int, devnull_fd: int, empty_root: str, inherited: Inherited)
         os.setgid(NOBODY)
         os.setuid(NOBODY)
     resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
+    if "seccomp" in inherited.walls:  # last: it forbids most of the calls above (Landlock, if
+        walls.install_seccomp()  # any, came from the zygote)
 
 
 def limit(config: SandboxConfig, base_address_space: int) -> None:
@@ -322,7 +330,6 @@ def child_main(conn_fd: int, devnull_fd: int, empty_root: str, inherited: Inheri
     try:
         seal(conn_fd, devnull_fd, empty_root, inherited)
         out_fd = RESULT_FD
-        os.set_blocking(RESULT_FD, True)  # the zygote's copy is idle until this process has gone
         try:
             source, code, config = read_request(read_all(RESULT_FD, MAX_REQUEST_BYTES))
         except Exception as exc:

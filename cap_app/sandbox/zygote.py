@@ -3,7 +3,8 @@ child per program, so a run costs a fork instead of Python's start-up.
 
 `runner.py` starts it as `python -m cap_app.sandbox.zygote SOCKET_PATH [--sympy]` (two
 zygotes: sympy makes every fork about ten times slower, so only programs that name it go to the
-zygote that imported it). It prints `ready` once imports and warm-up are done, then serves one
+zygote that imported it). It prints `ready` and the names of its children's walls (`walls.py`,
+e.g. `ready rlimits netns landlock seccomp`) once imports and warm-up are done, then serves one
 run per connection on a Unix socket. The protocol (`protocol.py`): the client sends the run's
 time limit (8 bytes), then the request, and half-closes; the zygote reads only the time limit
 and forks; the child reads the request from the same connection, runs it and writes its result
@@ -273,9 +274,9 @@ class Zygote:
             return
         for pid in self.siblings:  # they stop on the same end of file
             os.waitpid(pid, 0)
-        os.rmdir(self.empty_root)
-        os.unlink(self.socket_path)
-        try:  # the client's private folder for this socket, if the client died before removing it
+        try:  # the client's private folder, if the client died before removing it; not under Landlock
+            os.rmdir(self.empty_root)
+            os.unlink(self.socket_path)
             os.rmdir(os.path.dirname(self.socket_path))
         except OSError:
             pass
@@ -294,7 +295,7 @@ def main(argv: list[str]) -> int:
     gc.freeze()  # children then leave the pre-imported heap untouched by the collector
     zygote.start_siblings(FORKERS - 1)
     if not zygote.is_sibling:
-        sys.stdout.write("ready\n")
+        sys.stdout.write(" ".join(("ready",) + zygote.inherited.walls) + "\n")
         sys.stdout.flush()
     zygote.serve()
     return 0

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 
 import gradio as gr
 
 from cap_app.refine import MAX_DRAFT_CHARS, MAX_QUESTION_CHARS, STRATEGIES
+from cap_app.sandbox import sandbox_walls
+from cap_app.sandbox.walls import describe as describe_walls
 from cap_app.ui import handlers
 from cap_app.ui.examples import load_examples
 from cap_app.ui.hosting import CONCURRENCY_LIMIT, QUEUE_SIZE, WEB_LIMITS, model_choices, wrap_generation_for_zero_gpu
@@ -100,6 +103,7 @@ def build_demo() -> gr.Blocks:
             saved_name = saved_name_state()
             with gr.Tab("Annotate"):
                 build_annotator_tab(demo, saved_name)
+        gr.Markdown(f"<small>{describe_walls(sandbox_walls())}</small>", elem_id="sandbox-walls")
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CONCURRENCY_LIMIT)
     return demo
 
@@ -108,4 +112,5 @@ def launch(demo: gr.Blocks, host: str | None = None, port: int | None = None, **
     """Serve on host:port, defaulting to $GRADIO_SERVER_NAME:$GRADIO_SERVER_PORT (127.0.0.1:7860)."""
     host = host or os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1"
     port = port or int(os.environ.get("GRADIO_SERVER_PORT") or 7860)
+    print(describe_walls(sandbox_walls()), file=sys.stderr, flush=True)  # the log says what holds programs in
     demo.launch(server_name=host, server_port=port, show_error=False, **kwargs)

@@ -1,8 +1,10 @@
 """Fixtures for the sandbox tests: running zygotes, a canary file the sandbox must never touch,
-and `run_hostile`, which runs a program and checks that nothing outside it changed."""
+`run_hostile`, which runs a program and checks that nothing outside it changed, and `in_child`
+with the `user` fixture, which run plain Python in a forked child as root or as uid 1000."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 from pathlib import Path
 
@@ -52,3 +54,47 @@ def run_hostile(zygote_pids, canary):
         return result
 
     return run
+
+
+USER_UID = 1000  # the Dockerfile's user, and every Hugging Face Space's
+RESULT_FD = 3  # where `in_child` writes the outcome (a sealed child keeps only this descriptor)
+_PR_SET_DUMPABLE = 4
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+@pytest.fixture(params=["root", "user"])
+def user(request) -> int | None:
+    """Who the zygote runs as: None, this process's user (root in CI), or the uid a root test
+    process switches to. Without root only the current user can be tested."""
+    if request.param == "root":
+        if os.getuid() != 0:
+            pytest.skip("needs root (CI runs as root)")
+        return None
+    return USER_UID if os.getuid() == 0 else None
+
+
+def in_child(action, uid: int | None = None) -> str:
+    """Run `action` in a forked child, as `uid` when given (like a process started as that
+    user); return 'ok: <its result>' or '<exception type>: <message>'."""
+    result_read, result_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.dup2(result_write, RESULT_FD)
+            if uid is not None:
+                os.setgroups([])
+                os.setgid(uid)
+                os.setuid(uid)
+                _libc.prctl(_PR_SET_DUMPABLE, 1, 0, 0, 0)  # as after exec, unlike after setuid
+            outcome = f"ok: {action()}"
+        except BaseException as exc:  # noqa: BLE001 (reported to the parent)
+            outcome = f"{type(exc).__name__}: {exc}"
+        os.write(RESULT_FD, outcome.encode()[:2000])
+        os._exit(0)
+    os.close(result_write)
+    chunks = []
+    while chunk := os.read(result_read, 4096):
+        chunks.append(chunk)
+    os.close(result_read)
+    os.waitpid(pid, 0)
+    return b"".join(chunks).decode()

@@ -18,6 +18,7 @@ def test_json_output_is_the_exec_result(zygote_pids, tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert (result["status"], result["answer"], result["error"]) == ("ok", "72.0", None)
     assert result["trace"][1] == {"line": 2, "source": "total = 48 + apples", "changed": {"total": "72.0"}}
+    assert result["walls"][0] == "rlimits" and "seccomp" in result["walls"]  # see test_walls.py
 
 
 def test_summary_output_is_readable(zygote_pids, tmp_path, capsys):
