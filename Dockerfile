@@ -1,6 +1,10 @@
 # CaP Refinery for a Docker Space or any server: `docker build -t cap-refinery . && docker run -p 7860:7860 cap-refinery`
 FROM python:3.12-slim
 
+# llama-cpp-python (the llama.cpp backend) builds from source; the slim image has no compiler.
+RUN apt-get update && apt-get install -y --no-install-recommends build-essential cmake \
+ && rm -rf /var/lib/apt/lists/*
+
 # Hugging Face Spaces run containers as uid 1000; so does everyone else here.
 RUN useradd --create-home --uid 1000 user
 USER user
@@ -19,4 +23,6 @@ COPY --chown=user . .
 RUN pip install --no-cache-dir --user --no-deps .
 
 EXPOSE 7860
+# At start the app logs which sandbox walls hold here ("sandbox walls: ..."; cap_app/sandbox/walls.py)
+# and shows the same line at the foot of the page; it warns there when none beyond rlimits could be set.
 CMD ["python", "app.py"]

@@ -29,6 +29,7 @@ test: $(VENV)/.dev
 bench: $(VENV)/.runtime
 	$(PY) -m benchmarks.sandbox_bench
 	$(PY) -m benchmarks.generation_bench
+	$(PY) -m benchmarks.backend_bench
 	$(PY) -m benchmarks.annotator_bench
 
 # The offline CaP adapter's recipe (cap_app/adapters/smollm2-cap/README.md). Resumable: run it

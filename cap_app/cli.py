@@ -16,6 +16,7 @@ COMMANDS = {
     "eval": "cap_app.commands.evaluate",
     "serve": "cap_app.commands.serve",
     "export": "cap_app.commands.export",
+    "gguf": "cap_app.commands.gguf",
     "data": "cap_app.commands.data",
     "train": "cap_app.commands.train",
 }

@@ -108,6 +108,16 @@ def repeats_in_tail(text: str) -> bool:
     return False
 
 
+def stop_reason(text: str, config: GenerationConfig) -> FinishReason | None:
+    """Why a program whose generated text so far is `text` is finished before EOS or the token
+    limit: its ```python block is closed, or it is looping. Every backend asks this one rule."""
+    if config.stop_at_program_end and text.count(FENCE) >= 2:
+        return "program_end"
+    if config.stop_on_repetition and repeats_in_tail(text):
+        return "repetition"
+    return None
+
+
 _newline_tokens: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -151,10 +161,8 @@ def _stopping_and_recording(tokenizer, batch: int, prompt_len: int, eos_ids: set
                     self._end(row, "eos")
                 elif token in self.backticks or token in self.newlines:
                     text = tokenizer.decode(input_ids[row, prompt_len:], skip_special_tokens=True)
-                    if token in self.backticks and text.count(FENCE) >= 2:
-                        self._end(row, "program_end")
-                    elif token in self.newlines and repeats_in_tail(text):
-                        self._end(row, "repetition")
+                    if reason := stop_reason(text, config):
+                        self._end(row, reason)
             if cancel is not None and cancel.is_set():
                 for row in range(batch):
                     if not self.done[row]:

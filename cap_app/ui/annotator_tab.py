@@ -264,18 +264,19 @@ def undo(store: Store, state: dict, annotator: str) -> tuple:
 def run_refinement(store: Store, state: dict, annotator: str, model_choice: str, strategy: str,
                    max_new_tokens: float) -> tuple:
     """Run (or re-run) the engine on the current item; the result is kept as one more refinement."""
-    from cap_app.model import ModelLoadError, get_model
+    from cap_app.backends import BackendError, get_backend
+    from cap_app.model import ModelLoadError
     from cap_app.refine import InputError, refine
-    from cap_app.ui.handlers import model_config, refine_config
+    from cap_app.ui.handlers import backend_config, model_config, refine_config
 
     if state.get("batch") is None:
         return _safe_view(store, state, annotator, _error("Load a batch first."))
     item = store.item_at(state["batch"], state["position"])
     try:
         config = refine_config(strategy, 4, 0.7, max_new_tokens, 5)
-        model = get_model(model_config(model_choice))
+        model = get_backend(model_config(model_choice), backend_config("auto"))
         result = refine(item.question, item.draft, gold=item.gold, config=config, model=model)
-    except (InputError, ModelLoadError, ValueError) as error:
+    except (InputError, ModelLoadError, BackendError, ValueError) as error:
         return _safe_view(store, state, annotator, _error(f"The refinement could not run: {error}"))
     store.add_refinement(item.id, result, "run")
     index = len(store.refinements(item.id)) - 1

@@ -16,7 +16,8 @@ from cap_app.sandbox import sandbox_walls
 from cap_app.sandbox.walls import describe as describe_walls
 from cap_app.ui import handlers
 from cap_app.ui.examples import load_examples
-from cap_app.ui.hosting import CONCURRENCY_LIMIT, QUEUE_SIZE, WEB_LIMITS, model_choices, wrap_generation_for_zero_gpu
+from cap_app.ui.hosting import (CONCURRENCY_LIMIT, QUEUE_SIZE, WEB_LIMITS, backend_choices, model_choices,
+                                wrap_generation_for_zero_gpu)
 from cap_app.ui.views import TRACE_HEADERS
 
 TITLE = "CaP Refinery"
@@ -41,6 +42,8 @@ def _refine_tab() -> None:
             with gr.Accordion("Settings", open=False, elem_id="settings"):
                 choices = model_choices()
                 model = gr.Dropdown(choices, value=choices[0], label="Model", elem_id="model")
+                backend = gr.Dropdown(backend_choices(), value="auto", label="Backend", elem_id="backend",
+                                      info="auto: llama.cpp for a GGUF model on a CPU (fast), else transformers")
                 strategy = gr.Radio(list(STRATEGIES), value="greedy", label="Strategy",
                                     info="vote / cot+cap sample N programs; repair feeds errors back")
                 n = gr.Slider(*WEB_LIMITS["n"], value=4, step=1, label="N (programs for vote / cot+cap)")
@@ -80,7 +83,7 @@ def _refine_tab() -> None:
 
     outputs = {"status": status, "code": code, "verdict": verdict, "side_by_side": side_by_side, "trace": trace,
                "stdout": stdout, "votes": votes, "times": times, "candidates": candidates}
-    inputs = [question, draft, gold, model, strategy, n, temperature, max_new_tokens, time_limit]
+    inputs = [question, draft, gold, model, strategy, n, temperature, max_new_tokens, time_limit, backend]
     gr.on(
         [refine.click, gold.submit], handlers.refine_page, inputs, [outputs[name] for name in handlers.OUTPUTS],
         api_name="refine",

@@ -8,6 +8,7 @@ Each yield is a full tuple in the order of `OUTPUTS`; `gr.skip()` leaves a compo
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from typing import Iterator
@@ -17,7 +18,7 @@ import gradio as gr
 from cap_app.align import render_side_by_side
 from cap_app.charts import candidates_figure, stage_times_figure, votes_figure
 from cap_app.ui import views
-from cap_app.ui.hosting import DEFAULT_MODEL_CHOICE, WEB_LIMITS, model_choices
+from cap_app.ui.hosting import DEFAULT_MODEL_CHOICE, WEB_LIMITS, backend_choices, model_choices
 
 OUTPUTS = ("status", "code", "verdict", "side_by_side", "trace", "stdout", "votes", "times", "candidates")
 MAX_GOLD_CHARS = 100  # a final answer, not an essay
@@ -76,6 +77,15 @@ def model_config(choice: str):
     return ModelConfig(model=None if choice == DEFAULT_MODEL_CHOICE else choice)
 
 
+def backend_config(choice: str):
+    """The BackendConfig for a backend picked in a page: only the offered ones, and the operator's server."""
+    from cap_app.backends import BackendConfig
+
+    if choice not in backend_choices():
+        raise ValueError(f"unknown backend {choice!r}; this server offers: {', '.join(backend_choices())}")
+    return BackendConfig(backend=choice, base_url=os.environ.get("CAP_BASE_URL") if choice in ("auto", "openai") else None)
+
+
 def refine_config(strategy: str, n: float, temperature: float, max_new_tokens: float, time_limit_s: float):
     """The settings panel as the engine's RefineConfig (which checks its own ranges, as for the CLI),
     within the bounds a public server grants one visitor (the API can send any number)."""
@@ -115,7 +125,7 @@ def result_frame(result, status: str) -> tuple:
 
 
 def refine_page(question: str, draft: str, gold: str, model_choice: str, strategy: str, n: float,
-                temperature: float, max_new_tokens: float, time_limit_s: float,
+                temperature: float, max_new_tokens: float, time_limit_s: float, backend_choice: str = "auto",
                 request: gr.Request | None = None) -> Iterator[tuple]:
     """Refine button: stream the program into the code view, then show verdict, alignment, trace, charts."""
     from cap_app.refine import InputError, validate_inputs
@@ -126,12 +136,13 @@ def refine_page(question: str, draft: str, gold: str, model_choice: str, strateg
             raise InputError(f"the gold answer must be text of at most {MAX_GOLD_CHARS} characters")
         config = refine_config(strategy, n, temperature, max_new_tokens, time_limit_s)
         model_cfg = model_config(model_choice)
+        backend_cfg = backend_config(backend_choice)
     except (InputError, ValueError, TypeError) as error:
         yield _cleared("", views.message_html(f"Cannot refine: {error}", "warning"))
         return
     cancel = _cancel_event(request)
     try:
-        yield from _run_refinement(question, draft, gold, config, model_cfg, cancel)
+        yield from _run_refinement(question, draft, gold, config, model_cfg, backend_cfg, cancel)
     except Exception as error:  # an engine failure must reach the visitor as a message, not a traceback
         logger.exception("refinement failed")
         detail = str(error).splitlines()[0] if str(error) else type(error).__name__
@@ -141,14 +152,16 @@ def refine_page(question: str, draft: str, gold: str, model_choice: str, strateg
         _forget_cancel_event(request, cancel)
 
 
-def _run_refinement(question, draft, gold, config, model_cfg, cancel: threading.Event) -> Iterator[tuple]:
-    from cap_app.model import ModelLoadError, get_model
+def _run_refinement(question, draft, gold, config, model_cfg, backend_cfg,
+                    cancel: threading.Event) -> Iterator[tuple]:
+    from cap_app.backends import BackendError, get_backend
+    from cap_app.model import ModelLoadError
     from cap_app.refine import refine_stream
 
     yield _cleared("Loading the model…")
     try:
-        model = get_model(model_cfg)
-    except ModelLoadError as error:
+        model = get_backend(model_cfg, backend_cfg)
+    except (ModelLoadError, BackendError) as error:
         yield _frame(status="", verdict=views.message_html(f"The model could not be loaded: {error}", "error"))
         return
     yield _frame(status=f"Writing a program with {model.description}…")

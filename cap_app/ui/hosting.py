@@ -55,6 +55,18 @@ def wrap_generation_for_zero_gpu() -> bool:
     return True
 
 
+def backend_choices() -> list[str]:
+    """Backends a visitor may pick: `auto` ($CAP_BACKEND, else the fastest this machine has for
+    the model), the in-process ones installed, and `openai` only when the operator named a server
+    in $CAP_BASE_URL (a visitor never chooses where requests go)."""
+    choices = ["auto", "transformers"]
+    if importlib.util.find_spec("llama_cpp") is not None:
+        choices.append("llama.cpp")
+    if os.environ.get("CAP_BASE_URL"):
+        choices.append("openai")
+    return choices
+
+
 def model_choices() -> list[str]:
     """Models a visitor may pick: $CAP_MODEL (or the offline default) plus $CAP_MODEL_CHOICES.
 

@@ -28,6 +28,7 @@ def test_help(command, capsys):
     assert exited.value.code == 0
     out = capsys.readouterr().out
     assert "--strategy" in out and "--model" in out and "--quantization" in out
+    assert "--backend {auto,transformers,llama.cpp,openai}" in out and "--base-url" in out and "--concurrency" in out
 
 
 def test_refine_one_draft_as_json(tiny, capsys):

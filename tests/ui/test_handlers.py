@@ -145,3 +145,24 @@ def test_an_engine_failure_becomes_a_message_and_frees_the_stop_slot(tiny_choice
     assert "The refinement failed: sandbox pool exhausted" in final["verdict"]
     assert "Traceback" not in final["verdict"]
     assert handlers.stop_refinement(request) == "Nothing to stop."
+
+
+def test_the_page_streams_the_offline_model_through_llama_cpp(monkeypatch, cap_cache_dir):
+    monkeypatch.delenv("CAP_MODEL", raising=False)
+    frames = run(JANET_QUESTION, JANET_DRAFT, gold="18", model="default", backend_choice="llama.cpp",
+                 **{**SETTINGS, "max_new_tokens": 200})
+    streamed = [f["code"] for f in frames[:-1] if isinstance(f["code"], str) and f["code"]]
+    assert len(streamed) > 2 and streamed[1].startswith("```python\n")  # the reply grows in the code view...
+    assert "```" not in streamed[-1] and "print(" in streamed[-1]  # ...then the program pulled out of it
+    assert any(f["status"].startswith("Writing a program with SmolLM2-135M-Instruct + smollm2-cap…")
+               for f in frames if isinstance(f["status"], str))
+    assert frames[-1]["status"] == "Done." and "Gold answer 18" in frames[-1]["verdict"]
+
+
+def test_backends_are_the_offered_ones_and_the_server_is_the_operators(tiny_choice, monkeypatch):
+    monkeypatch.delenv("CAP_BASE_URL", raising=False)
+    (frame,) = run("What is 1 + 1?", "A: 2", model=tiny_choice, backend_choice="openai")
+    assert "Cannot refine: unknown backend &#x27;openai&#x27;; this server offers: auto, transformers, llama.cpp" in frame["verdict"]
+    monkeypatch.setenv("CAP_BASE_URL", "http://127.0.0.1:9/v1")
+    assert handlers.backend_config("openai").base_url == "http://127.0.0.1:9/v1"
+    assert handlers.backend_config("llama.cpp").base_url is None

@@ -50,6 +50,13 @@ def test_model_choices_come_from_the_operator_not_the_visitor(monkeypatch):
     assert hosting.model_choices() == ["Qwen/Qwen2.5-Math-1.5B-Instruct", "default"]
 
 
+def test_backend_choices_offer_a_server_only_when_the_operator_names_one(monkeypatch):
+    monkeypatch.delenv("CAP_BASE_URL", raising=False)
+    assert hosting.backend_choices() == ["auto", "transformers", "llama.cpp"]
+    monkeypatch.setenv("CAP_BASE_URL", "http://127.0.0.1:8000/v1")
+    assert hosting.backend_choices() == ["auto", "transformers", "llama.cpp", "openai"]
+
+
 def test_zero_gpu_wraps_only_the_engine_generation_functions(monkeypatch, tmp_path):
     from cap_app import generate
 

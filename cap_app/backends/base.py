@@ -1,0 +1,160 @@
+"""What the engine asks of a generation backend, and the sampling loop the one-sequence-at-a-time
+backends (llama.cpp, OpenAI-compatible servers) share.
+
+A backend takes chat conversations (lists of {"role", "content"} messages, as
+`cap_app.prompts.build_messages` makes them), not prompt text: a remote server applies its own
+model's chat template, a local one the template its weights ship with. It returns the same
+`Generation` / `StreamChunk` values as `cap_app.generate`, so refine.py does not care which one
+runs: N samples per conversation (sample i of the whole call seeded with `seed + i`), text
+streamed per row, the program-end and repetition stops (`generate.stop_reason`), EOS, the
+token limit, cancel, and the mean log-prob of the chosen tokens for vote tie-breaks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
+
+from cap_app.generate import Generation, GenerationConfig, StreamChunk, _AnyEvent, stop_reason
+
+Conversation = list[dict[str, str]]
+# (row, new text, tokens so far) -> None: how a sampler reports streamed text
+Emit = Callable[[int, str, int], None]
+
+
+class BackendError(RuntimeError):
+    """A backend cannot do what was asked (or its server failed); the message is one line for the user."""
+
+
+class Backend(Protocol):
+    name: str  # "transformers", "llama.cpp" or "openai"
+
+    @property
+    def description(self) -> str:
+        """What produced a result (stored in RefinementResult.model)."""
+
+    def generate_batch(self, conversations: Sequence[Conversation], config: GenerationConfig, *,
+                       cancel: threading.Event | None = None) -> list[list[Generation]]:
+        """`config.n` generations per conversation, grouped per conversation."""
+
+    def generate_stream(self, conversations: Sequence[Conversation], config: GenerationConfig, *,
+                        cancel: threading.Event | None = None) -> Iterator[StreamChunk]:
+        """As `cap_app.generate.generate_stream`: text per row as written, then one chunk with all."""
+
+
+@dataclasses.dataclass
+class Token:
+    """One generated token as a sampler sees it."""
+
+    text: str
+    logprob: float | None  # under the model's own (untempered) distribution; None if unknown
+    id: int | None = None
+    eos: bool = False  # end of turn: not part of the text
+
+
+def follow(tokens: Iterable[Token], config: GenerationConfig, *, prompt_tokens: int,
+           cancel: threading.Event | None, emit: Callable[[str, int], None] | None) -> Generation:
+    """Read tokens until a stop rule fires; the caller's iterator is closed there, which is how a
+    local sampler stops decoding and a remote stream drops its connection."""
+    text, ids, logprobs, count = "", [], [], 0
+    finish = "length"
+    iterator = iter(tokens)
+    try:
+        for token in iterator:
+            if token.eos:
+                finish = "eos"
+                break
+            count += 1
+            text += token.text
+            if token.id is not None:
+                ids.append(token.id)
+            if token.logprob is not None:
+                logprobs.append(token.logprob)
+            if emit is not None and token.text:
+                emit(token.text, count)
+            if ("`" in token.text or "\n" in token.text) and (reason := stop_reason(text, config)):
+                finish = reason
+                break
+            if cancel is not None and cancel.is_set():
+                finish = "cancelled"
+                break
+            if count >= config.max_new_tokens:
+                break
+    finally:
+        close = getattr(iterator, "close", None)
+        if close is not None:
+            close()
+    mean = sum(logprobs) / len(logprobs) if logprobs and len(logprobs) == count else None
+    return Generation(text=text, prompt_tokens=prompt_tokens, new_tokens=count, mean_logprob=mean,
+                      finish=finish, token_ids=ids)
+
+
+def sample_seeds(conversations: Sequence[Conversation], config: GenerationConfig) -> list[tuple[Conversation, int | None]]:
+    """One (conversation, seed) per row: `config.n` rows per conversation, row i seeded `seed + i`
+    (as transformers seeds each batch with `seed +` its first row), so a rerun draws the same samples."""
+    rows = [c for c in conversations for _ in range(config.n)]
+    return [(c, None if config.seed is None else config.seed + i) for i, c in enumerate(rows)]
+
+
+class RowSampler:
+    """A backend built from `sample(conversation, config, seed, cancel, emit) -> Generation`, one
+    row at a time; `concurrency` rows run at once (threads: the work is in C or on a server)."""
+
+    name = ""
+    concurrency = 1
+
+    def sample(self, conversation: Conversation, config: GenerationConfig, seed: int | None,
+               cancel: threading.Event | None, emit: Callable[[str, int], None] | None) -> Generation:
+        raise NotImplementedError
+
+    def generate_batch(self, conversations, config, *, cancel=None):
+        return self._group(self._run(conversations, config, cancel, None), config)
+
+    def generate_stream(self, conversations, config, *, cancel=None):
+        out: queue.Queue = queue.Queue()
+        stop = threading.Event()
+        watched = _AnyEvent(stop, cancel)
+        done, results, failure = object(), [], []
+
+        def work():
+            try:
+                results.extend(self._run(conversations, config, watched,
+                                         lambda row, text, tokens: out.put((row, text, tokens))))
+            except BaseException as error:  # re-raised in the consumer's thread
+                failure.append(error)
+            finally:
+                out.put(done)
+
+        thread = threading.Thread(target=work, name=f"cap-{self.name}", daemon=True)
+        thread.start()
+        try:
+            while (item := out.get()) is not done:
+                yield StreamChunk(row=item[0], text=item[1], tokens=item[2])
+        finally:
+            stop.set()  # the consumer went away: stop sampling
+        thread.join()
+        if failure:
+            raise failure[0]
+        yield StreamChunk(row=-1, text="", generations=self._group(results, config))
+
+    def _run(self, conversations, config: GenerationConfig, cancel, emit: Emit | None) -> list[Generation]:
+        rows = sample_seeds(conversations, config)
+
+        def one(row: int) -> Generation:
+            conversation, seed = rows[row]
+            row_emit = None if emit is None else (lambda text, tokens: emit(row, text, tokens))
+            return self.sample(conversation, config, seed, cancel, row_emit)
+
+        if self.concurrency == 1 or len(rows) == 1:
+            return [one(row) for row in range(len(rows))]
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(rows))) as pool:
+            return list(pool.map(one, range(len(rows))))
+
+    @staticmethod
+    def _group(generations: list[Generation], config: GenerationConfig) -> list[list[Generation]]:
+        return [generations[i:i + config.n] for i in range(0, len(generations), config.n)]
+

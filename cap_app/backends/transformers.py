@@ -1,0 +1,31 @@
+"""The `transformers` backend: the in-process model of `cap_app.model` and `cap_app.generate`.
+
+Conversations are rendered with the model's own chat template here; generation goes through the
+`cap_app.generate` module attributes, so a Space's `spaces.GPU` wrappers (ui/hosting.py) apply.
+"""
+
+from __future__ import annotations
+
+from cap_app import generate
+from cap_app.model import LoadedModel
+from cap_app.prompts import render_messages
+
+
+class TransformersBackend:
+    name = "transformers"
+
+    def __init__(self, loaded: LoadedModel):
+        self.loaded = loaded
+
+    @property
+    def description(self) -> str:
+        return self.loaded.description
+
+    def _prompts(self, conversations) -> list[str]:
+        return [render_messages(self.loaded.tokenizer, conversation) for conversation in conversations]
+
+    def generate_batch(self, conversations, config, *, cancel=None):
+        return generate.generate_batch(self.loaded, self._prompts(conversations), config, cancel=cancel)
+
+    def generate_stream(self, conversations, config, *, cancel=None):
+        return generate.generate_stream(self.loaded, self._prompts(conversations), config, cancel=cancel)

@@ -1,0 +1,47 @@
+"""`python -m cap_app gguf`: write a CaP model as one GGUF file for llama.cpp, Ollama or LM Studio.
+
+    python -m cap_app gguf --output runs/smollm2-cap.q8_0.gguf            # offline default + its CaP adapter
+    python -m cap_app gguf --output runs/cap.f16.gguf --type f16 --adapter runs/sft-faithful/final
+    python -m cap_app refine --backend llama.cpp --model runs/smollm2-cap.q8_0.gguf --adapter none --question ...
+
+The base must be a .gguf file of the llama architecture (its tokenizer and chat template are
+copied from it); see cap_app/gguf_export.py. Exit status: 0 on success, 1 when it cannot be written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from cap_app.config_args import add_dataclass_arguments, dataclass_from_args
+from cap_app.gguf_export import GGUFExportConfig
+
+HELP = "Merge a CaP adapter into its GGUF base model and write a GGUF (f16, q8_0 or q4_0) for llama.cpp."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_dataclass_arguments(parser, GGUFExportConfig)
+
+
+def main(args: argparse.Namespace) -> int:
+    from cap_app.gguf_export import ExportError, export_gguf
+    from cap_app.model import ModelConfig, ModelLoadError, _resolve_source, quiet_library_output
+
+    cfg = dataclass_from_args(GGUFExportConfig, args)
+    if not cfg.output:
+        print("error: give --output FILE.gguf", file=sys.stderr)
+        return 2
+    source = _resolve_source(ModelConfig(model=cfg.model, adapter=cfg.adapter))
+    if not source.path.endswith(".gguf") or not Path(source.path).is_file():
+        print(f"error: the base model must be a .gguf file; '{source.path}' is not one", file=sys.stderr)
+        return 2
+    quiet_library_output()
+    try:
+        path = export_gguf(Path(source.path), source.adapter, Path(cfg.output), cfg.type)
+    except (ExportError, ModelLoadError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    merged = f" + {Path(source.adapter).name}" if source.adapter else ""
+    print(f"wrote {path} ({source.name}{merged}, {cfg.type}, {path.stat().st_size / 2**20:.0f} MiB)")
+    return 0

@@ -1,0 +1,95 @@
+"""The llama.cpp backend on the offline default (the bundled SmolLM2 GGUF with the shipped CaP
+adapter merged in by `cap_app.gguf_export`), and the GGUF export itself: same prompt tokens and
+same greedy tokens as transformers, seeded samples, the stops, cancel, and the 8/4-bit files."""
+
+import threading
+
+import pytest
+
+from cap_app.backends import BackendConfig, get_backend
+from cap_app.backends.llama_cpp import LlamaCppBackend
+from cap_app.cli import main
+from cap_app.generate import GenerationConfig, generate_batch
+from cap_app.gguf_export import export_gguf
+from cap_app.model import DEFAULT_ADAPTER_DIR, ModelConfig, default_gguf_path, get_model
+from cap_app.prompts import build_messages, build_repair_messages, render_messages
+from cap_app.refine import RefineConfig, refine, refine_stream
+
+QUESTION = "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did Natalia sell altogether in April and May?"
+DRAFT = "In May she sold 48 / 2 = 24 clips.\nAltogether she sold 48 + 24 = 72 clips.\nA: 72"
+CONVERSATION = build_messages(QUESTION, DRAFT)
+
+
+@pytest.fixture(scope="module")
+def llama(cap_cache_dir):
+    """The offline default through llama.cpp, as `--backend llama.cpp` builds it (exported once per session)."""
+    return get_backend(ModelConfig(), BackendConfig(backend="llama.cpp"))
+
+
+@pytest.fixture(scope="module")
+def transformers_default(cap_cache_dir):
+    return get_model(ModelConfig())
+
+
+def test_the_offline_default_refines_through_llama_cpp(llama):
+    result = refine(QUESTION, DRAFT, config=RefineConfig(max_new_tokens=200), model=llama)
+    assert result.model == "SmolLM2-135M-Instruct + smollm2-cap"
+    [candidate] = result.candidates
+    assert candidate.finish == "program_end" and candidate.program and candidate.logprob < 0
+    assert result.execution.status == "ok" and result.refined_answer is not None
+
+
+def test_prompts_render_and_tokenize_as_in_transformers(llama, transformers_default):
+    tokenizer = transformers_default.tokenizer
+    repair = build_repair_messages(QUESTION, DRAFT, [("print(x)", "NameError: name 'x' is not defined")])
+    for conversation in (CONVERSATION, repair):
+        expected = tokenizer(render_messages(tokenizer, conversation), add_special_tokens=False)["input_ids"]
+        assert llama.prompt_tokens(conversation) == expected
+
+
+def test_seeded_samples_repeat_and_differ_from_each_other(llama):
+    config = GenerationConfig(temperature=1.0, top_p=0.95, max_new_tokens=24, n=3, seed=7)
+    first = [g.token_ids for g in llama.generate_batch([CONVERSATION], config)[0]]
+    again = [g.token_ids for g in llama.generate_batch([CONVERSATION], config)[0]]
+    assert first == again and len({tuple(ids) for ids in first}) > 1
+
+
+def test_stream_matches_the_generations_and_stops_at_the_limit(llama):
+    chunks = list(llama.generate_stream([CONVERSATION], GenerationConfig(max_new_tokens=12)))
+    [[generation]] = chunks[-1].generations
+    assert "".join(c.text for c in chunks[:-1]) == generation.text
+    assert (generation.finish, generation.new_tokens, chunks[-2].tokens) == ("length", 12, 12)
+
+
+def test_cancel_stops_a_stream(llama):
+    cancel = threading.Event()
+    events = refine_stream(QUESTION, DRAFT, config=RefineConfig(max_new_tokens=300), model=llama, cancel=cancel)
+    next(events)
+    cancel.set()
+    rest = list(events)
+    assert {e.kind for e in rest} <= {"token"} and len(rest) < 5
+
+
+def test_f16_export_writes_the_greedy_tokens_of_transformers(tmp_path, transformers_default):
+    """f16 keeps the merged float32 weights up to rounding: the first greedy tokens agree exactly."""
+    path = export_gguf(default_gguf_path(), str(DEFAULT_ADAPTER_DIR), tmp_path / "cap.f16.gguf", "f16")
+    exported = LlamaCppBackend(path, name="f16")
+    prompt = render_messages(transformers_default.tokenizer, CONVERSATION)
+    config = GenerationConfig(max_new_tokens=24, stop_at_program_end=False)
+    [[expected]] = generate_batch(transformers_default, [prompt], config)
+    [[got]] = exported.generate_batch([CONVERSATION], config)
+    assert got.token_ids == expected.token_ids
+    assert got.mean_logprob == pytest.approx(expected.mean_logprob, abs=0.02)
+
+
+def test_the_export_command_writes_a_4_bit_file_llama_cpp_runs(tmp_path, capsys):
+    output = tmp_path / "cap.q4_0.gguf"
+    assert main(["gguf", "--output", str(output), "--type", "q4_0"]) == 0
+    assert capsys.readouterr().out.startswith(f"wrote {output} (SmolLM2-135M-Instruct + smollm2-cap, q4_0, ")
+    result = refine(QUESTION, DRAFT, config=RefineConfig(max_new_tokens=200), model=LlamaCppBackend(output, name="q4"))
+    assert result.candidates[0].finish == "program_end" and "print" in result.program
+
+
+def test_the_export_command_refuses_a_base_that_is_not_gguf(tiny_model_dir, capsys):
+    assert main(["gguf", "--output", "x.gguf", "--model", tiny_model_dir]) == 2
+    assert capsys.readouterr().err == f"error: the base model must be a .gguf file; '{tiny_model_dir}' is not one\n"
