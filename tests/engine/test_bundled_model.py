@@ -38,10 +38,10 @@ def test_bundled_model_converts_once_and_streams_a_refinement(cap_cache_dir, fre
     assert reloaded.tokenizer.chat_template == loaded.tokenizer.chat_template
 
 
-# Fixed dev items whose 175b_verification draft is right and which the shipped adapter keeps right
-# (its model card: it keeps 14 of the first 28 such drafts): a regression here means the shipped
-# model got worse at following a right draft, or at recomputing a slip (dev item 9's seed-0 slip,
-# as `data variants --kind slip` builds it).
+# Fixed dev items whose 175b_verification draft is right and which the shipped adapter keeps right,
+# run as `make run` runs it (the default backend: llama.cpp on the merged q8_0 GGUF on a CPU): a
+# regression here means the shipped model got worse at following a right draft, or at recomputing
+# a slip (dev item 9's seed-0 slip, as `data variants --kind slip` builds it).
 KEPT_ITEMS = (9, 10, 11, 13)
 SLIPPED_ITEM = 9
 KEY = "175b_verification"
@@ -65,7 +65,9 @@ def test_shipped_model_keeps_right_drafts_and_recomputes_a_slip(cap_cache_dir):
     gold = row["ground_truth"].rsplit("A:", 1)[1].strip()
     slipped, _ = slip_draft(row[KEY]["solution"], gold, random.Random(f"0:{SLIPPED_ITEM + 1}:{KEY}"))
     items.append(RefineItem(row["question"], slipped, row["ground_truth"]))
-    results = list(refine_batch(items, RefineConfig(max_new_tokens=200, trace=False), get_model(ModelConfig())))
+    from cap_app.backends import get_backend
+
+    results = list(refine_batch(items, RefineConfig(max_new_tokens=200, trace=False), get_backend(ModelConfig())))
     for result in results[:-1]:
         assert result.draft_correct and answers_equal(result.refined_answer, result.draft_answer), result.program
     assert not results[-1].draft_correct and results[-1].refined_correct, results[-1].program
