@@ -56,9 +56,10 @@ class LlamaCppBackend(RowSampler):
         vocab = self.llm._model.vocab
         self.is_end = lambda token: bool(llama_cpp.llama_vocab_is_eog(vocab, token))  # end of turn or text
         self.lock = threading.Lock()  # one context: one sequence at a time
+        self.closing = threading.Event()
         # Free the model with this backend, or at exit while llama.cpp's library is still loaded
         # (Llama.__del__ during interpreter shutdown fails with a traceback).
-        weakref.finalize(self, self.llm.close)
+        weakref.finalize(self, _close, self.llm, self.lock, self.closing)
 
     @property
     def description(self) -> str:
@@ -91,7 +92,7 @@ class LlamaCppBackend(RowSampler):
         rng = np.random.default_rng(seed)
         text = codecs.getincrementaldecoder("utf-8")(errors="replace")
         n_vocab = llm.n_vocab()
-        while True:
+        while not self.closing.is_set():
             logits = np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(n_vocab,)).astype(np.float64)
             logprobs = logits - logits.max()
             logprobs -= np.log(np.exp(logprobs).sum())
@@ -102,6 +103,15 @@ class LlamaCppBackend(RowSampler):
             piece = text.decode(llm.detokenize([token]))
             yield Token(piece, float(logprobs[token]), id=token)
             llm.eval([token])
+
+
+def _close(llm, lock, closing: threading.Event) -> None:
+    """Free the model only once no thread decodes with it. A stream abandoned mid-program (a
+    visitor gone, Ctrl-C, a script that read one chunk) leaves its sampling thread running; freeing
+    the context under it at exit crashed the process (SIGSEGV)."""
+    closing.set()  # the decoding thread stops at its next token...
+    with lock:  # ...and lets go of the context
+        llm.close()
 
 
 def _draw(logits: np.ndarray, config, rng: np.random.Generator) -> int:

@@ -93,3 +93,24 @@ def test_the_export_command_writes_a_4_bit_file_llama_cpp_runs(tmp_path, capsys)
 def test_the_export_command_refuses_a_base_that_is_not_gguf(tiny_model_dir, capsys):
     assert main(["gguf", "--output", "x.gguf", "--model", tiny_model_dir]) == 2
     assert capsys.readouterr().err == f"error: the base model must be a .gguf file; '{tiny_model_dir}' is not one\n"
+
+
+def test_a_process_that_abandons_a_stream_exits_cleanly(llama, cap_cache_dir):
+    """Exit while a sampling thread still decodes (a script reading one chunk, Ctrl-C mid-program):
+    the model is freed only after that thread lets go of it, instead of crashing with SIGSEGV."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("from cap_app.backends import BackendConfig, get_backend\n"
+              "from cap_app.generate import GenerationConfig\n"
+              "from cap_app.model import ModelConfig\n"
+              "from cap_app.prompts import build_messages\n"
+              "backend = get_backend(ModelConfig(), BackendConfig(backend='llama.cpp'))\n"
+              f"stream = backend.generate_stream([build_messages({QUESTION!r}, {DRAFT!r})], GenerationConfig())\n"
+              "print(next(iter(stream)).tokens)\n")
+    for _ in range(3):
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "CAP_CACHE_DIR": str(cap_cache_dir)})
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.strip() == "1"
