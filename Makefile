@@ -24,6 +24,8 @@ run: $(VENV)/.runtime
 	$(PY) app.py
 
 test: $(VENV)/.dev
+	$(VENV)/bin/ruff check .           # lint first: a finding fails the target
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q
 
 bench: $(VENV)/.runtime

@@ -22,7 +22,7 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from cap_app.batches import load_batch
+from cap_app.item_files import load_batch
 from cap_app.results import Candidate, RefinementResult
 from cap_app.sandbox.result import ExecResult
 from cap_app.store import Store
@@ -42,8 +42,17 @@ def write_batch(path: Path, rows: int) -> None:
 def a_refinement() -> RefinementResult:
     execution = ExecResult("ok", stdout="18\n", answer="18", duration_ms=3.0)
     candidate = Candidate(text="```python\nprint(18)\n```", program="print(18)", execution=execution, answer="18")
-    return RefinementResult(question="q", draft="d", draft_answer="26", strategy="greedy", candidates=[candidate],
-                            chosen=0, refined_answer="18", votes={"18": 1}, verdict="disagrees")
+    return RefinementResult(
+        question="q",
+        draft="d",
+        draft_answer="26",
+        strategy="greedy",
+        candidates=[candidate],
+        chosen=0,
+        refined_answer="18",
+        votes={"18": 1},
+        verdict="disagrees",
+    )
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -81,15 +90,17 @@ def main() -> None:
 
         # judgements are of refinements: attach one to each item that will be judged
         wanted = args.judgements * (args.writers + 1)
-        refinement_ids = [store.add_refinement(store.item_at(report.batch.id, p).id, a_refinement(), "file").id
-                          for p in range(min(wanted, report.batch.item_count))]
-        sequential = judge_latencies(store, refinement_ids[:args.judgements], "solo")
+        refinement_ids = [
+            store.add_refinement(store.item_at(report.batch.id, p).id, a_refinement(), "file").id
+            for p in range(min(wanted, report.batch.item_count))
+        ]
+        sequential = judge_latencies(store, refinement_ids[: args.judgements], "solo")
         concurrent: list[float] = []
         lock = threading.Lock()
 
         def writer(k: int) -> None:
-            ids = refinement_ids[(k + 1) * args.judgements:(k + 2) * args.judgements] or refinement_ids
-            latencies = judge_latencies(store, ids[:args.judgements], f"writer{k}")
+            ids = refinement_ids[(k + 1) * args.judgements : (k + 2) * args.judgements] or refinement_ids
+            latencies = judge_latencies(store, ids[: args.judgements], f"writer{k}")
             with lock:
                 concurrent.extend(latencies)
 
@@ -101,11 +112,14 @@ def main() -> None:
             thread.join()
         concurrent_s = time.perf_counter() - began
         figures = {
-            "rows": args.rows, "file_mb": round(batch_path.stat().st_size / 2**20, 1),
-            "load_s": round(load_s, 2), "rows_per_s": round(args.rows / load_s),
+            "rows": args.rows,
+            "file_mb": round(batch_path.stat().st_size / 2**20, 1),
+            "load_s": round(load_s, 2),
+            "rows_per_s": round(args.rows / load_s),
             "peak_heap_mb": round(peak_heap / 2**20, 2),
             "peak_heap_vs_file": round(peak_heap / batch_path.stat().st_size, 4),
-            "judge_p50_ms": round(percentile(sequential, 50), 2), "judge_p95_ms": round(percentile(sequential, 95), 2),
+            "judge_p50_ms": round(percentile(sequential, 50), 2),
+            "judge_p95_ms": round(percentile(sequential, 95), 2),
             f"judge_p95_ms_{args.writers}_writers": round(percentile(concurrent, 95), 2),
             f"judgements_per_s_{args.writers}_writers": round(len(concurrent) / concurrent_s),
         }

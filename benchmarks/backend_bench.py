@@ -55,7 +55,7 @@ def single_stream(backends: dict, conversation, tokens: int, repeats: int) -> di
     config = GenerationConfig(max_new_tokens=tokens, stop_at_program_end=False, stop_on_repetition=False)
     rates: dict[str, list[float]] = {name: [] for name in backends}
     for repeat in range(repeats):
-        for name in (list(backends) if repeat % 2 == 0 else list(backends)[::-1]):
+        for name in list(backends) if repeat % 2 == 0 else list(backends)[::-1]:
             started = time.perf_counter()
             *_, last = backends[name].generate_stream([conversation], config)
             generation = last.generations[0][0]
@@ -70,7 +70,7 @@ def vote_wall_time(backends: dict, item, repeats: int) -> dict:
     config = RefineConfig(strategy="vote", n=8, max_new_tokens=256, trace=False)
     times: dict[str, list[float]] = {name: [] for name in backends}
     for repeat in range(repeats):
-        for name in (list(backends) if repeat % 2 == 0 else list(backends)[::-1]):
+        for name in list(backends) if repeat % 2 == 0 else list(backends)[::-1]:
             started = time.perf_counter()
             refine(item.question, item.draft, config=config, model=backends[name])
             times[name].append(time.perf_counter() - started)
@@ -99,10 +99,29 @@ def served_batch_rate(model_file: Path, items, concurrency: int) -> dict:
         port = probe.getsockname()[1]
     from cap_app.backends.llama_cpp import THREADS
 
-    server = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(model_file), "--port", str(port),
-                               "--host", "127.0.0.1", "--n_ctx", "4096", "--interrupt_requests", "false",
-                               "--n_threads", str(THREADS), "--n_threads_batch", str(THREADS)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cap_app.backends.llama_server",
+            "--model",
+            str(model_file),
+            "--port",
+            str(port),
+            "--host",
+            "127.0.0.1",
+            "--n_ctx",
+            "4096",
+            "--interrupt_requests",
+            "false",
+            "--n_threads",
+            str(THREADS),
+            "--n_threads_batch",
+            str(THREADS),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}/v1"
     try:
         while True:
@@ -123,8 +142,14 @@ def cold_start(repeats: int) -> dict:
     runs = []
     for _ in range(repeats):
         launched = time.time()
-        out = subprocess.run([sys.executable, "-c", COLD_START], capture_output=True, text=True, check=True,
-                             cwd=ROOT, env=os.environ | {"HF_HUB_OFFLINE": "1"})
+        out = subprocess.run(
+            [sys.executable, "-c", COLD_START],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=ROOT,
+            env=os.environ | {"HF_HUB_OFFLINE": "1"},
+        )
         ready, first = (float(x) for x in out.stdout.split())
         runs.append({"ready_s": ready - launched, "first_token_s": first - launched})
     return {key: statistics.median(r[key] for r in runs) for key in runs[0]}
@@ -133,10 +158,16 @@ def cold_start(repeats: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=128, help="most tokens per single-stream generation")
-    parser.add_argument("--repeats", type=int, default=3, help="repetitions of the single-stream, vote and cold-start runs")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="repetitions of the single-stream, vote and cold-start runs"
+    )
     parser.add_argument("--items", type=int, default=8, help="items in the batch refinement runs")
-    parser.add_argument("--torch-threads", type=int, help="threads of the transformers backend (default: torch's "
-                        "own, one per core; on a CPU shared with another busy process, 1 is far faster)")
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        help="threads of the transformers backend (default: torch's "
+        "own, one per core; on a CPU shared with another busy process, 1 is far faster)",
+    )
     parser.add_argument("--output", default="runs/bench/backends.json")
     args = parser.parse_args(argv)
 
@@ -150,8 +181,10 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.torch_threads)
-    backends = {"llama.cpp": get_backend(ModelConfig(), BackendConfig(backend="llama.cpp")),  # exports once
-                "transformers": get_backend(ModelConfig(), BackendConfig(backend="transformers"))}
+    backends = {
+        "llama.cpp": get_backend(ModelConfig(), BackendConfig(backend="llama.cpp")),  # exports once
+        "transformers": get_backend(ModelConfig(), BackendConfig(backend="transformers")),
+    }
     items = _items(args.items)
     conversation = build_messages(items[0].question, items[0].draft)
     single_stream(backends, conversation, 8, 1)  # warm-up: first-call costs aside
@@ -159,22 +192,37 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"cpus": os.cpu_count(), "load_average": os.getloadavg(), "torch_threads": args.torch_threads},
         "single_stream": single_stream(backends, conversation, args.tokens, args.repeats),
         "vote_n8": vote_wall_time(backends, items[0], args.repeats),
-        "batch": {"openai (llama_cpp.server, 4 in flight)": served_batch_rate(
-                      cached_export(default_gguf_path(), str(DEFAULT_ADAPTER_DIR)), items, 4),
-                  **{name: batch_rate(backend, items, 8) for name, backend in backends.items()}},
+        "batch": {
+            "openai (llama_cpp.server, 4 in flight)": served_batch_rate(
+                cached_export(default_gguf_path(), str(DEFAULT_ADAPTER_DIR)), items, 4
+            ),
+            **{name: batch_rate(backend, items, 8) for name, backend in backends.items()},
+        },
         "cold_start": cold_start(args.repeats),
     }
     s, v, c = figures["single_stream"], figures["vote_n8"], figures["cold_start"]
-    print(f"machine: {figures['machine']['cpus']} CPUs, load average before run {figures['machine']['load_average'][0]:.1f}")
+    print(
+        f"machine: {figures['machine']['cpus']} CPUs, "
+        f"load average before run {figures['machine']['load_average'][0]:.1f}"
+    )
     print("| measure | llama.cpp | transformers | ratio | goal |\n|---|---|---|---|---|")
-    print(f"| single stream, tokens/s | {s['llama.cpp']['tok_s']:.1f} | {s['transformers']['tok_s']:.1f} | "
-          f"{s['llama.cpp']['tok_s'] / s['transformers']['tok_s']:.1f}x | >= 5x |")
-    print(f"| vote N=8 on one item, s | {v['llama.cpp']['seconds']:.1f} | {v['transformers']['seconds']:.1f} | "
-          f"{v['transformers']['seconds'] / v['llama.cpp']['seconds']:.1f}x | >= 3x |")
-    print(f"| cold start to first token (backend ready) | {c['first_token_s']:.2f} s ({c['ready_s']:.2f} s) | | | <= 2 s |")
+    print(
+        f"| single stream, tokens/s | {s['llama.cpp']['tok_s']:.1f} | {s['transformers']['tok_s']:.1f} | "
+        f"{s['llama.cpp']['tok_s'] / s['transformers']['tok_s']:.1f}x | >= 5x |"
+    )
+    print(
+        f"| vote N=8 on one item, s | {v['llama.cpp']['seconds']:.1f} | {v['transformers']['seconds']:.1f} | "
+        f"{v['transformers']['seconds'] / v['llama.cpp']['seconds']:.1f}x | >= 3x |"
+    )
+    print(
+        f"| cold start to first token (backend ready) | {c['first_token_s']:.2f} s ({c['ready_s']:.2f} s) "
+        "| | | <= 2 s |"
+    )
     print("\n| batch refinement, greedy | items/s | sandbox share of wall time |\n|---|---|---|")
     for name, b in figures["batch"].items():
-        print(f"| {name} | {b['items_s']:.2f} ({b['items']} items in {b['seconds']:.0f} s) | {b['sandbox_share']:.0%} |")
+        print(
+            f"| {name} | {b['items_s']:.2f} ({b['items']} items in {b['seconds']:.0f} s) | {b['sandbox_share']:.0%} |"
+        )
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(figures, indent=2) + "\n")

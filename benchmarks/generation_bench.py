@@ -53,9 +53,13 @@ def streaming_vs_bare(loaded, prompt: str, tokens: int, repeats: int) -> dict:
 
     inputs = loaded.tokenizer([prompt], return_tensors="pt", add_special_tokens=False)
     config = GenerationConfig(max_new_tokens=tokens, stop_at_program_end=False, stop_on_repetition=False)
-    bare_config = HFGenerationConfig(max_new_tokens=tokens, do_sample=False, num_beams=1,
-                                     pad_token_id=loaded.tokenizer.pad_token_id,
-                                     eos_token_id=loaded.tokenizer.eos_token_id)
+    bare_config = HFGenerationConfig(
+        max_new_tokens=tokens,
+        do_sample=False,
+        num_beams=1,
+        pad_token_id=loaded.tokenizer.pad_token_id,
+        eos_token_id=loaded.tokenizer.eos_token_id,
+    )
     bare, streamed = [], []
 
     def run_bare():
@@ -63,7 +67,9 @@ def streaming_vs_bare(loaded, prompt: str, tokens: int, repeats: int) -> dict:
         # can run several times slower (see benchmarks/README.md), which would flatter streaming.
         out = []
         started = time.perf_counter()
-        worker = threading.Thread(target=lambda: out.append(loaded.model.generate(**inputs, generation_config=bare_config)))
+        worker = threading.Thread(
+            target=lambda: out.append(loaded.model.generate(**inputs, generation_config=bare_config))
+        )
         worker.start()
         worker.join()
         bare.append((out[0].shape[1] - inputs["input_ids"].shape[1]) / (time.perf_counter() - started))
@@ -83,26 +89,46 @@ def streaming_vs_bare(loaded, prompt: str, tokens: int, repeats: int) -> dict:
         for run in (run_bare, run_stream) if repeat % 2 == 0 else (run_stream, run_bare):
             run()
     bare_rate, stream_rate = statistics.median(bare), statistics.median(streamed)
-    return {"tokens": tokens, "bare_tok_s": bare_rate, "stream_tok_s": stream_rate,
-            "ratio": stream_rate / bare_rate, "first_text_s": first_text_s}
+    return {
+        "tokens": tokens,
+        "bare_tok_s": bare_rate,
+        "stream_tok_s": stream_rate,
+        "ratio": stream_rate / bare_rate,
+        "first_text_s": first_text_s,
+    }
 
 
 def batched_vs_sequential(loaded, prompt: str, tokens: int, n: int = 8) -> dict:
     """N sampled programs in one batch vs the same N one at a time (same lengths: no early stop)."""
     from cap_app.generate import GenerationConfig, generate_batch
 
-    config = GenerationConfig(max_new_tokens=tokens, temperature=0.7, n=n, batch_size=n, stop_at_program_end=False, stop_on_repetition=False)
+    config = GenerationConfig(
+        max_new_tokens=tokens, temperature=0.7, n=n, batch_size=n, stop_at_program_end=False, stop_on_repetition=False
+    )
     started = time.perf_counter()
     [batch] = generate_batch(loaded, [prompt], config)
     batched_s = time.perf_counter() - started
     started = time.perf_counter()
-    single = [generate_batch(loaded, [prompt], GenerationConfig(
-        max_new_tokens=tokens, temperature=0.7, seed=seed, stop_at_program_end=False, stop_on_repetition=False))[0][0] for seed in range(n)]
+    single = [
+        generate_batch(
+            loaded,
+            [prompt],
+            GenerationConfig(
+                max_new_tokens=tokens, temperature=0.7, seed=seed, stop_at_program_end=False, stop_on_repetition=False
+            ),
+        )[0][0]
+        for seed in range(n)
+    ]
     sequential_s = time.perf_counter() - started
-    return {"n": n, "tokens_each": tokens, "batched_s": batched_s, "sequential_s": sequential_s,
-            "speedup": sequential_s / batched_s,
-            "batched_tok_s": sum(g.new_tokens for g in batch) / batched_s,
-            "sequential_tok_s": sum(g.new_tokens for g in single) / sequential_s}
+    return {
+        "n": n,
+        "tokens_each": tokens,
+        "batched_s": batched_s,
+        "sequential_s": sequential_s,
+        "speedup": sequential_s / batched_s,
+        "batched_tok_s": sum(g.new_tokens for g in batch) / batched_s,
+        "sequential_tok_s": sum(g.new_tokens for g in single) / sequential_s,
+    }
 
 
 def cold_start(repeats: int, adapter: str | None) -> dict:
@@ -112,9 +138,13 @@ def cold_start(repeats: int, adapter: str | None) -> dict:
     runs = []
     for _ in range(repeats):
         launched = time.time()
-        out = subprocess.run([sys.executable, "-c", COLD_START, adapter or ""], capture_output=True, text=True,
-                             check=True,
-                             env=os.environ | {"HF_HUB_OFFLINE": "1"})
+        out = subprocess.run(
+            [sys.executable, "-c", COLD_START, adapter or ""],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=os.environ | {"HF_HUB_OFFLINE": "1"},
+        )
         imports, load, ready_at = (float(x) for x in out.stdout.split())
         runs.append({"ready_s": ready_at - launched, "imports_s": imports, "load_model_s": load})
     return {key: statistics.median(r[key] for r in runs) for key in runs[0]}
@@ -146,18 +176,28 @@ def main(argv: list[str] | None = None) -> int:
         "cold_start_base_only": cold_start(args.repeats, adapter="none"),
     }
     s, b = figures["streaming"], figures["batching"]
-    print(f"machine: {figures['machine']['cpu_threads']} torch threads, load average before run "
-          f"{figures['machine']['load_average'][0]:.1f}")
+    print(
+        f"machine: {figures['machine']['cpu_threads']} torch threads, load average before run "
+        f"{figures['machine']['load_average'][0]:.1f}"
+    )
     print("| measure | figure | goal |\n|---|---|---|")
-    print(f"| streaming vs bare generate ({s['tokens']} tokens) | {s['stream_tok_s']:.1f} vs {s['bare_tok_s']:.1f} "
-          f"tok/s = {s['ratio']:.2f} | >= 0.95 |")
+    print(
+        f"| streaming vs bare generate ({s['tokens']} tokens) | {s['stream_tok_s']:.1f} vs {s['bare_tok_s']:.1f} "
+        f"tok/s = {s['ratio']:.2f} | >= 0.95 |"
+    )
     print(f"| first streamed text | {s['first_text_s']:.2f} s | |")
-    print(f"| {b['n']} samples batched vs sequential ({b['tokens_each']} tokens each) | {b['batched_s']:.1f} s vs "
-          f"{b['sequential_s']:.1f} s = {b['speedup']:.1f}x | >= 3x |")
-    for label, c in (("offline default + CaP adapter", figures["cold_start"]),
-                     ("base model alone", figures["cold_start_base_only"])):
-        print(f"| cold start from the caches, {label}: launch to model ready (of which load_model) | "
-              f"{c['ready_s']:.2f} s ({c['load_model_s']:.2f} s) | <= 5 s |")
+    print(
+        f"| {b['n']} samples batched vs sequential ({b['tokens_each']} tokens each) | {b['batched_s']:.1f} s vs "
+        f"{b['sequential_s']:.1f} s = {b['speedup']:.1f}x | >= 3x |"
+    )
+    for label, c in (
+        ("offline default + CaP adapter", figures["cold_start"]),
+        ("base model alone", figures["cold_start_base_only"]),
+    ):
+        print(
+            f"| cold start from the caches, {label}: launch to model ready (of which load_model) | "
+            f"{c['ready_s']:.2f} s ({c['load_model_s']:.2f} s) | <= 5 s |"
+        )
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(figures, indent=2) + "\n")

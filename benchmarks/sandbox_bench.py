@@ -5,9 +5,10 @@
     mkdir /tmp/before && git archive HEAD cap_app | tar -x -C /tmp/before
     .venv/bin/python -m benchmarks.sandbox_bench --before /tmp/before    # a change against the code before it
 
-The programs are built from the calculator annotations of GSM8K train (`<<48/2=24>>`): one
-variable per annotation, later annotations reuse earlier variables where the number matches,
-the last one is printed. Only problems whose chain reproduces the reference answer are kept.
+The programs are the ones the data builder makes from the calculator annotations of GSM8K train
+(`<<48/2=24>>`, cap_app/data/gsm8k_programs.py): the question's quantities and one variable per
+annotation, each named, the last one printed. Only problems whose chain reproduces the reference
+answer are kept.
 With `--before DIR` (a copy of `cap_app` from before a change), that copy's zygote runs the same
 programs in the same alternating rounds: a before/after comparison under the same load.
 Measured: per-program latency (p50/p95) with the trace off and on, one run at a time (the rows
@@ -21,81 +22,37 @@ machine: benchmarks/README.md.
 from __future__ import annotations
 
 import argparse
-import ast
 import itertools
 import json
 import math
-import operator
 import os
-import re
 import resource
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
+
+from cap_app.arithmetic import parse_number
+from cap_app.data.gsm8k_programs import UnsupportedSolution, parse_solution
 
 TRAIN = Path(__file__).resolve().parents[1] / "data" / "gsm8k" / "train.jsonl"
-ANNOTATION = re.compile(r"<<([^=<>]+)=([^<>]*)>>")
-_OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-              ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow}
 
 
-def _evaluate(node: ast.AST, names: dict[str, float]) -> float:
-    """Arithmetic only (the annotations are data, never executed as code here)."""
-    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
-        return node.value
-    if isinstance(node, ast.Name) and node.id in names:
-        return names[node.id]
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
-        value = _evaluate(node.operand, names)
-        return -value if isinstance(node.op, ast.USub) else value
-    if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
-        left, right = _evaluate(node.left, names), _evaluate(node.right, names)
-        if isinstance(node.op, ast.Pow) and abs(right) > 64:
-            raise ValueError("exponent too large")
-        return _OPERATORS[type(node.op)](left, right)
-    raise ValueError(f"not arithmetic: {ast.dump(node)}")
-
-
-class _ReuseSteps(ast.NodeTransformer):
-    """Replace a number by the latest earlier step whose value it equals."""
-
-    def __init__(self, values: dict[str, float]):
-        self.values = values
-
-    def visit_Constant(self, node: ast.Constant) -> ast.AST:
-        for name in reversed(list(self.values)):
-            if type(node.value) in (int, float) and self.values[name] == node.value:
-                return ast.Name(name, ast.Load())
-        return node
-
-
-def program_from_solution(solution: str) -> tuple[str, float] | None:
-    """(program, reference answer) from a GSM8K solution, or None when it does not fit."""
-    annotations = ANNOTATION.findall(solution)
-    reference = solution.rsplit("####", 1)[-1].strip().replace(",", "")
-    if not annotations:
-        return None
-    values: dict[str, float] = {}
-    lines = []
+def program_from_solution(question: str, solution: str) -> tuple[str, float] | None:
+    """(program, reference answer) for a GSM8K item, or None when its annotations make no program
+    or do not reproduce the reference answer."""
     try:
-        expected = float(reference)
-        for index, (expression, _) in enumerate(annotations, start=1):
-            tree = ast.parse(expression.strip(), mode="eval")
-            rewritten = _ReuseSteps(values).visit(tree)
-            value = _evaluate(rewritten.body, values)
-            name = f"step{index}"
-            values[name] = value
-            lines.append(f"{name} = {ast.unparse(rewritten.body)}")
-    except (SyntaxError, ValueError, ZeroDivisionError, OverflowError, TypeError):
+        parsed = parse_solution(question, solution)
+        value = parsed.values()[parsed.steps[-1].name]
+    except (UnsupportedSolution, ArithmeticError):
         return None
-    if not math.isclose(values[f"step{len(annotations)}"], expected, rel_tol=1e-6, abs_tol=1e-6):
+    expected = parse_number(parsed.gold)
+    if expected is None or not math.isclose(value, expected, rel_tol=1e-6, abs_tol=1e-6):
         return None
-    lines.append(f"print(step{len(annotations)})")
-    return "\n".join(lines) + "\n", expected
+    return parsed.program(), float(expected)
 
 
 def gsm8k_programs(limit: int, path: Path = TRAIN) -> list[tuple[str, float]]:
@@ -103,7 +60,8 @@ def gsm8k_programs(limit: int, path: Path = TRAIN) -> list[tuple[str, float]]:
     programs = []
     with open(path, encoding="utf-8") as handle:
         for line in handle:
-            built = program_from_solution(json.loads(line)["answer"])
+            row = json.loads(line)
+            built = program_from_solution(row["question"], row["answer"])
             if built is not None:
                 programs.append(built)
                 if len(programs) == limit:
@@ -142,8 +100,9 @@ def children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def measure_latency(cases: list[tuple[str, Callable[[str], str | None], Callable[[], float]]],
-                    programs: list[tuple[str, float]]) -> list[dict]:
+def measure_latency(
+    cases: list[tuple[str, Callable[[str], str | None], Callable[[], float]]], programs: list[tuple[str, float]]
+) -> list[dict]:
     """Latency one run at a time, for each case (name, run, CPU clock of its other processes),
     with the CPU time all processes involved spent (which other work on the machine inflates far
     less than latency), and whether every answer is right. The cases take turns every 25
@@ -153,7 +112,7 @@ def measure_latency(cases: list[tuple[str, Callable[[str], str | None], Callable
     wrong, client_cpu_s = dict.fromkeys(latencies, 0), dict.fromkeys(latencies, 0.0)
     other_cpu_before = {name: cpu_s() for name, _, cpu_s in cases}
     for start in range(0, len(programs), 25):
-        for (name, run, _), (program, expected) in itertools.product(cases, programs[start:start + 25]):
+        for (name, run, _), (program, expected) in itertools.product(cases, programs[start : start + 25]):
             cpu_before, started = time.process_time(), time.perf_counter()
             answer = run(program)
             latencies[name].append((time.perf_counter() - started) * 1000)
@@ -162,14 +121,22 @@ def measure_latency(cases: list[tuple[str, Callable[[str], str | None], Callable
     rows = []
     for name, _, cpu_s in cases:
         cpu_ms = (cpu_s() - other_cpu_before[name] + client_cpu_s[name]) * 1000 / len(programs)
-        rows.append({"name": name, "programs": len(programs), "wrong_answers": wrong[name],
-                     "p50_ms": round(statistics.median(latencies[name]), 2),
-                     "p95_ms": round(_percentile(latencies[name], 0.95), 2), "cpu_ms_per_run": round(cpu_ms, 2)})
+        rows.append(
+            {
+                "name": name,
+                "programs": len(programs),
+                "wrong_answers": wrong[name],
+                "p50_ms": round(statistics.median(latencies[name]), 2),
+                "p95_ms": round(_percentile(latencies[name], 0.95), 2),
+                "cpu_ms_per_run": round(cpu_ms, 2),
+            }
+        )
     return rows
 
 
-def measure_throughput(runs: dict[str, tuple[Callable[[str], object], Callable[[int], list[str]]]],
-                       workers: int, rounds: int) -> dict[str, float]:
+def measure_throughput(
+    runs: dict[str, tuple[Callable[[str], object], Callable[[int], list[str]]]], workers: int, rounds: int
+) -> dict[str, float]:
     """Runs per second for each entry of `runs` (name -> (run, programs of round r)), from
     `workers` threads, in alternating rounds: the VM's speed drifts by 10-20% within a minute,
     and alternating makes the drift hit every row alike instead of whichever ran last. Every
@@ -178,7 +145,7 @@ def measure_throughput(runs: dict[str, tuple[Callable[[str], object], Callable[[
     elapsed, done = dict.fromkeys(runs, 0.0), dict.fromkeys(runs, 0)
     with ThreadPoolExecutor(workers) as pool:
         for round_index in range(rounds):
-            for name in list(runs)[::-1 if round_index % 2 else 1]:
+            for name in list(runs)[:: -1 if round_index % 2 else 1]:
                 run, programs_of_round = runs[name]
                 batch = programs_of_round(round_index)
                 started = time.perf_counter()
@@ -191,18 +158,28 @@ def measure_throughput(runs: dict[str, tuple[Callable[[str], object], Callable[[
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--programs", type=int, default=500, help="how many GSM8K programs (default 500)")
-    parser.add_argument("--workers", type=int, default=2 * (os.cpu_count() or 1),
-                        help="threads for the throughput runs, the same for every row (default: 2 per CPU, so "
-                             "the sandbox's round trips overlap; the baseline is CPU-bound either way)")
-    parser.add_argument("--rounds", type=int, default=5,
-                        help="alternating throughput rounds (default 5; the baseline runs 1/rounds of the programs in each)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=2 * (os.cpu_count() or 1),
+        help="threads for the throughput runs, the same for every row (default: 2 per CPU, so "
+        "the sandbox's round trips overlap; the baseline is CPU-bound either way)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=5,
+        help="alternating throughput rounds (default 5; the baseline runs 1/rounds of the programs in each)",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
-    parser.add_argument("--before", type=Path,
-                        help="a folder holding a copy of cap_app/ from before a change: its sandbox runs too")
+    parser.add_argument(
+        "--before", type=Path, help="a folder holding a copy of cap_app/ from before a change: its sandbox runs too"
+    )
     args = parser.parse_args(argv)
 
+    from benchmarks.processes import zygote_processes
     from cap_app.sandbox import SandboxConfig
-    from cap_app.sandbox.runner import SandboxServer, run_on, zygote_processes
+    from cap_app.sandbox.runner import SandboxServer, run_on
 
     programs = gsm8k_programs(args.programs)
     sources = [program for program, _ in programs]
@@ -217,15 +194,28 @@ def main(argv: list[str] | None = None) -> int:
             for program in sources[:20]:  # warm the zygote's copies and the page cache
                 run(program)
             zygotes = zygote_processes(server.pid)
-            cases.append((f"{label}, trace {'on' if trace else 'off'}", run,
-                          lambda zygotes=zygotes: sum(map(process_cpu_s, zygotes)), lambda _: sources))
+            cases.append(
+                (
+                    f"{label}, trace {'on' if trace else 'off'}",
+                    run,
+                    lambda zygotes=zygotes: sum(map(process_cpu_s, zygotes)),
+                    lambda _: sources,
+                )
+            )
     # The baseline, ten times slower, runs a 1/rounds slice in each round: each program once in all.
-    cases.append(("baseline: python3 -c per program", run_in_fresh_python, children_cpu_s,
-                  lambda round_index: sources[round_index::args.rounds]))
+    cases.append(
+        (
+            "baseline: python3 -c per program",
+            run_in_fresh_python,
+            children_cpu_s,
+            lambda round_index: sources[round_index :: args.rounds],
+        )
+    )
     # The sandbox rows take turns; the baseline, whose interpreter start-ups would leave their
     # caches cold, runs alone after them.
-    rows = (measure_latency([(name, run, cpu_s) for name, run, cpu_s, _ in cases[:-1]], programs)
-            + measure_latency([cases[-1][:3]], programs))
+    rows = measure_latency([(name, run, cpu_s) for name, run, cpu_s, _ in cases[:-1]], programs) + measure_latency(
+        [cases[-1][:3]], programs
+    )
     rates = measure_throughput({name: (run, share) for name, run, _, share in cases}, args.workers, args.rounds)
     for server in servers.values():
         server.stop()
@@ -233,24 +223,34 @@ def main(argv: list[str] | None = None) -> int:
         row["throughput_per_s"], row["workers"] = round(rates[row["name"]], 1), args.workers
     baseline = rows[-1]["throughput_per_s"]
     load = os.getloadavg()[1]  # other work on the machine slows every row; report it
-    print(f"{len(programs)} GSM8K programs, {os.cpu_count()} CPUs, {args.workers} workers and {args.rounds} "
-          f"alternating rounds for throughput, load average {load:.1f}")
+    print(
+        f"{len(programs)} GSM8K programs, {os.cpu_count()} CPUs, {args.workers} workers and {args.rounds} "
+        f"alternating rounds for throughput, load average {load:.1f}"
+    )
     print(f"Walls: {', '.join(servers['sandbox'].walls)}")
     print(f"{'':34} {'p50 ms':>8} {'p95 ms':>8} {'CPU ms':>8} {'runs/s':>8} {'vs baseline':>12} {'wrong':>6}")
     for row in rows:
         speedup = row["throughput_per_s"] / baseline
         row["speedup_vs_baseline"] = round(speedup, 1)
-        print(f"{row['name']:34} {row['p50_ms']:>8} {row['p95_ms']:>8} {row['cpu_ms_per_run']:>8} "
-              f"{row['throughput_per_s']:>8} {speedup:>11.1f}x {row['wrong_answers']:>6}")
+        print(
+            f"{row['name']:34} {row['p50_ms']:>8} {row['p95_ms']:>8} {row['cpu_ms_per_run']:>8} "
+            f"{row['throughput_per_s']:>8} {speedup:>11.1f}x {row['wrong_answers']:>6}"
+        )
     for row in rows[:2] if args.before else []:  # the change's cost: after against before
         before = next(other for other in rows if other["name"] == row["name"].replace("sandbox", "sandbox before"))
-        print(f"{row['name']} against before: p50 {row['p50_ms'] / before['p50_ms'] - 1:+.1%}, "
-              f"CPU {row['cpu_ms_per_run'] / before['cpu_ms_per_run'] - 1:+.1%}, "
-              f"runs/s {row['throughput_per_s'] / before['throughput_per_s'] - 1:+.1%}")
+        print(
+            f"{row['name']} against before: p50 {row['p50_ms'] / before['p50_ms'] - 1:+.1%}, "
+            f"CPU {row['cpu_ms_per_run'] / before['cpu_ms_per_run'] - 1:+.1%}, "
+            f"runs/s {row['throughput_per_s'] / before['throughput_per_s'] - 1:+.1%}"
+        )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"cpus": os.cpu_count(), "load_average_5min": load,
-                                         "walls": servers["sandbox"].walls, "rows": rows}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {"cpus": os.cpu_count(), "load_average_5min": load, "walls": servers["sandbox"].walls, "rows": rows},
+                indent=2,
+            )
+        )
     return 0 if all(row["wrong_answers"] == 0 for row in rows) else 1
 
 

@@ -13,11 +13,11 @@ import logging
 import re
 from decimal import Decimal, InvalidOperation
 
-_NUMBER = r"[-−]?(?:\d{1,3}(?:,\d{3})+(?![\d])|\d+)(?:\.\d+)?|[-−]?\.\d+"
-_NUMBER_RE = re.compile(_NUMBER)
+from cap_app.arithmetic import ANNOTATION, SIGNED_NUMBER
+
+_NUMBER = SIGNED_NUMBER.pattern
 _FRACTION_RE = re.compile(rf"^({_NUMBER})\s*/\s*({_NUMBER})$")
 _LATEX_FRACTION = re.compile(rf"^\\[dt]?frac\{{({_NUMBER})\}}\{{({_NUMBER})\}}$")
-_CALCULATOR = re.compile(r"<<[^<>]*>>")  # GSM8K calculator annotations: <<16-3=13>>
 _FINAL_LINE = re.compile(r"^\s*(?:A|Answer|Final answer)\s*:\s*(.+)$", re.IGNORECASE | re.MULTILINE)
 _ANSWER_IS = re.compile(r"(?:final answer|the answer) is[:\s]*([^\n]+)", re.IGNORECASE)
 _SAFE_FOR_MATH_VERIFY = re.compile(r"^[-\d.,/ \\{}a-z()^*+]{1,40}$")
@@ -51,7 +51,7 @@ def extract_draft_answer(draft: str | None) -> str | None:
     """
     if not draft:
         return None
-    text = _CALCULATOR.sub("", draft)
+    text = ANNOTATION.sub("", draft)
     if "####" in text:
         candidate = text.rsplit("####", 1)[1].strip().splitlines()
         if candidate:
@@ -59,7 +59,7 @@ def extract_draft_answer(draft: str | None) -> str | None:
     for found in (_boxed(text), *(m[-1] for m in (_FINAL_LINE.findall(text), _ANSWER_IS.findall(text)) if m)):
         if found and normalize_answer(found) is not None:
             return normalize_answer(found)
-    numbers = _NUMBER_RE.findall(text)
+    numbers = SIGNED_NUMBER.findall(text)
     return _canonical_number(numbers[-1]) if numbers else None
 
 
@@ -95,7 +95,7 @@ def normalize_answer(answer: str | None) -> str | None:
             return _canonical_number(str(Decimal(numerator) / Decimal(denominator)))
         return f"{numerator}/{denominator}"
     tail = re.split(r"[:=]", text)[-1]
-    numbers = _NUMBER_RE.findall(tail) or _NUMBER_RE.findall(text)
+    numbers = SIGNED_NUMBER.findall(tail) or SIGNED_NUMBER.findall(text)
     if numbers:
         return _canonical_number(numbers[-1])
     return text[:_MAX_ANSWER_CHARS]

@@ -1,4 +1,5 @@
-"""Plotly figures of a refinement: where the N programs' answers went, and where the time went.
+"""Plotly figures of a refinement (where the N programs' answers went, where the time went) and of
+the annotators' labels.
 
 Every label that comes from a model or a user is escaped and shortened: plotly renders a small
 HTML subset (links included) in text, and an answer is untrusted text.
@@ -7,11 +8,16 @@ HTML subset (links included) in text, and an answer is untrusted text.
 from __future__ import annotations
 
 import html
+from typing import TYPE_CHECKING
 
 import plotly.graph_objects as go
 
 from cap_app.answers import answers_equal
 from cap_app.results import RefinementResult
+from cap_app.store import CORRECT_CHOICES
+
+if TYPE_CHECKING:
+    from cap_app.export import ExportSummary
 
 NO_ANSWER = "(no answer)"
 MAX_LABEL = 24
@@ -58,17 +64,29 @@ def votes_figure(result: RefinementResult) -> go.Figure:
             hovertemplate="answer %{x}: %{y} vote(s)<extra>" + html.escape(name) + "</extra>",
         )
     if failed:
-        fig.add_bar(name="program failed", x=[NO_ANSWER], y=[failed], marker_color=NO_ANSWER_COLOUR,
-                    text=[str(failed)], textposition="outside")
+        fig.add_bar(
+            name="program failed",
+            x=[NO_ANSWER],
+            y=[failed],
+            marker_color=NO_ANSWER_COLOUR,
+            text=[str(failed)],
+            textposition="outside",
+        )
     total = sum(votes.values()) + failed
     draft = safe_label(result.draft_answer) if result.draft_answer is not None else "none"
     title = f"Answers of {len(result.candidates)} program(s), {result.strategy}; draft said {draft}"
     if result.gold is not None:
         title += f", gold {safe_label(result.gold)}"
-    fig.update_layout(title=dict(text=title, font=dict(size=14)), barmode="group", bargap=0.3,
-                      xaxis=dict(title="answer", type="category"),
-                      yaxis=dict(title="votes", dtick=1, range=[0, max(total, 1) * 1.25]),
-                      showlegend=True, legend=dict(orientation="h", y=-0.3), **LAYOUT)
+    fig.update_layout(
+        title=dict(text=title, font=dict(size=14)),
+        barmode="group",
+        bargap=0.3,
+        xaxis=dict(title="answer", type="category"),
+        yaxis=dict(title="votes", dtick=1, range=[0, max(total, 1) * 1.25]),
+        showlegend=True,
+        legend=dict(orientation="h", y=-0.3),
+        **LAYOUT,
+    )
     return fig
 
 
@@ -79,16 +97,26 @@ def _duration(seconds: float) -> str:
 def stage_times_figure(result: RefinementResult) -> go.Figure:
     """Horizontal bar per pipeline stage (prompt, generation, execution, ...) in seconds."""
     stages = [(name, ms / 1000) for name, ms in result.timings_ms.items() if name != "total"]
-    fig = go.Figure(go.Bar(
-        x=[s for _, s in stages], y=[html.escape(name) for name, _ in stages], orientation="h",
-        marker_color="#1f77b4", text=[_duration(s) for _, s in stages], textposition="auto",
-        hovertemplate="%{y}: %{x:.3f} s<extra></extra>",
-    ))
+    fig = go.Figure(
+        go.Bar(
+            x=[s for _, s in stages],
+            y=[html.escape(name) for name, _ in stages],
+            orientation="h",
+            marker_color="#1f77b4",
+            text=[_duration(s) for _, s in stages],
+            textposition="auto",
+            hovertemplate="%{y}: %{x:.3f} s<extra></extra>",
+        )
+    )
     timings = result.timings_ms
     total = timings["total"] / 1000 if "total" in timings else sum(s for _, s in stages)
     tokens = f", {result.generated_tokens} tokens generated" if result.generated_tokens else ""
-    fig.update_layout(title=dict(text=f"Time per stage ({total:.2f} s in all{tokens})", font=dict(size=14)),
-                      xaxis=dict(title="seconds", rangemode="tozero"), yaxis=dict(autorange="reversed"), **LAYOUT)
+    fig.update_layout(
+        title=dict(text=f"Time per stage ({total:.2f} s in all{tokens})", font=dict(size=14)),
+        xaxis=dict(title="seconds", rangemode="tozero"),
+        yaxis=dict(autorange="reversed"),
+        **LAYOUT,
+    )
     return fig
 
 
@@ -107,14 +135,39 @@ def candidates_figure(result: RefinementResult) -> go.Figure:
         groups = [indices for key, indices in spots.items() if key[0] == status]
         firsts = [result.candidates[indices[0]] for indices in groups]
         fig.add_scatter(
-            name=status, mode="markers+text", x=[c.tokens for c in firsts],
-            y=[c.execution.duration_ms for c in firsts], marker=dict(size=12, color=colours.get(status, "#7f7f7f")),
-            text=[", ".join(f"#{i + 1}" for i in indices) for indices in groups], textposition="top center",
+            name=status,
+            mode="markers+text",
+            x=[c.tokens for c in firsts],
+            y=[c.execution.duration_ms for c in firsts],
+            marker=dict(size=12, color=colours.get(status, "#7f7f7f")),
+            text=[", ".join(f"#{i + 1}" for i in indices) for indices in groups],
+            textposition="top center",
             cliponaxis=False,
             customdata=[safe_label(c.answer) if c.answer is not None else html.escape(status) for c in firsts],
             hovertemplate="program %{text}: %{x} tokens, ran %{y:.0f} ms, answer %{customdata}<extra></extra>",
         )
-    fig.update_layout(title=dict(text="Programs: length vs run time", font=dict(size=14)),
-                      xaxis=dict(title="tokens generated", rangemode="tozero"),
-                      yaxis=dict(title="run time (ms)", range=[0, most_ms * 1.25]), **LAYOUT)
+    fig.update_layout(
+        title=dict(text="Programs: length vs run time", font=dict(size=14)),
+        xaxis=dict(title="tokens generated", rangemode="tozero"),
+        yaxis=dict(title="run time (ms)", range=[0, most_ms * 1.25]),
+        **LAYOUT,
+    )
     return fig
+
+
+def label_counts_figure(summary: ExportSummary) -> go.Figure:
+    """A grouped bar chart of each annotator's 'refinement correct' labels (names are untrusted text)."""
+    figure = go.Figure()
+    for name in summary.annotators:
+        counts = summary.label_counts[name]
+        figure.add_bar(name=safe_label(name), x=list(CORRECT_CHOICES), y=[counts[label] for label in CORRECT_CHOICES])
+    figure.update_layout(
+        barmode="group",
+        title="Refinement correct? Labels per annotator",
+        xaxis_title="label",
+        yaxis_title="judgements",
+        legend_title="annotator",
+        height=320,
+        margin=dict(l=40, r=20, t=50, b=40),
+    )
+    return figure

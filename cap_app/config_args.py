@@ -31,8 +31,12 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, *, exclu
         help_text = f.metadata.get("help", "")
         kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
         if kind is bool:
-            group.add_argument(_option(f.name), action=argparse.BooleanOptionalAction,
-                               help=f"{help_text} (default: {default})", **kwargs)
+            group.add_argument(
+                _option(f.name),
+                action=argparse.BooleanOptionalAction,
+                help=f"{help_text} (default: {default})",
+                **kwargs,
+            )
             continue
         choices = f.metadata.get("choices")
         origin = typing.get_origin(kind)
@@ -40,8 +44,9 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, *, exclu
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
         if kind not in (int, float, str):
             kind = str
-        group.add_argument(_option(f.name), type=kind, choices=choices,
-                           help=f"{help_text} (default: {default})", **kwargs)
+        group.add_argument(
+            _option(f.name), type=kind, choices=choices, help=f"{help_text} (default: {default})", **kwargs
+        )
 
 
 def dataclass_from_args(cls: type[T], args: argparse.Namespace, **overrides: Any) -> T:

@@ -26,25 +26,45 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from cap_app.prompts import build_messages, format_completion, format_prompt
+from cap_app.prompts import trl_row
 from cap_app.results import RefinementResult
 from cap_app.store import CORRECT_CHOICES, JudgedRow, Store
 
 FORMATS = ("dpo", "kto", "csv")
 CSV_COLUMNS = (
-    "batch", "item", "line", "question", "draft", "gold", "refinement_id", "refinement_source",
-    "strategy", "model", "program", "refined_answer", "draft_answer", "annotator", "correct",
-    "vs_draft", "first_wrong_step", "note", "judged_at",
+    "batch",
+    "item",
+    "line",
+    "question",
+    "draft",
+    "gold",
+    "refinement_id",
+    "refinement_source",
+    "strategy",
+    "model",
+    "program",
+    "refined_answer",
+    "draft_answer",
+    "annotator",
+    "correct",
+    "vs_draft",
+    "first_wrong_step",
+    "note",
+    "judged_at",
 )
 # A cell starting with one of these is a formula to a spreadsheet (OWASP, CSV injection), full-width
 # forms included: some spreadsheets read "＝1+1" as "=1+1".
 _SPREADSHEET_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "＝", "＋", "－", "＠")
 # What an export with no rows lacked, and what to do about it.
 _WHY_EMPTY = {
-    "dpo": ("A DPO pair needs one question + draft with a program judged correct (yes) and another judged "
-            "wrong (no): run another refinement of such an item and judge both programs."),
-    "kto": ("A KTO row needs a program judged yes or no (unsure and conflicting judgements are left out): "
-            "judge some refinements."),
+    "dpo": (
+        "A DPO pair needs one question + draft with a program judged correct (yes) and another judged "
+        "wrong (no): run another refinement of such an item and judge both programs."
+    ),
+    "kto": (
+        "A KTO row needs a program judged yes or no (unsure and conflicting judgements are left out): "
+        "judge some refinements."
+    ),
     "csv": "Nobody has judged a refinement yet.",
 }
 
@@ -52,15 +72,26 @@ _WHY_EMPTY = {
 @dataclasses.dataclass
 class ExportConfig:
     db: str | None = dataclasses.field(
-        default=None, metadata={"help": "annotation database (default: $CAP_DB_PATH, /data/annotations.db on Spaces, "
-                                      "else ./annotations.db)"})
+        default=None,
+        metadata={
+            "help": "annotation database (default: $CAP_DB_PATH, /data/annotations.db on Spaces, else ./annotations.db)"
+        },
+    )
     format: str = dataclasses.field(
-        default="dpo", metadata={"help": "dpo: {prompt, chosen, rejected}; kto: {prompt, completion, label}; "
-                                         "csv: every current judgement", "choices": FORMATS})
+        default="dpo",
+        metadata={
+            "help": "dpo: {prompt, chosen, rejected}; kto: {prompt, completion, label}; csv: every current judgement",
+            "choices": FORMATS,
+        },
+    )
     output: str = dataclasses.field(default="", metadata={"help": "file to write, JSONL or CSV (required)"})
     tokenizer: str | None = dataclasses.field(
-        default=None, metadata={"help": "local tokenizer folder: write prompts as its exact chat-template text "
-                                      "instead of conversational messages"})
+        default=None,
+        metadata={
+            "help": "local tokenizer folder: write prompts as its exact chat-template text "
+            "instead of conversational messages"
+        },
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,16 +138,19 @@ class ExportSummary:
             why = f". {_WHY_EMPTY[self.format]}" if not self.rows_written else ""
             rows = f"{self.rows_written} row" + ("" if self.rows_written == 1 else "s")
             lines.append(f"wrote {rows} to {where}{why}")
-        lines.append(f"{self.judgements} current judgements by {len(self.annotators)} annotators; "
-                     f"{self.labeled_programs} programs with a yes/no consensus, {self.conflicts} conflicting, "
-                     f"{self.without_program} judged refinements without a program")
+        lines.append(
+            f"{self.judgements} current judgements by {len(self.annotators)} annotators; "
+            f"{self.labeled_programs} programs with a yes/no consensus, {self.conflicts} conflicting, "
+            f"{self.without_program} judged refinements without a program"
+        )
         for name in self.annotators:
             counts = self.label_counts[name]
             lines.append(f"  {name}: " + ", ".join(f"{label} {counts[label]}" for label in CORRECT_CHOICES))
         for a in self.agreements:
             kappa = "undefined (a single label throughout)" if a.kappa is None else f"{a.kappa:.3f}"
-            lines.append(f"Cohen's kappa {a.annotator_a} vs {a.annotator_b} on '{a.field}' "
-                         f"({a.shared} shared): {kappa}")
+            lines.append(
+                f"Cohen's kappa {a.annotator_a} vs {a.annotator_b} on '{a.field}' ({a.shared} shared): {kappa}"
+            )
         if not self.agreements:
             lines.append("agreement: no two annotators judged the same refinement")
         return "\n".join(lines)
@@ -150,15 +184,6 @@ def labeled_programs(rows: Iterable[JudgedRow]) -> tuple[list[Labeled], int, int
     return labeled, conflicts, without_program
 
 
-def _prompt(tokenizer, question: str, draft: str):
-    return format_prompt(tokenizer, question, draft) if tokenizer is not None else build_messages(question, draft)
-
-
-def _completion(tokenizer, program: str):
-    text = format_completion(program)
-    return text if tokenizer is not None else [{"role": "assistant", "content": text}]
-
-
 def _meta(entry: Labeled) -> dict:
     """What `python -m cap_app train` reads besides the trl columns (docs/data_formats.md)."""
     return {"question": entry.question, "draft": entry.draft, "gold": entry.gold, "source": "annotations"}
@@ -173,35 +198,50 @@ def dpo_rows(labeled: list[Labeled], tokenizer=None) -> Iterator[dict]:
         good = [e for e in entries if e.correct]
         bad = [e for e in entries if not e.correct]
         for chosen, rejected in itertools.product(good, bad):
-            yield {
-                "prompt": _prompt(tokenizer, chosen.question, chosen.draft),
-                "chosen": _completion(tokenizer, chosen.program),
-                "rejected": _completion(tokenizer, rejected.program),
-                "meta": _meta(chosen),
-            }
+            yield trl_row(
+                chosen.question,
+                chosen.draft,
+                {"chosen": chosen.program, "rejected": rejected.program},
+                _meta(chosen),
+                tokenizer=tokenizer,
+            )
 
 
 def kto_rows(labeled: list[Labeled], tokenizer=None) -> Iterator[dict]:
     """{prompt, completion, label}: one row per labeled program (unpaired preference data)."""
     for entry in labeled:
-        yield {
-            "prompt": _prompt(tokenizer, entry.question, entry.draft),
-            "completion": _completion(tokenizer, entry.program),
-            "label": entry.correct,
-            "meta": _meta(entry),
-        }
+        yield trl_row(
+            entry.question,
+            entry.draft,
+            {"completion": entry.program},
+            _meta(entry),
+            tokenizer=tokenizer,
+            label=entry.correct,
+        )
 
 
 def csv_row(row: JudgedRow) -> dict:
     result, judgement = row.refinement.result, row.judgement
     values = {
-        "batch": row.batch_name, "item": row.item.position + 1, "line": row.item.line,
-        "question": row.item.question, "draft": row.item.draft, "gold": row.item.gold,
-        "refinement_id": row.refinement.id, "refinement_source": row.refinement.source,
-        "strategy": result.strategy, "model": result.model, "program": judged_program(result),
-        "refined_answer": result.refined_answer, "draft_answer": result.draft_answer,
-        "annotator": judgement.annotator, "correct": judgement.correct, "vs_draft": judgement.vs_draft,
-        "first_wrong_step": judgement.first_wrong_step, "note": judgement.note, "judged_at": judgement.created_at,
+        "batch": row.batch_name,
+        "item": row.item.position + 1,
+        "line": row.item.line,
+        "question": row.item.question,
+        "draft": row.item.draft,
+        "gold": row.item.gold,
+        "refinement_id": row.refinement.id,
+        "refinement_source": row.refinement.source,
+        "strategy": result.strategy,
+        "model": result.model,
+        "program": judged_program(result),
+        "refined_answer": result.refined_answer,
+        "draft_answer": result.draft_answer,
+        "annotator": judgement.annotator,
+        "correct": judgement.correct,
+        "vs_draft": judgement.vs_draft,
+        "first_wrong_step": judgement.first_wrong_step,
+        "note": judgement.note,
+        "judged_at": judgement.created_at,
     }
     return {key: _spreadsheet_safe(value) for key, value in values.items()}
 
@@ -220,7 +260,7 @@ def cohen_kappa(labels_a: list[str], labels_b: list[str]) -> float | None:
     n = len(labels_a)
     if n == 0 or n != len(labels_b):
         raise ValueError("kappa needs two equally long, non-empty label lists")
-    observed = sum(a == b for a, b in zip(labels_a, labels_b)) / n
+    observed = sum(a == b for a, b in zip(labels_a, labels_b, strict=True)) / n
     count_a, count_b = Counter(labels_a), Counter(labels_b)
     expected = sum(count_a[label] * count_b[label] for label in count_a) / (n * n)
     if expected == 1:
@@ -253,26 +293,14 @@ def summarize(store: Store) -> ExportSummary:
     for row in rows:
         label_counts[row.judgement.annotator][row.judgement.correct or "none"] += 1
     return ExportSummary(
-        judgements=len(rows), annotators=sorted(label_counts), labeled_programs=len(labeled),
-        conflicts=conflicts, without_program=without_program, agreements=agreements(rows),
+        judgements=len(rows),
+        annotators=sorted(label_counts),
+        labeled_programs=len(labeled),
+        conflicts=conflicts,
+        without_program=without_program,
+        agreements=agreements(rows),
         label_counts=dict(label_counts),
     )
-
-
-def label_counts_figure(summary: ExportSummary):
-    """A grouped bar chart of each annotator's 'refinement correct' labels."""
-    import plotly.graph_objects as go
-
-    from cap_app.charts import safe_label  # annotator names are untrusted text
-
-    figure = go.Figure()
-    for name in summary.annotators:
-        counts = summary.label_counts[name]
-        figure.add_bar(name=safe_label(name), x=list(CORRECT_CHOICES), y=[counts[label] for label in CORRECT_CHOICES])
-    figure.update_layout(barmode="group", title="Refinement correct? Labels per annotator",
-                         xaxis_title="label", yaxis_title="judgements", legend_title="annotator",
-                         height=320, margin=dict(l=40, r=20, t=50, b=40))
-    return figure
 
 
 def export(store: Store, fmt: str, output: str | os.PathLike, *, tokenizer=None) -> ExportSummary:
@@ -304,4 +332,3 @@ def export(store: Store, fmt: str, output: str | os.PathLike, *, tokenizer=None)
         raise
     summary.output = str(output)
     return summary
-

@@ -39,21 +39,30 @@ _DIGITS = re.compile(r"\d+")
 
 @dataclasses.dataclass
 class GenerationConfig:
-    temperature: float = dataclasses.field(default=0.0, metadata={
-        "help": "sampling temperature; 0 = greedy decoding"})
-    top_p: float = dataclasses.field(default=0.95, metadata={
-        "help": "nucleus sampling: keep the smallest token set with this probability mass"})
-    max_new_tokens: int = dataclasses.field(default=400, metadata={
-        "help": "stop a program after this many generated tokens"})
-    seed: int | None = dataclasses.field(default=0, metadata={
-        "help": "random seed for sampling (same seed, same samples)"})
+    temperature: float = dataclasses.field(default=0.0, metadata={"help": "sampling temperature; 0 = greedy decoding"})
+    top_p: float = dataclasses.field(
+        default=0.95, metadata={"help": "nucleus sampling: keep the smallest token set with this probability mass"}
+    )
+    max_new_tokens: int = dataclasses.field(
+        default=400, metadata={"help": "stop a program after this many generated tokens"}
+    )
+    seed: int | None = dataclasses.field(
+        default=0, metadata={"help": "random seed for sampling (same seed, same samples)"}
+    )
     n: int = dataclasses.field(default=1, metadata={"help": "samples per prompt"})
-    batch_size: int = dataclasses.field(default=8, metadata={
-        "help": "most sequences generated together in one forward batch"})
-    stop_at_program_end: bool = dataclasses.field(default=True, metadata={
-        "help": "stop as soon as the ```python block is closed"})
-    stop_on_repetition: bool = dataclasses.field(default=True, metadata={
-        "help": f"stop a program whose last 1-{LONGEST_REPEATED_BLOCK} lines repeat {REPEATS_TO_STOP} times in a row"})
+    batch_size: int = dataclasses.field(
+        default=8, metadata={"help": "most sequences generated together in one forward batch"}
+    )
+    stop_at_program_end: bool = dataclasses.field(
+        default=True, metadata={"help": "stop as soon as the ```python block is closed"}
+    )
+    stop_on_repetition: bool = dataclasses.field(
+        default=True,
+        metadata={
+            "help": f"stop a program whose last 1-{LONGEST_REPEATED_BLOCK} lines repeat "
+            f"{REPEATS_TO_STOP} times in a row"
+        },
+    )
 
     def __post_init__(self):
         if self.temperature < 0 or not 0 < self.top_p <= 1:
@@ -103,7 +112,8 @@ def repeats_in_tail(text: str) -> bool:
             break
         block = lines[-size:]
         if any(line.strip() for line in block) and all(
-                lines[-(k + 1) * size:len(lines) - k * size] == block for k in range(1, REPEATS_TO_STOP)):
+            lines[-(k + 1) * size : len(lines) - k * size] == block for k in range(1, REPEATS_TO_STOP)
+        ):
             return True
     return False
 
@@ -136,8 +146,9 @@ def _tokens_with_backtick(tokenizer) -> frozenset[int]:
     return _backtick_tokens[tokenizer]
 
 
-def _stopping_and_recording(tokenizer, batch: int, prompt_len: int, eos_ids: set[int],
-                            config: GenerationConfig, cancel: threading.Event | None):
+def _stopping_and_recording(
+    tokenizer, batch: int, prompt_len: int, eos_ids: set[int], config: GenerationConfig, cancel: threading.Event | None
+):
     """The two generate() hooks for one batch (classes built here so importing this module stays
     free of torch/transformers, which the CLI's --help must not pay for)."""
     import torch
@@ -232,7 +243,7 @@ class _RowStreamer:
             text = self.tokenizer.decode(self.cache[row], skip_special_tokens=True)
             if text.endswith("\ufffd"):
                 continue
-            new = text[self.printed[row]:]
+            new = text[self.printed[row] :]
             if text.endswith("\n"):
                 self.cache[row], self.printed[row] = [], 0
             else:
@@ -242,7 +253,7 @@ class _RowStreamer:
 
     def end(self):
         for row, tokens in enumerate(self.cache):
-            text = self.tokenizer.decode(tokens, skip_special_tokens=True)[self.printed[row]:]
+            text = self.tokenizer.decode(tokens, skip_special_tokens=True)[self.printed[row] :]
             if text:
                 self.out.put((self.first_row + row, text, self.received[row]))
 
@@ -264,14 +275,25 @@ def _shared_prompt_cache(model, inputs, prompts: list[str]):
     positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache(config=model.config)
     with torch.no_grad():
-        model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-              use_cache=True, logits_to_keep=1)
+        model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
     cache.batch_select_indices(torch.tensor(row_of_prompt, device=ids.device))
     return cache
 
 
-def _generate_chunk(loaded: LoadedModel, prompts: list[str], config: GenerationConfig,
-                    cancel: threading.Event | None, streamer_factory=None) -> list[Generation]:
+def _generate_chunk(
+    loaded: LoadedModel,
+    prompts: list[str],
+    config: GenerationConfig,
+    cancel: threading.Event | None,
+    streamer_factory=None,
+) -> list[Generation]:
     """One `model.generate` call over a list of prompts (already expanded to one row per sample)."""
     import torch
     from transformers import GenerationConfig as HFGenerationConfig
@@ -291,24 +313,41 @@ def _generate_chunk(loaded: LoadedModel, prompts: list[str], config: GenerationC
     # Neutral values override sampling defaults a model may ship in generation_config.json.
     neutral = {"temperature": 1.0, "top_p": 1.0, "top_k": 0} if sample else {}
     hf_config = HFGenerationConfig(
-        max_new_tokens=config.max_new_tokens, do_sample=sample, num_beams=1, repetition_penalty=1.0,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=sorted(eos_ids), **neutral)
+        max_new_tokens=config.max_new_tokens,
+        do_sample=sample,
+        num_beams=1,
+        repetition_penalty=1.0,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=sorted(eos_ids),
+        **neutral,
+    )
     with loaded.lock:
         if config.seed is not None:
             torch.manual_seed(config.seed)
         sequences = model.generate(
-            **inputs, past_key_values=_shared_prompt_cache(model, inputs, prompts), generation_config=hf_config, logits_processor=processors, stopping_criteria=[watch],
-            streamer=streamer_factory(watch) if streamer_factory else None)
+            **inputs,
+            past_key_values=_shared_prompt_cache(model, inputs, prompts),
+            generation_config=hf_config,
+            logits_processor=processors,
+            stopping_criteria=[watch],
+            streamer=streamer_factory(watch) if streamer_factory else None,
+        )
     recorder.finish(sequences)
     prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
     results = []
     for row in range(len(prompts)):
         length = watch.lengths[row]
-        token_ids = sequences[row, prompt_len:prompt_len + length].tolist()
-        results.append(Generation(
-            text=tokenizer.decode(token_ids, skip_special_tokens=True), prompt_tokens=int(prompt_tokens[row]),
-            new_tokens=length, mean_logprob=recorder.mean(row, length), finish=watch.finish[row],
-            token_ids=token_ids))
+        token_ids = sequences[row, prompt_len : prompt_len + length].tolist()
+        results.append(
+            Generation(
+                text=tokenizer.decode(token_ids, skip_special_tokens=True),
+                prompt_tokens=int(prompt_tokens[row]),
+                new_tokens=length,
+                mean_logprob=recorder.mean(row, length),
+                finish=watch.finish[row],
+                token_ids=token_ids,
+            )
+        )
     return results
 
 
@@ -317,22 +356,24 @@ def _rows(prompts: Sequence[str], config: GenerationConfig) -> list[str]:
 
 
 def _group(generations: list[Generation], n: int) -> list[list[Generation]]:
-    return [generations[i:i + n] for i in range(0, len(generations), n)]
+    return [generations[i : i + n] for i in range(0, len(generations), n)]
 
 
-def generate_batch(loaded: LoadedModel, prompts: Sequence[str], config: GenerationConfig,
-                   *, cancel: threading.Event | None = None) -> list[list[Generation]]:
+def generate_batch(
+    loaded: LoadedModel, prompts: Sequence[str], config: GenerationConfig, *, cancel: threading.Event | None = None
+) -> list[list[Generation]]:
     """`config.n` samples for each prompt, generated `config.batch_size` rows at a time."""
     rows = _rows(prompts, config)
     generations: list[Generation] = []
     for start in range(0, len(rows), config.batch_size):
         chunk_config = dataclasses.replace(config, seed=None if config.seed is None else config.seed + start)
-        generations += _generate_chunk(loaded, rows[start:start + config.batch_size], chunk_config, cancel)
+        generations += _generate_chunk(loaded, rows[start : start + config.batch_size], chunk_config, cancel)
     return _group(generations, config.n)
 
 
-def generate_stream(loaded: LoadedModel, prompts: Sequence[str], config: GenerationConfig,
-                    *, cancel: threading.Event | None = None) -> Iterator[StreamChunk]:
+def generate_stream(
+    loaded: LoadedModel, prompts: Sequence[str], config: GenerationConfig, *, cancel: threading.Event | None = None
+) -> Iterator[StreamChunk]:
     """Like `generate_batch`, but yields each row's text as it is written.
 
     Generation runs in a background thread; closing this generator early stops it.
@@ -348,11 +389,24 @@ def generate_stream(loaded: LoadedModel, prompts: Sequence[str], config: Generat
             failure: list[BaseException] = []
             chunk_config = dataclasses.replace(config, seed=None if config.seed is None else config.seed + start)
 
-            def work(chunk=rows[start:start + config.batch_size], first=start, chunk_config=chunk_config):
+            def work(
+                chunk=rows[start : start + config.batch_size],
+                first=start,
+                chunk_config=chunk_config,
+                out=out,
+                done=done,
+                failure=failure,
+            ):
                 try:
-                    generations.extend(_generate_chunk(
-                        loaded, chunk, chunk_config, watched,
-                        streamer_factory=lambda watch: _RowStreamer(loaded.tokenizer, watch, first, out)))
+                    generations.extend(
+                        _generate_chunk(
+                            loaded,
+                            chunk,
+                            chunk_config,
+                            watched,
+                            streamer_factory=lambda watch: _RowStreamer(loaded.tokenizer, watch, first, out),
+                        )
+                    )
                 except BaseException as error:  # re-raised in the consumer's thread
                     failure.append(error)
                 finally:

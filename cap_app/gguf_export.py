@@ -31,14 +31,23 @@ ARCHITECTURES = ("llama",)
 @dataclasses.dataclass
 class GGUFExportConfig:
     output: str = dataclasses.field(default="", metadata={"help": "the .gguf file to write"})
-    model: str | None = dataclasses.field(default=None, metadata={
-        "help": "the base model as a .gguf file; default: the offline SmolLM2-135M-Instruct"})
-    adapter: str | None = dataclasses.field(default=None, metadata={
-        "help": "PEFT adapter folder to merge in; 'none' for the base alone; default: this project's "
-                "CaP adapter when the offline default model is used"})
-    type: str = dataclasses.field(default="q8_0", metadata={
-        "help": "weight type: f16 (exact up to rounding), q8_0 (near-exact, half the size), q4_0 (smallest)",
-        "choices": TYPES})
+    model: str | None = dataclasses.field(
+        default=None, metadata={"help": "the base model as a .gguf file; default: the offline SmolLM2-135M-Instruct"}
+    )
+    adapter: str | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "PEFT adapter folder to merge in; 'none' for the base alone; default: this project's "
+            "CaP adapter when the offline default model is used"
+        },
+    )
+    type: str = dataclasses.field(
+        default="q8_0",
+        metadata={
+            "help": "weight type: f16 (exact up to rounding), q8_0 (near-exact, half the size), q4_0 (smallest)",
+            "choices": TYPES,
+        },
+    )
 
 
 class ExportError(Exception):
@@ -66,12 +75,19 @@ def export_gguf(base_gguf: Path, adapter: str | None, output: Path, weight_type:
             value_type = field.types[0]
             sub_type = field.types[-1] if value_type == gguf.GGUFValueType.ARRAY else None
             writer.add_key_value(field.name, field.contents(), value_type, sub_type=sub_type)
-        writer.add_file_type({"f16": gguf.LlamaFileType.MOSTLY_F16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
-                              "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}[weight_type])
+        writer.add_file_type(
+            {
+                "f16": gguf.LlamaFileType.MOSTLY_F16,
+                "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+                "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
+            }[weight_type]
+        )
         for name, array in tensors.items():
             qtype = _tensor_type(name, array, weight_type)
             if qtype in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
-                writer.add_tensor(name, array.astype("float32" if qtype == gguf.GGMLQuantizationType.F32 else "float16"))
+                writer.add_tensor(
+                    name, array.astype("float32" if qtype == gguf.GGMLQuantizationType.F32 else "float16")
+                )
             else:
                 writer.add_tensor(name, gguf.quants.quantize(array, qtype), raw_dtype=qtype)
         writer.write_header_to_file()
@@ -103,8 +119,9 @@ def _merged_tensors(base_gguf: Path, adapter: str | None, reader) -> dict:
 
     from cap_app.model import ModelConfig, load_model
 
-    loaded = load_model(ModelConfig(model=str(base_gguf), adapter=adapter or "none", device="cpu",
-                                    quantization="none", dtype="float32"))
+    loaded = load_model(
+        ModelConfig(model=str(base_gguf), adapter=adapter or "none", device="cpu", quantization="none", dtype="float32")
+    )
     config = loaded.model.config
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
     wanted = {tensor.name for tensor in reader.tensors}
@@ -131,8 +148,11 @@ def _permute(weights, n_head: int, n_head_kv: int):
     """llama.cpp's rotary layout of a q or k projection (convert_hf_to_gguf.py's LlamaModel.permute)."""
     if n_head_kv != n_head:
         n_head = n_head_kv
-    return (weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
-            .swapaxes(1, 2).reshape(weights.shape))
+    return (
+        weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weights.shape)
+    )
 
 
 def cached_export(base_gguf: Path, adapter: str, weight_type: str = "q8_0") -> Path:

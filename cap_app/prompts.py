@@ -73,11 +73,26 @@ def format_draft_prompt(tokenizer, question: str) -> str:
     answer CaP refines (`data build` samples such drafts when given a model)."""
     user = f"Question: {question.strip()}"
     if getattr(tokenizer, "chat_template", None):
-        return render_messages(tokenizer, [{"role": "system", "content": DRAFT_SYSTEM_PROMPT},
-                                           {"role": "user", "content": user}])
+        return render_messages(
+            tokenizer, [{"role": "system", "content": DRAFT_SYSTEM_PROMPT}, {"role": "user", "content": user}]
+        )
     return f"{DRAFT_SYSTEM_PROMPT}\n\n{user}\n\nAnswer:\n"
 
 
 def format_completion(program: str) -> str:
     """How a program is written as the model's answer (the target of SFT/DPO training)."""
     return FENCE_OPEN + program.strip("\n") + FENCE_CLOSE
+
+
+def trl_row(question: str, draft: str, completions: dict[str, str], meta: dict, *, tokenizer=None, **columns) -> dict:
+    """One row of trl training data, built once for `data build` and `export`: the CaP prompt, each
+    program of `completions` under its column (`completion`, or `chosen` and `rejected`), any other
+    `columns` (KTO's `label`), then `meta`. Conversational messages, which trl renders with the chat
+    template of the model it trains; with a tokenizer, that tokenizer's exact prompt text instead."""
+    if tokenizer is None:
+        prompt = build_messages(question, draft)
+        answers = {name: [{"role": "assistant", "content": format_completion(p)}] for name, p in completions.items()}
+    else:
+        prompt = format_prompt(tokenizer, question, draft)
+        answers = {name: format_completion(p) for name, p in completions.items()}
+    return {"prompt": prompt, **answers, **columns, "meta": meta}

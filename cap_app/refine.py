@@ -26,8 +26,8 @@ from collections.abc import Iterable, Iterator
 from typing import Literal
 
 from cap_app.answers import answers_equal, extract_draft_answer, normalize_answer
-from cap_app.generate import Generation, GenerationConfig
 from cap_app.backends import Backend, as_backend
+from cap_app.generate import Generation, GenerationConfig
 from cap_app.model import LoadedModel, get_model
 from cap_app.program import extract_program
 from cap_app.prompts import build_messages, build_repair_messages
@@ -36,6 +36,7 @@ from cap_app.sandbox.config import SandboxConfig
 from cap_app.sandbox.result import ExecResult
 
 STRATEGIES = ("greedy", "vote", "cot+cap", "repair")
+SAMPLING_STRATEGIES = ("vote", "cot+cap")  # N sampled programs and a vote
 MAX_QUESTION_CHARS = 4000
 MAX_DRAFT_CHARS = 8000
 _ALLOWED_CONTROL = {"\n", "\r", "\t"}
@@ -48,26 +49,32 @@ class InputError(ValueError):
 @dataclasses.dataclass
 class RefineConfig:
     # What to generate
-    strategy: str = dataclasses.field(default="greedy", metadata={
-        "help": "greedy: one program; vote: majority of N sampled programs; cot+cap: vote with the "
-                "draft's answer as one more vote; repair: feed errors back to the model",
-        "choices": STRATEGIES})
+    strategy: str = dataclasses.field(
+        default="greedy",
+        metadata={
+            "help": "greedy: one program; vote: majority of N sampled programs; cot+cap: vote with the "
+            "draft's answer as one more vote; repair: feed errors back to the model",
+            "choices": STRATEGIES,
+        },
+    )
     n: int = dataclasses.field(default=4, metadata={"help": "programs sampled by vote and cot+cap"})
-    repair_rounds: int = dataclasses.field(default=2, metadata={
-        "help": "most extra tries the repair strategy gives a failing program"})
+    repair_rounds: int = dataclasses.field(
+        default=2, metadata={"help": "most extra tries the repair strategy gives a failing program"}
+    )
     # How to sample (greedy and repair always decode greedily)
-    temperature: float = dataclasses.field(default=0.7, metadata={
-        "help": "sampling temperature for vote and cot+cap"})
+    temperature: float = dataclasses.field(default=0.7, metadata={"help": "sampling temperature for vote and cot+cap"})
     top_p: float = dataclasses.field(default=0.95, metadata={"help": "nucleus sampling mass for vote and cot+cap"})
     max_new_tokens: int = dataclasses.field(default=400, metadata={"help": "longest program, in tokens"})
     seed: int = dataclasses.field(default=0, metadata={"help": "random seed for sampling"})
-    batch_size: int = dataclasses.field(default=8, metadata={
-        "help": "most sequences generated together (batch refinement groups items up to this)"})
+    batch_size: int = dataclasses.field(
+        default=8, metadata={"help": "most sequences generated together (batch refinement groups items up to this)"}
+    )
     # How to run the programs
     timeout_s: float = dataclasses.field(default=5.0, metadata={"help": "sandbox time limit per program, seconds"})
     memory_mb: int = dataclasses.field(default=512, metadata={"help": "sandbox memory limit per program, MiB"})
-    trace: bool = dataclasses.field(default=True, metadata={
-        "help": "record each program's line-by-line trace (the app shows it)"})
+    trace: bool = dataclasses.field(
+        default=True, metadata={"help": "record each program's line-by-line trace (the app shows it)"}
+    )
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -82,13 +89,17 @@ class RefineConfig:
 
     @property
     def samples(self) -> bool:
-        return self.strategy in ("vote", "cot+cap")
+        return self.strategy in SAMPLING_STRATEGIES
 
     def generation_config(self) -> GenerationConfig:
         return GenerationConfig(
-            temperature=self.temperature if self.samples else 0.0, top_p=self.top_p,
-            max_new_tokens=self.max_new_tokens, seed=self.seed, n=self.n if self.samples else 1,
-            batch_size=self.batch_size)
+            temperature=self.temperature if self.samples else 0.0,
+            top_p=self.top_p,
+            max_new_tokens=self.max_new_tokens,
+            seed=self.seed,
+            n=self.n if self.samples else 1,
+            batch_size=self.batch_size,
+        )
 
 
 @dataclasses.dataclass
@@ -126,12 +137,14 @@ def validate_inputs(question: object, draft: object) -> None:
 
 
 GOLD_KEYS = ("gold", "ground_truth", "answer")
+DRAFT_KEYS = ("draft", "6b_finetuning", "6b_verification", "175b_finetuning", "175b_verification")  # data/gsm8k's
 
 
 def item_from_record(record: object, *, draft_key: str = "draft") -> RefineItem:
-    """A RefineItem from one JSON record: `question`, the draft under `draft_key` (text, or an
-    object with a `solution` as in data/gsm8k/model_drafts_dev.jsonl; `draft_key="none"` means
-    no draft), and the gold answer from `gold`, `ground_truth` or `answer` when present."""
+    """A RefineItem from one JSONL or CSV record, the one reader of input files (the CLI's and the
+    annotator's): `question`, the draft under `draft_key` (text, or an object with a `solution` as in
+    data/gsm8k/model_drafts_dev.jsonl; it may be empty; `draft_key="none"` means no draft), and the
+    gold answer (gold_answer). Raises InputError for a record validate_inputs would refuse."""
     if not isinstance(record, dict):
         raise InputError("expected a JSON object")
     if "question" not in record:
@@ -140,13 +153,28 @@ def item_from_record(record: object, *, draft_key: str = "draft") -> RefineItem:
     if isinstance(draft, dict):
         draft = draft.get("solution")
     if draft is None:
-        others = sorted(k for k, v in record.items() if isinstance(v, dict) and "solution" in v)
-        hint = f" (drafts in this record: {', '.join(others)}; pick one with --draft-key)" if others else ""
+        others = sorted(
+            k
+            for k, v in record.items()
+            if k != draft_key and (k in DRAFT_KEYS or isinstance(v, dict) and "solution" in v)
+        )
+        hint = f" (drafts in this record: {', '.join(others)}; choose one as the draft key)" if others else ""
         raise InputError(f"missing '{draft_key}'{hint}")
-    gold = next((record[k] for k in GOLD_KEYS if isinstance(record.get(k), (str, int, float))), None)
-    item = RefineItem(record["question"], draft, None if gold is None else str(gold))
+    item = RefineItem(record["question"], draft, gold_answer(record))
     validate_inputs(item.question, item.draft)
     return item
+
+
+def gold_answer(record: dict) -> str | None:
+    """The gold answer of a record: the first of GOLD_KEYS holding a number or non-blank text; from
+    text, its final answer (`#### 18`, `A: 18`), else the text itself, cut at 100 characters."""
+    for key in GOLD_KEYS:
+        value = record.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        if isinstance(value, str) and value.strip():
+            return extract_draft_answer(value) or value.strip()[:100]
+    return None
 
 
 class _ItemState:
@@ -166,14 +194,21 @@ class _ItemState:
 
     def needs_repair(self, config: RefineConfig) -> bool:
         rounds_done = len(self.candidates) - 1
-        return (config.strategy == "repair" and self.candidates[-1].answer is None
-                and rounds_done < config.repair_rounds)
+        return config.strategy == "repair" and self.candidates[-1].answer is None and rounds_done < config.repair_rounds
 
     def add(self, generation: Generation, program: str, execution: ExecResult, round_: int) -> int:
-        self.candidates.append(Candidate(
-            text=generation.text, program=program, execution=execution,
-            answer=normalize_answer(execution.answer) if execution.ok else None,
-            logprob=generation.mean_logprob, tokens=generation.new_tokens, round=round_, finish=generation.finish))
+        self.candidates.append(
+            Candidate(
+                text=generation.text,
+                program=program,
+                execution=execution,
+                answer=normalize_answer(execution.answer) if execution.ok else None,
+                logprob=generation.mean_logprob,
+                tokens=generation.new_tokens,
+                round=round_,
+                finish=generation.finish,
+            )
+        )
         return len(self.candidates) - 1
 
 
@@ -220,8 +255,14 @@ def _count_votes(state: _ItemState, draft_answer: str | None, strategy: str):
         return float("-inf") if value is None else value
 
     votes = {g["answer"]: len(g["members"]) + g["draft"] for g in groups}
-    winner = max(groups, key=lambda g: (len(g["members"]) + g["draft"], bool(g["members"]),
-                                        max(map(logprob, g["members"]), default=float("-inf"))))
+    winner = max(
+        groups,
+        key=lambda g: (
+            len(g["members"]) + g["draft"],
+            bool(g["members"]),
+            max(map(logprob, g["members"]), default=float("-inf")),
+        ),
+    )
     chosen = max(winner["members"], key=logprob, default=None)
     return votes, chosen, winner["answer"]
 
@@ -229,7 +270,7 @@ def _count_votes(state: _ItemState, draft_answer: str | None, strategy: str):
 def _result(state: _ItemState, config: RefineConfig, model_name: str) -> RefinementResult:
     item = state.item
     draft_answer = extract_draft_answer(item.draft)
-    if config.strategy in ("vote", "cot+cap"):
+    if config.samples:
         votes, chosen, refined = _count_votes(state, draft_answer, config.strategy)
     else:
         answered = [i for i, c in enumerate(state.candidates) if c.answer is not None]
@@ -238,8 +279,14 @@ def _result(state: _ItemState, config: RefineConfig, model_name: str) -> Refinem
         votes = {refined: 1} if refined is not None else {}
     gold = extract_draft_answer(item.gold) if item.gold else None
     return RefinementResult(
-        question=item.question, draft=item.draft, draft_answer=draft_answer, strategy=config.strategy,
-        candidates=state.candidates, chosen=chosen, refined_answer=refined, votes=votes,
+        question=item.question,
+        draft=item.draft,
+        draft_answer=draft_answer,
+        strategy=config.strategy,
+        candidates=state.candidates,
+        chosen=chosen,
+        refined_answer=refined,
+        votes=votes,
         verdict="no_answer" if refined is None else ("agrees" if answers_equal(refined, draft_answer) else "disagrees"),
         gold=gold,
         draft_correct=answers_equal(draft_answer, gold) if gold is not None else None,
@@ -247,15 +294,17 @@ def _result(state: _ItemState, config: RefineConfig, model_name: str) -> Refinem
         timings_ms={**state.timings, "total": state.timings["generate"] + state.timings["execute"]},
         prompt_tokens=state.prompt_tokens,
         generated_tokens=sum(c.tokens for c in state.candidates),
-        model=model_name)
+        model=model_name,
+    )
 
 
 def _ms_since(start: float) -> float:
     return (time.perf_counter() - start) * 1000
 
 
-def refine_batch(items: Iterable[RefineItem], config: RefineConfig | None = None,
-                 model: Backend | LoadedModel | None = None) -> Iterator[RefinementResult]:
+def refine_batch(
+    items: Iterable[RefineItem], config: RefineConfig | None = None, model: Backend | LoadedModel | None = None
+) -> Iterator[RefinementResult]:
     """Refine many items, yielding results in input order as each group finishes.
 
     Items are generated together, `config.batch_size` sequences at a time; a group's generation
@@ -269,13 +318,13 @@ def refine_batch(items: Iterable[RefineItem], config: RefineConfig | None = None
     for item in items:
         validate_inputs(item.question, item.draft)
     for start in range(0, len(items), per_group):
-        states = [_ItemState(item) for item in items[start:start + per_group]]
+        states = [_ItemState(item) for item in items[start : start + per_group]]
         pending, round_ = states, 0
         while pending:
             began = time.perf_counter()
             groups = backend.generate_batch([s.conversation() for s in pending], generation_config)
             share = _ms_since(began) / len(pending)
-            for state, generations in zip(pending, groups):
+            for state, generations in zip(pending, groups, strict=True):
                 state.timings["generate"] += share
                 state.prompt_tokens += sum(g.prompt_tokens for g in generations)
                 for generation in generations:
@@ -288,16 +337,28 @@ def refine_batch(items: Iterable[RefineItem], config: RefineConfig | None = None
         yield from (_result(state, config, backend.description) for state in states)
 
 
-def refine(question: str, draft: str, *, gold: str | None = None, config: RefineConfig | None = None,
-           model: Backend | LoadedModel | None = None) -> RefinementResult:
+def refine(
+    question: str,
+    draft: str,
+    *,
+    gold: str | None = None,
+    config: RefineConfig | None = None,
+    model: Backend | LoadedModel | None = None,
+) -> RefinementResult:
     """Refine one draft (raises InputError for unusable input)."""
     validate_inputs(question, draft)
     return next(refine_batch([RefineItem(question, draft, gold)], config, model))
 
 
-def refine_stream(question: str, draft: str, *, gold: str | None = None, config: RefineConfig | None = None,
-                  model: Backend | LoadedModel | None = None,
-                  cancel: threading.Event | None = None) -> Iterator[RefineEvent]:
+def refine_stream(
+    question: str,
+    draft: str,
+    *,
+    gold: str | None = None,
+    config: RefineConfig | None = None,
+    model: Backend | LoadedModel | None = None,
+    cancel: threading.Event | None = None,
+) -> Iterator[RefineEvent]:
     """Refine one draft, yielding RefineEvents as programs are written and run.
 
     When `cancel` is set, generation stops at the next token and the stream ends without `done`.

@@ -77,7 +77,7 @@ class RefinementResult:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "RefinementResult":
+    def from_dict(cls, data: dict) -> RefinementResult:
         data = dict(data)
         data["candidates"] = [
             Candidate(**{**c, "execution": ExecResult.from_dict(c["execution"])}) for c in data["candidates"]

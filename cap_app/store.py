@@ -22,7 +22,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cap_app.results import RefinementResult
@@ -116,7 +116,7 @@ class Item:
 
 @dataclasses.dataclass(frozen=True)
 class NewItem:
-    """One parsed row, before it has an id: what batches.py hands to `Store.add_batch`."""
+    """One parsed row, before it has an id: what item_files.py hands to `Store.add_batch`."""
 
     line: int
     question: str
@@ -167,7 +167,7 @@ def default_db_path(data_dir: str = SPACES_DATA_DIR) -> Path:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def check_annotator(annotator: str | None) -> str:
@@ -243,8 +243,9 @@ class Store:
         row = conn.execute("SELECT version FROM schema_version").fetchone()
         version = row[0] if row else 0
         if version > len(MIGRATIONS):
-            raise StoreError(f"{self.path} has schema version {version}; this app knows up to {len(MIGRATIONS)}. "
-                             "Upgrade the app.")
+            raise StoreError(
+                f"{self.path} has schema version {version}; this app knows up to {len(MIGRATIONS)}. Upgrade the app."
+            )
         for statements in MIGRATIONS[version:]:
             for statement in statements:
                 conn.execute(statement)
@@ -289,8 +290,9 @@ class Store:
         """
         with self._import_lock():
             with self._transaction() as conn:
-                existing = conn.execute("SELECT * FROM batches WHERE sha256 = ? AND draft_key = ?",
-                                        (sha256, draft_key)).fetchone()
+                existing = conn.execute(
+                    "SELECT * FROM batches WHERE sha256 = ? AND draft_key = ?", (sha256, draft_key)
+                ).fetchone()
                 if existing is not None and existing["complete"]:
                     return _batch(existing), False
                 if existing is not None:  # we hold the import lock, so whoever started this import died
@@ -307,8 +309,14 @@ class Store:
                     _delete_batch(conn, batch_id)
                 raise
 
-    def _fill_batch(self, batch_id: int, items: Iterable[NewItem], errors: list[tuple[int, str]],
-                    chunk_rows: int, max_stored_errors: int) -> Batch:
+    def _fill_batch(
+        self,
+        batch_id: int,
+        items: Iterable[NewItem],
+        errors: list[tuple[int, str]],
+        chunk_rows: int,
+        max_stored_errors: int,
+    ) -> Batch:
         count = 0
         iterator = iter(items)
         while chunk := list(itertools.islice(iterator, chunk_rows)):
@@ -360,8 +368,13 @@ class Store:
         return _batch(row)
 
     def item_at(self, batch_id: int, position: int) -> Item:
-        return _item(self._fetch_one("SELECT * FROM items WHERE batch_id = ? AND position = ?",
-                                     (batch_id, position), f"Batch {batch_id} has no item {position + 1}."))
+        return _item(
+            self._fetch_one(
+                "SELECT * FROM items WHERE batch_id = ? AND position = ?",
+                (batch_id, position),
+                f"Batch {batch_id} has no item {position + 1}.",
+            )
+        )
 
     def item(self, item_id: int) -> Item:
         return _item(self._fetch_one("SELECT * FROM items WHERE id = ?", (item_id,), f"No item {item_id}."))
@@ -389,8 +402,11 @@ class Store:
         return _refinement(row)
 
     def refinement(self, refinement_id: int) -> StoredRefinement:
-        return _refinement(self._fetch_one("SELECT * FROM refinements WHERE id = ?", (refinement_id,),
-                                           f"No refinement {refinement_id}."))
+        return _refinement(
+            self._fetch_one(
+                "SELECT * FROM refinements WHERE id = ?", (refinement_id,), f"No refinement {refinement_id}."
+            )
+        )
 
     def _fetch_one(self, sql: str, params: tuple, missing: str) -> sqlite3.Row:
         """The one row `sql` selects, or a StoreError saying what is missing."""
@@ -441,8 +457,10 @@ class Store:
                 raise StoreError(f"No refinement {refinement_id}.")
             current = _current_judgement(conn, refinement_id, annotator)
             snapshot = (correct, vs_draft, first_wrong_step, note)
-            if current is not None and (current.correct, current.vs_draft, current.first_wrong_step,
-                                        current.note) == snapshot:
+            if (
+                current is not None
+                and (current.correct, current.vs_draft, current.first_wrong_step, current.note) == snapshot
+            ):
                 return current  # unchanged (e.g. a field left without editing): no new entry
             if current is None and snapshot == (None, None, None, ""):
                 return None  # an empty form is not a judgement
@@ -511,11 +529,21 @@ class Store:
             )
             for row in rows:
                 judgement = Judgement(**{c: row[c] for c in _JUDGEMENT_FIELDS})
-                item = Item(row["i_id"], row["batch_id"], row["position"], row["line"], row["question"],
-                            row["draft"], row["gold"])
+                item = Item(
+                    row["i_id"],
+                    row["batch_id"],
+                    row["position"],
+                    row["line"],
+                    row["question"],
+                    row["draft"],
+                    row["gold"],
+                )
                 refinement = StoredRefinement(
-                    row["refinement_id"], row["i_id"], row["r_source"],
-                    RefinementResult.from_dict(json.loads(row["r_result"])), row["r_created_at"],
+                    row["refinement_id"],
+                    row["i_id"],
+                    row["r_source"],
+                    RefinementResult.from_dict(json.loads(row["r_result"])),
+                    row["r_created_at"],
                 )
                 yield JudgedRow(judgement, item, row["batch_name"], refinement)
 

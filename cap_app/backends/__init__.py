@@ -22,25 +22,47 @@ from cap_app.backends.base import Backend, BackendError, Conversation
 
 BACKENDS = ("auto", "transformers", "llama.cpp", "openai")
 
-__all__ = ["BACKENDS", "Backend", "BackendConfig", "BackendError", "Conversation", "as_backend", "get_backend",
-           "resolve_backend"]
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "BackendConfig",
+    "BackendError",
+    "Conversation",
+    "as_backend",
+    "get_backend",
+    "resolve_backend",
+]
 
 
 @dataclasses.dataclass
 class BackendConfig:
-    backend: str = dataclasses.field(default="auto", metadata={
-        "help": "what generates: transformers (in process), llama.cpp (a .gguf in process, fast on CPU) or "
-                "openai (an OpenAI-compatible server); auto = $CAP_BACKEND, else openai with --base-url, "
-                "llama.cpp for a .gguf model without CUDA, else transformers",
-        "choices": BACKENDS})
-    base_url: str | None = dataclasses.field(default=None, metadata={
-        "help": "openai backend: the server's URL, e.g. http://127.0.0.1:8000/v1 (the API key is read from $CAP_API_KEY)"})
-    concurrency: int = dataclasses.field(default=8, metadata={
-        "help": "openai backend: most requests in flight at once (give --batch-size at least this)"})
-    request_timeout_s: float = dataclasses.field(default=60.0, metadata={
-        "help": "openai backend: seconds to wait for a connection or the next streamed token"})
-    retries: int = dataclasses.field(default=4, metadata={
-        "help": "openai backend: tries after a 429, 5xx, timeout or lost connection (exponential backoff)"})
+    backend: str = dataclasses.field(
+        default="auto",
+        metadata={
+            "help": "what generates: transformers (in process), llama.cpp (a .gguf in process, fast on CPU) or "
+            "openai (an OpenAI-compatible server); auto = $CAP_BACKEND, else openai with --base-url, "
+            "llama.cpp for a .gguf model without CUDA, else transformers",
+            "choices": BACKENDS,
+        },
+    )
+    base_url: str | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "openai backend: the server's URL, e.g. http://127.0.0.1:8000/v1 "
+            "(the API key is read from $CAP_API_KEY)"
+        },
+    )
+    concurrency: int = dataclasses.field(
+        default=8,
+        metadata={"help": "openai backend: most requests in flight at once (give --batch-size at least this)"},
+    )
+    request_timeout_s: float = dataclasses.field(
+        default=60.0, metadata={"help": "openai backend: seconds to wait for a connection or the next streamed token"}
+    )
+    retries: int = dataclasses.field(
+        default=4,
+        metadata={"help": "openai backend: tries after a 429, 5xx, timeout or lost connection (exponential backoff)"},
+    )
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
@@ -68,8 +90,11 @@ def resolve_backend(model_cfg, backend_cfg: BackendConfig) -> str:
         return name
     if backend_cfg.base_url:
         return "openai"
-    if (_resolve_source(model_cfg).path.endswith(".gguf") and not _has_cuda()
-            and importlib.util.find_spec("llama_cpp") is not None):
+    if (
+        _resolve_source(model_cfg).path.endswith(".gguf")
+        and not _has_cuda()
+        and importlib.util.find_spec("llama_cpp") is not None
+    ):
         return "llama.cpp"
     return "transformers"
 
@@ -110,18 +135,27 @@ def _load(name: str, model_cfg, backend_cfg: BackendConfig) -> Backend:
         raise BackendError("the openai backend needs --base-url, e.g. http://127.0.0.1:8000/v1")
     if model_cfg.adapter:
         raise BackendError("--adapter does not apply to the openai backend: the server's model is used as it is")
-    return OpenAIBackend(backend_cfg.base_url, model_cfg.model, api_key=os.environ.get("CAP_API_KEY"),
-                         concurrency=backend_cfg.concurrency, timeout_s=backend_cfg.request_timeout_s,
-                         retries=backend_cfg.retries)
+    return OpenAIBackend(
+        backend_cfg.base_url,
+        model_cfg.model,
+        api_key=os.environ.get("CAP_API_KEY"),
+        concurrency=backend_cfg.concurrency,
+        timeout_s=backend_cfg.request_timeout_s,
+        retries=backend_cfg.retries,
+    )
 
 
 def _refuse_transformers_options(model_cfg, name: str) -> None:
     for option in ("quantization", "device", "dtype"):
         if getattr(model_cfg, option) != "auto":
-            raise BackendError(f"--{option} applies to the transformers backend only; {name} "
-                               "runs the model as its file or server has it")
+            raise BackendError(
+                f"--{option} applies to the transformers backend only; {name} "
+                "runs the model as its file or server has it"
+            )
     if model_cfg.allow_plain_prompt:
-        raise BackendError(f"--allow-plain-prompt applies to the transformers backend only; {name} needs a chat template")
+        raise BackendError(
+            f"--allow-plain-prompt applies to the transformers backend only; {name} needs a chat template"
+        )
 
 
 def _refuse_openai_options(backend_cfg: BackendConfig, name: str) -> None:
@@ -136,8 +170,10 @@ def _llama_cpp_backend(model_cfg):
     source = _resolve_source(model_cfg)
     path = Path(source.path).expanduser()
     if path.suffix != ".gguf":
-        raise BackendError(f"the llama.cpp backend needs a .gguf model file; '{source.name}' is not one "
-                           "(use --backend transformers, or write one with `python -m cap_app gguf`)")
+        raise BackendError(
+            f"the llama.cpp backend needs a .gguf model file; '{source.name}' is not one "
+            "(use --backend transformers, or write one with `python -m cap_app gguf`)"
+        )
     if not path.is_file():
         raise BackendError(f"model '{source.name}' not found: no such file")
     name = source.name

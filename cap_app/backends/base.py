@@ -37,12 +37,14 @@ class Backend(Protocol):
     def description(self) -> str:
         """What produced a result (stored in RefinementResult.model)."""
 
-    def generate_batch(self, conversations: Sequence[Conversation], config: GenerationConfig, *,
-                       cancel: threading.Event | None = None) -> list[list[Generation]]:
+    def generate_batch(
+        self, conversations: Sequence[Conversation], config: GenerationConfig, *, cancel: threading.Event | None = None
+    ) -> list[list[Generation]]:
         """`config.n` generations per conversation, grouped per conversation."""
 
-    def generate_stream(self, conversations: Sequence[Conversation], config: GenerationConfig, *,
-                        cancel: threading.Event | None = None) -> Iterator[StreamChunk]:
+    def generate_stream(
+        self, conversations: Sequence[Conversation], config: GenerationConfig, *, cancel: threading.Event | None = None
+    ) -> Iterator[StreamChunk]:
         """As `cap_app.generate.generate_stream`: text per row as written, then one chunk with all."""
 
 
@@ -56,8 +58,14 @@ class Token:
     eos: bool = False  # end of turn: not part of the text
 
 
-def follow(tokens: Iterable[Token], config: GenerationConfig, *, prompt_tokens: int,
-           cancel: threading.Event | None, emit: Callable[[str, int], None] | None) -> Generation:
+def follow(
+    tokens: Iterable[Token],
+    config: GenerationConfig,
+    *,
+    prompt_tokens: int,
+    cancel: threading.Event | None,
+    emit: Callable[[str, int], None] | None,
+) -> Generation:
     """Read tokens until a stop rule fires; the caller's iterator is closed there, which is how a
     local sampler stops decoding and a remote stream drops its connection."""
     text, ids, logprobs, count = "", [], [], 0
@@ -89,11 +97,14 @@ def follow(tokens: Iterable[Token], config: GenerationConfig, *, prompt_tokens: 
         if close is not None:
             close()
     mean = sum(logprobs) / len(logprobs) if logprobs and len(logprobs) == count else None
-    return Generation(text=text, prompt_tokens=prompt_tokens, new_tokens=count, mean_logprob=mean,
-                      finish=finish, token_ids=ids)
+    return Generation(
+        text=text, prompt_tokens=prompt_tokens, new_tokens=count, mean_logprob=mean, finish=finish, token_ids=ids
+    )
 
 
-def sample_seeds(conversations: Sequence[Conversation], config: GenerationConfig) -> list[tuple[Conversation, int | None]]:
+def sample_seeds(
+    conversations: Sequence[Conversation], config: GenerationConfig
+) -> list[tuple[Conversation, int | None]]:
     """One (conversation, seed) per row: `config.n` rows per conversation, row i seeded `seed + i`
     (as transformers seeds each batch with `seed +` its first row), so a rerun draws the same samples."""
     rows = [c for c in conversations for _ in range(config.n)]
@@ -107,8 +118,14 @@ class RowSampler:
     name = ""
     concurrency = 1
 
-    def sample(self, conversation: Conversation, config: GenerationConfig, seed: int | None,
-               cancel: threading.Event | None, emit: Callable[[str, int], None] | None) -> Generation:
+    def sample(
+        self,
+        conversation: Conversation,
+        config: GenerationConfig,
+        seed: int | None,
+        cancel: threading.Event | None,
+        emit: Callable[[str, int], None] | None,
+    ) -> Generation:
         raise NotImplementedError
 
     def generate_batch(self, conversations, config, *, cancel=None):
@@ -122,8 +139,9 @@ class RowSampler:
 
         def work():
             try:
-                results.extend(self._run(conversations, config, watched,
-                                         lambda row, text, tokens: out.put((row, text, tokens))))
+                results.extend(
+                    self._run(conversations, config, watched, lambda row, text, tokens: out.put((row, text, tokens)))
+                )
             except BaseException as error:  # re-raised in the consumer's thread
                 failure.append(error)
             finally:
@@ -156,5 +174,4 @@ class RowSampler:
 
     @staticmethod
     def _group(generations: list[Generation], config: GenerationConfig) -> list[list[Generation]]:
-        return [generations[i:i + config.n] for i in range(0, len(generations), config.n)]
-
+        return [generations[i : i + config.n] for i in range(0, len(generations), config.n)]

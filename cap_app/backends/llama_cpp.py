@@ -13,6 +13,7 @@ evaluate what differs.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import os
 import threading
 import weakref
@@ -40,19 +41,28 @@ class LlamaCppBackend(RowSampler):
             import llama_cpp
             from llama_cpp.llama_chat_format import Jinja2ChatFormatter
         except ImportError:
-            raise BackendError("the llama.cpp backend needs llama-cpp-python: "
-                               "pip install -r requirements.txt (it builds from source, ~7 min)") from None
+            raise BackendError(
+                "the llama.cpp backend needs llama-cpp-python: "
+                "pip install -r requirements.txt (it builds from source, ~7 min)"
+            ) from None
         self.display_name = name
         try:
-            self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=CONTEXT_TOKENS, n_threads=THREADS,
-                                       n_threads_batch=THREADS, verbose=False)
+            with _weight_repacking(not _cpu_has_amx()):
+                self.llm = llama_cpp.Llama(
+                    model_path=str(path),
+                    n_ctx=CONTEXT_TOKENS,
+                    n_threads=THREADS,
+                    n_threads_batch=THREADS,
+                    verbose=False,
+                )
         except (ValueError, RuntimeError) as error:
             raise BackendError(f"llama.cpp could not load '{path}': {str(error).splitlines()[0]}") from None
         template = self.llm.metadata.get("tokenizer.chat_template")
         if not template:
             raise BackendError(f"'{path}' has no chat template in its metadata; the llama.cpp backend needs one")
-        self.formatter = Jinja2ChatFormatter(template, eos_token=self._token_text(self.llm.token_eos()),
-                                             bos_token=self._token_text(self.llm.token_bos()))
+        self.formatter = Jinja2ChatFormatter(
+            template, eos_token=self._token_text(self.llm.token_eos()), bos_token=self._token_text(self.llm.token_bos())
+        )
         vocab = self.llm._model.vocab
         self.is_end = lambda token: bool(llama_cpp.llama_vocab_is_eog(vocab, token))  # end of turn or text
         self.lock = threading.Lock()  # one context: one sequence at a time
@@ -75,16 +85,21 @@ class LlamaCppBackend(RowSampler):
     def sample(self, conversation, config, seed, cancel, emit):
         tokens = self.prompt_tokens(conversation)
         if len(tokens) + config.max_new_tokens > CONTEXT_TOKENS:
-            raise BackendError(f"the prompt ({len(tokens)} tokens) and --max-new-tokens {config.max_new_tokens} "
-                               f"exceed the llama.cpp context of {CONTEXT_TOKENS} tokens")
+            raise BackendError(
+                f"the prompt ({len(tokens)} tokens) and --max-new-tokens {config.max_new_tokens} "
+                f"exceed the llama.cpp context of {CONTEXT_TOKENS} tokens"
+            )
         with self.lock:
-            return follow(self._decode(tokens, config, seed), config, prompt_tokens=len(tokens),
-                          cancel=cancel, emit=emit)
+            return follow(
+                self._decode(tokens, config, seed), config, prompt_tokens=len(tokens), cancel=cancel, emit=emit
+            )
 
     def _decode(self, prompt: list[int], config, seed: int | None) -> Iterator[Token]:
         """Tokens after `prompt`, one per step, until the caller stops reading (follow decides)."""
         llm = self.llm
-        kept = 0  # tokens of the context already holding this prompt's prefix (at least the last is redone for its logits)
+        kept = (
+            0  # tokens of the context already holding this prompt's prefix (at least the last is redone for its logits)
+        )
         while kept < min(llm.n_tokens, len(prompt) - 1) and llm.input_ids[kept] == prompt[kept]:
             kept += 1
         llm.n_tokens = kept
@@ -105,6 +120,40 @@ class LlamaCppBackend(RowSampler):
             llm.eval([token])
 
 
+def _cpu_has_amx() -> bool:
+    try:
+        return "amx_int8" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _weight_repacking(enabled: bool):
+    """Load with or without llama.cpp's extra weight buffers (repacked for AMX / AVX kernels).
+
+    On CPUs with AMX (Intel Sapphire Rapids and later, common in clouds) llama.cpp's AMX path
+    crashes the process (SIGSEGV) on the first prompt of more than one token, in every model type
+    (measured here: Q4_1 and q8_0; llama.cpp#20824). llama-cpp-python has no constructor option
+    for `use_extra_bufts`, so its default model parameters are wrapped while the model loads."""
+    if enabled:
+        yield
+        return
+    from llama_cpp import llama_cpp as library
+
+    default = library.llama_model_default_params
+
+    def without_repacking():
+        params = default()
+        params.use_extra_bufts = False
+        return params
+
+    library.llama_model_default_params = without_repacking
+    try:
+        yield
+    finally:
+        library.llama_model_default_params = default
+
+
 def _close(llm, lock, closing: threading.Event) -> None:
     """Free the model only once no thread decodes with it. A stream abandoned mid-program (a
     visitor gone, Ctrl-C, a script that read one chunk) leaves its sampling thread running; freeing
@@ -119,11 +168,15 @@ def _draw(logits: np.ndarray, config, rng: np.random.Generator) -> int:
     scaled = logits / config.temperature
     probs = np.exp(scaled - scaled.max())
     probs /= probs.sum()
-    top = np.argpartition(probs, -TOP_CANDIDATES)[-TOP_CANDIDATES:] if len(probs) > TOP_CANDIDATES else np.arange(len(probs))
+    top = (
+        np.argpartition(probs, -TOP_CANDIDATES)[-TOP_CANDIDATES:]
+        if len(probs) > TOP_CANDIDATES
+        else np.arange(len(probs))
+    )
     order = top[np.argsort(probs[top])[::-1]]
     if probs[order].sum() < config.top_p:  # a flat distribution: the nucleus is wider than the candidates
         order = np.argsort(probs)[::-1]
     mass = np.cumsum(probs[order])
-    nucleus = order[:int(np.searchsorted(mass, config.top_p)) + 1]
+    nucleus = order[: int(np.searchsorted(mass, config.top_p)) + 1]
     kept = probs[nucleus] / probs[nucleus].sum()
     return int(rng.choice(nucleus, p=kept))

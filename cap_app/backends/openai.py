@@ -45,15 +45,20 @@ class _Cut(Exception):
 class OpenAIBackend(RowSampler):
     name = "openai"
 
-    def __init__(self, base_url: str, model: str | None, *, api_key: str | None, concurrency: int,
-                 timeout_s: float, retries: int):
+    def __init__(
+        self, base_url: str, model: str | None, *, api_key: str | None, concurrency: int, timeout_s: float, retries: int
+    ):
         import httpx
 
         self.base_url = base_url.rstrip("/")
         self.concurrency, self.retries = concurrency, retries
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.client = httpx.Client(base_url=self.base_url, headers=headers, timeout=httpx.Timeout(timeout_s),
-                                   limits=httpx.Limits(max_connections=concurrency + 1))
+        self.client = httpx.Client(
+            base_url=self.base_url,
+            headers=headers,
+            timeout=httpx.Timeout(timeout_s),
+            limits=httpx.Limits(max_connections=concurrency + 1),
+        )
         self.timeout_s = timeout_s
         self.model = self._check_model(model)
 
@@ -68,18 +73,30 @@ class OpenAIBackend(RowSampler):
         served = [entry.get("id") for entry in response.json().get("data", [])]
         if model is None:
             if len(served) != 1:
-                raise BackendError(f"the server at {self.base_url} serves {len(served)} models "
-                                   f"({', '.join(map(str, served)) or 'none'}); pick one with --model")
+                raise BackendError(
+                    f"the server at {self.base_url} serves {len(served)} models "
+                    f"({', '.join(map(str, served)) or 'none'}); pick one with --model"
+                )
             return served[0]
         if model not in served:
-            raise BackendError(f"the server at {self.base_url} has no model '{model}' "
-                               f"(it serves: {', '.join(map(str, served)) or 'none'})")
+            raise BackendError(
+                f"the server at {self.base_url} has no model '{model}' "
+                f"(it serves: {', '.join(map(str, served)) or 'none'})"
+            )
         return model
 
     def sample(self, conversation, config, seed, cancel, emit):
-        body = {"model": self.model, "messages": conversation, "stream": True, "logprobs": True, "top_logprobs": 1,
-                "max_tokens": config.max_new_tokens, "temperature": config.temperature,
-                "top_p": config.top_p if config.temperature > 0 else 1.0, **NEUTRAL_SAMPLING}
+        body = {
+            "model": self.model,
+            "messages": conversation,
+            "stream": True,
+            "logprobs": True,
+            "top_logprobs": 1,
+            "max_tokens": config.max_new_tokens,
+            "temperature": config.temperature,
+            "top_p": config.top_p if config.temperature > 0 else 1.0,
+            **NEUTRAL_SAMPLING,
+        }
         if seed is not None:
             body["seed"] = seed
         sent = [False]
@@ -91,8 +108,13 @@ class OpenAIBackend(RowSampler):
         def attempt():
             with self.client.stream("POST", "/chat/completions", json=body) as response:
                 self._checked(response)
-                return follow(self._tokens(response), config, prompt_tokens=0, cancel=cancel,
-                              emit=None if emit is None else tracked)
+                return follow(
+                    self._tokens(response),
+                    config,
+                    prompt_tokens=0,
+                    cancel=cancel,
+                    emit=None if emit is None else tracked,
+                )
 
         return self._with_retries(attempt, streamed=lambda: sent[0])
 
@@ -129,13 +151,17 @@ class OpenAIBackend(RowSampler):
         status = f"HTTP {response.status_code}{': ' + detail if detail else ''}"
         if response.status_code in RETRY_STATUS:
             wait = response.headers.get("retry-after")
-            raise _Retryable(f"the server at {self.base_url} failed ({status})",
-                             float(wait) if wait and wait.replace(".", "", 1).isdigit() else None)
+            raise _Retryable(
+                f"the server at {self.base_url} failed ({status})",
+                float(wait) if wait and wait.replace(".", "", 1).isdigit() else None,
+            )
         if response.status_code in (401, 403):
             raise BackendError(f"the server at {self.base_url} refused the API key ({status}); set CAP_API_KEY")
         if response.status_code == 404:
-            raise BackendError(f"the server at {self.base_url} has no such endpoint ({status}); "
-                               "--base-url is its OpenAI API address, usually ending in /v1")
+            raise BackendError(
+                f"the server at {self.base_url} has no such endpoint ({status}); "
+                "--base-url is its OpenAI API address, usually ending in /v1"
+            )
         raise BackendError(f"the server at {self.base_url} refused the request ({status})")
 
     def _tokens(self, response) -> Iterator[Token]:
@@ -164,8 +190,9 @@ class OpenAIBackend(RowSampler):
                 if choice.get("finish_reason") == "stop":
                     yield Token("", None, eos=True)
         if not finished:
-            raise _Cut("the stream ended unfinished; llama_cpp.server needs --interrupt_requests false "
-                       "for concurrent requests")
+            raise _Cut(
+                "the stream ended unfinished; llama_cpp.server needs --interrupt_requests false for concurrent requests"
+            )
 
 
 def _message(error) -> str:

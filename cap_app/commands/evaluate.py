@@ -23,25 +23,46 @@ import sys
 from pathlib import Path
 
 from cap_app.backends import BackendConfig
+from cap_app.commands.common import fail, load_for_command, read_jsonl_items
 from cap_app.config_args import add_dataclass_arguments, dataclass_from_args
 from cap_app.model import ModelConfig
 from cap_app.refine import STRATEGIES, RefineConfig
 
 HELP = "Evaluate refinement strategies on a JSONL file of drafts: accuracy table and JSON report."
 MAX_REPORTED_TEXT = 4000  # characters of each candidate's raw model text kept in the report
-COLUMNS = ("strategy", "items", "draft acc", "refined acc", "wrong->right", "right->wrong", "no answer",
-           "tokens/item", "s/item")
+COLUMNS = (
+    "strategy",
+    "items",
+    "draft acc",
+    "refined acc",
+    "wrong->right",
+    "right->wrong",
+    "no answer",
+    "tokens/item",
+    "s/item",
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, help="JSONL file of questions, gold answers and drafts")
-    parser.add_argument("--draft-key", nargs="+", default=["draft"], dest="draft_keys",
-                        help="field(s) holding the draft, e.g. 6b_finetuning in data/gsm8k/model_drafts_dev.jsonl; "
-                             "several keys evaluate every draft source and add a table row per source; "
-                             "'none' to refine without drafts (default: draft)")
+    parser.add_argument(
+        "--draft-key",
+        nargs="+",
+        default=["draft"],
+        dest="draft_keys",
+        help="field(s) holding the draft, e.g. 6b_finetuning in data/gsm8k/model_drafts_dev.jsonl; "
+        "several keys evaluate every draft source and add a table row per source; "
+        "'none' to refine without drafts (default: draft)",
+    )
     parser.add_argument("--limit", type=int, help="evaluate only the first N usable items")
-    parser.add_argument("--strategy", nargs="+", choices=STRATEGIES, default=["greedy"], dest="strategies",
-                        help="one or more strategies to compare (default: greedy)")
+    parser.add_argument(
+        "--strategy",
+        nargs="+",
+        choices=STRATEGIES,
+        default=["greedy"],
+        dest="strategies",
+        help="one or more strategies to compare (default: greedy)",
+    )
     parser.add_argument("--report", default="runs/eval_report.json", help="where to write the JSON report")
     add_dataclass_arguments(parser, ModelConfig)
     add_dataclass_arguments(parser, BackendConfig)
@@ -74,8 +95,14 @@ def candidate_outcome(candidate) -> dict:
     """What one generated program did, so a report shows why an item got no answer (a program
     cut at the token limit, one that printed nothing, a runtime error...) without a rerun."""
     execution = candidate.execution
-    return {"status": execution.status, "error": execution.error, "answer": candidate.answer,
-            "tokens": candidate.tokens, "finish": candidate.finish, "text": candidate.text[:MAX_REPORTED_TEXT]}
+    return {
+        "status": execution.status,
+        "error": execution.error,
+        "answer": candidate.answer,
+        "tokens": candidate.tokens,
+        "finish": candidate.finish,
+        "text": candidate.text[:MAX_REPORTED_TEXT],
+    }
 
 
 def format_table(summary: dict[str, dict], by_draft_key: dict[str, dict[str, dict]] | None = None) -> str:
@@ -84,18 +111,28 @@ def format_table(summary: dict[str, dict], by_draft_key: dict[str, dict[str, dic
     labelled = [(f"{strategy} [{key}]", s) for key, per in (by_draft_key or {}).items() for strategy, s in per.items()]
     labelled += [(strategy if not by_draft_key else f"{strategy} [all]", s) for strategy, s in summary.items()]
     for strategy, s in labelled:
-        rows.append((strategy, str(s["items"]), f"{s['draft_accuracy']:.1%}", f"{s['refined_accuracy']:.1%}",
-                     str(s["wrong_to_right"]), str(s["right_to_wrong"]), str(s["no_answer"]),
-                     f"{s['tokens_per_item']:.1f}", f"{s['seconds_per_item']:.2f}"))
+        rows.append(
+            (
+                strategy,
+                str(s["items"]),
+                f"{s['draft_accuracy']:.1%}",
+                f"{s['refined_accuracy']:.1%}",
+                str(s["wrong_to_right"]),
+                str(s["right_to_wrong"]),
+                str(s["no_answer"]),
+                f"{s['tokens_per_item']:.1f}",
+                f"{s['seconds_per_item']:.2f}",
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
-    return "\n".join("  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths)))
-                     for row in rows)
+    return "\n".join(
+        "  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True)))
+        for row in rows
+    )
 
 
 def _load_items(args) -> list[tuple[str, object]]:
     """(draft key, item) for the first --limit usable items of each draft key."""
-    from cap_app.commands.refine import read_jsonl_items
-
     items = []
     for key in dict.fromkeys(args.draft_keys):
         count = 0
@@ -103,8 +140,10 @@ def _load_items(args) -> list[tuple[str, object]]:
             if item is not None and item.gold is None:
                 item, detail = None, "no gold answer (gold, ground_truth or answer)"
             if item is None:
-                print(f"{args.input}:{number}: skipped{f' ({key})' if len(args.draft_keys) > 1 else ''}: {detail}",
-                      file=sys.stderr)
+                print(
+                    f"{args.input}:{number}: skipped{f' ({key})' if len(args.draft_keys) > 1 else ''}: {detail}",
+                    file=sys.stderr,
+                )
                 continue
             items.append((key, item))
             count += 1
@@ -115,56 +154,69 @@ def _load_items(args) -> list[tuple[str, object]]:
 
 def main(args: argparse.Namespace) -> int:
     if not Path(args.input).is_file():
-        print(f"error: no such input file: {args.input}", file=sys.stderr)
-        return 2
+        return fail(f"no such input file: {args.input}", 2)
     if args.limit is not None and args.limit < 1:
-        print("error: --limit must be at least 1", file=sys.stderr)
-        return 2
+        return fail("--limit must be at least 1", 2)
     try:
         configs = {s: dataclass_from_args(RefineConfig, args, strategy=s) for s in dict.fromkeys(args.strategies)}
     except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return fail(error, 2)
     keyed = _load_items(args)
     items = [item for _, item in keyed]
     if not items:
-        print(f"error: no usable items in {args.input}", file=sys.stderr)
-        return 2
+        return fail(f"no usable items in {args.input}", 2)
 
     from tqdm import tqdm
 
-    from cap_app.commands.refine import load_for_command
     from cap_app.refine import refine_batch
 
     model = load_for_command(args)
     if model is None:
         return 1
-    summary, per_item = {}, [{"question": i.question, "draft_key": key, "gold": None, "draft_answer": None,
-                               "results": {}} for key, i in keyed]
+    summary, per_item = (
+        {},
+        [
+            {"question": i.question, "draft_key": key, "gold": None, "draft_answer": None, "results": {}}
+            for key, i in keyed
+        ],
+    )
     by_draft_key: dict[str, dict] = {}
     try:
         for strategy, config in configs.items():
-            results = list(tqdm(refine_batch(items, config, model), total=len(items), desc=strategy,
-                                unit="item", file=sys.stderr))
+            results = list(
+                tqdm(refine_batch(items, config, model), total=len(items), desc=strategy, unit="item", file=sys.stderr)
+            )
             summary[strategy] = summarize(results)
             if len(args.draft_keys) > 1:
                 for key in dict.fromkeys(args.draft_keys):
-                    mine = [result for (k, _), result in zip(keyed, results) if k == key]
+                    mine = [result for (k, _), result in zip(keyed, results, strict=True) if k == key]
                     by_draft_key.setdefault(key, {})[strategy] = summarize(mine)
-            for row, result in zip(per_item, results):
+            for row, result in zip(per_item, results, strict=True):
                 row.update(gold=result.gold, draft_answer=result.draft_answer)
                 row["results"][strategy] = {
-                    "refined_answer": result.refined_answer, "refined_correct": result.refined_correct,
-                    "draft_correct": result.draft_correct, "verdict": result.verdict, "program": result.program,
-                    "votes": result.votes, "tokens": result.generated_tokens, "ms": result.timings_ms["total"],
-                    "candidates": [candidate_outcome(c) for c in result.candidates]}
+                    "refined_answer": result.refined_answer,
+                    "refined_correct": result.refined_correct,
+                    "draft_correct": result.draft_correct,
+                    "verdict": result.verdict,
+                    "program": result.program,
+                    "votes": result.votes,
+                    "tokens": result.generated_tokens,
+                    "ms": result.timings_ms["total"],
+                    "candidates": [candidate_outcome(c) for c in result.candidates],
+                }
     except RuntimeError as error:  # the sandbox could not start (SandboxUnavailable) and the like
-        print(f"error: {str(error).splitlines()[0]}", file=sys.stderr)
-        return 1
+        return fail(str(error).splitlines()[0], 1)
     print(format_table(summary, by_draft_key))
-    report = {"input": args.input, "draft_keys": args.draft_keys, "model": model.description, "backend": model.name,
-              "config": {s: dataclasses.asdict(c) for s, c in configs.items()},
-              "summary": summary, "by_draft_key": by_draft_key, "items": per_item}
+    report = {
+        "input": args.input,
+        "draft_keys": args.draft_keys,
+        "model": model.description,
+        "backend": model.name,
+        "config": {s: dataclasses.asdict(c) for s, c in configs.items()},
+        "summary": summary,
+        "by_draft_key": by_draft_key,
+        "items": per_item,
+    }
     report_path = Path(args.report)
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

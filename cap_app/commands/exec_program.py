@@ -16,6 +16,7 @@ import dataclasses
 import json
 import sys
 
+from cap_app.commands.common import fail
 from cap_app.config_args import add_dataclass_arguments, dataclass_from_args
 from cap_app.sandbox.config import SandboxConfig
 
@@ -74,8 +75,7 @@ def main(args: argparse.Namespace) -> int:
         config = dataclass_from_args(SandboxConfig, args)
         code = read_program(args.file)
     except (ValueError, TypeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail(exc, 2)
     result = run_program(code, **dataclasses.asdict(config))
     if args.json:
         print(json.dumps({**result.to_dict(), "walls": list(sandbox_walls())}, ensure_ascii=False))

@@ -1,16 +1,16 @@
 """`python -m cap_app export`: annotators' judgements as training data, with an agreement summary.
 
-    python -m cap_app export --format dpo --output prefs.jsonl        # TRL {prompt, chosen, rejected}
-    python -m cap_app export --format kto --output kto.jsonl          # {prompt, completion, label}
-    python -m cap_app export --format csv --output judgements.csv --db /data/annotations.db
+python -m cap_app export --format dpo --output prefs.jsonl        # TRL {prompt, chosen, rejected}
+python -m cap_app export --format kto --output kto.jsonl          # {prompt, completion, label}
+python -m cap_app export --format csv --output judgements.csv --db /data/annotations.db
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
+from cap_app.commands.common import fail
 from cap_app.config_args import add_dataclass_arguments, dataclass_from_args
 from cap_app.export import ExportConfig
 
@@ -27,12 +27,10 @@ def main(args: argparse.Namespace) -> int:
 
     cfg = dataclass_from_args(ExportConfig, args)
     if not cfg.output:
-        print("error: --output is required", file=sys.stderr)
-        return 2
+        return fail("--output is required", 2)
     db = Path(cfg.db) if cfg.db else default_db_path()
     if not db.is_file():
-        print(f"error: no annotation database at {db}", file=sys.stderr)
-        return 2
+        return fail(f"no annotation database at {db}", 2)
     tokenizer = None
     if cfg.tokenizer:
         from transformers import AutoTokenizer
@@ -40,12 +38,10 @@ def main(args: argparse.Namespace) -> int:
         try:
             tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer, local_files_only=True)
         except (OSError, ValueError) as exc:
-            print(f"error: cannot load a tokenizer from {cfg.tokenizer}: {str(exc).splitlines()[0]}", file=sys.stderr)
-            return 2
+            return fail(f"cannot load a tokenizer from {cfg.tokenizer}: {str(exc).splitlines()[0]}", 2)
     try:
         summary = export(Store(db), cfg.format, cfg.output, tokenizer=tokenizer)
     except (StoreError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return fail(exc, 1)
     print(summary.text())
     return 0

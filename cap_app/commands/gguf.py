@@ -11,9 +11,9 @@ copied from it); see cap_app/gguf_export.py. Exit status: 0 on success, 1 when i
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
+from cap_app.commands.common import fail
 from cap_app.config_args import add_dataclass_arguments, dataclass_from_args
 from cap_app.gguf_export import GGUFExportConfig
 
@@ -30,18 +30,15 @@ def main(args: argparse.Namespace) -> int:
 
     cfg = dataclass_from_args(GGUFExportConfig, args)
     if not cfg.output:
-        print("error: give --output FILE.gguf", file=sys.stderr)
-        return 2
+        return fail("give --output FILE.gguf", 2)
     source = _resolve_source(ModelConfig(model=cfg.model, adapter=cfg.adapter))
     if not source.path.endswith(".gguf") or not Path(source.path).is_file():
-        print(f"error: the base model must be a .gguf file; '{source.path}' is not one", file=sys.stderr)
-        return 2
+        return fail(f"the base model must be a .gguf file; '{source.path}' is not one", 2)
     quiet_library_output()
     try:
         path = export_gguf(Path(source.path), source.adapter, Path(cfg.output), cfg.type)
     except (ExportError, ModelLoadError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        return fail(error, 1)
     merged = f" + {Path(source.adapter).name}" if source.adapter else ""
     print(f"wrote {path} ({source.name}{merged}, {cfg.type}, {path.stat().st_size / 2**20:.0f} MiB)")
     return 0

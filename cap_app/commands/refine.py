@@ -24,9 +24,10 @@ import sys
 from pathlib import Path
 
 from cap_app.backends import BackendConfig
+from cap_app.commands.common import fail, load_for_command, read_jsonl_items
 from cap_app.config_args import add_dataclass_arguments, dataclass_from_args
 from cap_app.model import ModelConfig
-from cap_app.refine import RefineConfig
+from cap_app.refine import SAMPLING_STRATEGIES, RefineConfig
 
 HELP = "Refine a chain-of-thought draft with a program: one (--question/--draft) or a JSONL batch (--input/--output)."
 
@@ -60,32 +61,17 @@ def format_result(result) -> str:
         if candidate.cut_off and candidate.answer is None:
             outcome += f" (the program was {candidate.cut_off})"
         lines.append(f"  -> {execution.status} in {execution.duration_ms:.0f} ms: {outcome}")
-    if len(result.votes) > 1 or result.strategy in ("vote", "cot+cap"):
+    if len(result.votes) > 1 or result.strategy in SAMPLING_STRATEGIES:
         lines.append("votes:          " + (", ".join(f"{a} x{n}" for a, n in result.votes.items()) or "(none)"))
     lines.append(f"refined answer: {result.refined_answer if result.refined_answer is not None else '(none)'}")
     lines.append(f"verdict:        {result.verdict.replace('_', ' ')}")
     if result.gold is not None:
-        lines.append(f"gold answer:    {result.gold} (draft {'right' if result.draft_correct else 'wrong'}, "
-                     f"refined {'right' if result.refined_correct else 'wrong'})")
+        lines.append(
+            f"gold answer:    {result.gold} (draft {'right' if result.draft_correct else 'wrong'}, "
+            f"refined {'right' if result.refined_correct else 'wrong'})"
+        )
     lines.append(f"model: {result.model}; {result.generated_tokens} tokens, {result.timings_ms['total'] / 1000:.1f} s")
     return "\n".join(lines)
-
-
-def read_jsonl_items(path: str, *, draft_key: str = "draft"):
-    """(line number, RefineItem, record) for good lines and (line number, None, error) for bad ones."""
-    from cap_app.refine import InputError, item_from_record
-
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                yield number, item_from_record(record, draft_key=draft_key), record
-            except json.JSONDecodeError as error:
-                yield number, None, f"not valid JSON ({error.msg})"
-            except InputError as error:
-                yield number, None, str(error)
 
 
 def _done_keys(path: Path) -> set[tuple[str, str]]:
@@ -94,7 +80,7 @@ def _done_keys(path: Path) -> set[tuple[str, str]]:
         return set()
     data = path.read_bytes()
     if data and not data.endswith(b"\n"):  # interrupted mid-write: drop the partial line
-        data = data[:data.rfind(b"\n") + 1]
+        data = data[: data.rfind(b"\n") + 1]
         path.write_bytes(data)
     keys = set()
     for line in data.decode("utf-8", errors="replace").splitlines():
@@ -125,9 +111,11 @@ def _run_batch(args, config: RefineConfig, model) -> int:
             todo.append(item)
             ids.append(detail.get("id"))
     output.parent.mkdir(parents=True, exist_ok=True)
-    with open(output, "a", encoding="utf-8") as out, tqdm(total=len(todo), desc="refine", unit="item",
-                                                          file=sys.stderr) as progress:
-        for item_id, result in zip(ids, refine_batch(todo, config, model)):
+    with (
+        open(output, "a", encoding="utf-8") as out,
+        tqdm(total=len(todo), desc="refine", unit="item", file=sys.stderr) as progress,
+    ):
+        for item_id, result in zip(ids, refine_batch(todo, config, model), strict=True):
             record = result.to_dict() | ({"id": item_id} if item_id is not None else {})
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
             out.flush()
@@ -139,19 +127,15 @@ def _run_batch(args, config: RefineConfig, model) -> int:
 def main(args: argparse.Namespace) -> int:
     batch = args.input is not None or args.output is not None
     if batch and (args.input is None or args.output is None):
-        print("error: batch mode needs both --input and --output", file=sys.stderr)
-        return 2
+        return fail("batch mode needs both --input and --output", 2)
     if not batch and args.question is None:
-        print("error: give --question (and --draft), or --input and --output", file=sys.stderr)
-        return 2
+        return fail("give --question (and --draft), or --input and --output", 2)
     if batch and not Path(args.input).is_file():
-        print(f"error: no such input file: {args.input}", file=sys.stderr)
-        return 2
+        return fail(f"no such input file: {args.input}", 2)
     try:
         config = dataclass_from_args(RefineConfig, args)
     except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return fail(error, 2)
 
     from cap_app.refine import InputError, validate_inputs
 
@@ -159,8 +143,7 @@ def main(args: argparse.Namespace) -> int:
         try:
             validate_inputs(args.question, args.draft)
         except InputError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
+            return fail(error, 2)
     model = load_for_command(args)
     if model is None:
         return 1
@@ -169,8 +152,7 @@ def main(args: argparse.Namespace) -> int:
             return _run_batch(args, config, model)
         result = _refine_one(args, config, model)
     except RuntimeError as error:  # the sandbox could not start (SandboxUnavailable) and the like
-        print(f"error: {str(error).splitlines()[0]}", file=sys.stderr)
-        return 1
+        return fail(str(error).splitlines()[0], 1)
     print(json.dumps(result.to_dict(), ensure_ascii=False) if args.json else format_result(result))
     return 0
 
@@ -188,16 +170,3 @@ def _refine_one(args, config: RefineConfig, model):
             sys.stderr.write("\n")
         elif event.kind == "done":
             return event.result
-
-
-def load_for_command(args: argparse.Namespace):
-    """The generation backend the options ask for, or None after printing why it could not be loaded."""
-    from cap_app.backends import BackendError, get_backend
-    from cap_app.model import ModelLoadError, quiet_library_output
-
-    quiet_library_output()
-    try:
-        return get_backend(dataclass_from_args(ModelConfig, args), dataclass_from_args(BackendConfig, args))
-    except (ModelLoadError, BackendError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return None

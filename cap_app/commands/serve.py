@@ -9,15 +9,21 @@ HELP = "serve the CaP Refinery web app (same as `python app.py`)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default=None,
-                        help="address to listen on (default: $GRADIO_SERVER_NAME, else 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=None,
-                        help="port (default: $GRADIO_SERVER_PORT, else 7860)")
-    parser.add_argument("--model", default=None,
-                        help="Hub id, local folder or .gguf file to serve (default: $CAP_MODEL, else the offline default)")
-    parser.add_argument("--db", default=None,
-                        help="annotation database file (default: $CAP_DB_PATH, else /data/annotations.db on a "
-                             "Space with persistent storage, else ./annotations.db)")
+    parser.add_argument(
+        "--host", default=None, help="address to listen on (default: $GRADIO_SERVER_NAME, else 127.0.0.1)"
+    )
+    parser.add_argument("--port", type=int, default=None, help="port (default: $GRADIO_SERVER_PORT, else 7860)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="Hub id, local folder or .gguf file to serve (default: $CAP_MODEL, else the offline default)",
+    )
+    parser.add_argument(
+        "--db",
+        default=None,
+        help="annotation database file (default: $CAP_DB_PATH, else /data/annotations.db on a "
+        "Space with persistent storage, else ./annotations.db)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:

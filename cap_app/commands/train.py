@@ -16,17 +16,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+
+from cap_app.commands.common import fail
 
 HELP = "train a CaP adapter with trl + LoRA: sft (stage 1), then dpo (stage 2)"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("stage", choices=("sft", "dpo", "ship"),
-                        help="sft: question+draft -> program; dpo: preferences; ship: copy a checkpoint's adapter "
-                             "(float16) to --to (default: the offline default's adapter folder)")
-    parser.add_argument("options", nargs=argparse.REMAINDER,
-                        help="training options as `--name value` (see `train sft --help`), or --config FILE.yaml")
+    parser.add_argument(
+        "stage",
+        choices=("sft", "dpo", "ship"),
+        help="sft: question+draft -> program; dpo: preferences; ship: copy a checkpoint's adapter "
+        "(float16) to --to (default: the offline default's adapter folder)",
+    )
+    parser.add_argument(
+        "options",
+        nargs=argparse.REMAINDER,
+        help="training options as `--name value` (see `train sft --help`), or --config FILE.yaml",
+    )
 
 
 def main(args) -> int:
@@ -43,8 +50,7 @@ def main(args) -> int:
     try:
         (cfg,) = parser.parse_args_and_config(args.options)
     except (OSError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return fail(error, 2)
     if args.stage == "sft":
         from cap_app.train.sft import train_sft as train
     else:
@@ -52,14 +58,15 @@ def main(args) -> int:
     try:
         summary = train(cfg)
     except (TrainingError, ModelLoadError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return fail(error, 2)
     print(json.dumps(summary, indent=2))
     if summary["finished"]:
         print(f"adapter: {cfg.output_dir}/final   loss curve: {cfg.output_dir}/loss.html")
     else:
-        print(f"stopped at step {summary['steps']} of {summary['max_steps']}; continue with the same "
-              f"command plus --resume (checkpoints in {cfg.output_dir})")
+        print(
+            f"stopped at step {summary['steps']} of {summary['max_steps']}; continue with the same "
+            f"command plus --resume (checkpoints in {cfg.output_dir})"
+        )
     return 0
 
 
@@ -70,13 +77,15 @@ def _ship(options: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m cap_app train ship")
     parser.add_argument("checkpoint", help="a checkpoint-N or final/ folder of `train sft` or `train dpo`")
     parser.add_argument("--to", default=str(DEFAULT_ADAPTER_DIR), help="adapter folder to write (default: %(default)s)")
-    parser.add_argument("--base", default="HuggingFaceTB/SmolLM2-135M-Instruct",
-                        help="base model recorded in adapter_config.json (default: %(default)s)")
+    parser.add_argument(
+        "--base",
+        default="HuggingFaceTB/SmolLM2-135M-Instruct",
+        help="base model recorded in adapter_config.json (default: %(default)s)",
+    )
     args = parser.parse_args(options)
     try:
         written = ship_adapter(args.checkpoint, args.to, base=args.base)
     except TrainingError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return fail(error, 2)
     print(f"adapter: {written}")
     return 0

@@ -1,6 +1,6 @@
 """Build CaP training data from GSM8K train: SFT rows and preference (DPO) rows.
 
-For each question: the gold solution becomes a named-variable program (annotations.py); the
+For each question: the gold solution becomes a named-variable program (gsm8k_programs.py); the
 drafts are the gold prose and a few systematically corrupted versions of it (corrupt.py). SFT
 teaches (question, any draft) -> the correct program; DPO prefers the correct program over the
 one that follows a corrupted draft. Given a model (`sample_model`), each question also gets
@@ -23,55 +23,77 @@ from pathlib import Path
 
 from cap_app import generate
 from cap_app.answers import answers_equal, extract_draft_answer
-from cap_app.data.annotations import Solution, UnsupportedSolution, parse_solution
 from cap_app.data.corrupt import FINAL_STYLES, KINDS, corrupt, render_draft
+from cap_app.data.gsm8k_programs import Solution, UnsupportedSolution, parse_solution
 from cap_app.generate import GenerationConfig
 from cap_app.model import LoadedModel, ModelConfig, load_model
 from cap_app.program import extract_program
-from cap_app.prompts import build_messages, format_completion, format_draft_prompt, format_prompt
+from cap_app.prompts import format_draft_prompt, format_prompt, trl_row
 
 ANNOTATIONS, SAMPLED = "annotations", "sampled"  # where a program (or a draft) comes from
 
 
 @dataclasses.dataclass
 class DataBuildConfig:
-    input: str = dataclasses.field(default="data/gsm8k/train.jsonl", metadata={
-        "help": "GSM8K-style JSONL with question and answer (never the dev drafts or the test set)"})
-    output_dir: str = dataclasses.field(default="runs/data", metadata={
-        "help": "folder for sft.jsonl, dpo.jsonl and report.json"})
-    limit: int | None = dataclasses.field(default=None, metadata={
-        "help": "use only the first N questions (default: all)"})
-    corrupted_drafts: int = dataclasses.field(default=2, metadata={
-        "help": "corrupted drafts per question, each of a different kind"})
-    kinds: str = dataclasses.field(default=",".join(KINDS), metadata={
-        "help": "comma-separated corruption kinds to draw from"})
-    keep_annotations: float = dataclasses.field(default=0.5, metadata={
-        "help": "probability that a draft keeps the <<a*b=c>> calculator annotations as plain text"})
+    input: str = dataclasses.field(
+        default="data/gsm8k/train.jsonl",
+        metadata={"help": "GSM8K-style JSONL with question and answer (never the dev drafts or the test set)"},
+    )
+    output_dir: str = dataclasses.field(
+        default="runs/data", metadata={"help": "folder for sft.jsonl, dpo.jsonl and report.json"}
+    )
+    limit: int | None = dataclasses.field(
+        default=None, metadata={"help": "use only the first N questions (default: all)"}
+    )
+    corrupted_drafts: int = dataclasses.field(
+        default=2, metadata={"help": "corrupted drafts per question, each of a different kind"}
+    )
+    kinds: str = dataclasses.field(
+        default=",".join(KINDS), metadata={"help": "comma-separated corruption kinds to draw from"}
+    )
+    keep_annotations: float = dataclasses.field(
+        default=0.5,
+        metadata={"help": "probability that a draft keeps the <<a*b=c>> calculator annotations as plain text"},
+    )
     seed: int = dataclasses.field(default=0, metadata={"help": "random seed (same seed, same data)"})
     workers: int = dataclasses.field(default=2, metadata={"help": "parallel sandbox runs"})
-    max_pairs_per_prompt: int = dataclasses.field(default=4, metadata={
-        "help": "most DPO rows per (question, draft) prompt, drawn with --seed from all correct x wrong programs"})
-    sample_model: str | None = dataclasses.field(default=None, metadata={
-        "help": "also add drafts and programs sampled from this model, labelled by execution: Hub id, local "
-                "folder, .gguf file, or 'default' for the app's default model; unset: no sampling"})
-    sample_adapter: str | None = dataclasses.field(default=None, metadata={
-        "help": "PEFT adapter for --sample-model, or 'none'; unset: as the app picks (this project's CaP "
-                "adapter on the default model)"})
-    sampled_drafts: int = dataclasses.field(default=1, metadata={
-        "help": "prose drafts sampled per question (with --sample-model)"})
-    sampled_programs: int = dataclasses.field(default=4, metadata={
-        "help": "programs sampled per (question, draft) prompt (with --sample-model)"})
-    temperature: float = dataclasses.field(default=0.8, metadata={
-        "help": "sampling temperature (with --sample-model)"})
-    max_new_tokens: int = dataclasses.field(default=400, metadata={
-        "help": "most tokens per sampled draft or program"})
-    batch_size: int = dataclasses.field(default=8, metadata={
-        "help": "sequences generated together; questions are also sampled this many at a time"})
+    max_pairs_per_prompt: int = dataclasses.field(
+        default=4,
+        metadata={
+            "help": "most DPO rows per (question, draft) prompt, drawn with --seed from all correct x wrong programs"
+        },
+    )
+    sample_model: str | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "also add drafts and programs sampled from this model, labelled by execution: Hub id, local "
+            "folder, .gguf file, or 'default' for the app's default model; unset: no sampling"
+        },
+    )
+    sample_adapter: str | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "PEFT adapter for --sample-model, or 'none'; unset: as the app picks (this project's CaP "
+            "adapter on the default model)"
+        },
+    )
+    sampled_drafts: int = dataclasses.field(
+        default=1, metadata={"help": "prose drafts sampled per question (with --sample-model)"}
+    )
+    sampled_programs: int = dataclasses.field(
+        default=4, metadata={"help": "programs sampled per (question, draft) prompt (with --sample-model)"}
+    )
+    temperature: float = dataclasses.field(default=0.8, metadata={"help": "sampling temperature (with --sample-model)"})
+    max_new_tokens: int = dataclasses.field(default=400, metadata={"help": "most tokens per sampled draft or program"})
+    batch_size: int = dataclasses.field(
+        default=8, metadata={"help": "sequences generated together; questions are also sampled this many at a time"}
+    )
 
 
 @dataclasses.dataclass
-class _Candidate:
-    """One question's material before verification."""
+class _Material:
+    """One question's material before its programs are run: solution, drafts, and the wrong programs
+    that follow the corrupted drafts (not `results.Candidate`, a generated program)."""
 
     index: int
     solution: Solution
@@ -90,9 +112,9 @@ class _Prompt:
 
 @dataclasses.dataclass
 class _Question:
-    """A verified question: its candidate, which wrong programs are really wrong, and its prompts."""
+    """A verified question: its material, which wrong programs are really wrong, and its prompts."""
 
-    candidate: _Candidate
+    material: _Material
     wrong_ok: dict[str, bool]
     prompts: list[_Prompt]
 
@@ -106,7 +128,7 @@ def build(cfg: DataBuildConfig) -> dict:
     kinds = _check(cfg)
     rng = random.Random(cfg.seed)
     report: Counter = Counter()
-    candidates = []
+    materials = []
     for index, row in enumerate(_read_rows(Path(cfg.input), cfg.limit)):
         report["questions"] += 1
         try:
@@ -114,18 +136,18 @@ def build(cfg: DataBuildConfig) -> dict:
         except UnsupportedSolution:
             report["unsupported_solution"] += 1
             continue
-        candidates.append(_make_candidate(index, solution, kinds, cfg, rng))
+        materials.append(_gather_material(index, solution, kinds, cfg, rng))
     loaded = load_model(_sampler_config(cfg)) if cfg.sample_model else None  # fail before the long part
 
     with ThreadPoolExecutor(max_workers=max(1, cfg.workers)) as pool:
         questions = []
-        for candidate, verdict in zip(candidates, pool.map(_verify, candidates)):
+        for material, verdict in zip(materials, pool.map(_verify, materials), strict=True):
             if not verdict["chosen_ok"]:
                 report["program_mismatch"] += 1
                 continue
             report["verified_questions"] += 1
-            prompts = _annotated_prompts(candidate, verdict["wrong_ok"], rng, report)
-            questions.append(_Question(candidate, verdict["wrong_ok"], prompts))
+            prompts = _annotated_prompts(material, verdict["wrong_ok"], rng, report)
+            questions.append(_Question(material, verdict["wrong_ok"], prompts))
         if loaded is not None:
             _sample(loaded, questions, cfg, rng, report, pool)
 
@@ -141,24 +163,19 @@ def build(cfg: DataBuildConfig) -> dict:
 
 
 def sft_row(meta: dict, program: str, source: str) -> dict:
-    """trl's conversational prompt-completion row: CaP prompt -> a correct program."""
-    return {
-        "prompt": build_messages(meta["question"], meta["draft"]),
-        "completion": [{"role": "assistant", "content": format_completion(program)}],
-        "meta": {**meta, "source": source},
-    }
+    """trl's prompt-completion row: CaP prompt -> a correct program, and where the program came from."""
+    return trl_row(meta["question"], meta["draft"], {"completion": program}, {**meta, "source": source})
 
 
 def dpo_row(meta: dict, chosen: tuple[str, str], rejected: tuple[str, str, str]) -> dict:
-    """trl's conversational preference row: a correct program over a wrong one."""
+    """trl's preference row: a correct program over a wrong one, with their sources and how it is wrong."""
     (chosen_program, chosen_source), (rejected_program, rejected_source, rejected_kind) = chosen, rejected
-    return {
-        "prompt": build_messages(meta["question"], meta["draft"]),
-        "chosen": [{"role": "assistant", "content": format_completion(chosen_program)}],
-        "rejected": [{"role": "assistant", "content": format_completion(rejected_program)}],
-        "meta": {**meta, "rejected_kind": rejected_kind, "chosen_source": chosen_source,
-                 "rejected_source": rejected_source},
-    }
+    return trl_row(
+        meta["question"],
+        meta["draft"],
+        {"chosen": chosen_program, "rejected": rejected_program},
+        {**meta, "rejected_kind": rejected_kind, "chosen_source": chosen_source, "rejected_source": rejected_source},
+    )
 
 
 def _check(cfg: DataBuildConfig) -> list[str]:
@@ -182,8 +199,14 @@ def _sampler_config(cfg: DataBuildConfig) -> ModelConfig:
 
 def _generation_config(cfg: DataBuildConfig, *, n: int, seed: int = 0, prose: bool = False) -> GenerationConfig:
     """Sampling settings; a prose draft must not stop at a closed ``` block like a program does."""
-    return GenerationConfig(temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, n=n,
-                            batch_size=cfg.batch_size, seed=cfg.seed + seed, stop_at_program_end=not prose)
+    return GenerationConfig(
+        temperature=cfg.temperature,
+        max_new_tokens=cfg.max_new_tokens,
+        n=n,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed + seed,
+        stop_at_program_end=not prose,
+    )
 
 
 def _read_rows(path: Path, limit: int | None):
@@ -195,8 +218,9 @@ def _read_rows(path: Path, limit: int | None):
                 yield json.loads(line)
 
 
-def _make_candidate(index: int, solution: Solution, kinds: list[str], cfg: DataBuildConfig,
-                    rng: random.Random) -> _Candidate:
+def _gather_material(
+    index: int, solution: Solution, kinds: list[str], cfg: DataBuildConfig, rng: random.Random
+) -> _Material:
     def style() -> dict:
         return {"keep_annotations": rng.random() < cfg.keep_annotations, "final_style": rng.choice(FINAL_STYLES)}
 
@@ -212,17 +236,17 @@ def _make_candidate(index: int, solution: Solution, kinds: list[str], cfg: DataB
         draft, answer = render_draft(solution, corruption, **style())
         drafts.append((kind, draft, answer))
         wrong_programs[kind] = solution.program(corruption.steps)
-    return _Candidate(index, solution, drafts, wrong_programs)
+    return _Material(index, solution, drafts, wrong_programs)
 
 
-def _verify(candidate: _Candidate) -> dict:
+def _verify(material: _Material) -> dict:
     """Run the correct program and every wrong one; labels come from these runs only."""
-    gold = candidate.solution.gold
+    gold = material.solution.gold
     wrong_ok = {}
-    for kind, program in candidate.wrong_programs.items():
+    for kind, program in material.wrong_programs.items():
         result = _run(program)
         wrong_ok[kind] = result.ok and result.answer is not None and not answers_equal(result.answer, gold)
-    return {"chosen_ok": _prints_gold(_run(candidate.solution.program()), gold), "wrong_ok": wrong_ok}
+    return {"chosen_ok": _prints_gold(_run(material.solution.program()), gold), "wrong_ok": wrong_ok}
 
 
 def _run(program: str):
@@ -242,60 +266,75 @@ def _failure(result) -> str:
     return "no_answer" if result.answer is None else "wrong_answer"
 
 
-def _annotated_prompts(candidate: _Candidate, wrong_ok: dict[str, bool], rng: random.Random,
-                       report: Counter) -> list[_Prompt]:
+def _annotated_prompts(
+    material: _Material, wrong_ok: dict[str, bool], rng: random.Random, report: Counter
+) -> list[_Prompt]:
     """The gold and corrupted drafts' prompts. Each rejects the program that follows its draft's
     corruption (the gold draft: one of the question's corruptions), when that one is really wrong."""
     prompts = []
-    for kind, draft, draft_answer in candidate.drafts:
-        rejected_kind = kind if kind != "gold" else _any_corruption(candidate, rng)
+    for kind, draft, draft_answer in material.drafts:
+        rejected_kind = kind if kind != "gold" else _any_corruption(material, rng)
         if kind != "gold" and not wrong_ok.get(kind):
             report["corruption_not_wrong"] += 1
             continue
         report[f"drafts_{kind}"] += 1
-        prompts.append(_prompt(candidate, wrong_ok, _meta(candidate, kind, kind, draft, draft_answer), rejected_kind))
+        prompts.append(_prompt(material, wrong_ok, _meta(material, kind, kind, draft, draft_answer), rejected_kind))
     return prompts
 
 
-def _any_corruption(candidate: _Candidate, rng: random.Random) -> str:
-    return rng.choice(sorted(candidate.wrong_programs) or [""])
+def _any_corruption(material: _Material, rng: random.Random) -> str:
+    return rng.choice(sorted(material.wrong_programs) or [""])
 
 
-def _prompt(candidate: _Candidate, wrong_ok: dict[str, bool], meta: dict, rejected_kind: str) -> _Prompt:
+def _prompt(material: _Material, wrong_ok: dict[str, bool], meta: dict, rejected_kind: str) -> _Prompt:
     """A prompt that chooses the correct program and rejects the `rejected_kind` one if it is really wrong."""
     rejected = []
     if wrong_ok.get(rejected_kind):
-        rejected.append((candidate.wrong_programs[rejected_kind], ANNOTATIONS, rejected_kind))
-    return _Prompt(meta, chosen=[(candidate.solution.program(), ANNOTATIONS)], rejected=rejected)
+        rejected.append((material.wrong_programs[rejected_kind], ANNOTATIONS, rejected_kind))
+    return _Prompt(meta, chosen=[(material.solution.program(), ANNOTATIONS)], rejected=rejected)
 
 
-def _sample(loaded: LoadedModel, questions: list[_Question], cfg: DataBuildConfig, rng: random.Random,
-            report: Counter, pool: ThreadPoolExecutor) -> None:
+def _sample(
+    loaded: LoadedModel,
+    questions: list[_Question],
+    cfg: DataBuildConfig,
+    rng: random.Random,
+    report: Counter,
+    pool: ThreadPoolExecutor,
+) -> None:
     """Add the model's drafts (as more prompts) and programs (as more chosen or rejected programs),
     `batch_size` questions per step so that each generate_batch call fills its batches."""
     from tqdm import tqdm
 
     tokenizer = loaded.tokenizer
-    for key in ("sampled_drafts", "sampled_drafts_correct", "sampled_programs", "sampled_programs_correct",
-                "sampled_programs_wrong"):
+    for key in (
+        "sampled_drafts",
+        "sampled_drafts_correct",
+        "sampled_programs",
+        "sampled_programs_correct",
+        "sampled_programs_wrong",
+    ):
         report[key] += 0  # listed in the report even when none are
     with tqdm(total=len(questions), desc="sampling", unit="question", file=sys.stderr) as progress:
         for start in range(0, len(questions), cfg.batch_size):
-            chunk = questions[start:start + cfg.batch_size]
+            chunk = questions[start : start + cfg.batch_size]
             if cfg.sampled_drafts:
-                draft_prompts = [format_draft_prompt(tokenizer, q.candidate.solution.question) for q in chunk]
+                draft_prompts = [format_draft_prompt(tokenizer, q.material.solution.question) for q in chunk]
                 config = _generation_config(cfg, n=cfg.sampled_drafts, seed=start, prose=True)
-                for question, generations in zip(chunk, generate.generate_batch(loaded, draft_prompts, config)):
+                for question, generations in zip(
+                    chunk, generate.generate_batch(loaded, draft_prompts, config), strict=True
+                ):
                     for generation in generations:
                         _add_sampled_draft(question, generation.text, rng, report)
             if cfg.sampled_programs:
                 prompts = [prompt for question in chunk for prompt in question.prompts]
                 texts = [format_prompt(tokenizer, p.meta["question"], p.meta["draft"]) for p in prompts]
                 config = _generation_config(cfg, n=cfg.sampled_programs, seed=start)
-                programs = [[extract_program(g.text) for g in group]
-                            for group in generate.generate_batch(loaded, texts, config)]
+                programs = [
+                    [extract_program(g.text) for g in group] for group in generate.generate_batch(loaded, texts, config)
+                ]
                 results = pool.map(_run, [program for group in programs for program in group])
-                for prompt, group in zip(prompts, programs):
+                for prompt, group in zip(prompts, programs, strict=True):
                     for program in group:
                         _add_sampled_program(prompt, program, next(results), report)
             progress.update(len(chunk))
@@ -308,14 +347,14 @@ def _add_sampled_draft(question: _Question, text: str, rng: random.Random, repor
     if not draft:
         report["sampled_drafts_blank"] += 1
         return
-    candidate = question.candidate
+    material = question.material
     answer = extract_draft_answer(draft)
-    if answers_equal(answer, candidate.solution.gold):
+    if answers_equal(answer, material.solution.gold):
         report["sampled_drafts_correct"] += 1
     report[f"drafts_{SAMPLED}"] += 1
     name = f"{SAMPLED}{sum(p.meta['draft_kind'] == SAMPLED for p in question.prompts)}"
-    meta = _meta(candidate, name, SAMPLED, draft, answer)
-    question.prompts.append(_prompt(candidate, question.wrong_ok, meta, _any_corruption(candidate, rng)))
+    meta = _meta(material, name, SAMPLED, draft, answer)
+    question.prompts.append(_prompt(material, question.wrong_ok, meta, _any_corruption(material, rng)))
 
 
 def _add_sampled_program(prompt: _Prompt, program: str, result, report: Counter) -> None:
@@ -352,13 +391,13 @@ def _write_rows(prompt: _Prompt, cfg: DataBuildConfig, sft, dpo, report: Counter
             report["dpo_rows_sampled"] += 1
 
 
-def _meta(candidate: _Candidate, name: str, kind: str, draft: str, draft_answer: str | None) -> dict:
+def _meta(material: _Material, name: str, kind: str, draft: str, draft_answer: str | None) -> dict:
     return {
-        "id": f"gsm8k-train-{candidate.index:05d}-{name}",
-        "question": candidate.solution.question,
+        "id": f"gsm8k-train-{material.index:05d}-{name}",
+        "question": material.solution.question,
         "draft": draft,
         "draft_kind": kind,
         "draft_answer": draft_answer,
-        "draft_correct": answers_equal(draft_answer, candidate.solution.gold),
-        "gold": candidate.solution.gold,
+        "draft_correct": answers_equal(draft_answer, material.solution.gold),
+        "gold": material.solution.gold,
     }

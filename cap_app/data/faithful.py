@@ -13,12 +13,12 @@ import ast
 import dataclasses
 import re
 
-from cap_app.align import ANNOTATION_RE, EQUATION_RE, evaluate_arithmetic, parse_number, same_number
+from cap_app.align import EQUATION_RE
 from cap_app.answers import extract_draft_answer, normalize_answer
-from cap_app.data.annotations import _result_length, _shown_start, _step_name, _unique
+from cap_app.arithmetic import ANNOTATION, parse_number, python_arithmetic, same_number
+from cap_app.data.gsm8k_programs import annotation_span, step_name, unique_name
 
 _ANSWER_LINE = re.compile(r"^\s*(?:A:|####|The answer is|Answer:)", re.IGNORECASE)
-_ALLOWED = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Constant, ast.operator, ast.unaryop)
 
 
 @dataclasses.dataclass
@@ -37,23 +37,6 @@ class Computation:
         return parse_number(self.stated)
 
 
-def python_arithmetic(text: str) -> str | None:
-    """A written calculation as Python ("$1,200 x 2%" -> "1200 * (2 / 100)"); None if it is not one."""
-    text = text.replace("$", "").replace("×", "*").replace("÷", "/")
-    text = re.sub(r"(?<=\d),(?=\d{3})", "", text)
-    text = re.sub(r"(?<=[\d)\s])x(?=[\s\d(])", "*", text)
-    text = re.sub(r"(\d+(?:\.\d+)?)%", r"(\1 / 100)", text)
-    try:
-        tree = ast.parse(text.strip(), mode="eval")
-    except SyntaxError:
-        return None
-    if not all(isinstance(node, _ALLOWED) for node in ast.walk(tree)):
-        return None
-    if evaluate_arithmetic(ast.unparse(tree)) is None:
-        return None
-    return ast.unparse(tree)
-
-
 def computations(draft: str) -> list[Computation]:
     """Every computation of the draft, in order: a line's calculator annotations when it has
     any, else the equations written in its prose. The final-answer line is not a computation."""
@@ -61,13 +44,12 @@ def computations(draft: str) -> list[Computation]:
     for line_no, line in enumerate(draft.split("\n")):
         if _ANSWER_LINE.match(line):
             continue
-        annotations = list(ANNOTATION_RE.finditer(line))
+        annotations = list(ANNOTATION.finditer(line))
         for match in annotations:
             expression = python_arithmetic(match.group(1))
             if expression is None or parse_number(match.group(2)) is None:
                 continue
-            start = _shown_start(line, match.start())[0]
-            end = match.end() + _result_length(line[match.end():])
+            start, end, _ = annotation_span(line, match)
             found.append(Computation(expression, match.group(2).strip(), line_no, start, end))
         if annotations:
             continue
@@ -93,7 +75,7 @@ def faithful_program(draft: str) -> str | None:
     for step in steps:
         tree = ast.parse(step.expression, mode="eval").body
         expression = ast.unparse(_ReferEarlier(named).visit(tree))
-        step.name = _unique(_step_name(lines_of_draft[step.line], step.start, step.end), taken)
+        step.name = unique_name(step_name(lines_of_draft[step.line], step.start, step.end), taken)
         program.append(f"{step.name} = {expression}")
         named.append(step)
     printed = _printed_step(steps, extract_draft_answer(draft))

@@ -30,15 +30,21 @@ KINDS = ("right", "plain", "slip", "plain_slip")
 
 @dataclasses.dataclass
 class FaithfulBuildConfig:
-    input: str = dataclasses.field(default="data/gsm8k/train.jsonl", metadata={
-        "help": "GSM8K-style JSONL with question and answer (never the dev drafts or the test set)"})
-    output_dir: str = dataclasses.field(default="runs/data-faithful", metadata={
-        "help": "folder for sft.jsonl, dpo.jsonl and report.json"})
+    input: str = dataclasses.field(
+        default="data/gsm8k/train.jsonl",
+        metadata={"help": "GSM8K-style JSONL with question and answer (never the dev drafts or the test set)"},
+    )
+    output_dir: str = dataclasses.field(
+        default="runs/data-faithful", metadata={"help": "folder for sft.jsonl, dpo.jsonl and report.json"}
+    )
     limit: int | None = dataclasses.field(default=None, metadata={"help": "use only the first N questions"})
-    kinds: str = dataclasses.field(default="right:3,plain:3,slip:2,plain_slip:2", metadata={
-        "help": "draft kinds and their weights, e.g. 'right:1,slip:1'; one kind is drawn per prompt"})
-    prompts_per_question: int = dataclasses.field(default=1, metadata={
-        "help": "prompts per question, each with a freshly drawn kind"})
+    kinds: str = dataclasses.field(
+        default="right:3,plain:3,slip:2,plain_slip:2",
+        metadata={"help": "draft kinds and their weights, e.g. 'right:1,slip:1'; one kind is drawn per prompt"},
+    )
+    prompts_per_question: int = dataclasses.field(
+        default=1, metadata={"help": "prompts per question, each with a freshly drawn kind"}
+    )
     seed: int = dataclasses.field(default=0, metadata={"help": "random seed (same seed, same data)"})
     workers: int = dataclasses.field(default=2, metadata={"help": "parallel sandbox runs"})
 
@@ -109,8 +115,14 @@ def build_faithful(cfg: FaithfulBuildConfig) -> dict:
                     report[f"{kind}_not_built"] += 1
                     continue
                 shown, annotated, gold = made
-                meta = {"id": f"gsm8k-train-{index:05d}-{copy}-{kind}", "question": row["question"], "draft": shown,
-                        "draft_kind": kind, "draft_answer": extract_draft_answer(shown), "gold": gold}
+                meta = {
+                    "id": f"gsm8k-train-{index:05d}-{copy}-{kind}",
+                    "question": row["question"],
+                    "draft": shown,
+                    "draft_kind": kind,
+                    "draft_answer": extract_draft_answer(shown),
+                    "gold": gold,
+                }
                 meta["draft_correct"] = answers_equal(meta["draft_answer"], gold)
                 prompts.append((meta, program, copying_program(annotated)))
 
@@ -118,14 +130,21 @@ def build_faithful(cfg: FaithfulBuildConfig) -> dict:
         meta, program, copying = item
         chosen = run_program(program, trace=False)
         wrong = run_program(copying, trace=False) if copying else None
-        return (chosen.ok and answers_equal(chosen.answer, meta["gold"]),
-                wrong is not None and wrong.ok and not answers_equal(wrong.answer, meta["gold"]))
+        return (
+            chosen.ok and answers_equal(chosen.answer, meta["gold"]),
+            wrong is not None and wrong.ok and not answers_equal(wrong.answer, meta["gold"]),
+        )
 
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with ThreadPoolExecutor(max(1, cfg.workers)) as pool, open(out / "sft.jsonl", "w") as sft, \
-            open(out / "dpo.jsonl", "w") as dpo:
-        for (meta, program, copying), (chosen_ok, copying_wrong) in zip(prompts, pool.map(verified, prompts)):
+    with (
+        ThreadPoolExecutor(max(1, cfg.workers)) as pool,
+        open(out / "sft.jsonl", "w") as sft,
+        open(out / "dpo.jsonl", "w") as dpo,
+    ):
+        for (meta, program, copying), (chosen_ok, copying_wrong) in zip(
+            prompts, pool.map(verified, prompts), strict=True
+        ):
             if not chosen_ok:
                 report[f"{meta['draft_kind']}_not_gold"] += 1
                 continue

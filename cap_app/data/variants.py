@@ -19,9 +19,8 @@ import random
 import re
 from pathlib import Path
 
-from cap_app.align import ANNOTATION_RE, NUMBER_RE, evaluate_arithmetic, parse_number, same_number
 from cap_app.answers import answers_equal, extract_draft_answer
-from cap_app.data.annotations import format_number
+from cap_app.arithmetic import ANNOTATION, NUMBER, evaluate_arithmetic, format_number, parse_number, same_number
 from cap_app.data.corrupt import _nearby
 from cap_app.data.faithful import Computation, computations
 
@@ -30,11 +29,12 @@ _RESULT_BEFORE = re.compile(r"(?:=\s*\$?|>>)$")  # a number right after these is
 
 def plain_draft(draft: str) -> str:
     """The draft without its calculator annotations ("= $<<9*2=18>>18" -> "= $18")."""
-    return ANNOTATION_RE.sub("", draft)
+    return ANNOTATION.sub("", draft)
 
 
-def slip_draft(draft: str, gold: str, rng: random.Random, *, min_steps: int = 2,
-               step: int | None = None) -> tuple[str, int] | None:
+def slip_draft(
+    draft: str, gold: str, rng: random.Random, *, min_steps: int = 2, step: int | None = None
+) -> tuple[str, int] | None:
     """A slip of a right draft and the index of the slipped computation (`step`, else a random
     one that works); None when the draft is not right, has fewer than `min_steps` computations,
     or no slip changes its final answer without landing on a number the draft already uses."""
@@ -53,16 +53,18 @@ def slip_draft(draft: str, gold: str, rng: random.Random, *, min_steps: int = 2,
         slipped, changed = propagated
         new_values = [new for _, new in changed]
         used = _numbers(draft)
-        if any(same_number(new, value) for new in new_values for value in used) or \
-                len({format_number(v) for v in new_values}) < len(new_values):
+        if any(same_number(new, value) for new in new_values for value in used) or len(
+            {format_number(v) for v in new_values}
+        ) < len(new_values):
             continue  # a wrong number that equals another number of the draft would be ambiguous
         if not answers_equal(extract_draft_answer(slipped), gold):
             return slipped, index
     return None
 
 
-def _propagate(draft: str, steps: list[Computation], index: int,
-               new_value: float) -> tuple[str, list[tuple[float, float]]] | None:
+def _propagate(
+    draft: str, steps: list[Computation], index: int, new_value: float
+) -> tuple[str, list[tuple[float, float]]] | None:
     """The draft with computation `index` stating `new_value` and every later mention of a changed
     number, every later computation's result and the final answer following from it; and the
     (old, new) values that changed. None when a later result turns negative or incomputable."""
@@ -73,16 +75,18 @@ def _propagate(draft: str, steps: list[Computation], index: int,
         for position, step in enumerate(steps):
             if step.line != line_no or position < index:
                 continue
-            gap = line[cursor:step.start]
+            gap = line[cursor : step.start]
             if position == index:  # the slip itself: its operands stay, its stated result changes
-                pieces += [gap, _rewrite_span(line[step.start:step.end], [], format_number(new_value))]
+                pieces += [gap, _rewrite_span(line[step.start : step.end], [], format_number(new_value))]
                 changed.append((step.stated_value, new_value))
             else:
                 result = _recomputed(step, changed)
                 if result is None or result < 0:
                     return None
-                pieces += [_substitute(gap, changed), _rewrite_span(line[step.start:step.end], changed,
-                                                                    format_number(result))]
+                pieces += [
+                    _substitute(gap, changed),
+                    _rewrite_span(line[step.start : step.end], changed, format_number(result)),
+                ]
                 if not same_number(result, step.stated_value):
                     changed.append((step.stated_value, result))
             cursor = step.end
@@ -92,7 +96,7 @@ def _propagate(draft: str, steps: list[Computation], index: int,
 
 
 def _numbers(text: str) -> list[float]:
-    values = [parse_number(match.group()) for match in NUMBER_RE.finditer(text)]
+    values = [parse_number(match.group()) for match in NUMBER.finditer(text)]
     return [value for value in values if value is not None]
 
 
@@ -123,7 +127,7 @@ def _substitute(text: str, changed: list[tuple[float, float]]) -> str:
         new = _lookup(value, changed) if value is not None else None
         return format_number(new) if new is not None else match.group()
 
-    return NUMBER_RE.sub(put, text)
+    return NUMBER.sub(put, text)
 
 
 def _rewrite_span(span: str, changed: list[tuple[float, float]], result: str) -> str:
@@ -131,13 +135,13 @@ def _rewrite_span(span: str, changed: list[tuple[float, float]], result: str) ->
     numbers follow `changed`."""
 
     def put(match: re.Match) -> str:
-        if _RESULT_BEFORE.search(span[:match.start()].rstrip(" ")):
+        if _RESULT_BEFORE.search(span[: match.start()].rstrip(" ")):
             return result
         value = parse_number(match.group())
         new = _lookup(value, changed) if value is not None else None
         return format_number(new) if new is not None else match.group()
 
-    return NUMBER_RE.sub(put, span)
+    return NUMBER.sub(put, span)
 
 
 def write_variants(source: Path, target: Path, *, kind: str, seed: int = 0, min_steps: int = 2) -> dict:
@@ -164,12 +168,17 @@ def write_variants(source: Path, target: Path, *, kind: str, seed: int = 0, min_
             if kind == "plain":
                 out[key] = {**value, "solution": plain_draft(value["solution"])}
             else:
-                slipped = slip_draft(value["solution"], gold, random.Random(f"{seed}:{number}:{key}"),
-                                     min_steps=min_steps)
+                slipped = slip_draft(
+                    value["solution"], gold, random.Random(f"{seed}:{number}:{key}"), min_steps=min_steps
+                )
                 if slipped is None:
                     continue
-                out[key] = {"solution": slipped[0], "is_correct": False, "slipped_step": slipped[1],
-                            "original": value["solution"]}
+                out[key] = {
+                    "solution": slipped[0],
+                    "is_correct": False,
+                    "slipped_step": slipped[1],
+                    "original": value["solution"],
+                }
             counts[key] = counts.get(key, 0) + 1
             varied = True
         if varied:

@@ -20,16 +20,21 @@ BOUNDS = {
 class SandboxConfig:
     # Resource limits
     timeout_s: float = dataclasses.field(
-        default=5.0, metadata={"help": "Wall-clock limit for one program, in seconds (CPU time is capped too)."})
+        default=5.0, metadata={"help": "Wall-clock limit for one program, in seconds (CPU time is capped too)."}
+    )
     memory_mb: int = dataclasses.field(
-        default=512, metadata={"help": "Memory the program may allocate on top of the pre-imported interpreter, in MB."})
+        default=512, metadata={"help": "Memory the program may allocate on top of the pre-imported interpreter, in MB."}
+    )
     max_output_bytes: int = dataclasses.field(
-        default=64 * 1024, metadata={"help": "Printed output kept; a program printing more is stopped with an error."})
+        default=64 * 1024, metadata={"help": "Printed output kept; a program printing more is stopped with an error."}
+    )
     # Trace
     trace: bool = dataclasses.field(
-        default=True, metadata={"help": "Record a line-by-line trace with the variables each line changed."})
+        default=True, metadata={"help": "Record a line-by-line trace with the variables each line changed."}
+    )
     max_trace_steps: int = dataclasses.field(
-        default=1000, metadata={"help": "Trace steps kept; later lines run untraced and the trace is marked truncated."})
+        default=1000, metadata={"help": "Trace steps kept; later lines run untraced and the trace is marked truncated."}
+    )
 
     def __post_init__(self) -> None:
         for name, (low, high) in BOUNDS.items():

@@ -21,7 +21,8 @@ import itertools
 import math
 import statistics
 import types
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 class Facade:
@@ -48,7 +49,6 @@ class Facade:
 
     def __repr__(self) -> str:
         return f"<module '{object.__getattribute__(self, '_facade_name')}'>"
-
 
 
 def facade_names(facade: Facade) -> frozenset[str]:
@@ -88,9 +88,11 @@ def is_sympy_object(obj: Any) -> bool:
 
 
 def _public(module: types.ModuleType, *, skip: tuple[str, ...] = ()) -> dict[str, Any]:
-    return {name: getattr(module, name) for name in dir(module)
-            if not name.startswith("_") and name not in skip
-            and not isinstance(getattr(module, name), types.ModuleType)}
+    return {
+        name: getattr(module, name)
+        for name in dir(module)
+        if not name.startswith("_") and name not in skip and not isinstance(getattr(module, name), types.ModuleType)
+    }
 
 
 # symbols()/Symbol() read their string as names, never as code: the only sympy entry points
@@ -98,10 +100,36 @@ def _public(module: types.ModuleType, *, skip: tuple[str, ...] = ()) -> dict[str
 _SYMPY_NAME_READERS = ("symbols", "Symbol")
 # A subset for algebra on word problems; no sympify/parse_expr/lambdify/eval-like entry points.
 _SYMPY_NAMES = (
-    "Abs", "E", "Eq", "Float", "Integer", "Rational", "binomial", "ceiling", "divisors", "expand",
-    "factor", "factorial", "factorint", "floor", "gcd", "isprime", "lcm", "linsolve", "N",
-    "nsimplify", "oo", "pi", "prime", "primefactors", "Matrix", "simplify", "solve", "sqrt",
-    "Sum", "summation",
+    "Abs",
+    "E",
+    "Eq",
+    "Float",
+    "Integer",
+    "Rational",
+    "binomial",
+    "ceiling",
+    "divisors",
+    "expand",
+    "factor",
+    "factorial",
+    "factorint",
+    "floor",
+    "gcd",
+    "isprime",
+    "lcm",
+    "linsolve",
+    "N",
+    "nsimplify",
+    "oo",
+    "pi",
+    "prime",
+    "primefactors",
+    "Matrix",
+    "simplify",
+    "solve",
+    "sqrt",
+    "Sum",
+    "summation",
 )
 
 
@@ -123,25 +151,55 @@ def build_facades() -> dict[str, Facade]:
         # Exact arithmetic on fractions of integers.
         "fractions": Facade("fractions", {"Fraction": fractions.Fraction}),
         # Decimal money arithmetic; contexts only set precision and rounding.
-        "decimal": Facade("decimal", {
-            "Decimal": decimal.Decimal, "getcontext": decimal.getcontext, "localcontext": decimal.localcontext,
-            **{name: getattr(decimal, name) for name in dir(decimal) if name.startswith("ROUND_")},
-        }),
+        "decimal": Facade(
+            "decimal",
+            {
+                "Decimal": decimal.Decimal,
+                "getcontext": decimal.getcontext,
+                "localcontext": decimal.localcontext,
+                **{name: getattr(decimal, name) for name in dir(decimal) if name.startswith("ROUND_")},
+            },
+        ),
         # Descriptive statistics; functions only (no random sampling, no I/O).
-        "statistics": Facade("statistics", {name: getattr(statistics, name) for name in (
-            "mean", "fmean", "median", "median_low", "median_high", "mode", "multimode",
-            "pstdev", "pvariance", "stdev", "variance", "harmonic_mean", "geometric_mean")}),
+        "statistics": Facade(
+            "statistics",
+            {
+                name: getattr(statistics, name)
+                for name in (
+                    "mean",
+                    "fmean",
+                    "median",
+                    "median_low",
+                    "median_high",
+                    "mode",
+                    "multimode",
+                    "pstdev",
+                    "pvariance",
+                    "stdev",
+                    "variance",
+                    "harmonic_mean",
+                    "geometric_mean",
+                )
+            },
+        ),
         # Combinatorics and iteration helpers; all are C iterators over given data.
         "itertools": Facade("itertools", _public(itertools)),
         # reduce only: partial/lru_cache wrap callables in ways the trace cannot follow.
         "functools": Facade("functools", {"reduce": functools.reduce}),
         # Counting containers (dict subclasses).
-        "collections": Facade("collections", {
-            "Counter": collections.Counter, "defaultdict": collections.defaultdict,
-            "OrderedDict": collections.OrderedDict, "deque": collections.deque}),
+        "collections": Facade(
+            "collections",
+            {
+                "Counter": collections.Counter,
+                "defaultdict": collections.defaultdict,
+                "OrderedDict": collections.OrderedDict,
+                "deque": collections.deque,
+            },
+        ),
         # Calendar arithmetic for date word problems.
-        "datetime": Facade("datetime", {
-            "date": datetime.date, "datetime": datetime.datetime, "timedelta": datetime.timedelta}),
+        "datetime": Facade(
+            "datetime", {"date": datetime.date, "datetime": datetime.datetime, "timedelta": datetime.timedelta}
+        ),
     }
 
 

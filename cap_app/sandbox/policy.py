@@ -19,7 +19,8 @@ import operator
 import string
 import sys
 import types
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from RestrictedPython import RestrictingNodeTransformer, compile_restricted_exec
 from RestrictedPython.Guards import guarded_iter_unpack_sequence, guarded_unpack_sequence
@@ -81,8 +82,13 @@ class ProgramPolicy(RestrictingNodeTransformer):
             ast.Assign([ast.Name(key, ast.Store())], target.slice),
             ast.Assign(
                 [ast.Subscript(_call("_write_", ast.Name(obj, ast.Load())), ast.Name(key, ast.Load()), ast.Store())],
-                _call("_inplacevar_", operator_text,
-                      _call("_getitem_", ast.Name(obj, ast.Load()), ast.Name(key, ast.Load())), value)),
+                _call(
+                    "_inplacevar_",
+                    operator_text,
+                    _call("_getitem_", ast.Name(obj, ast.Load()), ast.Name(key, ast.Load())),
+                    value,
+                ),
+            ),
         ]
         for statement in statements:
             ast.copy_location(statement, node)
@@ -103,7 +109,7 @@ def _call(name: str, *args: ast.expr) -> ast.Call:
 def _line_message(error: str) -> str:
     """'Line 3: foo.' (RestrictedPython) -> 'line 3: foo' (the sandbox's wording)."""
     if error.startswith("Line "):
-        error = "line " + error[len("Line "):]
+        error = "line " + error[len("Line ") :]
     return error.rstrip(".")
 
 
@@ -147,8 +153,10 @@ _EXCEPTION_ATTRIBUTES = frozenset({"args"})
 _DENIED_ATTRIBUTES = INSPECT_ATTRIBUTES | {
     "mro",  # reaches `object` and the class hierarchy
     "format_map",  # str.format_map traverses attributes of its arguments
-    "gi_running", "gi_suspended",  # generator internals, no use in math
+    "gi_running",
+    "gi_suspended",  # generator internals, no use in math
 }
+
 
 class _FieldCheckingFormatter(string.Formatter):
     """str.format without traversal: '{0.attr}' and '{0[key]}' are refused."""
@@ -230,9 +238,18 @@ def guarded_write(obj: Any) -> Any:
 
 
 _INPLACE_OPERATORS: dict[str, Callable[[Any, Any], Any]] = {
-    "+=": operator.iadd, "-=": operator.isub, "*=": operator.imul, "/=": operator.itruediv,
-    "//=": operator.ifloordiv, "%=": operator.imod, "**=": operator.ipow, "<<=": operator.ilshift,
-    ">>=": operator.irshift, "|=": operator.ior, "^=": operator.ixor, "&=": operator.iand,
+    "+=": operator.iadd,
+    "-=": operator.isub,
+    "*=": operator.imul,
+    "/=": operator.itruediv,
+    "//=": operator.ifloordiv,
+    "%=": operator.imod,
+    "**=": operator.ipow,
+    "<<=": operator.ilshift,
+    ">>=": operator.irshift,
+    "|=": operator.ior,
+    "^=": operator.ixor,
+    "&=": operator.iand,
     "@=": operator.imatmul,
 }
 
@@ -305,7 +322,9 @@ class ScopePrinter:
     def __call__(self) -> str:  # the `printed` variable
         return self.sink.text()
 
-    def _call_print(self, *objects: Any, sep: Any = " ", end: Any = "\n", file: Any = None, flush: bool = False) -> None:
+    def _call_print(
+        self, *objects: Any, sep: Any = " ", end: Any = "\n", file: Any = None, flush: bool = False
+    ) -> None:
         if file is not None:
             raise PolicyError("print(file=...) is not allowed")
         builtins.print(*objects, sep=sep, end=end, file=self.sink)
@@ -325,6 +344,7 @@ def _extreme(func: Callable) -> Callable:
         if len(args) == 1:
             return func(guarded_iter(args[0]), **kwargs)
         return func(*args, **kwargs)
+
     extreme.__name__ = func.__name__
     return extreme
 
@@ -332,6 +352,7 @@ def _extreme(func: Callable) -> Callable:
 def _collect(factory: Callable) -> Callable:
     def collect(iterable: Any = (), /) -> Any:
         return factory(guarded_iter(iterable))
+
     collect.__name__ = factory.__name__
     return collect
 
@@ -382,14 +403,50 @@ def _iter(obj: Any) -> Any:
 
 _PLAIN_BUILTINS = (
     # values and conversions
-    "None", "True", "False", "bool", "int", "float", "complex", "str", "abs", "round", "pow",
-    "divmod", "len", "range", "slice", "chr", "ord", "bin", "oct", "hex", "repr", "format",
-    "isinstance", "callable", "next",
+    "None",
+    "True",
+    "False",
+    "bool",
+    "int",
+    "float",
+    "complex",
+    "str",
+    "abs",
+    "round",
+    "pow",
+    "divmod",
+    "len",
+    "range",
+    "slice",
+    "chr",
+    "ord",
+    "bin",
+    "oct",
+    "hex",
+    "repr",
+    "format",
+    "isinstance",
+    "callable",
+    "next",
     # exceptions a program may raise or catch (no BaseException/SystemExit/KeyboardInterrupt:
     # catching those is how a program would swallow the sandbox's own stops)
-    "Exception", "ArithmeticError", "AssertionError", "AttributeError", "IndexError", "KeyError",
-    "LookupError", "MemoryError", "NameError", "NotImplementedError", "OverflowError", "RecursionError",
-    "RuntimeError", "StopIteration", "TypeError", "ValueError", "ZeroDivisionError",
+    "Exception",
+    "ArithmeticError",
+    "AssertionError",
+    "AttributeError",
+    "IndexError",
+    "KeyError",
+    "LookupError",
+    "MemoryError",
+    "NameError",
+    "NotImplementedError",
+    "OverflowError",
+    "RecursionError",
+    "RuntimeError",
+    "StopIteration",
+    "TypeError",
+    "ValueError",
+    "ZeroDivisionError",
 )
 # Deliberately absent: type/object/super/classmethod/staticmethod/property (class tricks),
 # getattr/setattr/delattr/hasattr/vars/dir/globals/locals/id (introspection), eval/exec/compile/
@@ -398,11 +455,23 @@ _PLAIN_BUILTINS = (
 # issubclass (class hierarchy probing).
 
 _WRAPPED_BUILTINS = {
-    "sum": _sum, "min": _extreme(builtins.min), "max": _extreme(builtins.max),
-    "list": _collect(builtins.list), "tuple": _collect(builtins.tuple), "set": _collect(builtins.set),
-    "frozenset": _collect(builtins.frozenset), "dict": _dict, "sorted": _sorted,
-    "reversed": _reversed, "enumerate": _enumerate, "zip": _zip, "map": _map,
-    "filter": _filter, "any": _any, "all": _all, "iter": _iter,
+    "sum": _sum,
+    "min": _extreme(builtins.min),
+    "max": _extreme(builtins.max),
+    "list": _collect(builtins.list),
+    "tuple": _collect(builtins.tuple),
+    "set": _collect(builtins.set),
+    "frozenset": _collect(builtins.frozenset),
+    "dict": _dict,
+    "sorted": _sorted,
+    "reversed": _reversed,
+    "enumerate": _enumerate,
+    "zip": _zip,
+    "map": _map,
+    "filter": _filter,
+    "any": _any,
+    "all": _all,
+    "iter": _iter,
 }
 
 

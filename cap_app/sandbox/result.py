@@ -36,7 +36,7 @@ class ExecResult:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ExecResult":
+    def from_dict(cls, data: dict) -> ExecResult:
         data = dict(data)
         data["trace"] = [TraceStep(**step) for step in data.get("trace", [])]
         return cls(**data)

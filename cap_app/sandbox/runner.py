@@ -82,15 +82,23 @@ class SandboxServer:
         # the zygote and it is ~0.6 MB smaller (every fork copies its page tables); the folders
         # of the libraries it needs come after the standard library (zygote.py), and it runs in
         # its private folder, so nothing in the caller's working folder can shadow a module.
-        env = {"PATH": os.defpath, "LC_ALL": "C.UTF-8", "PYTHONPATH": self.package_root,
-               "CAP_SANDBOX_LIBRARIES": os.pathsep.join(_library_folders(self.with_sympy))}
+        env = {
+            "PATH": os.defpath,
+            "LC_ALL": "C.UTF-8",
+            "PYTHONPATH": self.package_root,
+            "CAP_SANDBOX_LIBRARIES": os.pathsep.join(_library_folders(self.with_sympy)),
+        }
         if "TZ" in os.environ:
             env["TZ"] = os.environ["TZ"]
         command = [sys.executable, "-S", "-m", "cap_app.sandbox.zygote", self.socket_path]
         try:
             process = subprocess.Popen(
                 command + (["--sympy"] if self.with_sympy else []),
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True, cwd=self._directory,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                env=env,
+                close_fds=True,
+                cwd=self._directory,
             )
         except OSError as exc:
             shutil.rmtree(self._directory, ignore_errors=True)
@@ -215,20 +223,6 @@ def sandbox_walls() -> tuple[str, ...]:
     return _LIGHT.walls
 
 
-def zygote_processes(zygote: int) -> list[int]:
-    """A zygote and its copies (see zygote.py): its children while it runs no program. For
-    adding up their CPU time or checking that they stop."""
-    copies = []
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                if int(stat.read().rsplit(")", 1)[1].split()[1]) == zygote:
-                    copies.append(int(entry))
-        except (FileNotFoundError, ProcessLookupError):  # gone meanwhile
-            continue
-    return [zygote, *copies]
-
-
 def stop_servers() -> None:
     """Stop the zygotes (and their running children); later runs start new ones."""
     _LIGHT.stop()
@@ -249,8 +243,13 @@ def run_program(
     Keyword arguments are the fields of `SandboxConfig` (invalid values raise ValueError:
     they come from the caller, not the program). Safe from many threads and processes.
     """
-    config = SandboxConfig(timeout_s=timeout_s, memory_mb=memory_mb, trace=trace,
-                           max_output_bytes=max_output_bytes, max_trace_steps=max_trace_steps)
+    config = SandboxConfig(
+        timeout_s=timeout_s,
+        memory_mb=memory_mb,
+        trace=trace,
+        max_output_bytes=max_output_bytes,
+        max_trace_steps=max_trace_steps,
+    )
     if not isinstance(code, str):
         return ExecResult(status="rejected", error="the program must be text")
     return run_on(server_for(code), code, config)
@@ -296,18 +295,33 @@ def result_from_json(data: object, source: str) -> ExecResult:
         return malformed
     stdout, error, answer, trace = (data.get(key, default) for key, default in _RESULT_DEFAULTS)
     flags = [data.get("trace_truncated", False), data.get("stdout_truncated", False)]
-    if not (isinstance(stdout, str) and all(isinstance(text, (str, type(None))) for text in (error, answer))
-            and all(isinstance(flag, bool) for flag in flags) and isinstance(trace, list)):
+    if not (
+        isinstance(stdout, str)
+        and all(isinstance(text, (str, type(None))) for text in (error, answer))
+        and all(isinstance(flag, bool) for flag in flags)
+        and isinstance(trace, list)
+    ):
         return malformed
     lines = source.replace("\r\n", "\n").replace("\r", "\n").split("\n")  # ast's line breaks
     steps = []
     for step in trace:
-        if not (isinstance(step, list) and len(step) == 2 and type(step[0]) is int and 1 <= step[0] <= len(lines)
-                and isinstance(step[1], dict)
-                and all(isinstance(k, str) and isinstance(v, str) for k, v in step[1].items())):
+        if not (
+            isinstance(step, list)
+            and len(step) == 2
+            and type(step[0]) is int
+            and 1 <= step[0] <= len(lines)
+            and isinstance(step[1], dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in step[1].items())
+        ):
             return malformed
         source_line = clean_text(lines[step[0] - 1].strip()[:200])
         steps.append(TraceStep(step[0], source_line, {clean_text(k): clean_text(v) for k, v in step[1].items()}))
-    return ExecResult(status=data["status"], stdout=clean_text(stdout), error=error and clean_text(error),
-                      answer=answer and clean_text(answer), trace=steps,
-                      trace_truncated=flags[0], stdout_truncated=flags[1])
+    return ExecResult(
+        status=data["status"],
+        stdout=clean_text(stdout),
+        error=error and clean_text(error),
+        answer=answer and clean_text(answer),
+        trace=steps,
+        trace_truncated=flags[0],
+        stdout_truncated=flags[1],
+    )

@@ -85,7 +85,11 @@ class LineTracer:
             return None
         opened = self._open.get(frame)
         if event == "line":
-            if opened is None and frame.f_lineno == frame.f_code.co_firstlineno and "_print" in frame.f_code.co_varnames:
+            if (
+                opened is None
+                and frame.f_lineno == frame.f_code.co_firstlineno
+                and "_print" in frame.f_code.co_varnames
+            ):
                 # RestrictedPython starts a function that prints with `_print = _print_(_getattr_)`
                 # on its `def` line: not a line the program's author wrote, so not a step.
                 return self._on_event
@@ -105,8 +109,9 @@ class LineTracer:
             del self._open[frame]
         return self._on_event
 
-    def _record_changes(self, frame: types.FrameType,
-                        opened: tuple[list[Any], dict[str, tuple[Any, str]]] | None) -> dict[str, tuple[Any, str]]:
+    def _record_changes(
+        self, frame: types.FrameType, opened: tuple[list[Any], dict[str, tuple[Any, str]]] | None
+    ) -> dict[str, tuple[Any, str]]:
         """Fill the frame's open step (if any) with the variables its line changed; return the
         frame's variables now, as (value, short repr or "" for values compared by identity)."""
         before, changed = (opened[1], opened[0][1]) if opened is not None else ({}, None)
@@ -123,8 +128,11 @@ class LineTracer:
             else:
                 text = short_repr(value)
                 after[name] = (value, text)
-                if (changed is not None and (old is None or old[0] is not value or old[1] != text)
-                        and len(changed) < MAX_CHANGES_PER_STEP):
+                if (
+                    changed is not None
+                    and (old is None or old[0] is not value or old[1] != text)
+                    and len(changed) < MAX_CHANGES_PER_STEP
+                ):
                     changed[name] = text
                     self._chars += len(name) + len(text)
         return after

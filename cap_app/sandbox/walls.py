@@ -37,16 +37,44 @@ import struct
 
 # System call numbers: name -> (x86_64, aarch64). aarch64 uses the generic table.
 SYSCALLS = {
-    "read": (0, 63), "write": (1, 64), "readv": (19, 65), "writev": (20, 66), "close": (3, 57),
-    "fstat": (5, 80), "brk": (12, 214), "mmap": (9, 222), "munmap": (11, 215), "mremap": (25, 216),
-    "mprotect": (10, 226), "madvise": (28, 233), "rt_sigaction": (13, 134), "rt_sigprocmask": (14, 135),
-    "rt_sigreturn": (15, 139), "sigaltstack": (131, 132), "getitimer": (36, 102), "setitimer": (38, 103),
-    "clock_gettime": (228, 113), "clock_getres": (229, 114), "gettimeofday": (96, 169),
-    "nanosleep": (35, 101), "clock_nanosleep": (230, 115), "futex": (202, 98), "sched_yield": (24, 124),
-    "getrandom": (318, 278), "getpid": (39, 172), "gettid": (186, 178), "getppid": (110, 173),
-    "getuid": (102, 174), "geteuid": (107, 175), "getgid": (104, 176), "getegid": (108, 177),
-    "getrusage": (98, 165), "prlimit64": (302, 261), "restart_syscall": (219, 128),
-    "exit": (60, 93), "exit_group": (231, 94),
+    "read": (0, 63),
+    "write": (1, 64),
+    "readv": (19, 65),
+    "writev": (20, 66),
+    "close": (3, 57),
+    "fstat": (5, 80),
+    "brk": (12, 214),
+    "mmap": (9, 222),
+    "munmap": (11, 215),
+    "mremap": (25, 216),
+    "mprotect": (10, 226),
+    "madvise": (28, 233),
+    "rt_sigaction": (13, 134),
+    "rt_sigprocmask": (14, 135),
+    "rt_sigreturn": (15, 139),
+    "sigaltstack": (131, 132),
+    "getitimer": (36, 102),
+    "setitimer": (38, 103),
+    "clock_gettime": (228, 113),
+    "clock_getres": (229, 114),
+    "gettimeofday": (96, 169),
+    "nanosleep": (35, 101),
+    "clock_nanosleep": (230, 115),
+    "futex": (202, 98),
+    "sched_yield": (24, 124),
+    "getrandom": (318, 278),
+    "getpid": (39, 172),
+    "gettid": (186, 178),
+    "getppid": (110, 173),
+    "getuid": (102, 174),
+    "geteuid": (107, 175),
+    "getgid": (104, 176),
+    "getegid": (108, 177),
+    "getrusage": (98, 165),
+    "prlimit64": (302, 261),
+    "restart_syscall": (219, 128),
+    "exit": (60, 93),
+    "exit_group": (231, 94),
 }
 ARCHES = {"x86_64": (0, 0xC000003E), "aarch64": (1, 0xC00000B7)}  # machine -> (column, AUDIT_ARCH_*)
 # All are allowed whatever their arguments (none reaches a path or another process) but two,
@@ -94,8 +122,12 @@ def _search(numbers: list[int], targets: dict[int, str]) -> list:
         return [(_BPF_JEQ, n, targets[n], None if n != numbers[-1] else "deny") for n in numbers]
     middle = numbers[len(numbers) // 2]
     upper = f"nr >= {middle}"
-    return [(_BPF_JGE, middle, upper, None), *_search([n for n in numbers if n < middle], targets),
-            upper, *_search([n for n in numbers if n >= middle], targets)]
+    return [
+        (_BPF_JGE, middle, upper, None),
+        *_search([n for n in numbers if n < middle], targets),
+        upper,
+        *_search([n for n in numbers if n >= middle], targets),
+    ]
 
 
 def seccomp_filter(machine: str) -> bytes | None:
@@ -105,29 +137,38 @@ def seccomp_filter(machine: str) -> bytes | None:
     column, audit_arch = ARCHES[machine]
     number = {name: numbers[column] for name, numbers in SYSCALLS.items()}
     deny, allow = (_BPF_RET, _RET_ERRNO | _EPERM, None, None), (_BPF_RET, _RET_ALLOW, None, None)
-    return assemble([
-        (_BPF_LD_W_ABS, _ARCH, None, None),
-        (_BPF_JEQ, audit_arch, "native", None),
-        (_BPF_RET, _RET_KILL_PROCESS, None, None),  # another ABI: its numbers mean other calls
-        "native",
-        (_BPF_LD_W_ABS, _NR, None, None),
-        *_search(sorted(number.values()), {number[name]: name if name in ("mmap", "prlimit64") else "allow"
-                                           for name in SYSCALLS}),
-        "deny", deny,
-        "allow", allow,
-        "mmap",
-        (_BPF_LD_W_ABS, _arg_low(3), None, None),  # flags
-        (_BPF_JSET, MAP_ANONYMOUS, "mmap: allow", None),
-        deny,
-        "mmap: allow", allow,
-        "prlimit64",
-        (_BPF_LD_W_ABS, _arg_low(0), None, None),  # pid, both words 0
-        (_BPF_JEQ, 0, None, "prlimit64: deny"),
-        (_BPF_LD_W_ABS, _arg_low(0) + 4, None, None),
-        (_BPF_JEQ, 0, "prlimit64: allow", None),
-        "prlimit64: deny", deny,
-        "prlimit64: allow", allow,
-    ])
+    return assemble(
+        [
+            (_BPF_LD_W_ABS, _ARCH, None, None),
+            (_BPF_JEQ, audit_arch, "native", None),
+            (_BPF_RET, _RET_KILL_PROCESS, None, None),  # another ABI: its numbers mean other calls
+            "native",
+            (_BPF_LD_W_ABS, _NR, None, None),
+            *_search(
+                sorted(number.values()),
+                {number[name]: name if name in ("mmap", "prlimit64") else "allow" for name in SYSCALLS},
+            ),
+            "deny",
+            deny,
+            "allow",
+            allow,
+            "mmap",
+            (_BPF_LD_W_ABS, _arg_low(3), None, None),  # flags
+            (_BPF_JSET, MAP_ANONYMOUS, "mmap: allow", None),
+            deny,
+            "mmap: allow",
+            allow,
+            "prlimit64",
+            (_BPF_LD_W_ABS, _arg_low(0), None, None),  # pid, both words 0
+            (_BPF_JEQ, 0, None, "prlimit64: deny"),
+            (_BPF_LD_W_ABS, _arg_low(0) + 4, None, None),
+            (_BPF_JEQ, 0, "prlimit64: allow", None),
+            "prlimit64: deny",
+            deny,
+            "prlimit64: allow",
+            allow,
+        ]
+    )
 
 
 class _SockFprog(ctypes.Structure):
@@ -147,8 +188,13 @@ _CLONE_NEWUSER, _CLONE_NEWNET = 0x10000000, 0x40000000
 # touches after the fork costs it a page fault (see zygote.py).
 _FILTER = seccomp_filter(os.uname().machine)
 _FPROG = _SockFprog(len(_FILTER) // 8, _FILTER) if _FILTER else None
-_SECCOMP_CALL = (_FPROG and (ctypes.c_int(_PR_SET_SECCOMP), ctypes.c_ulong(_SECCOMP_MODE_FILTER),
-                             ctypes.c_ulong(ctypes.addressof(_FPROG)), ctypes.c_ulong(0), ctypes.c_ulong(0)))
+_SECCOMP_CALL = _FPROG and (
+    ctypes.c_int(_PR_SET_SECCOMP),
+    ctypes.c_ulong(_SECCOMP_MODE_FILTER),
+    ctypes.c_ulong(ctypes.addressof(_FPROG)),
+    ctypes.c_ulong(0),
+    ctypes.c_ulong(0),
+)
 
 
 def _check(result: int, what: str) -> None:
@@ -172,8 +218,15 @@ def install_seccomp() -> None:
 
 def landlock_abi() -> int:
     """The kernel's Landlock ABI version, 0 when it has none (or a container forbids it)."""
-    return max(0, _syscall(ctypes.c_long(_LANDLOCK_CREATE_RULESET), None, ctypes.c_size_t(0),
-                           ctypes.c_uint32(_LANDLOCK_CREATE_RULESET_VERSION)))
+    return max(
+        0,
+        _syscall(
+            ctypes.c_long(_LANDLOCK_CREATE_RULESET),
+            None,
+            ctypes.c_size_t(0),
+            ctypes.c_uint32(_LANDLOCK_CREATE_RULESET_VERSION),
+        ),
+    )
 
 
 def landlock_ruleset(abi: int) -> bytes:
@@ -265,6 +318,8 @@ def describe(walls: tuple[str, ...]) -> str:
         return "sandbox walls: unknown (the sandbox server did not start, or did not say)"
     text = "sandbox walls: RestrictedPython policy; " + ", ".join(WALL_TEXT.get(w, w) for w in walls)
     if not any(wall in walls for wall in SECOND_WALLS):
-        text += (". WARNING: no kernel wall beyond rlimits could be installed here (no seccomp, Landlock or "
-                 "root): code that escaped the policy could change this user's files and signal its processes")
+        text += (
+            ". WARNING: no kernel wall beyond rlimits could be installed here (no seccomp, Landlock or "
+            "root): code that escaped the policy could change this user's files and signal its processes"
+        )
     return text

@@ -25,9 +25,15 @@ from typing import Any
 
 from cap_app.sandbox import walls
 from cap_app.sandbox.config import SandboxConfig
-from cap_app.sandbox.protocol import MAX_REQUEST_BYTES, read_request
 from cap_app.sandbox.policy import (
-    PROGRAM_FILENAME, OutputLimitExceeded, PolicyError, PrintSink, check_program, make_globals)
+    PROGRAM_FILENAME,
+    OutputLimitExceeded,
+    PolicyError,
+    PrintSink,
+    check_program,
+    make_globals,
+)
+from cap_app.sandbox.protocol import MAX_REQUEST_BYTES, read_request
 from cap_app.sandbox.result import clean_text
 from cap_app.sandbox.tracer import LineTracer
 
@@ -49,7 +55,7 @@ class _Alarm:
     the zygote's kill is the backstop. One SIGALRM handler serves every alarm: installed once
     (in the zygote, before any fork), so a child only sets its timer."""
 
-    current: "_Alarm | None" = None
+    current: _Alarm | None = None
     handler_installed = False
 
     def __init__(self) -> None:
@@ -210,8 +216,9 @@ def _program_function_without_arguments(value: Any) -> bool:
     if not isinstance(value, types.FunctionType) or value.__code__.co_filename != PROGRAM_FILENAME:
         return False
     code = value.__code__
-    return (code.co_argcount == len(value.__defaults__ or ())
-            and code.co_kwonlyargcount == len(value.__kwdefaults__ or {}))
+    return code.co_argcount == len(value.__defaults__ or ()) and code.co_kwonlyargcount == len(
+        value.__kwdefaults__ or {}
+    )
 
 
 def find_answer(namespace: dict[str, Any], sink: PrintSink) -> str | None:
@@ -297,7 +304,8 @@ class ProgramRun:
 # iterencode are Python layers that cost a child page faults on every run. Results are plain
 # dicts, lists, strings, numbers and booleans, built here, so no circularity check is needed.
 _encode_json = json.encoder.c_make_encoder(
-    None, None, json.encoder.encode_basestring_ascii, None, ": ", ", ", False, False, True)
+    None, None, json.encoder.encode_basestring_ascii, None, ": ", ", ", False, False, True
+)
 
 
 def result_line(result: dict[str, Any]) -> bytes:
@@ -308,7 +316,7 @@ def result_line(result: dict[str, Any]) -> bytes:
 def write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 def read_all(fd: int, limit: int) -> bytes:

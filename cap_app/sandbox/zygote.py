@@ -101,8 +101,10 @@ def warm_up(with_sympy: bool) -> None:
             "y = sympy.Symbol('y')\n"
             "print(sympy.linsolve([x + y - 10, x - y - 2], [x, y]), sympy.expand((x + 1) ** 3), sympy.N(sympy.pi, 5))\n"
             "print(sympy.summation(x, (x, 1, 10)), sympy.isprime(97), sympy.factorint(360), sympy.divisors(12))\n"
-            "print(sympy.primefactors(84), sympy.binomial(5, 2), sympy.factorial(5), sympy.floor(sympy.Rational(7, 2)))\n"
-            "print(sympy.Matrix([[1, 2], [3, 4]]).det(), sympy.sqrt(8), sympy.Abs(-3), sympy.lcm(4, 6), sympy.gcd(4, 6))\n"
+            "print(sympy.primefactors(84), sympy.binomial(5, 2), sympy.factorial(5), "
+            "sympy.floor(sympy.Rational(7, 2)))\n"
+            "print(sympy.Matrix([[1, 2], [3, 4]]).det(), sympy.sqrt(8), sympy.Abs(-3), "
+            "sympy.lcm(4, 6), sympy.gcd(4, 6))\n"
             "print(sympy.solve([x + y - 3, x - y - 1], [x, y]), (x ** 2).subs(x, 3), sympy.Float(1.5) * 2)\n"
         )
     result = execute(sample, SandboxConfig(trace=True), with_sympy=with_sympy)

@@ -88,10 +88,21 @@ def lora_config(cfg, model):
         except ValueError:
             raise TrainingError(f"lora_layers must look like '18-29', not {cfg.lora_layers!r}") from None
         if targets == "all-linear":
-            targets = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-                              if isinstance(module, torch.nn.Linear) and ".layers." in name})
-    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=targets, layers_to_transform=layers, task_type="CAUSAL_LM")
+            targets = sorted(
+                {
+                    name.rsplit(".", 1)[-1]
+                    for name, module in model.named_modules()
+                    if isinstance(module, torch.nn.Linear) and ".layers." in name
+                }
+            )
+    return LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=targets,
+        layers_to_transform=layers,
+        task_type="CAUSAL_LM",
+    )
 
 
 def adapted(model, cfg, adapter: str | None, role: str):
@@ -241,4 +252,6 @@ def _hardware() -> str:
 
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
-    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    return (
+        f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    )

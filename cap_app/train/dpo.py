@@ -9,7 +9,13 @@ chosen program, weighted by `loss_weights`).
 from __future__ import annotations
 
 from cap_app.train.common import (
-    adapted, answer_text, callbacks, load_base, prompt_text, read_rows, run,
+    adapted,
+    answer_text,
+    callbacks,
+    load_base,
+    prompt_text,
+    read_rows,
+    run,
 )
 from cap_app.train.config import CapDPOConfig
 
@@ -25,10 +31,22 @@ def train_dpo(cfg: CapDPOConfig) -> dict:
     model, tokenizer = load_base(cfg.model, cfg.dtype)
     # trl trains a loaded adapter further and keeps a frozen copy of it as the reference
     model, peft_config = adapted(model, cfg, cfg.adapter, "SFT adapter")
-    dataset = Dataset.from_list([
-        {"prompt": prompt_text(tokenizer, row), "chosen": answer_text(row["chosen"]),
-         "rejected": answer_text(row["rejected"])}
-        for row in rows])
-    trainer = DPOTrainer(model=model, args=cfg, train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=peft_config, callbacks=callbacks(cfg, "CaP DPO", METRICS))
+    dataset = Dataset.from_list(
+        [
+            {
+                "prompt": prompt_text(tokenizer, row),
+                "chosen": answer_text(row["chosen"]),
+                "rejected": answer_text(row["rejected"]),
+            }
+            for row in rows
+        ]
+    )
+    trainer = DPOTrainer(
+        model=model,
+        args=cfg,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=callbacks(cfg, "CaP DPO", METRICS),
+    )
     return run(trainer, cfg, rows=len(rows), stage="dpo")

@@ -8,7 +8,14 @@ fix, not to reproduce prompts.
 from __future__ import annotations
 
 from cap_app.train.common import (
-    adapted, answer_text, callbacks, keep_freed_memory, load_base, prompt_text, read_rows, run,
+    adapted,
+    answer_text,
+    callbacks,
+    keep_freed_memory,
+    load_base,
+    prompt_text,
+    read_rows,
+    run,
 )
 from cap_app.train.config import CapSFTConfig
 
@@ -44,9 +51,15 @@ def train_sft(cfg: CapSFTConfig) -> dict:
     rows = read_rows(cfg.data, cfg.max_rows, required=("prompt", "completion"))
     model, tokenizer = load_base(cfg.model, cfg.dtype)
     dataset = Dataset.from_list(
-        [{"prompt": prompt_text(tokenizer, row), "completion": answer_text(row["completion"])} for row in rows])
+        [{"prompt": prompt_text(tokenizer, row), "completion": answer_text(row["completion"])} for row in rows]
+    )
     model, peft_config = adapted(model, cfg, cfg.init_adapter, "initial adapter")
-    trainer = CompletionLossTrainer(model=model, args=cfg, train_dataset=dataset, processing_class=tokenizer,
-                                    peft_config=peft_config,
-                                    callbacks=callbacks(cfg, "CaP SFT", ("loss",)))
+    trainer = CompletionLossTrainer(
+        model=model,
+        args=cfg,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=callbacks(cfg, "CaP SFT", ("loss",)),
+    )
     return run(trainer, cfg, rows=len(rows), stage="sft")

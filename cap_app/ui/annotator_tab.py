@@ -3,7 +3,7 @@
 Every judgement is written to the store the moment a choice is made (a radio click, a step
 number or note left) - there is no save button to forget. The handlers are plain module-level
 functions taking the Store first (bound with functools.partial when wired), so tests drive
-them without a browser; they call cap_app.store / batches / export and the shared views, and
+them without a browser; they call cap_app.store / item_files / export and the shared views, and
 hold no logic of their own. Item views return tuples in the order of `VIEW`.
 """
 
@@ -16,23 +16,44 @@ from pathlib import Path
 
 import gradio as gr
 
-from cap_app import batches, export
-from cap_app.align import render_side_by_side, split_draft
-from cap_app.charts import votes_figure
+from cap_app import export, item_files
+from cap_app.align import split_draft
+from cap_app.charts import label_counts_figure, votes_figure
+from cap_app.refine import STRATEGIES
 from cap_app.store import CORRECT_CHOICES, VS_DRAFT_CHOICES, Store, StoreError, check_annotator
-from cap_app.ui import views
+from cap_app.ui import handlers, views
 from cap_app.ui.hosting import CONCURRENCY_LIMIT, model_choices
 from cap_app.ui.views import TRACE_HEADERS
 
-VIEW = ("state", "progress", "position", "question", "draft", "refinement", "verdict", "side_by_side",
-        "trace", "votes", "correct", "vs_draft", "first_wrong_step", "note", "status")
+VIEW = (
+    "state",
+    "progress",
+    "position",
+    "question",
+    "draft",
+    "refinement",
+    "verdict",
+    "side_by_side",
+    "trace",
+    "votes",
+    "correct",
+    "vs_draft",
+    "first_wrong_step",
+    "note",
+    "status",
+)
 RADIOS = ("correct", "vs_draft")  # the judgement form's radio buttons (names in VIEW)
 PAGE_SIZE = 20
 EXPORT_BUTTONS = (("dpo", "DPO pairs (JSONL)"), ("kto", "KTO rows (JSONL)"), ("csv", "All judgements (CSV)"))
 PAGE_HEADERS = ["#", "question", "refinements", "judged by you"]
-SHORTCUTS = (("y / n / u", "refinement correct: yes / no / unsure"), ("b / s / w", "vs draft: better / same / worse"),
-             ("j / k", "next / previous item"), ("g", "next unjudged"), ("z", "undo your last change"),
-             ("r", "run a refinement"))
+SHORTCUTS = (
+    ("y / n / u", "refinement correct: yes / no / unsure"),
+    ("b / s / w", "vs draft: better / same / worse"),
+    ("j / k", "next / previous item"),
+    ("g", "next unjudged"),
+    ("z", "undo your last change"),
+    ("r", "run a refinement"),
+)
 # Keys click the matching control; ignored while typing in a field or when this tab is hidden.
 SHORTCUTS_JS = """
 if (!window.capAnnotatorKeys) {
@@ -72,9 +93,11 @@ def progress_html(store: Store, batch_id: int | None, annotator: str) -> str:
     judged, total = store.progress(batch_id, _name(annotator))
     percent = 100 * judged / total if total else 0
     who = f" by {html.escape(_name(annotator))}" if _name(annotator) else " (enter your name to track yours)"
-    return (f'<div class="cap-ann-progress"><progress value="{judged}" max="{total}" style="width:100%"></progress>'
-            f'<div><span class="cap-ann-judged">{judged}</span> / <span class="cap-ann-total">{total}</span> '
-            f"judged{who} ({percent:.0f}%)</div></div>")
+    return (
+        f'<div class="cap-ann-progress"><progress value="{judged}" max="{total}" style="width:100%"></progress>'
+        f'<div><span class="cap-ann-judged">{judged}</span> / <span class="cap-ann-total">{total}</span> '
+        f"judged{who} ({percent:.0f}%)</div></div>"
+    )
 
 
 def draft_html(draft: str) -> str:
@@ -94,12 +117,18 @@ def item_view(store: Store, state: dict, annotator: str, status: str = "") -> tu
     state = new_state(batch_id, item.position, index)
     gold = f'<p class="cap-ann-gold"><b>Gold answer:</b> {html.escape(item.gold)}</p>' if item.gold else ""
     values = dict(
-        state=state, progress=progress_html(store, batch_id, annotator), position=item.position + 1,
-        question=(f'<p class="cap-ann-question"><b>Question</b> (item {item.position + 1}, line {item.line}): '
-                  f"{html.escape(item.question)}</p>{gold}"),
+        state=state,
+        progress=progress_html(store, batch_id, annotator),
+        position=item.position + 1,
+        question=(
+            f'<p class="cap-ann-question"><b>Question</b> (item {item.position + 1}, line {item.line}): '
+            f"{html.escape(item.question)}</p>{gold}"
+        ),
         draft=draft_html(item.draft),
-        refinement=gr.update(choices=[(_refinement_label(i, r), i) for i, r in enumerate(refinements)],
-                             value=index if refinements else None),
+        refinement=gr.update(
+            choices=[(_refinement_label(i, r), i) for i, r in enumerate(refinements)],
+            value=index if refinements else None,
+        ),
         status=status,
     )
     if not refinements:
@@ -108,18 +137,34 @@ def item_view(store: Store, state: dict, annotator: str, status: str = "") -> tu
     stored = refinements[index]
     judgement = store.current_judgement(stored.id, annotator) if _name(annotator) else None
     values.update(
-        verdict=views.verdict_html(stored.result), side_by_side=render_side_by_side(stored.result),
-        trace=views.trace_table(stored.result), votes=votes_figure(stored.result),
-        correct=judgement.correct if judgement else None, vs_draft=judgement.vs_draft if judgement else None,
-        first_wrong_step=judgement.first_wrong_step if judgement else None, note=judgement.note if judgement else "",
+        verdict=views.verdict_html(stored.result),
+        side_by_side=views.render_side_by_side(stored.result),
+        trace=views.trace_table(stored.result),
+        votes=votes_figure(stored.result),
+        correct=judgement.correct if judgement else None,
+        vs_draft=judgement.vs_draft if judgement else None,
+        first_wrong_step=judgement.first_wrong_step if judgement else None,
+        note=judgement.note if judgement else "",
     )
     return _view(**values)
 
 
 def _view(**values) -> tuple:
-    defaults = dict(position=None, question="", draft="", refinement=gr.update(choices=[], value=None), verdict="",
-                    side_by_side="", trace=[], votes=None, correct=None, vs_draft=None, first_wrong_step=None,
-                    note="", status="")
+    defaults = dict(
+        position=None,
+        question="",
+        draft="",
+        refinement=gr.update(choices=[], value=None),
+        verdict="",
+        side_by_side="",
+        trace=[],
+        votes=None,
+        correct=None,
+        vs_draft=None,
+        first_wrong_step=None,
+        note="",
+        status="",
+    )
     defaults.update(values)
     return tuple(defaults[name] for name in VIEW)
 
@@ -141,8 +186,10 @@ def _safe_view(store: Store, state: dict, annotator: str, status: str = "") -> t
 
 
 def batch_choices(store: Store) -> list[tuple[str, int]]:
-    return [(f"{b.name} ({batches.items_text(b.item_count)}, {b.created_at[:16].replace('T', ' ')})", b.id)
-            for b in store.list_batches()]
+    return [
+        (f"{b.name} ({item_files.items_text(b.item_count)}, {b.created_at[:16].replace('T', ' ')})", b.id)
+        for b in store.list_batches()
+    ]
 
 
 def refresh_batches(store: Store, state: dict):
@@ -157,16 +204,19 @@ def load_file(store: Store, upload: str | None, path: str, draft_key: str, annot
         if upload:
             source, name = Path(upload), Path(upload).name
         elif (path or "").strip():
-            source = batches.allowed_batch_path(path.strip())
+            source = item_files.allowed_batch_path(path.strip())
             name = source.name
         else:
-            raise batches.BatchError("Choose a file to upload or enter a path.")
-        report = batches.load_batch(store, source, draft_key=draft_key, name=name)
-    except (batches.BatchError, StoreError) as error:
+            raise item_files.BatchError("Choose a file to upload or enter a path.")
+        report = item_files.load_batch(store, source, draft_key=draft_key, name=name)
+    except (item_files.BatchError, StoreError) as error:
         return (gr.update(), _error(str(error)), *(gr.skip() for _ in VIEW))
     state = new_state(report.batch.id, _first_unjudged(store, report.batch.id, annotator))
-    return (gr.update(choices=batch_choices(store), value=report.batch.id), report.summary(),
-            *_safe_view(store, state, annotator))
+    return (
+        gr.update(choices=batch_choices(store), value=report.batch.id),
+        report.summary(),
+        *_safe_view(store, state, annotator),
+    )
 
 
 def _first_unjudged(store: Store, batch_id: int, annotator: str) -> int:
@@ -215,8 +265,15 @@ def choose_refinement(store: Store, state: dict, annotator: str, index: int | No
     return _safe_view(store, {**state, "refinement": index or 0}, annotator)
 
 
-def record_judgement(store: Store, state: dict, annotator: str, correct: str | None, vs_draft: str | None,
-                     first_wrong_step: float | None, note: str) -> tuple:
+def record_judgement(
+    store: Store,
+    state: dict,
+    annotator: str,
+    correct: str | None,
+    vs_draft: str | None,
+    first_wrong_step: float | None,
+    note: str,
+) -> tuple:
     """Any change of the judgement form: save the whole form now. Returns (status, progress, *RADIOS).
     When refused, the choices go back to what is saved (if anything), so a refused click does not
     look made; typed fields keep what was typed, so nothing typed is lost."""
@@ -231,17 +288,23 @@ def record_judgement(store: Store, state: dict, annotator: str, correct: str | N
         if first_wrong_step is not None and first_wrong_step > steps:
             raise StoreError(f"The draft has {steps} steps; the first wrong step cannot be {first_wrong_step:g}.")
         refinement = refinements[min(state.get("refinement", 0), len(refinements) - 1)]
-        judgement = store.judge(refinement.id, annotator, correct=correct, vs_draft=vs_draft,
-                                first_wrong_step=first_wrong_step, note=note)
+        judgement = store.judge(
+            refinement.id, annotator, correct=correct, vs_draft=vs_draft, first_wrong_step=first_wrong_step, note=note
+        )
     except StoreError as error:
-        shown = dict(zip(VIEW, _safe_view(store, state, annotator)))
-        return (_error(str(error)), progress_html(store, state.get("batch"), annotator),
-                *(shown[name] for name in RADIOS))
+        shown = dict(zip(VIEW, _safe_view(store, state, annotator), strict=True))
+        return (
+            _error(str(error)),
+            progress_html(store, state.get("batch"), annotator),
+            *(shown[name] for name in RADIOS),
+        )
     kept = tuple(gr.skip() for _ in RADIOS)
     if judgement is None:  # an empty form left untouched: nothing to save
         return "", progress_html(store, state["batch"], annotator), *kept
-    saved = (f"Saved: item {item.position + 1}, refinement {refinements.index(refinement) + 1} "
-             f"({judgement.created_at[11:19]} UTC).")
+    saved = (
+        f"Saved: item {item.position + 1}, refinement {refinements.index(refinement) + 1} "
+        f"({judgement.created_at[11:19]} UTC)."
+    )
     return views.message_html(saved), progress_html(store, state["batch"], annotator), *kept
 
 
@@ -261,27 +324,33 @@ def undo(store: Store, state: dict, annotator: str) -> tuple:
     return _safe_view(store, new_state(item.batch_id, item.position, index), annotator, views.message_html(message))
 
 
-def run_refinement(store: Store, state: dict, annotator: str, model_choice: str, strategy: str,
-                   max_new_tokens: float) -> tuple:
+def run_refinement(
+    store: Store, state: dict, annotator: str, model_choice: str, strategy: str, max_new_tokens: float
+) -> tuple:
     """Run (or re-run) the engine on the current item; the result is kept as one more refinement."""
     from cap_app.backends import BackendError, get_backend
     from cap_app.model import ModelLoadError
     from cap_app.refine import InputError, refine
-    from cap_app.ui.handlers import backend_config, model_config, refine_config
 
     if state.get("batch") is None:
         return _safe_view(store, state, annotator, _error("Load a batch first."))
     item = store.item_at(state["batch"], state["position"])
     try:
-        config = refine_config(strategy, 4, 0.7, max_new_tokens, 5)
-        model = get_backend(model_config(model_choice), backend_config("auto"))
+        config = handlers.refine_config(
+            **dict(handlers.default_settings(), strategy=strategy, max_new_tokens=max_new_tokens)
+        )
+        model = get_backend(handlers.model_config(model_choice), handlers.backend_config("auto"))
         result = refine(item.question, item.draft, gold=item.gold, config=config, model=model)
     except (InputError, ModelLoadError, BackendError, ValueError) as error:
         return _safe_view(store, state, annotator, _error(f"The refinement could not run: {error}"))
     store.add_refinement(item.id, result, "run")
     index = len(store.refinements(item.id)) - 1
-    return _safe_view(store, new_state(state["batch"], item.position, index), annotator,
-                      views.message_html("Refinement added: judge it below."))
+    return _safe_view(
+        store,
+        new_state(state["batch"], item.position, index),
+        annotator,
+        views.message_html("Refinement added: judge it below."),
+    )
 
 
 def items_page(store: Store, state: dict, annotator: str, page: float | None) -> list[list]:
@@ -309,8 +378,11 @@ def export_download(store: Store, fmt: str):
     folder = Path(tempfile.mkdtemp(prefix="cap-export-"))
     suffix = "csv" if fmt == "csv" else "jsonl"
     summary = export.export(store, fmt, folder / f"cap-{fmt}.{suffix}")
-    return (summary.output if summary.rows_written else None,
-            f"<pre>{html.escape(summary.text(full_path=False))}</pre>", export.label_counts_figure(summary))
+    return (
+        summary.output if summary.rows_written else None,
+        f"<pre>{html.escape(summary.text(full_path=False))}</pre>",
+        label_counts_figure(summary),
+    )
 
 
 def _bind(fn, store: Store, **kwargs):
@@ -339,8 +411,11 @@ def build_annotator_tab(demo: gr.Blocks, saved_name: gr.BrowserState, store: Sto
     bind = _bind
     state = gr.State(new_state())
     with gr.Column(elem_id="cap-annotator"):
-        gr.Markdown("Judge refinements in bulk. Every choice is saved the moment you make it. Shortcuts: "
-                    + "; ".join(f"**{keys}** {what}" for keys, what in SHORTCUTS) + ".")
+        gr.Markdown(
+            "Judge refinements in bulk. Every choice is saved the moment you make it. Shortcuts: "
+            + "; ".join(f"**{keys}** {what}" for keys, what in SHORTCUTS)
+            + "."
+        )
         with gr.Row():
             annotator = gr.Textbox(label="Annotator name", max_lines=1, max_length=80, elem_id="cap-ann-name")
             batch = gr.Dropdown(batch_choices(store), value=None, label="Batch", elem_id="cap-ann-batch")
@@ -349,7 +424,7 @@ def build_annotator_tab(demo: gr.Blocks, saved_name: gr.BrowserState, store: Sto
                 upload = gr.File(label="Upload", file_types=[".jsonl", ".json", ".csv"], type="filepath")
                 with gr.Column():
                     path = gr.Textbox(label="...or a path on the server", max_lines=1, elem_id="cap-ann-path")
-                    draft_key = gr.Dropdown(list(batches.DRAFT_KEYS), value="draft", label="Draft field")
+                    draft_key = gr.Dropdown(list(item_files.DRAFT_KEYS), value="draft", label="Draft field")
                     load = gr.Button("Load", elem_id="cap-ann-load")
             report = gr.Markdown(elem_id="cap-ann-report")
         progress = gr.HTML(progress_html(store, None, ""), elem_id="cap-ann-progress")
@@ -370,18 +445,25 @@ def build_annotator_tab(demo: gr.Blocks, saved_name: gr.BrowserState, store: Sto
             with gr.Column():
                 with gr.Row():
                     model = gr.Dropdown(model_choices(), value=model_choices()[0], label="Model")
-                    strategy = gr.Dropdown(["greedy", "vote", "cot+cap", "repair"], value="greedy", label="Strategy")
-                    max_new_tokens = gr.Slider(32, 1024, value=320, step=32, label="Max new tokens")
+                    strategy = gr.Dropdown(
+                        list(STRATEGIES), value=handlers.default_settings()["strategy"], label="Strategy"
+                    )
+                    max_new_tokens = handlers.setting_slider("max_new_tokens", "Max new tokens")
                 run = gr.Button("Run refinement (r)", elem_id="cap-ann-run")
         verdict = gr.HTML(elem_id="cap-ann-verdict")
         with gr.Group():
             with gr.Row():
                 correct = gr.Radio(list(CORRECT_CHOICES), label="Refinement correct?", elem_id="cap-ann-correct")
                 vs_draft = gr.Radio(list(VS_DRAFT_CHOICES), label="Compared to the draft", elem_id="cap-ann-vs")
-                first_wrong_step = gr.Number(label="First wrong step of the draft (empty: none)", precision=0,
-                                             elem_id="cap-ann-step")
-            note = gr.Textbox(label="Note (saved when you leave the field or press Enter)", max_lines=3,
-                              max_length=5000, elem_id="cap-ann-note")
+                first_wrong_step = gr.Number(
+                    label="First wrong step of the draft (empty: none)", precision=0, elem_id="cap-ann-step"
+                )
+            note = gr.Textbox(
+                label="Note (saved when you leave the field or press Enter)",
+                max_lines=3,
+                max_length=5000,
+                elem_id="cap-ann-note",
+            )
         side_by_side = gr.HTML(elem_id="cap-ann-side-by-side")
         with gr.Row():
             trace = gr.Dataframe(headers=TRACE_HEADERS, label="Trace", interactive=False, wrap=True)
@@ -391,20 +473,38 @@ def build_annotator_tab(demo: gr.Blocks, saved_name: gr.BrowserState, store: Sto
             table = gr.Dataframe(headers=PAGE_HEADERS, interactive=False, wrap=True, elem_id="cap-ann-items")
         with gr.Accordion("Export", open=False):
             with gr.Row():
-                export_buttons = {fmt: gr.Button(label, elem_id=f"cap-ann-export-{fmt}") for fmt, label in EXPORT_BUTTONS}
+                export_buttons = {
+                    fmt: gr.Button(label, elem_id=f"cap-ann-export-{fmt}") for fmt, label in EXPORT_BUTTONS
+                }
             download = gr.File(label="Download", interactive=False)
             summary = gr.HTML(elem_id="cap-ann-export-summary")
             chart = gr.Plot(label="Labels per annotator")
         gr.HTML("", js_on_load=SHORTCUTS_JS, elem_id="cap-ann-shortcuts")
 
-    view = [state, progress, position, question, draft, refinement, verdict, side_by_side, trace, votes,
-            correct, vs_draft, first_wrong_step, note, status]
+    view = [
+        state,
+        progress,
+        position,
+        question,
+        draft,
+        refinement,
+        verdict,
+        side_by_side,
+        trace,
+        votes,
+        correct,
+        vs_draft,
+        first_wrong_step,
+        note,
+        status,
+    ]
     db = dict(concurrency_limit=None)  # SQLite serialises writers itself
     load.click(bind(load_file, store), [upload, path, draft_key, annotator], [batch, report, *view], **db)
     batch.focus(bind(refresh_batches, store), [state], batch, **db)
     batch.input(bind(open_batch, store), [state, batch, annotator], view, **db)
-    gr.on([annotator.submit, annotator.blur], bind(choose_refinement, store),
-          [state, annotator, refinement], view, **db)
+    gr.on(
+        [annotator.submit, annotator.blur], bind(choose_refinement, store), [state, annotator, refinement], view, **db
+    )
     gr.on([annotator.submit, annotator.blur], remembered_name, annotator, saved_name, **db)
     # Restored in the browser, not through the server: a late answer from a busy server would
     # overwrite a name typed meanwhile (a judgement then reads "enter your annotator name first").
@@ -415,14 +515,23 @@ def build_annotator_tab(demo: gr.Blocks, saved_name: gr.BrowserState, store: Sto
     unjudged_button.click(bind(next_unjudged, store), [state, annotator], view, **db)
     undo_button.click(bind(undo, store), [state, annotator], view, **db)
     refinement.input(bind(choose_refinement, store), [state, annotator, refinement], view, **db)
-    run.click(bind(run_refinement, store), [state, annotator, model, strategy, max_new_tokens], view,
-              concurrency_limit=CONCURRENCY_LIMIT, concurrency_id="generation")
-    judged = gr.on([correct.input, vs_draft.input, first_wrong_step.submit, first_wrong_step.blur, note.submit,
-                    note.blur], bind(record_judgement, store),
-                   [state, annotator, correct, vs_draft, first_wrong_step, note],
-                   [status, progress, correct, vs_draft], **db)
+    run.click(
+        bind(run_refinement, store),
+        [state, annotator, model, strategy, max_new_tokens],
+        view,
+        concurrency_limit=CONCURRENCY_LIMIT,
+        concurrency_id="generation",
+    )
+    judged = gr.on(
+        [correct.input, vs_draft.input, first_wrong_step.submit, first_wrong_step.blur, note.submit, note.blur],
+        bind(record_judgement, store),
+        [state, annotator, correct, vs_draft, first_wrong_step, note],
+        [status, progress, correct, vs_draft],
+        **db,
+    )
     for event in (page.submit, state.change, judged.then):
         event(bind(items_page, store), [state, annotator, page], table, **db)
+
     def annotate_open_row(state: dict, annotator: str, page: float | None, evt: gr.SelectData) -> tuple:
         return open_from_table(store, state, annotator, page, evt)  # gradio finds `evt` by its annotation
 

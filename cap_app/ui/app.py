@@ -1,6 +1,6 @@
 """The Gradio page: a Refine tab (question + draft -> streamed program, verdict, side-by-side view,
 trace, charts) and the annotator's tab when that module is present. Layout only: the handlers
-live in cap_app.ui.handlers, the rendering in cap_app.align / cap_app.charts / cap_app.ui.views.
+live in cap_app.ui.handlers, the rendering in cap_app.ui.views / cap_app.charts.
 """
 
 from __future__ import annotations
@@ -16,8 +16,13 @@ from cap_app.sandbox import sandbox_walls
 from cap_app.sandbox.walls import describe as describe_walls
 from cap_app.ui import handlers
 from cap_app.ui.examples import load_examples
-from cap_app.ui.hosting import (CONCURRENCY_LIMIT, QUEUE_SIZE, WEB_LIMITS, backend_choices, model_choices,
-                                wrap_generation_for_zero_gpu)
+from cap_app.ui.hosting import (
+    CONCURRENCY_LIMIT,
+    QUEUE_SIZE,
+    backend_choices,
+    model_choices,
+    wrap_generation_for_zero_gpu,
+)
 from cap_app.ui.views import TRACE_HEADERS
 
 TITLE = "CaP Refinery"
@@ -33,61 +38,100 @@ def _refine_tab() -> None:
         with gr.Column(scale=1):
             # No max_length on these three: the browser would cut a long paste silently. The limits
             # are stated here and enforced by the handler, which refuses and says why.
-            question = gr.Textbox(label="Question", lines=4, info=f"At most {MAX_QUESTION_CHARS:,} characters.",
-                                  elem_id="question")
-            draft = gr.Textbox(label="Draft answer (chain of thought)", lines=6,
-                               info=f"At most {MAX_DRAFT_CHARS:,} characters.", elem_id="draft")
-            gold = gr.Textbox(label="Gold answer (optional)", max_lines=1, elem_id="gold",
-                              info=f"At most {handlers.MAX_GOLD_CHARS} characters.")
+            question = gr.Textbox(
+                label="Question", lines=4, info=f"At most {MAX_QUESTION_CHARS:,} characters.", elem_id="question"
+            )
+            draft = gr.Textbox(
+                label="Draft answer (chain of thought)",
+                lines=6,
+                info=f"At most {MAX_DRAFT_CHARS:,} characters.",
+                elem_id="draft",
+            )
+            gold = gr.Textbox(
+                label="Gold answer (optional)",
+                max_lines=1,
+                elem_id="gold",
+                info=f"At most {handlers.MAX_GOLD_CHARS} characters.",
+            )
             with gr.Accordion("Settings", open=False, elem_id="settings"):
                 choices = model_choices()
                 model = gr.Dropdown(choices, value=choices[0], label="Model", elem_id="model")
-                backend = gr.Dropdown(backend_choices(), value="auto", label="Backend", elem_id="backend",
-                                      info="auto: llama.cpp for a GGUF model on a CPU (fast), else transformers")
-                strategy = gr.Radio(list(STRATEGIES), value="greedy", label="Strategy",
-                                    info="vote / cot+cap sample N programs; repair feeds errors back")
-                n = gr.Slider(*WEB_LIMITS["n"], value=4, step=1, label="N (programs for vote / cot+cap)")
-                temperature = gr.Slider(*WEB_LIMITS["temperature"], value=0.7, step=0.05,
-                                        label="Temperature (vote / cot+cap sampling)")
-                max_new_tokens = gr.Slider(*WEB_LIMITS["max_new_tokens"], value=320, step=16, label="Max new tokens",
-                                           elem_id="max-new-tokens")
-                time_limit = gr.Slider(*WEB_LIMITS["time_limit_s"], value=5, step=1,
-                                       label="Time limit per program run (s)")
+                backend = gr.Dropdown(
+                    backend_choices(),
+                    value="auto",
+                    label="Backend",
+                    elem_id="backend",
+                    info="auto: llama.cpp for a GGUF model on a CPU (fast), else transformers",
+                )
+                strategy = gr.Radio(
+                    list(STRATEGIES),
+                    value=handlers.default_settings()["strategy"],
+                    label="Strategy",
+                    info="vote / cot+cap sample N programs; repair feeds errors back",
+                )
+                n = handlers.setting_slider("n", "N (programs for vote / cot+cap)")
+                temperature = handlers.setting_slider("temperature", "Temperature (vote / cot+cap sampling)")
+                max_new_tokens = handlers.setting_slider("max_new_tokens", "Max new tokens", elem_id="max-new-tokens")
+                time_limit = handlers.setting_slider("time_limit_s", "Time limit per program run (s)")
             with gr.Row():
                 refine = gr.Button("Refine", variant="primary", elem_id="refine")
                 stop = gr.Button("Stop", variant="stop", elem_id="stop")
             status = gr.Markdown(elem_id="status")
         with gr.Column(scale=1):
-            code = gr.Code(label="Program (streamed as it is written)", language="python", interactive=False,
-                           elem_id="program")
+            code = gr.Code(
+                label="Program (streamed as it is written)", language="python", interactive=False, elem_id="program"
+            )
             verdict = gr.HTML(elem_id="verdict")
     examples = load_examples()
     if examples:
         gr.Examples(
-            [[e.question, e.draft, e.gold] for e in examples], inputs=[question, draft, gold],
-            example_labels=[e.label for e in examples], label="Real GSM8K test questions with GPT-3 drafts",
-            cache_examples=False, examples_per_page=len(examples),
+            [[e.question, e.draft, e.gold] for e in examples],
+            inputs=[question, draft, gold],
+            example_labels=[e.label for e in examples],
+            label="Real GSM8K test questions with GPT-3 drafts",
+            cache_examples=False,
+            examples_per_page=len(examples),
         )
-    gr.Markdown("### Draft vs program\nEach draft step beside the program line computing the same thing; "
-                "the draft's arithmetic is re-checked and each line shows the value it produced.")
+    gr.Markdown(
+        "### Draft vs program\nEach draft step beside the program line computing the same thing; "
+        "the draft's arithmetic is re-checked and each line shows the value it produced."
+    )
     side_by_side = gr.HTML(label="Draft vs program", elem_id="side-by-side")
     with gr.Accordion("Execution trace and output", open=True):
         with gr.Row():
-            trace = gr.Dataframe(headers=TRACE_HEADERS, label="Trace (line, code, variables changed)",
-                                 interactive=False, wrap=True, elem_id="trace")
+            trace = gr.Dataframe(
+                headers=TRACE_HEADERS,
+                label="Trace (line, code, variables changed)",
+                interactive=False,
+                wrap=True,
+                elem_id="trace",
+            )
             stdout = gr.Textbox(label="Printed output and errors", lines=6, interactive=False, elem_id="stdout")
     with gr.Row():
         votes = gr.Plot(label="Answer votes", elem_id="votes-plot")
         times = gr.Plot(label="Time per stage", elem_id="times-plot")
         candidates = gr.Plot(label="Programs", elem_id="candidates-plot", visible=False)
 
-    outputs = {"status": status, "code": code, "verdict": verdict, "side_by_side": side_by_side, "trace": trace,
-               "stdout": stdout, "votes": votes, "times": times, "candidates": candidates}
+    outputs = {
+        "status": status,
+        "code": code,
+        "verdict": verdict,
+        "side_by_side": side_by_side,
+        "trace": trace,
+        "stdout": stdout,
+        "votes": votes,
+        "times": times,
+        "candidates": candidates,
+    }
     inputs = [question, draft, gold, model, strategy, n, temperature, max_new_tokens, time_limit, backend]
     gr.on(
-        [refine.click, gold.submit], handlers.refine_page, inputs, [outputs[name] for name in handlers.OUTPUTS],
+        [refine.click, gold.submit],
+        handlers.refine_page,
+        inputs,
+        [outputs[name] for name in handlers.OUTPUTS],
         api_name="refine",
-        concurrency_limit=CONCURRENCY_LIMIT, concurrency_id="generation",
+        concurrency_limit=CONCURRENCY_LIMIT,
+        concurrency_id="generation",
     )
     stop.click(handlers.stop_refinement, None, status, api_name="stop", queue=False)
 

@@ -11,14 +11,14 @@ import logging
 import os
 import threading
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import gradio as gr
 
-from cap_app.align import render_side_by_side
 from cap_app.charts import candidates_figure, stage_times_figure, votes_figure
+from cap_app.refine import RefineConfig
 from cap_app.ui import views
-from cap_app.ui.hosting import DEFAULT_MODEL_CHOICE, WEB_LIMITS, backend_choices, model_choices
+from cap_app.ui.hosting import DEFAULT_MODEL_CHOICE, WEB_LIMITS, WEB_STEPS, backend_choices, model_choices
 
 OUTPUTS = ("status", "code", "verdict", "side_by_side", "trace", "stdout", "votes", "times", "candidates")
 MAX_GOLD_CHARS = 100  # a final answer, not an essay
@@ -64,8 +64,17 @@ def _frame(**values) -> tuple:
 
 def _cleared(status: str, verdict: str = "") -> tuple:
     """Every view emptied: nothing of an earlier refinement may stay beside a new message or run."""
-    return _frame(status=status, code="", verdict=verdict, side_by_side="", trace=[], stdout="",
-                  votes=None, times=None, candidates=gr.update(value=None, visible=False))
+    return _frame(
+        status=status,
+        code="",
+        verdict=verdict,
+        side_by_side="",
+        trace=[],
+        stdout="",
+        votes=None,
+        times=None,
+        candidates=gr.update(value=None, visible=False),
+    )
 
 
 def model_config(choice: str):
@@ -83,28 +92,55 @@ def backend_config(choice: str):
 
     if choice not in backend_choices():
         raise ValueError(f"unknown backend {choice!r}; this server offers: {', '.join(backend_choices())}")
-    return BackendConfig(backend=choice, base_url=os.environ.get("CAP_BASE_URL") if choice in ("auto", "openai") else None)
+    base_url = os.environ.get("CAP_BASE_URL") if choice in ("auto", "openai") else None
+    return BackendConfig(backend=choice, base_url=base_url)
 
 
 def refine_config(strategy: str, n: float, temperature: float, max_new_tokens: float, time_limit_s: float):
     """The settings panel as the engine's RefineConfig (which checks its own ranges, as for the CLI),
     within the bounds a public server grants one visitor (the API can send any number)."""
-    from cap_app.refine import RefineConfig
-
-    for name, value in (("n", n), ("temperature", temperature), ("max_new_tokens", max_new_tokens),
-                        ("time_limit_s", time_limit_s)):
+    for name, value in (
+        ("n", n),
+        ("temperature", temperature),
+        ("max_new_tokens", max_new_tokens),
+        ("time_limit_s", time_limit_s),
+    ):
         low, high = WEB_LIMITS[name]
         if not low <= float(value) <= high:
             raise ValueError(f"{name} must be between {low} and {high} on this server")
-    return RefineConfig(strategy=strategy, n=int(n), temperature=float(temperature),
-                        max_new_tokens=int(max_new_tokens), timeout_s=float(time_limit_s))
+    return RefineConfig(
+        strategy=strategy,
+        n=int(n),
+        temperature=float(temperature),
+        max_new_tokens=int(max_new_tokens),
+        timeout_s=float(time_limit_s),
+    )
+
+
+def default_settings() -> dict:
+    """`refine_config`'s arguments at RefineConfig's defaults: every page starts where the CLI does,
+    so a page refines as the CLI and the evaluations do."""
+    config = RefineConfig()
+    return {
+        "strategy": config.strategy,
+        "n": config.n,
+        "temperature": config.temperature,
+        "max_new_tokens": config.max_new_tokens,
+        "time_limit_s": config.timeout_s,
+    }
+
+
+def setting_slider(name: str, label: str, **kwargs) -> gr.Slider:
+    """The slider for setting `name`: the range a visitor is granted, starting at the default."""
+    return gr.Slider(*WEB_LIMITS[name], value=default_settings()[name], step=WEB_STEPS[name], label=label, **kwargs)
 
 
 def shown_program(program: str, raw_text: str) -> str:
     """The program, or, when none could be pulled out, the model's reply as comments (so it is visible)."""
     if program.strip():
         return program
-    return "\n".join(["# No Python program found in the model's reply:", *("# " + line for line in raw_text.splitlines())])
+    comments = ("# " + line for line in raw_text.splitlines())
+    return "\n".join(["# No Python program found in the model's reply:", *comments])
 
 
 def result_frame(result, status: str) -> tuple:
@@ -115,7 +151,7 @@ def result_frame(result, status: str) -> tuple:
         status=status,
         code=shown_program(shown.program, shown.text) if shown else "",
         verdict=views.verdict_html(result),
-        side_by_side=render_side_by_side(result),
+        side_by_side=views.render_side_by_side(result),
         trace=views.trace_table(result),
         stdout=views.execution_text(result),
         votes=votes_figure(result),
@@ -124,9 +160,19 @@ def result_frame(result, status: str) -> tuple:
     )
 
 
-def refine_page(question: str, draft: str, gold: str, model_choice: str, strategy: str, n: float,
-                temperature: float, max_new_tokens: float, time_limit_s: float, backend_choice: str = "auto",
-                request: gr.Request | None = None) -> Iterator[tuple]:
+def refine_page(
+    question: str,
+    draft: str,
+    gold: str,
+    model_choice: str,
+    strategy: str,
+    n: float,
+    temperature: float,
+    max_new_tokens: float,
+    time_limit_s: float,
+    backend_choice: str = "auto",
+    request: gr.Request | None = None,
+) -> Iterator[tuple]:
     """Refine button: stream the program into the code view, then show verdict, alignment, trace, charts."""
     from cap_app.refine import InputError, validate_inputs
 
@@ -152,8 +198,7 @@ def refine_page(question: str, draft: str, gold: str, model_choice: str, strateg
         _forget_cancel_event(request, cancel)
 
 
-def _run_refinement(question, draft, gold, config, model_cfg, backend_cfg,
-                    cancel: threading.Event) -> Iterator[tuple]:
+def _run_refinement(question, draft, gold, config, model_cfg, backend_cfg, cancel: threading.Event) -> Iterator[tuple]:
     from cap_app.backends import BackendError, get_backend
     from cap_app.model import ModelLoadError
     from cap_app.refine import refine_stream
@@ -173,12 +218,13 @@ def _run_refinement(question, draft, gold, config, model_cfg, backend_cfg,
             tokens[event.candidate] = event.tokens
             if time.monotonic() - last_update >= STREAM_INTERVAL_S:
                 last_update = time.monotonic()
-                yield _frame(code=_programs_text(written), status=writing_status(
-                    model.description, tokens, config.max_new_tokens, time.monotonic() - began))
+                yield _frame(
+                    code=_programs_text(written),
+                    status=writing_status(model.description, tokens, config.max_new_tokens, time.monotonic() - began),
+                )
         elif event.kind == "program":
             written[event.candidate] = shown_program(event.text, written.get(event.candidate, ""))
-            yield _frame(code=_programs_text(written),
-                         status=f"Running program {event.candidate + 1} in the sandbox…")
+            yield _frame(code=_programs_text(written), status=f"Running program {event.candidate + 1} in the sandbox…")
         elif event.kind == "executed":
             outcome = event.execution.answer if event.execution.ok else event.execution.error
             yield _frame(status=f"Program {event.candidate + 1}: {event.execution.status} ({outcome}).")
@@ -193,8 +239,7 @@ def writing_status(model: str, tokens: dict[int, int], limit: int, elapsed_s: fl
     """How far generation is: tokens written against the "Max new tokens" limit, and the time."""
     what = "a program" if len(tokens) == 1 else f"{len(tokens)} programs"
     most = "" if len(tokens) == 1 else "longest "
-    return (f"Writing {what} with {model}… {most}{max(tokens.values(), default=0)} / {limit} tokens, "
-            f"{elapsed_s:.0f} s")
+    return f"Writing {what} with {model}… {most}{max(tokens.values(), default=0)} / {limit} tokens, {elapsed_s:.0f} s"
 
 
 def _programs_text(written: dict[int, str]) -> str:

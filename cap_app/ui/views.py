@@ -1,4 +1,4 @@
-"""Turn a RefinementResult into what the page shows: verdict, trace rows, run output.
+"""Turn a RefinementResult into what the page shows: verdict, draft vs program, trace rows, run output.
 
 Pure functions of the result (no gradio import), so the annotator tab and tests reuse them.
 All model and user text is escaped before it goes into HTML.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 
+from cap_app.align import AlignedRow, ArithmeticCheck, DroppedQuantity, align_draft_to_program, line_diff
 from cap_app.answers import answers_equal
 from cap_app.results import Candidate, RefinementResult
 
@@ -24,8 +25,11 @@ def verdict_sentence(result: RefinementResult) -> str:
     refined, draft = result.refined_answer, result.draft_answer
     if refined is None:
         reason, advice = _no_answer_reason(result.shown_candidate)
-        draft_part = (f"so the draft's answer {draft} stands, unverified" if draft is not None
-                      else "and the draft states no final answer")
+        draft_part = (
+            f"so the draft's answer {draft} stands, unverified"
+            if draft is not None
+            else "and the draft states no final answer"
+        )
         sentence = f"No program produced an answer{reason}, {draft_part}.{advice}"
     elif draft is None:
         sentence = f"The draft states no final answer; the refinement gives {refined}."
@@ -68,11 +72,13 @@ def _gold_sentence(result: RefinementResult) -> str:
 
 def _badge(label: str, value: str | None, correct: bool | None) -> str:
     mark = {True: ("✓", "#2ca02c"), False: ("✗", "#d62728"), None: ("", "#888")}[correct]
-    return (f'<div class="cap-badge" style="display:inline-block;margin:0 12px 6px 0;padding:6px 10px;'
-            f'border-radius:6px;border:1px solid {mark[1]};">'
-            f'<div style="font-size:12px;color:#888">{_E(label)}</div>'
-            f'<div style="font-size:20px;font-weight:600">{_E(_answer(value))} '
-            f'<span style="color:{mark[1]}">{mark[0]}</span></div></div>')
+    return (
+        f'<div class="cap-badge" style="display:inline-block;margin:0 12px 6px 0;padding:6px 10px;'
+        f'border-radius:6px;border:1px solid {mark[1]};">'
+        f'<div style="font-size:12px;color:#888">{_E(label)}</div>'
+        f'<div style="font-size:20px;font-weight:600">{_E(_answer(value))} '
+        f'<span style="color:{mark[1]}">{mark[0]}</span></div></div>'
+    )
 
 
 def verdict_html(result: RefinementResult) -> str:
@@ -91,8 +97,11 @@ def verdict_html(result: RefinementResult) -> str:
     badges += _badge(f"refined ({result.strategy})", result.refined_answer, refined_mark)
     if has_gold:
         badges += _badge("gold", result.gold, None)
-    return (f'<div class="cap-verdict" data-verdict="{_E(result.verdict)}">{badges}'
-            f'<p class="cap-verdict-sentence" style="font-size:16px;margin:4px 0">{_E(verdict_sentence(result))}</p></div>')
+    return (
+        f'<div class="cap-verdict" data-verdict="{_E(result.verdict)}">{badges}'
+        f'<p class="cap-verdict-sentence" style="font-size:16px;margin:4px 0">'
+        f"{_E(verdict_sentence(result))}</p></div>"
+    )
 
 
 def message_html(text: str, kind: str = "info") -> str:
@@ -129,3 +138,142 @@ def execution_text(result: RefinementResult) -> str:
         parts.append(f"error: {execution.error}")
     parts.append(f"[{execution.status}, {execution.duration_ms:.0f} ms]")
     return "\n".join(parts)
+
+
+# --- Draft vs program, side by side ----------------------------------------------------------
+
+SIDE_BY_SIDE_STYLE = """<style>
+.cap-sbs{font-size:14px;line-height:1.45}
+.cap-sbs table{width:100%;border-collapse:collapse;table-layout:fixed}
+.cap-sbs th{text-align:left;padding:6px;border-bottom:2px solid #8884}
+.cap-sbs td{vertical-align:top;padding:6px;border-bottom:1px solid #8883;overflow-wrap:anywhere}
+.cap-sbs tr.cap-unmatched td{opacity:.8}
+.cap-sbs code,.cap-sbs pre{font-family:ui-monospace,monospace;font-size:13px;white-space:pre-wrap;margin:0}
+.cap-sbs .cap-lineno{color:#888;margin-right:6px}
+.cap-sbs .cap-check{display:inline-block;margin:2px 6px 0 0;padding:0 5px;border-radius:4px;
+  font-family:ui-monospace,monospace;font-size:12px}
+.cap-sbs .cap-ok{background:#2ca02c22;color:#1a7f1a}
+.cap-sbs .cap-bad{background:#d6272822;color:#b00}
+.cap-sbs .cap-unknown{background:#8882}
+.cap-sbs .cap-value{display:inline-block;margin-top:2px;padding:0 5px;border-radius:4px;background:#1f77b422;
+  font-family:ui-monospace,monospace;font-size:12px}
+.cap-sbs .cap-diff{margin-top:3px;font-family:ui-monospace,monospace;font-size:12px}
+.cap-sbs ins{background:#2ca02c33;text-decoration:none}
+.cap-sbs del{background:#d6272833}
+.cap-sbs .cap-match{font-size:11px;color:#888}
+.cap-sbs .cap-dropped{margin-top:10px;padding:8px;border-left:4px solid #ff7f0e;background:#ff7f0e14}
+.cap-sbs .cap-note{margin-top:10px;color:#888}
+.cap-sbs details{margin-top:10px}
+</style>"""
+
+MATCH_REASONS = {"value": "the same value", "quantities": "shared quantities", "answer": "the final answer"}
+
+
+def _format_number(value: float) -> str:
+    """A re-computed value as the reader checks it: whole numbers plain, others to 6 digits."""
+    return str(int(value)) if float(value).is_integer() and abs(value) < 1e15 else f"{value:.6g}"
+
+
+def _check_html(check: ArithmeticCheck) -> str:
+    text = f"{_E(check.expression)} = {_E(check.claimed)}"
+    if check.ok is None:
+        return f'<span class="cap-check cap-unknown" title="could not re-compute">{text} ?</span>'
+    if check.ok:
+        return f'<span class="cap-check cap-ok">{text} ✓</span>'
+    return f'<span class="cap-check cap-bad">{text} ✗ (is {_E(_format_number(check.actual))})</span>'
+
+
+def _diff_html(diff: list[tuple[str, str]]) -> str:
+    parts = []
+    for op, text in diff:
+        parts.append({"equal": _E(text), "delete": f"<del>{_E(text)}</del>", "insert": f"<ins>{_E(text)}</ins>"}[op])
+    return " ".join(parts)
+
+
+def _step_cell(row: AlignedRow) -> str:
+    if row.step is None:
+        return ""
+    checks = "".join(_check_html(c) for c in row.step.checks)
+    return f'<div class="cap-step">{_E(row.step.text)}</div>{checks}'
+
+
+def _line_cell(row: AlignedRow) -> str:
+    line = row.line
+    if line is None:
+        return '<span class="cap-match">no program line computes this</span>' if row.step else ""
+    parts = [f'<pre><span class="cap-lineno">{line.number}</span>{_E(line.source)}</pre>']
+    # a `def` line "changes" a name to a function object: not a quantity worth showing
+    shown = ", ".join(f"{_E(k)} = {_E(v)}" for k, v in line.values.items() if not v.startswith("<function"))
+    if line.printed is not None:
+        shown = (shown + ", " if shown else "") + f"prints {_E(line.printed)}"
+    if shown:
+        runs = f" (ran {line.hits}×, last values)" if line.hits > 1 else ""
+        parts.append(f'<span class="cap-value">→ {shown}{runs}</span>')
+    diff = row.diff()
+    if diff and any(op != "equal" for op, _ in diff):
+        parts.append(f'<div class="cap-diff">draft vs program: {_diff_html(diff)}</div>')
+    if row.match:
+        parts.append(f'<div class="cap-match">matched by {MATCH_REASONS[row.match]}</div>')
+    return "".join(parts)
+
+
+def _dropped_html(dropped: list[DroppedQuantity]) -> str:
+    if not dropped:
+        return ""
+    items = "".join(
+        f"<li><b>{_E(_format_number(d.value))}</b> (program line {', '.join(map(str, d.lines))}"
+        + (f"; question: “…{_E(d.context)}…”" if d.context else "")
+        + ")</li>"
+        for d in dropped
+    )
+    return f'<div class="cap-dropped">Quantities the program uses that the draft dropped:<ul>{items}</ul></div>'
+
+
+def _other_programs_html(result: RefinementResult) -> str:
+    if result.chosen is None:
+        return ""
+    chosen = result.candidates[result.chosen]
+    blocks = []
+    for i, cand in enumerate(result.candidates):
+        if i == result.chosen or cand.program == chosen.program:
+            continue
+        lines = "\n".join(
+            {"equal": f"  {_E(t)}", "delete": f"<del>- {_E(t)}</del>", "insert": f"<ins>+ {_E(t)}</ins>"}[op]
+            for op, t in line_diff(chosen.program, cand.program)
+        )
+        answer = _E(cand.answer) if cand.answer is not None else _E(cand.execution.status)
+        blocks.append(
+            f"<p>Program {i + 1} (answer: {answer}) against the chosen program {result.chosen + 1}:</p>"
+            f"<pre>{lines}</pre>"
+        )
+    if not blocks:
+        return ""
+    return (
+        f"<details><summary>Other programs ({len(blocks)}), line diff against the chosen one</summary>"
+        f"{''.join(blocks)}</details>"
+    )
+
+
+def render_side_by_side(result: RefinementResult) -> str:
+    """The draft's steps beside the program's lines, as self-contained HTML (all text escaped)."""
+    candidate = result.shown_candidate
+    program = candidate.program if candidate else ""
+    execution = candidate.execution if candidate else None
+    alignment = align_draft_to_program(result.draft, program, execution, result.question)
+    body = "".join(
+        f'<tr class="{"cap-matched" if r.match else "cap-unmatched"}">'
+        f"<td>{_step_cell(r)}</td><td>{_line_cell(r)}</td></tr>"
+        for r in alignment.rows
+    )
+    note = ""
+    if candidate is None:
+        note = '<div class="cap-note">No program was generated.</div>'
+    elif candidate.cut_off:
+        note = f'<div class="cap-note">The program was {_E(candidate.cut_off)}.</div>'
+    elif execution is not None and not execution.ok:
+        note = f'<div class="cap-note">The program did not finish: {_E(execution.error or execution.status)}</div>'
+    return (
+        f'<div class="cap-sbs">{SIDE_BY_SIDE_STYLE}<table><thead><tr><th>Draft step (arithmetic re-checked)</th>'
+        f"<th>Program line → value from the trace</th></tr></thead><tbody>{body}</tbody></table>"
+        f"{note}{_dropped_html(alignment.dropped)}{_other_programs_html(result)}</div>"
+    )

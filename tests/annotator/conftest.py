@@ -15,27 +15,48 @@ from cap_app.store import Store
 ROOT = Path(__file__).resolve().parents[2]
 DRAFTS_DEV = ROOT / "data" / "gsm8k" / "model_drafts_dev.jsonl"
 
-QUESTION = ("Janet’s ducks lay 16 eggs per day. She eats three for breakfast every morning and bakes muffins for "
-            "her friends every day with four. She sells the remainder at the farmers' market daily for $2 per "
-            "fresh duck egg. How much in dollars does she make every day at the farmers' market?")
-DRAFT = ("Janet eats 3 ducks eggs for breakfast every morning and she sells the rest so she has 16 - 3 = "
-         "<<16-3=13>>13 ducks eggs left\nShe has 13 ducks eggs and she sells 2 each day so she makes 13 * 2 = "
-         "$<<13*2=26>>26\nA: 26")
+QUESTION = (
+    "Janet’s ducks lay 16 eggs per day. She eats three for breakfast every morning and bakes muffins for "
+    "her friends every day with four. She sells the remainder at the farmers' market daily for $2 per "
+    "fresh duck egg. How much in dollars does she make every day at the farmers' market?"
+)
+DRAFT = (
+    "Janet eats 3 ducks eggs for breakfast every morning and she sells the rest so she has 16 - 3 = "
+    "<<16-3=13>>13 ducks eggs left\nShe has 13 ducks eggs and she sells 2 each day so she makes 13 * 2 = "
+    "$<<13*2=26>>26\nA: 26"
+)
 RIGHT_PROGRAM = "eggs = 16\nbreakfast = 3\nmuffins = 4\nleft = eggs - breakfast - muffins\nprint(left * 2)"
 WRONG_PROGRAM = "eggs = 16\nbreakfast = 3\nleft = eggs - breakfast\nprint(left * 2)"
 
 
-def make_result(program: str, answer: str, *, question: str = QUESTION, draft: str = DRAFT,
-                gold: str | None = "18") -> RefinementResult:
+def make_result(
+    program: str, answer: str, *, question: str = QUESTION, draft: str = DRAFT, gold: str | None = "18"
+) -> RefinementResult:
     lines = program.splitlines()
-    execution = ExecResult("ok", stdout=answer + "\n", answer=answer,
-                           trace=[TraceStep(i + 1, line, {}) for i, line in enumerate(lines)], duration_ms=3.0)
-    candidate = Candidate(text=f"```python\n{program}\n```", program=program, execution=execution, answer=answer,
-                          tokens=30)
+    execution = ExecResult(
+        "ok",
+        stdout=answer + "\n",
+        answer=answer,
+        trace=[TraceStep(i + 1, line, {}) for i, line in enumerate(lines)],
+        duration_ms=3.0,
+    )
+    candidate = Candidate(
+        text=f"```python\n{program}\n```", program=program, execution=execution, answer=answer, tokens=30
+    )
     return RefinementResult(
-        question=question, draft=draft, draft_answer="26", strategy="greedy", candidates=[candidate], chosen=0,
-        refined_answer=answer, votes={answer: 1}, verdict="disagrees" if answer != "26" else "agrees", gold=gold,
-        draft_correct=False if gold else None, refined_correct=(answer == gold) if gold else None, model="test",
+        question=question,
+        draft=draft,
+        draft_answer="26",
+        strategy="greedy",
+        candidates=[candidate],
+        chosen=0,
+        refined_answer=answer,
+        votes={answer: 1},
+        verdict="disagrees" if answer != "26" else "agrees",
+        gold=gold,
+        draft_correct=False if gold else None,
+        refined_correct=(answer == gold) if gold else None,
+        model="test",
     )
 
 
@@ -52,8 +73,13 @@ def store(tmp_path) -> Store:
 @pytest.fixture
 def refinements_file(tmp_path) -> Path:
     """Two refinements of the same (question, draft) - one right, one wrong - and one of another item."""
-    return write_jsonl(tmp_path / "refined.jsonl", [
-        make_result(RIGHT_PROGRAM, "18").to_dict(),
-        make_result(WRONG_PROGRAM, "26").to_dict(),
-        make_result("print(3 * 4)", "12", question="What is 3 times 4?", draft="3 * 4 = 12\nA: 12", gold="12").to_dict(),
-    ])
+    return write_jsonl(
+        tmp_path / "refined.jsonl",
+        [
+            make_result(RIGHT_PROGRAM, "18").to_dict(),
+            make_result(WRONG_PROGRAM, "26").to_dict(),
+            make_result(
+                "print(3 * 4)", "12", question="What is 3 times 4?", draft="3 * 4 = 12\nA: 12", gold="12"
+            ).to_dict(),
+        ],
+    )

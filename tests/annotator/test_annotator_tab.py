@@ -15,15 +15,17 @@ from tests.annotator.conftest import QUESTION, make_result, write_jsonl
 
 def view(values: tuple) -> dict:
     assert len(values) == len(VIEW)
-    return dict(zip(VIEW, values))
+    return dict(zip(VIEW, values, strict=True))
 
 
 @pytest.fixture
 def batch_file(tmp_path):
     """Four items: Janet with a right and a wrong refinement, three more with one each."""
     rows = [make_result("print(18)", "18").to_dict(), make_result("print(26)", "26").to_dict()]
-    rows += [make_result(f"print({i})", str(i), question=f"What is {i}?", draft=f"{i}\nA: {i}", gold=str(i)).to_dict()
-             for i in (1, 2, 3)]
+    rows += [
+        make_result(f"print({i})", str(i), question=f"What is {i}?", draft=f"{i}\nA: {i}", gold=str(i)).to_dict()
+        for i in (1, 2, 3)
+    ]
     return write_jsonl(tmp_path / "batch.jsonl", rows)
 
 
@@ -35,7 +37,7 @@ def loaded(store, batch_file, annotator="ann"):
 def judge(store, state, annotator, correct, vs_draft=None, first_wrong_step=None, note="") -> dict:
     """One change of the judgement form: what the status, progress and radio buttons show after it."""
     values = tab.record_judgement(store, state, annotator, correct, vs_draft, first_wrong_step, note)
-    return dict(zip(("status", "progress", *tab.RADIOS), values))
+    return dict(zip(("status", "progress", *tab.RADIOS), values, strict=True))
 
 
 def test_upload_loads_the_batch_and_shows_the_first_item(store, batch_file):
@@ -45,11 +47,13 @@ def test_upload_loads_the_batch_and_shows_the_first_item(store, batch_file):
     assert QUESTION.replace("'", "&#x27;") in shown["question"] and "Gold answer:</b> 18" in shown["question"]
     assert shown["draft"].count("<li") == 3 and '<li value="3">A: 26</li>' in shown["draft"]
     assert [label for label, _ in shown["refinement"]["choices"]] == [
-        "1: greedy, answer 18 (file)", "2: greedy, answer 26 (file)"]
+        "1: greedy, answer 18 (file)",
+        "2: greedy, answer 26 (file)",
+    ]
     assert "cap-sbs" in shown["side_by_side"] and shown["trace"] == [[1, "print(18)", ""]]
     assert isinstance(shown["votes"], object) and shown["votes"] is not None
     assert (shown["correct"], shown["vs_draft"], shown["note"]) == (None, None, "")
-    assert ">0</span> / <span class=\"cap-ann-total\">4</span>" in shown["progress"]
+    assert '>0</span> / <span class="cap-ann-total">4</span>' in shown["progress"]
 
 
 def test_paths_outside_the_allowed_folders_are_refused(store, batch_file, monkeypatch, tmp_path):
@@ -72,7 +76,11 @@ def test_judging_saves_at_once_and_the_item_shows_it_again(store, batch_file):
     assert (saved["correct"], saved["vs_draft"]) == (gr.skip(), gr.skip())  # the form is left as it is
     again = view(tab.item_view(store, state, "ann"))
     assert (again["correct"], again["vs_draft"], again["first_wrong_step"], again["note"]) == (
-        "no", "worse", 2, "drops the muffins")
+        "no",
+        "worse",
+        2,
+        "drops the muffins",
+    )
     other = view(tab.item_view(store, state, "bob"))
     assert other["correct"] is None  # judgements are per annotator
 
@@ -171,9 +179,10 @@ def test_an_empty_export_says_why_and_shows_no_server_path(store, batch_file):
     judge(store, shown["state"], "ann", "yes")  # one program judged right, none wrong: no pair
     path, summary, _ = tab.export_download(store, "dpo")
     assert path is None
-    assert ("wrote 0 rows to cap-dpo.jsonl. A DPO pair needs one question + draft with a program judged correct "
-            "(yes) and another judged wrong (no): run another refinement of such an item and judge both programs."
-            ) in summary
+    assert (
+        "wrote 0 rows to cap-dpo.jsonl. A DPO pair needs one question + draft with a program judged correct "
+        "(yes) and another judged wrong (no): run another refinement of such an item and judge both programs."
+    ) in summary
     assert "cap-export-" not in summary  # the server's temporary folder
     path, summary, _ = tab.export_download(store, "kto")
     assert path.endswith("cap-kto.jsonl") and "wrote 1 row to cap-kto.jsonl\n" in summary
@@ -199,8 +208,13 @@ def test_the_tab_builds_inside_a_blocks_with_its_events(store):
             tab.build_annotator_tab(demo, saved_name, store)
     config = demo.get_config_file()
     names = {d["api_name"] for d in config["dependencies"]}
-    assert {"annotate_load_file", "annotate_record_judgement", "annotate_undo", "annotate_next_unjudged",
-            "annotate_export_download_dpo"} <= names
+    assert {
+        "annotate_load_file",
+        "annotate_record_judgement",
+        "annotate_undo",
+        "annotate_next_unjudged",
+        "annotate_export_download_dpo",
+    } <= names
     props = {c["props"].get("elem_id"): c["props"] for c in config["components"]}
     assert props["cap-ann-undo"]["value"] == "Undo last change (z)"  # one click is undone, not a whole judgement
     for number in (c["props"] for c in config["components"] if c["type"] == "number"):

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from cap_app.batches import load_batch
 from cap_app.cli import main as cli_main
 from cap_app.export import cohen_kappa, export, summarize
+from cap_app.item_files import load_batch
 from cap_app.prompts import build_messages, format_completion, format_prompt
 from tests.annotator.conftest import DRAFT, QUESTION, RIGHT_PROGRAM, WRONG_PROGRAM, make_result, write_jsonl
 
@@ -19,7 +19,7 @@ def judge_batch(store, path, verdicts: dict[str, list[str | None]]):
     batch = load_batch(store, path).batch
     refinements = [r for p in range(batch.item_count) for r in store.refinements(store.item_at(batch.id, p).id)]
     for annotator, labels in verdicts.items():
-        for refinement, label in zip(refinements, labels):
+        for refinement, label in zip(refinements, labels, strict=False):
             if label is not None:
                 store.judge(refinement.id, annotator, correct=label, vs_draft="better", first_wrong_step=2)
     return batch
@@ -38,8 +38,9 @@ def test_round_trip_dpo_pairs_the_right_program_against_the_wrong_one(store, ref
     }
 
 
-def test_with_a_tokenizer_the_prompt_is_exactly_the_engines_prompt_text(store, refinements_file, tmp_path,
-                                                                         tiny_model_dir):
+def test_with_a_tokenizer_the_prompt_is_exactly_the_engines_prompt_text(
+    store, refinements_file, tmp_path, tiny_model_dir
+):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
@@ -56,7 +57,9 @@ def test_kto_rows_carry_one_label_per_judged_program(store, refinements_file, tm
     export(store, "kto", tmp_path / "kto.jsonl")
     rows = [json.loads(line) for line in (tmp_path / "kto.jsonl").read_text().splitlines()]
     assert [(row["completion"][0]["content"], row["label"]) for row in rows] == [
-        (format_completion(RIGHT_PROGRAM), True), (format_completion(WRONG_PROGRAM), False)]  # unsure left out
+        (format_completion(RIGHT_PROGRAM), True),
+        (format_completion(WRONG_PROGRAM), False),
+    ]  # unsure left out
     assert all(row["prompt"] == build_messages(QUESTION, DRAFT) for row in rows)
 
 
@@ -68,16 +71,19 @@ def test_conflicting_judgements_are_left_out_and_counted(store, refinements_file
 
 
 def test_csv_has_every_current_judgement_and_defuses_formulas(store, tmp_path):
-    path = write_jsonl(tmp_path / "b.jsonl", [make_result("print(1)", "1", question="=HYPERLINK(\"x\")",
-                                                           draft="-1 + 2 = 1").to_dict()])
+    path = write_jsonl(
+        tmp_path / "b.jsonl", [make_result("print(1)", "1", question='=HYPERLINK("x")', draft="-1 + 2 = 1").to_dict()]
+    )
     judge_batch(store, path, {"ann": ["yes"], "bob": ["no"]})
     summary = export(store, "csv", tmp_path / "all.csv")
     with open(tmp_path / "all.csv", newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     assert summary.rows_written == 2
     assert [(r["annotator"], r["correct"], r["vs_draft"], r["first_wrong_step"]) for r in rows] == [
-        ("ann", "yes", "better", "2"), ("bob", "no", "better", "2")]
-    assert rows[0]["question"] == "'=HYPERLINK(\"x\")" and rows[0]["draft"] == "'-1 + 2 = 1"
+        ("ann", "yes", "better", "2"),
+        ("bob", "no", "better", "2"),
+    ]
+    assert rows[0]["question"] == '\'=HYPERLINK("x")' and rows[0]["draft"] == "'-1 + 2 = 1"
     assert rows[0]["program"] == "print(1)" and rows[0]["item"] == "1"
 
 
@@ -118,8 +124,7 @@ def test_summary_reports_kappa_of_annotators_on_shared_refinements(store, refine
     assert summary.label_counts["bob"]["no"] == 2
 
 
-def test_exported_rows_load_with_datasets_and_trl_dpo_trains_on_them(store, refinements_file, tmp_path,
-                                                                     tiny_model_dir):
+def test_exported_rows_load_with_datasets_and_trl_dpo_trains_on_them(store, refinements_file, tmp_path, tiny_model_dir):
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
@@ -131,11 +136,23 @@ def test_exported_rows_load_with_datasets_and_trl_dpo_trains_on_them(store, refi
     for name in ("messages.jsonl", "text.jsonl"):
         dataset = Dataset.from_json(str(tmp_path / name), cache_dir=str(tmp_path / "hf-cache"))
         assert dataset.column_names == ["prompt", "chosen", "rejected", "meta"] and len(dataset) == 1
-        args = DPOConfig(output_dir=str(tmp_path / "dpo-run"), max_steps=1, per_device_train_batch_size=1,
-                         report_to=[], save_strategy="no", logging_steps=1, use_cpu=True, dataloader_num_workers=0,
-                         max_length=2048)  # the tiny tokenizer is one token per byte
-        trainer = DPOTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_model_dir), args=args,
-                             train_dataset=dataset, processing_class=tokenizer)
+        args = DPOConfig(
+            output_dir=str(tmp_path / "dpo-run"),
+            max_steps=1,
+            per_device_train_batch_size=1,
+            report_to=[],
+            save_strategy="no",
+            logging_steps=1,
+            use_cpu=True,
+            dataloader_num_workers=0,
+            max_length=2048,
+        )  # the tiny tokenizer is one token per byte
+        trainer = DPOTrainer(
+            model=AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+            args=args,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+        )
         prepared = trainer.train_dataset[0]
         prompt_text = format_prompt(tokenizer, QUESTION, DRAFT)
         assert tokenizer.decode(prepared["prompt_ids"]) == prompt_text
@@ -146,8 +163,7 @@ def test_exported_rows_load_with_datasets_and_trl_dpo_trains_on_them(store, refi
             assert result.global_step == 1 and result.training_loss > 0
 
 
-def test_the_projects_dpo_training_reads_the_export_as_its_own_data(store, refinements_file, tmp_path,
-                                                                    tiny_model_dir):
+def test_the_projects_dpo_training_reads_the_export_as_its_own_data(store, refinements_file, tmp_path, tiny_model_dir):
     from transformers import AutoTokenizer
 
     from cap_app.train.common import answer_text, prompt_text, read_rows

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from cap_app.store import Store
-from tests.annotator.conftest import ROOT, RIGHT_PROGRAM, make_result, write_jsonl
+from tests.annotator.conftest import RIGHT_PROGRAM, ROOT, make_result, write_jsonl
 
 STARTUP_TIMEOUT_S = 120
 CHROMIUM = "/usr/bin/chromium"
@@ -42,27 +42,29 @@ class Served:
     def __init__(self, folder: Path):
         self.folder, self.db_path = folder, folder / "annotations.db"
         (folder / "batches").mkdir()
-        rows = [make_result(RIGHT_PROGRAM, "18", question=f"Question {i}: how many eggs?").to_dict()
-                for i in range(60)]
+        rows = [make_result(RIGHT_PROGRAM, "18", question=f"Question {i}: how many eggs?").to_dict() for i in range(60)]
         self.batch_path = write_jsonl(folder / "batches" / "batch.jsonl", rows)
         self.log_path = folder / "server.log"
         self.process: subprocess.Popen | None = None
         self.url = ""
 
-    def running(self) -> "Served":
+    def running(self) -> Served:
         """The server, started now unless it still runs."""
         if self.process is not None and self.process.poll() is None:
             return self
         port = free_port()
         self.url = f"http://127.0.0.1:{port}/"
-        env = {**os.environ, "CAP_BATCH_DIRS": str(self.batch_path.parent),
-               "GRADIO_TEMP_DIR": str(self.folder / "gradio-tmp")}
+        env = {
+            **os.environ,
+            "CAP_BATCH_DIRS": str(self.batch_path.parent),
+            "GRADIO_TEMP_DIR": str(self.folder / "gradio-tmp"),
+        }
         env.pop("CAP_DB_PATH", None)  # the database comes from --db
         command = [sys.executable, "-m", "cap_app", "serve", "--port", str(port), "--db", str(self.db_path)]
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(command,
-                                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
+            self.process = subprocess.Popen(
+                command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while time.monotonic() < deadline:
             assert self.process.poll() is None, f"server exited: {self.log()}"
@@ -152,8 +154,10 @@ def test_sigkill_mid_session_loses_no_acknowledged_judgement(served):
     served.running()
     acked: list[tuple[str, int, str, str]] = []
     stop = threading.Event()
-    workers = [threading.Thread(target=annotate_until_stopped, args=(served.url, str(served.batch_path), name,
-                                                                     acked, stop)) for name in ("ann", "bob")]
+    workers = [
+        threading.Thread(target=annotate_until_stopped, args=(served.url, str(served.batch_path), name, acked, stop))
+        for name in ("ann", "bob")
+    ]
     for worker in workers:
         worker.start()
     deadline = time.monotonic() + 60
@@ -168,7 +172,9 @@ def test_sigkill_mid_session_loses_no_acknowledged_judgement(served):
     assert {name for name, *_ in acked} == {"ann", "bob"}
 
     store = Store(served.db_path)  # reopening after the kill recovers the write-ahead log
-    saved = {(row.judgement.annotator, row.item.position + 1): (row.judgement.correct, row.judgement.note)
-             for row in store.current_judgements()}
+    saved = {
+        (row.judgement.annotator, row.item.position + 1): (row.judgement.correct, row.judgement.note)
+        for row in store.current_judgements()
+    }
     for name, item, correct, note in acked:
         assert saved.get((name, item)) == (correct, note), (name, item)

@@ -15,8 +15,16 @@ from tests.annotator.conftest import DRAFT, QUESTION, RIGHT_PROGRAM, WRONG_PROGR
 
 
 def add_items(store: Store, n: int = 3, *, name: str = "batch"):
-    items = [NewItem(line=i + 1, question=f"{QUESTION} ({i})", draft=DRAFT, gold="18",
-                     refinements=(make_result(RIGHT_PROGRAM, "18"),)) for i in range(n)]
+    items = [
+        NewItem(
+            line=i + 1,
+            question=f"{QUESTION} ({i})",
+            draft=DRAFT,
+            gold="18",
+            refinements=(make_result(RIGHT_PROGRAM, "18"),),
+        )
+        for i in range(n)
+    ]
     batch, created = store.add_batch(name, f"sha-{name}", "draft", iter(items), [(9, "not valid JSON")])
     assert created
     return batch
@@ -94,8 +102,10 @@ def test_batch_items_and_errors_round_trip(store):
 
 
 def test_repeated_question_and_draft_become_one_item_with_several_refinements(store):
-    rows = [NewItem(1, QUESTION, DRAFT, "18", (make_result(RIGHT_PROGRAM, "18"),)),
-            NewItem(2, QUESTION, DRAFT, "18", (make_result(WRONG_PROGRAM, "26"),))]
+    rows = [
+        NewItem(1, QUESTION, DRAFT, "18", (make_result(RIGHT_PROGRAM, "18"),)),
+        NewItem(2, QUESTION, DRAFT, "18", (make_result(WRONG_PROGRAM, "26"),)),
+    ]
     batch, _ = store.add_batch("b", "sha", "draft", iter(rows), [])
     assert batch.item_count == 1
     programs = [r.result.program for r in store.refinements(store.item_at(batch.id, 0).id)]
@@ -190,11 +200,15 @@ def test_judgement_snapshots_undo_brings_the_previous_one_back(store):
     batch = add_items(store, 1)
     refinement = store.refinements(store.item_at(batch.id, 0).id)[0]
     first = store.judge(refinement.id, "ann", correct="yes")
-    second = store.judge(refinement.id, " ann ", correct="yes", vs_draft="better", first_wrong_step=2, note=" off by 4 ")
+    second = store.judge(
+        refinement.id, " ann ", correct="yes", vs_draft="better", first_wrong_step=2, note=" off by 4 "
+    )
     assert store.current_judgement(refinement.id, "ann") == second
     assert (second.first_wrong_step, second.note) == (2, "off by 4")
-    assert store.judge(refinement.id, "ann", correct="yes", vs_draft="better", first_wrong_step=2,
-                       note="off by 4") == second  # unchanged form: no new snapshot
+    assert (
+        store.judge(refinement.id, "ann", correct="yes", vs_draft="better", first_wrong_step=2, note="off by 4")
+        == second
+    )  # unchanged form: no new snapshot
     assert store.undo_last("ann") == second
     assert store.current_judgement(refinement.id, "ann") == first
     assert store.undo_last("ann") == first
@@ -209,15 +223,18 @@ def test_empty_form_is_not_a_judgement(store):
     assert store.progress(batch.id, "ann") == (0, 1)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(annotator=""), "annotator name"),
-    (dict(annotator="x" * 81), "longer than 80"),
-    (dict(correct="maybe"), "yes, no, unsure"),
-    (dict(vs_draft="much better"), "better, same, worse"),
-    (dict(first_wrong_step=0), "1 or more"),
-    (dict(first_wrong_step=1.5), "whole step number"),
-    (dict(note="x" * 5001), "longer than 5000"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(annotator=""), "annotator name"),
+        (dict(annotator="x" * 81), "longer than 80"),
+        (dict(correct="maybe"), "yes, no, unsure"),
+        (dict(vs_draft="much better"), "better, same, worse"),
+        (dict(first_wrong_step=0), "1 or more"),
+        (dict(first_wrong_step=1.5), "whole step number"),
+        (dict(note="x" * 5001), "longer than 5000"),
+    ],
+)
 def test_bad_judgements_are_refused_with_a_message(store, kwargs, message):
     batch = add_items(store, 1)
     refinement = store.refinements(store.item_at(batch.id, 0).id)[0]

@@ -11,38 +11,64 @@ DATA = Path(__file__).resolve().parents[2] / "data" / "gsm8k"
 DRAFT_KEYS = ("6b_finetuning", "6b_verification", "175b_finetuning", "175b_verification")
 
 
-@pytest.mark.parametrize("draft, expected", [
-    ("She makes 9 * 2 = $<<9*2=18>>18 every day.\nA: 18", "18"),
-    ("Natalia sold 48+24 = 72 clips.\n#### 72", "72"),
-    ("#### 1,250", "1250"),
-    ("so the result is \\boxed{\\frac{1}{2}}", "1/2"),
-    ("Thus \\boxed{42} is it, not 7.", "42"),
-    ("The answer is $1,250.", "1250"),
-    ("Answer: 3.50 dollars", "3.5"),
-    ("He has 3 apples and buys 4 more, 7 in all", "7"),
-    ("First 16 - 3 = <<16-3=13>>13 eggs", "13"),
-    ("A: -5", "-5"),
-    ("no number here", None),
-    ("", None),
-])
+@pytest.mark.parametrize(
+    "draft, expected",
+    [
+        ("She makes 9 * 2 = $<<9*2=18>>18 every day.\nA: 18", "18"),
+        ("Natalia sold 48+24 = 72 clips.\n#### 72", "72"),
+        ("#### 1,250", "1250"),
+        ("so the result is \\boxed{\\frac{1}{2}}", "1/2"),
+        ("Thus \\boxed{42} is it, not 7.", "42"),
+        ("The answer is $1,250.", "1250"),
+        ("Answer: 3.50 dollars", "3.5"),
+        ("He has 3 apples and buys 4 more, 7 in all", "7"),
+        ("First 16 - 3 = <<16-3=13>>13 eggs", "13"),
+        ("A: -5", "-5"),
+        ("no number here", None),
+        ("", None),
+    ],
+)
 def test_extract_draft_answer(draft, expected):
     assert extract_draft_answer(draft) == expected
 
 
-@pytest.mark.parametrize("raw, expected", [
-    ("18.0", "18"), ("$1,000", "1000"), ("Total: 72 clips", "72"), ("6/3", "2"), ("1/2", "1/2"),
-    ("-0.50", "-0.5"), ("5%", "5"), ("A: 18", "18"), ("\\boxed{7}", "7"), ("  ", None), (None, None),
-    ("She earns $18 per day.", "18"), ("yes", "yes"),
-])
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("18.0", "18"),
+        ("$1,000", "1000"),
+        ("Total: 72 clips", "72"),
+        ("6/3", "2"),
+        ("1/2", "1/2"),
+        ("-0.50", "-0.5"),
+        ("5%", "5"),
+        ("A: 18", "18"),
+        ("\\boxed{7}", "7"),
+        ("  ", None),
+        (None, None),
+        ("She earns $18 per day.", "18"),
+        ("yes", "yes"),
+    ],
+)
 def test_normalize_answer(raw, expected):
     assert normalize_answer(raw) == expected
 
 
-@pytest.mark.parametrize("a, b, equal", [
-    ("18", "18.00", True), ("0.5", "1/2", True), ("1/3", "0.3333333", True), ("\\frac{1}{2}", "0.5", True),
-    ("1,000", "1000", True), ("18", "19", False), ("10", "10.001", False), (None, "1", False), (None, None, False),
-    ("10**10**10", "1", False),  # never handed to sympy: not a plain number
-])
+@pytest.mark.parametrize(
+    "a, b, equal",
+    [
+        ("18", "18.00", True),
+        ("0.5", "1/2", True),
+        ("1/3", "0.3333333", True),
+        ("\\frac{1}{2}", "0.5", True),
+        ("1,000", "1000", True),
+        ("18", "19", False),
+        ("10", "10.001", False),
+        (None, "1", False),
+        (None, None, False),
+        ("10**10**10", "1", False),  # never handed to sympy: not a plain number
+    ],
+)
 def test_answers_equal(a, b, equal):
     assert answers_equal(a, b) is equal
 

@@ -8,7 +8,7 @@ import pytest
 import cap_app.backends
 from cap_app.backends import BackendConfig, BackendError, get_backend, resolve_backend
 from cap_app.backends.base import RowSampler, Token, follow
-from cap_app.commands.refine import load_for_command
+from cap_app.commands.common import load_for_command
 from cap_app.generate import GenerationConfig
 from cap_app.model import ModelConfig
 from cap_app.refine import RefineConfig, refine, refine_stream
@@ -25,8 +25,9 @@ def tokens(text: str, logprob: float = -0.5, eos: bool = True):
 
 
 def test_follow_stops_at_the_closing_fence_and_keeps_the_mean_logprob():
-    generation = follow(tokens(PROGRAM + "\nand some chatter"), GenerationConfig(), prompt_tokens=7,
-                        cancel=None, emit=None)
+    generation = follow(
+        tokens(PROGRAM + "\nand some chatter"), GenerationConfig(), prompt_tokens=7, cancel=None, emit=None
+    )
     assert (generation.text, generation.finish, generation.prompt_tokens) == (PROGRAM, "program_end", 7)
     assert generation.new_tokens == len(PROGRAM) and generation.mean_logprob == pytest.approx(-0.5)
 
@@ -86,7 +87,9 @@ def test_rows_are_seeded_in_order_and_grouped_per_conversation(concurrency):
     conversations = [[{"role": "user", "content": "a"}], [{"role": "user", "content": "b"}]]
     groups = backend.generate_batch(conversations, GenerationConfig(n=3, seed=10))
     assert [[g.text for g in group] for group in groups] == [
-        [PROGRAM.replace("18", str(s)) for s in (10, 11, 12)], [PROGRAM.replace("18", str(s)) for s in (13, 14, 15)]]
+        [PROGRAM.replace("18", str(s)) for s in (10, 11, 12)],
+        [PROGRAM.replace("18", str(s)) for s in (13, 14, 15)],
+    ]
     assert sorted(backend.seen) == [("a", 10), ("a", 11), ("a", 12), ("b", 13), ("b", 14), ("b", 15)]
 
 
@@ -125,17 +128,37 @@ def test_auto_picks_by_environment_url_and_model_file(monkeypatch, tiny_model_di
         resolve_backend(ModelConfig(), BackendConfig())
 
 
-@pytest.mark.parametrize(("model_cfg", "backend_cfg", "message"), [
-    (ModelConfig(quantization="4bit"), BackendConfig(backend="llama.cpp"),
-     "--quantization applies to the transformers backend only; llama.cpp runs the model as its file or server has it"),
-    (ModelConfig(device="cuda"), BackendConfig(backend="openai", base_url="http://127.0.0.1:1/v1"),
-     "--device applies to the transformers backend only; openai runs the model as its file or server has it"),
-    (ModelConfig(), BackendConfig(backend="openai"), "the openai backend needs --base-url, e.g. http://127.0.0.1:8000/v1"),
-    (ModelConfig(adapter="some/adapter"), BackendConfig(backend="openai", base_url="http://127.0.0.1:1/v1"),
-     "--adapter does not apply to the openai backend: the server's model is used as it is"),
-    (ModelConfig(), BackendConfig(backend="llama.cpp", base_url="http://127.0.0.1:1/v1"),
-     "--base-url is for the openai backend; the llama.cpp backend runs the model in this process"),
-])
+@pytest.mark.parametrize(
+    ("model_cfg", "backend_cfg", "message"),
+    [
+        (
+            ModelConfig(quantization="4bit"),
+            BackendConfig(backend="llama.cpp"),
+            "--quantization applies to the transformers backend only; "
+            "llama.cpp runs the model as its file or server has it",
+        ),
+        (
+            ModelConfig(device="cuda"),
+            BackendConfig(backend="openai", base_url="http://127.0.0.1:1/v1"),
+            "--device applies to the transformers backend only; openai runs the model as its file or server has it",
+        ),
+        (
+            ModelConfig(),
+            BackendConfig(backend="openai"),
+            "the openai backend needs --base-url, e.g. http://127.0.0.1:8000/v1",
+        ),
+        (
+            ModelConfig(adapter="some/adapter"),
+            BackendConfig(backend="openai", base_url="http://127.0.0.1:1/v1"),
+            "--adapter does not apply to the openai backend: the server's model is used as it is",
+        ),
+        (
+            ModelConfig(),
+            BackendConfig(backend="llama.cpp", base_url="http://127.0.0.1:1/v1"),
+            "--base-url is for the openai backend; the llama.cpp backend runs the model in this process",
+        ),
+    ],
+)
 def test_settings_a_backend_cannot_honour_are_refused(model_cfg, backend_cfg, message):
     with pytest.raises(BackendError) as error:
         get_backend(model_cfg, backend_cfg)

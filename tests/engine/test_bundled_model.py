@@ -21,8 +21,11 @@ def test_bundled_model_converts_once_and_streams_a_refinement(cap_cache_dir, fre
 
     row = json.loads(DRAFTS.read_text().splitlines()[0])
     draft = row["6b_finetuning"]["solution"]  # a wrong draft: 26 instead of 18
-    events = list(refine_stream(row["question"], draft, gold=row["ground_truth"],
-                                config=RefineConfig(max_new_tokens=128), model=loaded))
+    events = list(
+        refine_stream(
+            row["question"], draft, gold=row["ground_truth"], config=RefineConfig(max_new_tokens=128), model=loaded
+        )
+    )
     result = events[-1].result
     [candidate] = result.candidates
     assert "".join(e.text for e in events if e.kind == "token") == candidate.text

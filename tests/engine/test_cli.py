@@ -32,12 +32,18 @@ def test_help(command, capsys):
 
 
 def test_refine_one_draft_as_json(tiny, capsys):
-    code = main(["refine", "--question", "What is 2 + 3?", "--draft", "2 + 3 = 6\nA: 6", "--gold", "5", "--json",
-                 *tiny])
+    code = main(
+        ["refine", "--question", "What is 2 + 3?", "--draft", "2 + 3 = 6\nA: 6", "--gold", "5", "--json", *tiny]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     result = RefinementResult.from_dict(json.loads(captured.out))
-    assert (result.question, result.draft_answer, result.gold, result.draft_correct) == ("What is 2 + 3?", "6", "5", False)
+    assert (result.question, result.draft_answer, result.gold, result.draft_correct) == (
+        "What is 2 + 3?",
+        "6",
+        "5",
+        False,
+    )
     assert len(result.candidates) == 1 and result.candidates[0].tokens == 4
 
 
@@ -48,13 +54,16 @@ def test_refine_one_draft_readable(tiny, capsys):
     assert "draft answer:   6" in out and "program 2" in out and "verdict:" in out
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["refine"], "error: give --question (and --draft), or --input and --output"),
-    (["refine", "--input", "x.jsonl"], "error: batch mode needs both --input and --output"),
-    (["refine", "--question", "", "--draft", "A: 1"], "error: the question is empty"),
-    (["refine", "--question", "q", "--n", "0"], "error: n must be >= 1"),
-    (["refine", "--input", "/no/such.jsonl", "--output", "o.jsonl"], "error: no such input file: /no/such.jsonl"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["refine"], "error: give --question (and --draft), or --input and --output"),
+        (["refine", "--input", "x.jsonl"], "error: batch mode needs both --input and --output"),
+        (["refine", "--question", "", "--draft", "A: 1"], "error: the question is empty"),
+        (["refine", "--question", "q", "--n", "0"], "error: n must be >= 1"),
+        (["refine", "--input", "/no/such.jsonl", "--output", "o.jsonl"], "error: no such input file: /no/such.jsonl"),
+    ],
+)
 def test_refine_usage_errors(argv, message, capsys):
     assert main(argv) == 2
     assert capsys.readouterr().err.startswith(message)
@@ -69,12 +78,17 @@ def test_model_that_cannot_be_found_is_one_line_not_a_traceback(tmp_path, capsys
 
 def test_batch_skips_bad_lines_and_resumes(tiny, tmp_path, capsys):
     source = tmp_path / "in.jsonl"
-    source.write_text("\n".join([
-        json.dumps({"id": "a", "question": "What is 2 + 3?", "draft": "A: 6", "gold": "5"}),
-        "{not json",
-        json.dumps({"question": "What is 4 * 5?"}),
-        json.dumps({"question": "What is 1 + 1?", "draft": "A: 2"}),
-    ]) + "\n")
+    source.write_text(
+        "\n".join(
+            [
+                json.dumps({"id": "a", "question": "What is 2 + 3?", "draft": "A: 6", "gold": "5"}),
+                "{not json",
+                json.dumps({"question": "What is 4 * 5?"}),
+                json.dumps({"question": "What is 1 + 1?", "draft": "A: 2"}),
+            ]
+        )
+        + "\n"
+    )
     output = tmp_path / "out" / "refined.jsonl"
     code = main(["refine", "--input", str(source), "--output", str(output), *tiny])
     err = capsys.readouterr().err
@@ -103,8 +117,23 @@ def _drafts_sample(tmp_path, rows=3) -> tuple[Path, list[dict]]:
 def test_eval_compares_strategies_on_the_drafts_file(tiny, tmp_path, capsys):
     path, rows = _drafts_sample(tmp_path)
     report = tmp_path / "report.json"
-    code = main(["eval", "--input", str(path), "--draft-key", "175b_verification", "--strategy", "greedy", "cot+cap",
-                 "--n", "2", "--report", str(report), *tiny])
+    code = main(
+        [
+            "eval",
+            "--input",
+            str(path),
+            "--draft-key",
+            "175b_verification",
+            "--strategy",
+            "greedy",
+            "cot+cap",
+            "--n",
+            "2",
+            "--report",
+            str(report),
+            *tiny,
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     header, *table = out.splitlines()
@@ -134,11 +163,15 @@ def test_eval_over_several_draft_sources_has_a_row_per_source(tiny, tmp_path, ca
     path, rows = _drafts_sample(tmp_path)
     report = tmp_path / "report.json"
     keys = ["6b_finetuning", "175b_verification"]
-    assert main(["eval", "--input", str(path), "--draft-key", *keys, "--limit", "2", "--report", str(report),
-                 *tiny]) == 0
+    assert (
+        main(["eval", "--input", str(path), "--draft-key", *keys, "--limit", "2", "--report", str(report), *tiny]) == 0
+    )
     table = capsys.readouterr().out.splitlines()[1:]
-    assert [row.split()[:2] for row in table] == [["greedy", "[6b_finetuning]"], ["greedy", "[175b_verification]"],
-                                                  ["greedy", "[all]"]]
+    assert [row.split()[:2] for row in table] == [
+        ["greedy", "[6b_finetuning]"],
+        ["greedy", "[175b_verification]"],
+        ["greedy", "[all]"],
+    ]
     data = json.loads(report.read_text())
     assert data["summary"]["greedy"]["items"] == 4
     for key in keys:
@@ -149,10 +182,16 @@ def test_eval_over_several_draft_sources_has_a_row_per_source(tiny, tmp_path, ca
 
 def test_eval_limit_and_gsm8k_without_drafts(tiny, tmp_path, capsys):
     path = tmp_path / "gsm8k.jsonl"
-    path.write_text("".join(json.dumps({"question": f"What is {i} + 1?", "answer": f"{i}+1={i + 1}\n#### {i + 1}"}) + "\n"
-                            for i in range(5)))
+    path.write_text(
+        "".join(
+            json.dumps({"question": f"What is {i} + 1?", "answer": f"{i}+1={i + 1}\n#### {i + 1}"}) + "\n"
+            for i in range(5)
+        )
+    )
     report = tmp_path / "r.json"
-    assert main(["eval", "--input", str(path), "--draft-key", "none", "--limit", "2", "--report", str(report), *tiny]) == 0
+    assert (
+        main(["eval", "--input", str(path), "--draft-key", "none", "--limit", "2", "--report", str(report), *tiny]) == 0
+    )
     data = json.loads(report.read_text())
     assert data["summary"]["greedy"]["items"] == 2 and [i["gold"] for i in data["items"]] == ["1", "2"]
     assert [i["draft_answer"] for i in data["items"]] == [None, None]
@@ -163,4 +202,4 @@ def test_eval_without_the_draft_key_explains_which_keys_exist(tiny, tmp_path, ca
     assert main(["eval", "--input", str(path), "--report", str(tmp_path / "r.json"), *tiny]) == 2
     err = capsys.readouterr().err
     assert f"{path}:1: skipped: missing 'draft' (drafts in this record: 175b_finetuning" in err
-    assert "pick one with --draft-key" in err and f"error: no usable items in {path}" in err
+    assert "choose one as the draft key" in err and f"error: no usable items in {path}" in err

@@ -5,8 +5,7 @@ import threading
 import pytest
 import torch
 
-from cap_app.generate import (
-    GenerationConfig, _stopping_and_recording, generate_batch, generate_stream, repeats_in_tail)
+from cap_app.generate import GenerationConfig, _stopping_and_recording, generate_batch, generate_stream, repeats_in_tail
 
 PROMPTS = ["x = 1", "a much longer prompt, so the batch needs left padding"]
 
@@ -14,7 +13,7 @@ PROMPTS = ["x = 1", "a much longer prompt, so the batch needs left padding"]
 def test_batch_returns_n_samples_per_prompt_with_token_counts(tiny_loaded):
     groups = generate_batch(tiny_loaded, PROMPTS, GenerationConfig(max_new_tokens=5, n=3, temperature=1.0))
     assert [len(group) for group in groups] == [3, 3]
-    for prompt, group in zip(PROMPTS, groups):
+    for prompt, group in zip(PROMPTS, groups, strict=True):
         prompt_tokens = len(tiny_loaded.tokenizer(prompt, add_special_tokens=False)["input_ids"])
         for generation in group:
             assert generation.prompt_tokens == prompt_tokens  # padding not counted
@@ -41,7 +40,8 @@ def test_samples_of_one_prompt_share_its_prefill_and_match_unshared_generation(t
     cache changes nothing: greedy samples equal a lone generation, log-probs included."""
     embedded_tokens = []
     hook = tiny_loaded.model.get_input_embeddings().register_forward_hook(
-        lambda module, args, output: embedded_tokens.append(args[0].numel()))
+        lambda module, args, output: embedded_tokens.append(args[0].numel())
+    )
     try:
         groups = generate_batch(tiny_loaded, PROMPTS, GenerationConfig(max_new_tokens=6, n=3))
     finally:
@@ -51,7 +51,7 @@ def test_samples_of_one_prompt_share_its_prefill_and_match_unshared_generation(t
     assert embedded_tokens[0] == 2 * (padded_len - 1)
     assert embedded_tokens[1:] == [6] * 6
     alone = [generate_batch(tiny_loaded, [prompt], GenerationConfig(max_new_tokens=6))[0][0] for prompt in PROMPTS]
-    for group, single in zip(groups, alone):
+    for group, single in zip(groups, alone, strict=True):
         assert [g.text for g in group] == [single.text] * 3
         assert [g.mean_logprob for g in group] == pytest.approx([single.mean_logprob] * 3, abs=1e-4)
 
@@ -75,7 +75,7 @@ def test_mean_logprob_is_the_models_own_probability_of_the_tokens(tiny_loaded):
     ids = torch.cat([prompt_ids, new_ids], dim=1)
     with torch.no_grad():
         logprobs = torch.log_softmax(model(ids).logits[0, :-1].float(), dim=-1)
-    expected = logprobs[prompt_ids.shape[1] - 1:].gather(1, new_ids[0].unsqueeze(1)).mean()
+    expected = logprobs[prompt_ids.shape[1] - 1 :].gather(1, new_ids[0].unsqueeze(1)).mean()
     assert generation.mean_logprob == pytest.approx(float(expected), abs=1e-4)
 
 
@@ -128,18 +128,21 @@ def test_generation_stops_when_the_python_block_closes(tiny_loaded):
     assert (watch.finish, watch.lengths) == (["program_end", "length"], [closing, steps])
 
 
-@pytest.mark.parametrize(("text", "looping"), [
-    ("x = 1\nx = 1\nx = 1\n", True),
-    ("a = 1\nb = 2\na = 1\nb = 2\na = 1\nb = 2\n", True),  # a two-line block
-    ("```python\nt = 3\nprint(t)\nprint(t)\nprint(t)\n", True),
-    ("x = 1\nx = 1\nx = 1", False),  # the third line is not complete yet
-    ("x = 1\nx = 1\ny = 2\n", False),
-    ("a = 1\nb = 2\nc = 3\nprint(c)\n", False),
-    ("\n\n\n\n", False),  # blank lines are not a loop
-    ("".join(f"eggs_{i + 1} = eggs_{i} + 4\n" for i in range(2, 8)), True),  # counting, six lines
-    ("".join(f"eggs_{i + 1} = eggs_{i} + 4\n" for i in range(2, 7)), False),  # five could be a program
-    ("a = 3 * 4\nb = 5 * 6\nc = 7 * 8\nd = 1 * 2\ne = 2 * 3\nf = 4 * 5\n", False),  # other names
-])
+@pytest.mark.parametrize(
+    ("text", "looping"),
+    [
+        ("x = 1\nx = 1\nx = 1\n", True),
+        ("a = 1\nb = 2\na = 1\nb = 2\na = 1\nb = 2\n", True),  # a two-line block
+        ("```python\nt = 3\nprint(t)\nprint(t)\nprint(t)\n", True),
+        ("x = 1\nx = 1\nx = 1", False),  # the third line is not complete yet
+        ("x = 1\nx = 1\ny = 2\n", False),
+        ("a = 1\nb = 2\nc = 3\nprint(c)\n", False),
+        ("\n\n\n\n", False),  # blank lines are not a loop
+        ("".join(f"eggs_{i + 1} = eggs_{i} + 4\n" for i in range(2, 8)), True),  # counting, six lines
+        ("".join(f"eggs_{i + 1} = eggs_{i} + 4\n" for i in range(2, 7)), False),  # five could be a program
+        ("a = 3 * 4\nb = 5 * 6\nc = 7 * 8\nd = 1 * 2\ne = 2 * 3\nf = 4 * 5\n", False),  # other names
+    ],
+)
 def test_repeats_in_tail_finds_looping_lines_only(text, looping):
     assert repeats_in_tail(text) is looping
 

@@ -15,7 +15,10 @@ from cap_app.model import DEFAULT_ADAPTER_DIR, ModelConfig, default_gguf_path, g
 from cap_app.prompts import build_messages, build_repair_messages, render_messages
 from cap_app.refine import RefineConfig, refine, refine_stream
 
-QUESTION = "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did Natalia sell altogether in April and May?"
+QUESTION = (
+    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
+    "How many clips did Natalia sell altogether in April and May?"
+)
 DRAFT = "In May she sold 48 / 2 = 24 clips.\nAltogether she sold 48 + 24 = 72 clips.\nA: 72"
 CONVERSATION = build_messages(QUESTION, DRAFT)
 
@@ -102,15 +105,37 @@ def test_a_process_that_abandons_a_stream_exits_cleanly(llama, cap_cache_dir):
     import subprocess
     import sys
 
-    script = ("from cap_app.backends import BackendConfig, get_backend\n"
-              "from cap_app.generate import GenerationConfig\n"
-              "from cap_app.model import ModelConfig\n"
-              "from cap_app.prompts import build_messages\n"
-              "backend = get_backend(ModelConfig(), BackendConfig(backend='llama.cpp'))\n"
-              f"stream = backend.generate_stream([build_messages({QUESTION!r}, {DRAFT!r})], GenerationConfig())\n"
-              "print(next(iter(stream)).tokens)\n")
+    script = (
+        "from cap_app.backends import BackendConfig, get_backend\n"
+        "from cap_app.generate import GenerationConfig\n"
+        "from cap_app.model import ModelConfig\n"
+        "from cap_app.prompts import build_messages\n"
+        "backend = get_backend(ModelConfig(), BackendConfig(backend='llama.cpp'))\n"
+        f"stream = backend.generate_stream([build_messages({QUESTION!r}, {DRAFT!r})], GenerationConfig())\n"
+        "print(next(iter(stream)).tokens)\n"
+    )
     for _ in range(3):
-        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                              env={**os.environ, "CAP_CACHE_DIR": str(cap_cache_dir)})
+        done = subprocess.run(
+            [sys.executable, "-c", script],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "CAP_CACHE_DIR": str(cap_cache_dir)},
+        )
         assert done.returncode == 0, done.stderr[-2000:]
         assert done.stdout.strip() == "1"
+
+
+def test_weight_repacking_can_be_turned_off_for_one_load_only():
+    """AMX CPUs load without llama.cpp's extra weight buffers (they crash on a prompt there); the
+    default parameters are restored after the load, for other models in the process."""
+    from llama_cpp import llama_cpp as library
+
+    from cap_app.backends.llama_cpp import _weight_repacking
+
+    assert library.llama_model_default_params().use_extra_bufts
+    with _weight_repacking(False):
+        assert not library.llama_model_default_params().use_extra_bufts
+    with _weight_repacking(True):
+        assert library.llama_model_default_params().use_extra_bufts
+    assert library.llama_model_default_params().use_extra_bufts

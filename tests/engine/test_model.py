@@ -59,8 +59,13 @@ def test_model_larger_than_memory_is_refused_before_loading_weights(tmp_path, ti
     for weights in folder.glob("*.safetensors"):  # sized from the config then, not the weights' headers
         weights.unlink()
     config = json.loads((folder / "config.json").read_text())
-    config.update(hidden_size=16384, intermediate_size=53248, num_hidden_layers=126, num_attention_heads=128,
-                  num_key_value_heads=8)  # ~400B parameters
+    config.update(
+        hidden_size=16384,
+        intermediate_size=53248,
+        num_hidden_layers=126,
+        num_attention_heads=128,
+        num_key_value_heads=8,
+    )  # ~400B parameters
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelLoadError, match=r"does not fit: it needs about \d+\.\d GiB on cpu.*--quantization 4bit"):
         load_model(ModelConfig(model=str(folder)))
@@ -100,8 +105,9 @@ def lora_adapter_dir(tiny_model_dir, tmp_path_factory):
 
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     torch.manual_seed(1)
-    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                                                 init_lora_weights=False))
+    peft_model = get_peft_model(
+        base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
     folder = tmp_path_factory.mktemp("adapter")
     peft_model.save_pretrained(folder)
     return str(folder)
@@ -127,8 +133,9 @@ def test_adapter_changes_the_model_and_matches_peft(tiny_model_dir, lora_adapter
     assert torch.allclose(_logits(adapted), expected, atol=1e-4)
 
 
-def test_the_projects_adapter_is_merged_once_and_later_loads_skip_peft(tiny_model_dir, lora_adapter_dir, tmp_path,
-                                                                        monkeypatch):
+def test_the_projects_adapter_is_merged_once_and_later_loads_skip_peft(
+    tiny_model_dir, lora_adapter_dir, tmp_path, monkeypatch
+):
     bundled = tmp_path / "bundled-adapter"
     shutil.copytree(lora_adapter_dir, bundled)
     monkeypatch.setattr(cap_app.model, "DEFAULT_ADAPTER_DIR", bundled)
@@ -155,8 +162,9 @@ def test_the_projects_adapter_is_merged_once_and_later_loads_skip_peft(tiny_mode
     assert len(entries) == 1 and entries[0] != old_entry
 
 
-def test_other_adapters_are_merged_in_memory_without_filling_the_cache(tiny_model_dir, lora_adapter_dir, tmp_path,
-                                                                       monkeypatch):
+def test_other_adapters_are_merged_in_memory_without_filling_the_cache(
+    tiny_model_dir, lora_adapter_dir, tmp_path, monkeypatch
+):
     monkeypatch.setenv("CAP_CACHE_DIR", str(tmp_path / "cache"))
     load_model(ModelConfig(model=tiny_model_dir, adapter=lora_adapter_dir))
     assert not (tmp_path / "cache" / "merged").exists()

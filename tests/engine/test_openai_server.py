@@ -22,7 +22,10 @@ from cap_app.model import DEFAULT_ADAPTER_DIR, default_gguf_path
 from cap_app.prompts import build_messages
 
 KEY = "sk-local-test"
-QUESTION = "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did Natalia sell altogether in April and May?"
+QUESTION = (
+    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
+    "How many clips did Natalia sell altogether in April and May?"
+)
 DRAFT = "In May she sold 48 / 2 = 24 clips.\nAltogether she sold 48 + 24 = 72 clips.\nA: 72"
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,10 +44,28 @@ class Server:
         # One request at a time, each one finished: llama_cpp.server's default drops a running
         # request when a new one arrives.
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "llama_cpp.server", "--model", str(self.model), "--model_alias", "cap",
-             "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "4096", "--api_key", KEY,
-             "--interrupt_requests", "false"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                sys.executable,
+                "-m",
+                "cap_app.backends.llama_server",
+                "--model",
+                str(self.model),
+                "--model_alias",
+                "cap",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--n_ctx",
+                "4096",
+                "--api_key",
+                KEY,
+                "--interrupt_requests",
+                "false",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             try:
@@ -77,8 +98,24 @@ def api_key(monkeypatch):
 
 
 def test_refine_through_the_server_from_the_command_line(server, api_key, capsys):
-    code = main(["refine", "--backend", "openai", "--base-url", server.url, "--question", QUESTION, "--draft", DRAFT,
-                 "--strategy", "vote", "--n", "2", "--json"])
+    code = main(
+        [
+            "refine",
+            "--backend",
+            "openai",
+            "--base-url",
+            server.url,
+            "--question",
+            QUESTION,
+            "--draft",
+            DRAFT,
+            "--strategy",
+            "vote",
+            "--n",
+            "2",
+            "--json",
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 0, err
     result = json.loads(out)
@@ -106,12 +143,31 @@ def test_a_bad_key_is_one_line(server, monkeypatch, capsys):
 
 def test_a_server_killed_mid_batch_loses_nothing_and_the_rerun_resumes(model_file, tmp_path):
     source, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
-    source.write_text("".join(json.dumps({"question": f"{QUESTION} ({i})", "draft": DRAFT, "id": i}) + "\n"
-                              for i in range(6)))
+    source.write_text(
+        "".join(json.dumps({"question": f"{QUESTION} ({i})", "draft": DRAFT, "id": i}) + "\n" for i in range(6))
+    )
     server = Server(model_file).start()
-    argv = [sys.executable, "-m", "cap_app", "refine", "--backend", "openai", "--base-url", server.url, "--input",
-            str(source), "--output", str(output), "--batch-size", "1", "--retries", "0", "--no-trace",
-            "--max-new-tokens", "120"]
+    argv = [
+        sys.executable,
+        "-m",
+        "cap_app",
+        "refine",
+        "--backend",
+        "openai",
+        "--base-url",
+        server.url,
+        "--input",
+        str(source),
+        "--output",
+        str(output),
+        "--batch-size",
+        "1",
+        "--retries",
+        "0",
+        "--no-trace",
+        "--max-new-tokens",
+        "120",
+    ]
     env = os.environ | {"CAP_API_KEY": KEY}
     batch = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

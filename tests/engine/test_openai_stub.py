@@ -61,7 +61,9 @@ def test_a_slow_server_times_out():
     with OpenAIStub() as stub:
         stub.failures = [1.0, 1.0]
         with pytest.raises(BackendError) as error:
-            backend(stub, timeout_s=0.2, retries=1).generate_batch([[{"role": "user", "content": "q"}]], GenerationConfig())
+            backend(stub, timeout_s=0.2, retries=1).generate_batch(
+                [[{"role": "user", "content": "q"}]], GenerationConfig()
+            )
         assert str(error.value) == f"no reply from {stub.url} within 0.2 s; gave up after 2 tries"
 
 
@@ -71,10 +73,27 @@ def test_a_bad_key_is_refused_at_once_and_never_shown(monkeypatch, capsys):
         code = main(["refine", "--backend", "openai", "--base-url", stub.url, "--question", QUESTION, "--draft", DRAFT])
         err = capsys.readouterr().err
         assert code == 1
-        assert err == f"error: the server at {stub.url} refused the API key (HTTP 401: Invalid API key); set CAP_API_KEY\n"
+        assert (
+            err == f"error: the server at {stub.url} refused the API key (HTTP 401: Invalid API key); set CAP_API_KEY\n"
+        )
         monkeypatch.setenv("CAP_API_KEY", SECRET)
-        assert main(["refine", "--backend", "openai", "--base-url", stub.url, "--question", QUESTION,
-                     "--draft", DRAFT, "--json"]) == 0
+        assert (
+            main(
+                [
+                    "refine",
+                    "--backend",
+                    "openai",
+                    "--base-url",
+                    stub.url,
+                    "--question",
+                    QUESTION,
+                    "--draft",
+                    DRAFT,
+                    "--json",
+                ]
+            )
+            == 0
+        )
         out, err = capsys.readouterr()
         assert json.loads(out)["refined_answer"] == "0" and SECRET not in out + err
 
@@ -92,8 +111,10 @@ def test_a_base_url_without_the_api_path_says_so():
         with pytest.raises(BackendError) as error:
             OpenAIBackend(stub.url.removesuffix("/v1"), None, api_key=None, concurrency=1, timeout_s=5, retries=0)
         root = stub.url.removesuffix("/v1")
-        assert str(error.value) == (f"the server at {root} has no such endpoint (HTTP 404: not found); "
-                                    "--base-url is its OpenAI API address, usually ending in /v1")
+        assert str(error.value) == (
+            f"the server at {root} has no such endpoint (HTTP 404: not found); "
+            "--base-url is its OpenAI API address, usually ending in /v1"
+        )
 
 
 def test_concurrency_requests_are_in_flight_together():
@@ -104,12 +125,27 @@ def test_concurrency_requests_are_in_flight_together():
 
 def test_a_server_lost_mid_batch_loses_nothing_and_the_rerun_resumes(tmp_path, capsys):
     source, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
-    source.write_text("".join(json.dumps({"question": f"{QUESTION} ({i})", "draft": DRAFT, "id": i}) + "\n"
-                              for i in range(6)))
+    source.write_text(
+        "".join(json.dumps({"question": f"{QUESTION} ({i})", "draft": DRAFT, "id": i}) + "\n" for i in range(6))
+    )
     with OpenAIStub() as stub:
         stub.failures = [None, None] + [(503, "shutting down")] * 10  # two items, then the server is gone
-        argv = ["refine", "--backend", "openai", "--base-url", stub.url, "--input", str(source), "--output",
-                str(output), "--batch-size", "1", "--retries", "1", "--no-trace"]
+        argv = [
+            "refine",
+            "--backend",
+            "openai",
+            "--base-url",
+            stub.url,
+            "--input",
+            str(source),
+            "--output",
+            str(output),
+            "--batch-size",
+            "1",
+            "--retries",
+            "1",
+            "--no-trace",
+        ]
         assert main(argv) == 1
         assert "failed (HTTP 503: shutting down); gave up after 2 tries" in capsys.readouterr().err
         assert [json.loads(line)["id"] for line in output.read_text().splitlines()] == [0, 1]

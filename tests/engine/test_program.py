@@ -16,19 +16,22 @@ WINDOWS_NEWLINES = "```python\r\nx = 1\r\nprint(x)\r\n```"
 PROSE_ONLY = "I think the answer is five."
 
 
-@pytest.mark.parametrize("text, program", [
-    (FENCED, "eggs = 16 - 3 - 4\nprint(eggs * 2)"),
-    (UNTAGGED_FENCE, "x = 3\nprint(x)"),
-    (PY_TAG, "x = 3\nprint(x)"),
-    (CUT_OFF, "x = 3\nprint(x"),
-    (OTHER_LANGUAGE_FIRST, "b = 2\nprint(b)"),
-    (TWO_PROGRAMS, "a = 1"),
-    (BARE_WITH_PROSE, "x = 3\nprint(x * 2)"),
-    (SPECIAL_TOKENS, "x = 1"),
-    (WINDOWS_NEWLINES, "x = 1\nprint(x)"),
-    (PROSE_ONLY, PROSE_ONLY),  # left for the sandbox to reject with a syntax error
-    ("", ""),
-])
+@pytest.mark.parametrize(
+    "text, program",
+    [
+        (FENCED, "eggs = 16 - 3 - 4\nprint(eggs * 2)"),
+        (UNTAGGED_FENCE, "x = 3\nprint(x)"),
+        (PY_TAG, "x = 3\nprint(x)"),
+        (CUT_OFF, "x = 3\nprint(x"),
+        (OTHER_LANGUAGE_FIRST, "b = 2\nprint(b)"),
+        (TWO_PROGRAMS, "a = 1"),
+        (BARE_WITH_PROSE, "x = 3\nprint(x * 2)"),
+        (SPECIAL_TOKENS, "x = 1"),
+        (WINDOWS_NEWLINES, "x = 1\nprint(x)"),
+        (PROSE_ONLY, PROSE_ONLY),  # left for the sandbox to reject with a syntax error
+        ("", ""),
+    ],
+)
 def test_extract_program(text, program):
     assert extract_program(text) == program
 

@@ -9,11 +9,24 @@ import pytest
 import cap_app.generate
 from cap_app.generate import Generation, StreamChunk
 from cap_app.model import LoadedModel
-from cap_app.refine import (InputError, RefineConfig, RefineItem, item_from_record, refine, refine_batch,
-                            refine_stream, validate_inputs)
+from cap_app.refine import (
+    MAX_DRAFT_CHARS,
+    MAX_QUESTION_CHARS,
+    InputError,
+    RefineConfig,
+    RefineItem,
+    gold_answer,
+    item_from_record,
+    refine,
+    refine_batch,
+    refine_stream,
+    validate_inputs,
+)
 from tests.helpers.tiny_model import make_tiny_tokenizer
 
-QUESTION = "Janet's ducks lay 16 eggs per day. She eats 3 and bakes with 4. She sells the rest at $2. How much does she make?"
+QUESTION = (
+    "Janet's ducks lay 16 eggs per day. She eats 3 and bakes with 4. She sells the rest at $2. How much does she make?"
+)
 WRONG_DRAFT = "She has 16 - 3 = 13 eggs left.\nShe makes 13 * 2 = $26.\nA: 26"
 RIGHT = "```python\neggs = 16 - 3 - 4\nprint(eggs * 2)\n```"
 WRONG = "```python\nprint((16 - 3) * 2)\n```"
@@ -32,8 +45,13 @@ class ScriptedGenerator:
 
     def _next(self, prompt: str) -> Generation:
         text, logprob, *finish = self.script.pop(0)
-        return Generation(text=text, prompt_tokens=len(prompt), new_tokens=len(text), mean_logprob=logprob,
-                          finish=finish[0] if finish else "program_end")
+        return Generation(
+            text=text,
+            prompt_tokens=len(prompt),
+            new_tokens=len(text),
+            mean_logprob=logprob,
+            finish=finish[0] if finish else "program_end",
+        )
 
     def generate_batch(self, loaded, prompts, config, *, cancel=None):
         self.calls.append((list(prompts), config))
@@ -46,7 +64,7 @@ class ScriptedGenerator:
             for start in range(0, len(generation.text), 7):
                 if cancel is not None and cancel.is_set():
                     return
-                yield StreamChunk(row, generation.text[start:start + 7])
+                yield StreamChunk(row, generation.text[start : start + 7])
         yield StreamChunk(-1, "", generations=groups)
 
 
@@ -82,14 +100,18 @@ def test_greedy_agrees_with_a_right_draft_and_reports_a_failed_program(monkeypat
     assert refine(QUESTION, "A: 18", model=scripted_model).verdict == "agrees"
     failed = refine(QUESTION, "A: 18", model=scripted_model)
     assert (failed.verdict, failed.refined_answer, failed.chosen) == ("no_answer", None, None)
-    assert failed.candidates[0].execution.status == "error" and "division by zero" in failed.candidates[0].execution.error
+    assert (
+        failed.candidates[0].execution.status == "error" and "division by zero" in failed.candidates[0].execution.error
+    )
 
 
 def test_vote_takes_the_majority_answer(monkeypatch, scripted_model):
-    generator = script(monkeypatch, (WRONG, -0.1), (RIGHT, -0.9), (RIGHT.replace("eggs", "left"), -0.5),
-                       (CRASHES, -0.01))
-    result = refine(QUESTION, WRONG_DRAFT, config=RefineConfig(strategy="vote", n=4, temperature=0.8),
-                    model=scripted_model)
+    generator = script(
+        monkeypatch, (WRONG, -0.1), (RIGHT, -0.9), (RIGHT.replace("eggs", "left"), -0.5), (CRASHES, -0.01)
+    )
+    result = refine(
+        QUESTION, WRONG_DRAFT, config=RefineConfig(strategy="vote", n=4, temperature=0.8), model=scripted_model
+    )
     assert result.votes == {"26": 1, "18": 2} and result.refined_answer == "18"
     assert result.chosen == 2  # the more likely of the two programs that printed 18
     [(_, config)] = generator.calls
@@ -129,8 +151,9 @@ def test_cot_cap_falls_back_to_the_draft_when_no_program_runs(monkeypatch, scrip
 
 def test_repair_feeds_the_error_back_until_a_program_runs(monkeypatch, scripted_model):
     generator = script(monkeypatch, (CRASHES, -0.1), (PRINTS_NOTHING, -0.1), (RIGHT, -0.1))
-    result = refine(QUESTION, WRONG_DRAFT, config=RefineConfig(strategy="repair", repair_rounds=3),
-                    model=scripted_model)
+    result = refine(
+        QUESTION, WRONG_DRAFT, config=RefineConfig(strategy="repair", repair_rounds=3), model=scripted_model
+    )
     assert [c.round for c in result.candidates] == [0, 1, 2]
     assert (result.chosen, result.refined_answer) == (2, "18")
     first_repair, second_repair = generator.calls[1][0][0], generator.calls[2][0][0]
@@ -141,8 +164,9 @@ def test_repair_feeds_the_error_back_until_a_program_runs(monkeypatch, scripted_
 def test_repair_names_the_cut_not_the_broken_line_of_a_cut_off_program(monkeypatch, scripted_model):
     cut = "```python\neggs = 16 - 3 - 4\nprint(eg"
     generator = script(monkeypatch, (cut, -0.1, "length"), (cut, -0.1, "repetition"), (RIGHT, -0.1))
-    result = refine(QUESTION, WRONG_DRAFT, config=RefineConfig(strategy="repair", repair_rounds=3),
-                    model=scripted_model)
+    result = refine(
+        QUESTION, WRONG_DRAFT, config=RefineConfig(strategy="repair", repair_rounds=3), model=scripted_model
+    )
     assert result.refined_answer == "18"
     first_repair, second_repair = generator.calls[1][0][0], generator.calls[2][0][0]
     assert "cut off at the token limit" in first_repair and "SyntaxError" not in first_repair
@@ -151,8 +175,9 @@ def test_repair_names_the_cut_not_the_broken_line_of_a_cut_off_program(monkeypat
 
 def test_repair_gives_up_after_its_rounds(monkeypatch, scripted_model):
     generator = script(monkeypatch, *[(CRASHES, -0.1)] * 3)
-    result = refine(QUESTION, WRONG_DRAFT, config=RefineConfig(strategy="repair", repair_rounds=2),
-                    model=scripted_model)
+    result = refine(
+        QUESTION, WRONG_DRAFT, config=RefineConfig(strategy="repair", repair_rounds=2), model=scripted_model
+    )
     assert len(result.candidates) == 3 and result.verdict == "no_answer" and not generator.script
 
 
@@ -175,8 +200,7 @@ def test_batch_repairs_only_the_items_that_failed(monkeypatch, scripted_model):
 
 def test_stream_reports_tokens_program_execution_then_the_result(monkeypatch, scripted_model):
     script(monkeypatch, (RIGHT, -0.1), (TWENTY, -0.2))
-    events = list(refine_stream(QUESTION, WRONG_DRAFT, config=RefineConfig(strategy="vote", n=2),
-                                model=scripted_model))
+    events = list(refine_stream(QUESTION, WRONG_DRAFT, config=RefineConfig(strategy="vote", n=2), model=scripted_model))
     kinds = [e.kind for e in events]
     assert kinds[-1] == "done" and kinds.count("done") == 1
     assert kinds.index("program") > max(i for i, k in enumerate(kinds) if k == "token")
@@ -190,8 +214,7 @@ def test_stream_reports_tokens_program_execution_then_the_result(monkeypatch, sc
 
 def test_stream_repair_numbers_candidates_across_rounds(monkeypatch, scripted_model):
     script(monkeypatch, (CRASHES, -0.1), (RIGHT, -0.1))
-    events = list(refine_stream(QUESTION, WRONG_DRAFT, config=RefineConfig(strategy="repair"),
-                                model=scripted_model))
+    events = list(refine_stream(QUESTION, WRONG_DRAFT, config=RefineConfig(strategy="repair"), model=scripted_model))
     assert [e.candidate for e in events if e.kind == "program"] == [0, 1]
     assert {e.candidate for e in events if e.kind == "token"} == {0, 1}
     assert events[-1].result.refined_answer == "18"
@@ -207,35 +230,74 @@ def test_cancelled_stream_ends_without_a_result(monkeypatch, scripted_model):
     assert [e.kind for e in events] == ["token"]
 
 
-@pytest.mark.parametrize("question, draft, message", [
-    ("", "A: 1", "the question is empty"),
-    ("   \n", "A: 1", "the question is empty"),
-    ("q", "x" * 8001, "the draft is too long (8,001 characters; the limit is 8,000)"),
-    ("q\x00", "A: 1", "the question contains control characters; paste plain text"),
-    ("q", "\x1b[31mred", "the draft contains control characters; paste plain text"),
-    ("q", None, "the draft must be text"),
-    (b"q", "", "the question must be text"),
-])
+@pytest.mark.parametrize(
+    "question, draft, message",
+    [
+        ("", "A: 1", "the question is empty"),
+        ("   \n", "A: 1", "the question is empty"),
+        ("q", "x" * 8001, "the draft is too long (8,001 characters; the limit is 8,000)"),
+        ("q\x00", "A: 1", "the question contains control characters; paste plain text"),
+        ("q", "\x1b[31mred", "the draft contains control characters; paste plain text"),
+        ("q", None, "the draft must be text"),
+        (b"q", "", "the question must be text"),
+    ],
+)
 def test_unusable_input_is_refused_with_a_clear_message(question, draft, message):
     with pytest.raises(InputError) as raised:
         validate_inputs(question, draft)
     assert str(raised.value) == message
 
 
-def test_ordinary_input_passes_validation():
-    validate_inputs("Café costs €3.50 — how much?\tok", "Line one\r\nline two\n")
-    validate_inputs("What is 2 + 2?", "")  # no draft: refine from the question alone
+@pytest.mark.parametrize(
+    "question, draft",
+    [
+        ("Café costs €3.50 — how much?\tok", "Line one\r\nline two\n"),  # accents, symbols, a tab, CRLF
+        ("What is 2 + 2?", ""),  # no draft: refined from the question alone
+        ("q" * MAX_QUESTION_CHARS, "d" * MAX_DRAFT_CHARS),  # the limits themselves
+    ],
+)
+def test_ordinary_input_is_refined_as_given(monkeypatch, scripted_model, question, draft):
+    generator = script(monkeypatch, (TWENTY, -0.1))
+    result = refine(question, draft, model=scripted_model)
+    assert (result.question, result.draft, result.refined_answer) == (question, draft, "20")
+    (prompt,) = generator.calls[0][0]
+    assert question.strip() in prompt and draft.strip() in prompt
 
 
 def test_items_from_the_drafts_file_format():
-    record = {"question": "Q?", "ground_truth": "so\nA: 18",
-              "6b_finetuning": {"is_correct": False, "solution": "A: 26"}, "175b_verification": {"solution": "A: 18"}}
-    assert item_from_record(record, draft_key="6b_finetuning") == RefineItem("Q?", "A: 26", "so\nA: 18")
-    assert item_from_record(record, draft_key="none") == RefineItem("Q?", "", "so\nA: 18")
-    with pytest.raises(InputError, match=r"missing 'draft' \(drafts in this record: 175b_verification, 6b_finetuning"):
+    record = {
+        "question": "Q?",
+        "ground_truth": "so\nA: 18",
+        "6b_finetuning": {"is_correct": False, "solution": "A: 26"},
+        "175b_verification": {"solution": "A: 18"},
+    }
+    assert item_from_record(record, draft_key="6b_finetuning") == RefineItem("Q?", "A: 26", "18")
+    assert item_from_record(record, draft_key="none") == RefineItem("Q?", "", "18")
+    with pytest.raises(
+        InputError,
+        match=r"missing 'draft' \(drafts in this record: 175b_verification, 6b_finetuning; "
+        r"choose one as the draft key\)",
+    ):
         item_from_record(record)
     with pytest.raises(InputError, match="expected a JSON object"):
         item_from_record(["Q?"])
+
+
+def test_the_one_record_reader_rules_where_the_cli_and_the_annotator_disagreed():
+    """refine.item_from_record reads the CLI's and the annotator's files (issue 17)."""
+    # a draft may be empty (refined from the question alone; the annotator refuses a blank one as its
+    # extra), but it must be there
+    assert item_from_record({"question": "Q?", "draft": ""}) == RefineItem("Q?", "")
+    with pytest.raises(InputError, match="missing 'draft'"):
+        item_from_record({"question": "Q?"})
+    # the engine's limits (the annotator allowed 20,000 characters, then its items failed to refine)
+    with pytest.raises(InputError, match="the draft is too long"):
+        item_from_record({"question": "Q?", "draft": "x" * (MAX_DRAFT_CHARS + 1)})
+    # gold: the first key holding a number or non-blank text (not a boolean), its final answer extracted
+    assert gold_answer({"gold": "", "answer": "3 + 4 = 7\n#### 7"}) == "7"
+    assert gold_answer({"gold": True, "ground_truth": 12}) == "12"
+    assert gold_answer({"answer": "  see the key  "}) == "see the key"
+    assert gold_answer({"gold": None}) is None
 
 
 def test_unknown_strategy_and_bad_settings_are_refused():

@@ -79,8 +79,18 @@ class OpenAIStub:
                         if i == len(text) - 1:  # before the client can see the end and send the next request
                             stub._count(-1)
                             writing = False
-                        self._event({"choices": [{"index": 0, "delta": {"content": char}, "finish_reason": None,
-                                                  "logprobs": {"content": [{"token": char, "logprob": -0.25}]}}]})
+                        self._event(
+                            {
+                                "choices": [
+                                    {
+                                        "index": 0,
+                                        "delta": {"content": char},
+                                        "finish_reason": None,
+                                        "logprobs": {"content": [{"token": char, "logprob": -0.25}]},
+                                    }
+                                ]
+                            }
+                        )
                     self._event({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
                     self.wfile.write(b"data: [DONE]\n\n")
                 except (BrokenPipeError, ConnectionResetError):  # the client stopped reading: fine
@@ -103,7 +113,7 @@ class OpenAIStub:
             self.in_flight += change
             self.most_in_flight = max(self.most_in_flight, self.in_flight)
 
-    def __enter__(self) -> "OpenAIStub":
+    def __enter__(self) -> OpenAIStub:
         self.thread.start()
         return self
 

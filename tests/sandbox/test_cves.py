@@ -56,7 +56,11 @@ GHSA_HP3V_GET_FIELD = "import string\nobj, _ = string.Formatter().get_field('0._
 GHSA_HP3V_FORMATTER_THROUGH_FORMAT = "fmt = '{}'.format\nobj = fmt.get_field('0.__class__', [1], {})"
 
 CASES = cases(
-    (CVE_2023_37271_GENERATOR_FRAMES, "rejected", 'line 1: "f_globals" is a restricted name, that is forbidden to access in RestrictedPython'),
+    (
+        CVE_2023_37271_GENERATOR_FRAMES,
+        "rejected",
+        'line 1: "f_globals" is a restricted name, that is forbidden to access in RestrictedPython',
+    ),
     (CVE_2023_37271_GETATTR_VARIANT, "error", "line 2: name 'getattr' is not defined"),
     (CVE_2023_41039_STR_FORMAT, "error", "line 3: attribute or item access inside format fields is not allowed"),
     (CVE_2023_41039_FORMATTER, "rejected", "line 1: import of 'string' is not allowed"),
@@ -64,11 +68,27 @@ CASES = cases(
     (CVE_2024_47532_STRING_MODULE, "rejected", "line 1: import of 'string' is not allowed"),
     (CVE_2025_22153_TRY_STAR, "rejected", "line 1: TryStar statements are not allowed"),
     (CVE_2025_22153_EXCEPTION_GROUP, "error", "line 1: name 'ExceptionGroup' is not defined"),
-    (GHSA_FFG3_POSITIONAL_ONLY_GETATTR, "rejected", 'line 1: "_getattr_" is an invalid variable name because it starts with "_"'),
-    (GHSA_FFG3_POSITIONAL_ONLY_PRINT, "rejected", 'line 1: "_print_" is an invalid variable name because it starts with "_"'),
-    (GHSA_FFG3_LAMBDA_POSITIONAL_ONLY, "rejected", 'line 1: "_getitem_" is an invalid variable name because it starts with "_"'),
+    (
+        GHSA_FFG3_POSITIONAL_ONLY_GETATTR,
+        "rejected",
+        'line 1: "_getattr_" is an invalid variable name because it starts with "_"',
+    ),
+    (
+        GHSA_FFG3_POSITIONAL_ONLY_PRINT,
+        "rejected",
+        'line 1: "_print_" is an invalid variable name because it starts with "_"',
+    ),
+    (
+        GHSA_FFG3_LAMBDA_POSITIONAL_ONLY,
+        "rejected",
+        'line 1: "_getitem_" is an invalid variable name because it starts with "_"',
+    ),
     (GHSA_HP3V_GET_FIELD, "rejected", "line 1: import of 'string' is not allowed"),
-    (GHSA_HP3V_FORMATTER_THROUGH_FORMAT, "error", "line 2: AttributeError: 'function' object has no attribute 'get_field'"),
+    (
+        GHSA_HP3V_FORMATTER_THROUGH_FORMAT,
+        "error",
+        "line 2: AttributeError: 'function' object has no attribute 'get_field'",
+    ),
 )
 
 

@@ -27,8 +27,12 @@ def test_summary_output_is_readable(zygote_pids, tmp_path, capsys):
     assert main(["exec", str(path)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("status: ok (") and lines[1:4] == ["answer: 72.0", "stdout:", "  72.0"]
-    assert lines[4:] == ["trace (3 steps):", "     1 | apples = 48 / 2      apples=24.0",
-                         "     2 | total = 48 + apples  total=72.0", "     3 | print(total)"]
+    assert lines[4:] == [
+        "trace (3 steps):",
+        "     1 | apples = 48 / 2      apples=24.0",
+        "     2 | total = 48 + apples  total=72.0",
+        "     3 | print(total)",
+    ]
 
 
 def test_failed_program_exits_1_with_the_error(zygote_pids, tmp_path, capsys):
@@ -57,7 +61,12 @@ def test_unusable_input_exits_2_without_traceback(tmp_path, capsys):
 
 
 def test_stdin_through_the_real_entry_point():
-    done = subprocess.run([sys.executable, "-m", "cap_app", "exec", "-", "--json"], input="print(6 * 7)\n",
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "cap_app", "exec", "-", "--json"],
+        input="print(6 * 7)\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["answer"] == "42"

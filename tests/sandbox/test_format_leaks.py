@@ -32,7 +32,11 @@ CASES = cases(
     (UNBOUND_STR_FORMAT, "error", "line 1: attribute or item access inside format fields is not allowed"),
     (FORMAT_METHOD_KEPT, "error", "line 2: attribute or item access inside format fields is not allowed"),
     (FORMAT_MAP, "error", "line 1: access to attribute 'format_map' is not allowed"),
-    (FORMAT_BUILTIN_SPEC, "error", "line 1: ValueError: Invalid format specifier '{0.__class__}' for object of type 'int'"),
+    (
+        FORMAT_BUILTIN_SPEC,
+        "error",
+        "line 1: ValueError: Invalid format specifier '{0.__class__}' for object of type 'int'",
+    ),
     (STRING_MODULE, "rejected", "line 1: import of 'string' is not allowed"),
     (FROM_STRING_FORMATTER, "rejected", "line 1: import of 'string' is not allowed"),
     (FSTRING_DUNDER, "rejected", 'line 2: "__class__" is an invalid attribute name because it starts with "_"'),

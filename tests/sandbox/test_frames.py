@@ -26,16 +26,46 @@ AWAIT_FRAME = "async def f():\n    await g()"
 COROUTINE_FRAME = "def f(c):\n    return c.cr_frame"
 ASYNC_GENERATOR_FRAME = "def f(a):\n    return a.ag_frame"
 FUNCTION_DEFAULTS = "def f(a=1):\n    pass\nprint(f.__defaults__)"
-STOP_ITERATION_VALUE = "def g():\n    return 5\n    yield\ntry:\n    next(g())\nexcept StopIteration as e:\n    print(e.value)"
+STOP_ITERATION_VALUE = (
+    "def g():\n    return 5\n    yield\ntry:\n    next(g())\nexcept StopIteration as e:\n    print(e.value)"
+)
 
 CASES = cases(
-    (GENERATOR_FRAME, "rejected", 'line 2: "gi_frame" is a restricted name, that is forbidden to access in RestrictedPython'),
-    (GENERATOR_CODE, "rejected", 'line 2: "gi_code" is a restricted name, that is forbidden to access in RestrictedPython'),
-    (GENERATOR_YIELDFROM, "rejected", 'line 4: "gi_yieldfrom" is a restricted name, that is forbidden to access in RestrictedPython'),
-    (FRAME_BACK_WALK, "rejected", 'line 2: "f_globals" is a restricted name, that is forbidden to access in RestrictedPython'),
-    (FRAME_LOCALS, "rejected", 'line 3: "f_locals" is a restricted name, that is forbidden to access in RestrictedPython'),
-    (TRACEBACK_FRAME, "rejected", 'line 4: "tb_frame" is a restricted name, that is forbidden to access in RestrictedPython'),
-    (TRACEBACK_NEXT, "rejected", 'line 4: "tb_next" is a restricted name, that is forbidden to access in RestrictedPython'),
+    (
+        GENERATOR_FRAME,
+        "rejected",
+        'line 2: "gi_frame" is a restricted name, that is forbidden to access in RestrictedPython',
+    ),
+    (
+        GENERATOR_CODE,
+        "rejected",
+        'line 2: "gi_code" is a restricted name, that is forbidden to access in RestrictedPython',
+    ),
+    (
+        GENERATOR_YIELDFROM,
+        "rejected",
+        'line 4: "gi_yieldfrom" is a restricted name, that is forbidden to access in RestrictedPython',
+    ),
+    (
+        FRAME_BACK_WALK,
+        "rejected",
+        'line 2: "f_globals" is a restricted name, that is forbidden to access in RestrictedPython',
+    ),
+    (
+        FRAME_LOCALS,
+        "rejected",
+        'line 3: "f_locals" is a restricted name, that is forbidden to access in RestrictedPython',
+    ),
+    (
+        TRACEBACK_FRAME,
+        "rejected",
+        'line 4: "tb_frame" is a restricted name, that is forbidden to access in RestrictedPython',
+    ),
+    (
+        TRACEBACK_NEXT,
+        "rejected",
+        'line 4: "tb_next" is a restricted name, that is forbidden to access in RestrictedPython',
+    ),
     (EXCEPTION_WITH_TRACEBACK, "error", "line 4: access to attribute 'with_traceback' of an exception is not allowed"),
     (EXCEPTION_CONTEXT, "rejected", 'line 4: "__context__" is an invalid attribute name because it starts with "_"'),
     (ATTRIBUTE_ERROR_NAME, "error", "line 4: access to attribute 'name' of an exception is not allowed"),
@@ -45,8 +75,16 @@ CASES = cases(
     (KEYBOARD_INTERRUPT, "error", "line 1: name 'KeyboardInterrupt' is not defined"),
     (ASYNC_FUNCTION, "rejected", "line 1: AsyncFunctionDef statements are not allowed"),
     (AWAIT_FRAME, "rejected", "line 1: AsyncFunctionDef statements are not allowed"),
-    (COROUTINE_FRAME, "rejected", 'line 2: "cr_frame" is a restricted name, that is forbidden to access in RestrictedPython'),
-    (ASYNC_GENERATOR_FRAME, "rejected", 'line 2: "ag_frame" is a restricted name, that is forbidden to access in RestrictedPython'),
+    (
+        COROUTINE_FRAME,
+        "rejected",
+        'line 2: "cr_frame" is a restricted name, that is forbidden to access in RestrictedPython',
+    ),
+    (
+        ASYNC_GENERATOR_FRAME,
+        "rejected",
+        'line 2: "ag_frame" is a restricted name, that is forbidden to access in RestrictedPython',
+    ),
     (FUNCTION_DEFAULTS, "rejected", 'line 3: "__defaults__" is an invalid attribute name because it starts with "_"'),
     (STOP_ITERATION_VALUE, "error", "line 7: access to attribute 'value' of an exception is not allowed"),
 )

@@ -66,16 +66,40 @@ CASES = cases(
     (STAR_IMPORT, "rejected", 'line 1: "*" imports are not allowed'),
     (FROM_FACADE_MODULE_ATTRIBUTE, "rejected", "line 1: import of 'fractions.sys' is not allowed"),
     (FROM_FACADE_PRIVATE, "rejected", "line 1: import of 'decimal._decimal' is not allowed"),
-    (FACADE_MODULE_ATTRIBUTE, "error", "line 2: AttributeError: module 'fractions' has no attribute 'math' in the sandbox"),
-    (FACADE_LEAK_VIA_FUNCTION, "rejected", 'line 2: "__globals__" is an invalid attribute name because it starts with "_"'),
+    (
+        FACADE_MODULE_ATTRIBUTE,
+        "error",
+        "line 2: AttributeError: module 'fractions' has no attribute 'math' in the sandbox",
+    ),
+    (
+        FACADE_LEAK_VIA_FUNCTION,
+        "rejected",
+        'line 2: "__globals__" is an invalid attribute name because it starts with "_"',
+    ),
     (DUNDER_IMPORT, "rejected", 'line 1: "__import__" is an invalid variable name because it starts with "_"'),
     (IMPORT_INSIDE_FUNCTION, "rejected", "line 2: import of 'os' is not allowed"),
     (SYMPY_SYMPIFY, "error", "line 2: AttributeError: module 'sympy' has no attribute 'sympify' in the sandbox"),
     (SYMPY_PARSE_EXPR, "rejected", "line 1: import of 'sympy.parse_expr' is not allowed"),
-    (SYMPY_STRING_TO_SOLVE, "error", "line 2: TypeError: sympy's solve() does not accept text in the sandbox; build expressions from symbols()"),
-    (SYMPY_STRING_IN_SUBS, "error", "line 3: TypeError: sympy's subs() does not accept text in the sandbox; build expressions from symbols()"),
-    (SYMPY_STRING_IN_LIST, "error", "line 2: TypeError: sympy's simplify() does not accept text in the sandbox; build expressions from symbols()"),
-    (SYMPY_STRING_IN_DICT, "error", "line 3: TypeError: sympy's subs() does not accept text in the sandbox; build expressions from symbols()"),
+    (
+        SYMPY_STRING_TO_SOLVE,
+        "error",
+        "line 2: TypeError: sympy's solve() does not accept text in the sandbox; build expressions from symbols()",
+    ),
+    (
+        SYMPY_STRING_IN_SUBS,
+        "error",
+        "line 3: TypeError: sympy's subs() does not accept text in the sandbox; build expressions from symbols()",
+    ),
+    (
+        SYMPY_STRING_IN_LIST,
+        "error",
+        "line 2: TypeError: sympy's simplify() does not accept text in the sandbox; build expressions from symbols()",
+    ),
+    (
+        SYMPY_STRING_IN_DICT,
+        "error",
+        "line 3: TypeError: sympy's subs() does not accept text in the sandbox; build expressions from symbols()",
+    ),
     (SYMPY_LAMBDIFY, "error", "line 2: AttributeError: module 'sympy' has no attribute 'lambdify' in the sandbox"),
 )
 
@@ -105,8 +129,17 @@ def _reachable(value, depth: int, seen: set[int]):
 
 def test_no_facade_reaches_a_module_object():
     enable_sympy()
-    assert set(FACADES) == {"math", "fractions", "decimal", "statistics", "itertools", "functools",
-                            "collections", "datetime", "sympy"}
+    assert set(FACADES) == {
+        "math",
+        "fractions",
+        "decimal",
+        "statistics",
+        "itertools",
+        "functools",
+        "collections",
+        "datetime",
+        "sympy",
+    }
     for facade in FACADES.values():
         assert not isinstance(facade, types.ModuleType)
         for name in facade_names(facade):

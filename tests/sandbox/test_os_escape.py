@@ -78,15 +78,17 @@ libc = ctypes.CDLL(None, use_errno=True)
 sealed_with: tuple[str, ...] = ()  # in a sealed child: the walls it was sealed with
 
 
-def in_sealed_child(action, tmp_path, uid: int | None = None) -> str:
+def in_sealed_child(action, tmp_path, uid: int | None = None, before_seal=None) -> str:
     """Run `action` (plain Python, as if it had escaped the policy) in a child set up, sealed
     and limited exactly like a sandbox worker of a zygote running as `uid` (default: as this
-    process); return 'ok: ...' or the exception it raised."""
+    process); return 'ok: ...' or the exception it raised. `before_seal` runs in the child first."""
     empty_root = tmp_path / "empty-root"
     empty_root.mkdir(mode=0o700, exist_ok=True)
 
     def sealed_action():
         global sealed_with
+        if before_seal is not None:
+            before_seal()
         devnull = os.open(os.devnull, os.O_RDWR)  # opened before Landlock, as the zygote's is
         inherited = worker.set_up_zygote()  # what a zygote sets once for all its children
         sealed_with = inherited.walls
@@ -174,6 +176,38 @@ def test_escaped_code_signals_starts_and_connects_nothing(tmp_path, neighbour, u
     assert in_sealed_child(lambda: PROCESS_ACTIONS[name](neighbour), tmp_path, user).startswith(EPERM)
 
 
+def test_escaped_code_cannot_write_through_inherited_descriptors(tmp_path, canary, user):
+    """Whatever the zygote had open (here the canary, opened for appending, and stdout and stderr
+    on a pipe this test reads) is closed or on /dev/null: writing to every descriptor number
+    reaches nothing. The canary is opened by this process, so the child needs no path to it."""
+    leaked = os.open(canary, os.O_WRONLY | os.O_APPEND)
+    read_end, write_end = os.pipe()
+
+    def stdout_on_the_pipe():
+        os.dup2(write_end, 1)
+        os.dup2(write_end, 2)
+
+    def write_everywhere():
+        written = []
+        for fd in range(256):
+            try:
+                if fd != RESULT_FD and os.write(fd, b"pwned"):
+                    written.append(fd)
+            except OSError:
+                pass
+        return written
+
+    try:
+        outcome = in_sealed_child(write_everywhere, tmp_path, user, before_seal=stdout_on_the_pipe)
+    finally:
+        os.close(leaked)
+        os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        came_through = pipe.read()
+    assert outcome == "ok: [0, 1, 2]"  # only /dev/null took the writes, as a zygote's children have it
+    assert came_through == b"" and canary.read_text() == CANARY_TEXT
+
+
 def test_escaped_code_cannot_raise_its_limits(tmp_path, user):
     raise_hard_limit = lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))  # noqa: E731
     assert in_sealed_child(raise_hard_limit, tmp_path, user) == "ValueError: not allowed to raise maximum limit"
@@ -182,12 +216,28 @@ def test_escaped_code_cannot_raise_its_limits(tmp_path, user):
 # Raw system calls no Python function makes, by number: name -> (x86_64, aarch64). Checked
 # against libseccomp's table in test_walls.py.
 RAW_SYSCALLS = {
-    "ptrace": (101, 117), "process_vm_readv": (310, 270), "process_vm_writev": (311, 271),
-    "personality": (135, 92), "mount": (165, 40), "bpf": (321, 280), "io_uring_setup": (425, 425),
-    "userfaultfd": (323, 282), "keyctl": (250, 219), "connect": (42, 203), "tgkill": (234, 131),
-    "pidfd_open": (434, 434), "unshare": (272, 97), "execveat": (322, 281), "memfd_create": (319, 279),
-    "openat2": (437, 437), "open_by_handle_at": (304, 265), "ioctl": (16, 29), "fcntl": (72, 25),
-    "seccomp": (317, 277), "prctl": (157, 167), "mmap": (9, 222),  # mmap: flags 0 is not anonymous
+    "ptrace": (101, 117),
+    "process_vm_readv": (310, 270),
+    "process_vm_writev": (311, 271),
+    "personality": (135, 92),
+    "mount": (165, 40),
+    "bpf": (321, 280),
+    "io_uring_setup": (425, 425),
+    "userfaultfd": (323, 282),
+    "keyctl": (250, 219),
+    "connect": (42, 203),
+    "tgkill": (234, 131),
+    "pidfd_open": (434, 434),
+    "unshare": (272, 97),
+    "execveat": (322, 281),
+    "memfd_create": (319, 279),
+    "openat2": (437, 437),
+    "open_by_handle_at": (304, 265),
+    "ioctl": (16, 29),
+    "fcntl": (72, 25),
+    "seccomp": (317, 277),
+    "prctl": (157, 167),
+    "mmap": (9, 222),  # mmap: flags 0 is not anonymous
 }
 
 

@@ -83,8 +83,18 @@ def test_swallowed_memory_error_stays_inside_the_limit(run_hostile):
 
 
 OTHER_CASES = cases(
-    (HUGE_INT_PRINT, "error", "line 1: ValueError: Exceeds the limit (4300 digits) for integer string conversion; use sys.set_int_max_str_digits() to increase the limit"),
-    (HUGE_INT_STR, "error", "line 1: ValueError: Exceeds the limit (4300 digits) for integer string conversion; use sys.set_int_max_str_digits() to increase the limit"),
+    (
+        HUGE_INT_PRINT,
+        "error",
+        "line 1: ValueError: Exceeds the limit (4300 digits) for integer string conversion; "
+        "use sys.set_int_max_str_digits() to increase the limit",
+    ),
+    (
+        HUGE_INT_STR,
+        "error",
+        "line 1: ValueError: Exceeds the limit (4300 digits) for integer string conversion; "
+        "use sys.set_int_max_str_digits() to increase the limit",
+    ),
     (DEEP_RECURSION, "error", "line 2: maximum recursion depth exceeded"),
     (DEEP_NESTED_REPR, "error", "line 4: maximum recursion depth exceeded"),
     (DEEP_PARENTHESES, "error", "line 1: SyntaxError: too many nested parentheses"),
@@ -114,8 +124,11 @@ def test_mutual_recursion_stops_in_one_of_its_functions(run_hostile):
     assert result.error in ("line 2: maximum recursion depth exceeded", "line 4: maximum recursion depth exceeded")
 
 
-@pytest.mark.parametrize("code", [HUGE_OUTPUT_LOOP, HUGE_SINGLE_PRINT, CAUGHT_OUTPUT_LIMIT],
-                         ids=["HUGE_OUTPUT_LOOP", "HUGE_SINGLE_PRINT", "CAUGHT_OUTPUT_LIMIT"])
+@pytest.mark.parametrize(
+    "code",
+    [HUGE_OUTPUT_LOOP, HUGE_SINGLE_PRINT, CAUGHT_OUTPUT_LIMIT],
+    ids=["HUGE_OUTPUT_LOOP", "HUGE_SINGLE_PRINT", "CAUGHT_OUTPUT_LIMIT"],
+)
 def test_huge_output_is_truncated_and_marked(run_hostile, code):
     result = run_hostile(code, timeout_s=3)
     assert_stopped(result, "error", "output truncated at 64 KiB")

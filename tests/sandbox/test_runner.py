@@ -15,9 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from benchmarks.processes import zygote_processes
 from cap_app.sandbox import ExecResult, SandboxConfig, protocol, run_program, server_pids
 from cap_app.sandbox.policy import check_program
-from cap_app.sandbox.runner import SandboxServer, result_from_json, zygote_processes
+from cap_app.sandbox.runner import SandboxServer, result_from_json
 
 
 def test_many_threads_get_their_own_results(zygote_pids):
@@ -39,8 +40,9 @@ CHILD_PROCESS = "from cap_app.sandbox import run_program; print(run_program('pri
 
 
 def test_several_processes_each_use_their_own_zygote():
-    processes = [subprocess.Popen([sys.executable, "-c", CHILD_PROCESS], stdout=subprocess.PIPE, text=True)
-                 for _ in range(2)]
+    processes = [
+        subprocess.Popen([sys.executable, "-c", CHILD_PROCESS], stdout=subprocess.PIPE, text=True) for _ in range(2)
+    ]
     assert [p.communicate(timeout=120)[0].strip() for p in processes] == ["42", "42"]
 
 
@@ -48,15 +50,18 @@ A_LIMIT = struct.pack("<d", 5.0)
 PRINT_1 = compile("print(1)", "<test>", "exec")
 
 
-@pytest.mark.parametrize("payload", [
-    A_LIMIT + b"not marshal",
-    A_LIMIT + marshal.dumps(("print(1)", "not a code object", ())),
-    A_LIMIT + marshal.dumps(42),
-    A_LIMIT + marshal.dumps(("print(1)", PRINT_1, (-1.0, 512, 65536, True, 1000))),
-    struct.pack("<d", float("nan")) + marshal.dumps(("print(1)", PRINT_1, ())),
-    struct.pack("<d", 1e9) + marshal.dumps(("print(1)", PRINT_1, ())),
-    b"\x00\x01",
-])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        A_LIMIT + b"not marshal",
+        A_LIMIT + marshal.dumps(("print(1)", "not a code object", ())),
+        A_LIMIT + marshal.dumps(42),
+        A_LIMIT + marshal.dumps(("print(1)", PRINT_1, (-1.0, 512, 65536, True, 1000))),
+        struct.pack("<d", float("nan")) + marshal.dumps(("print(1)", PRINT_1, ())),
+        struct.pack("<d", 1e9) + marshal.dumps(("print(1)", PRINT_1, ())),
+        b"\x00\x01",
+    ],
+)
 def test_the_zygote_refuses_malformed_requests(zygote_pids, payload):
     from cap_app.sandbox.runner import _LIGHT
 
@@ -144,14 +149,17 @@ def _running(pid: int) -> bool:
         return False
 
 
-@pytest.mark.parametrize("settings, message", [
-    ({"timeout_s": 0}, "timeout_s must be a number between 0.05 and 120, got 0"),
-    ({"timeout_s": float("nan")}, "timeout_s must be a number between 0.05 and 120, got nan"),
-    ({"memory_mb": 10}, "memory_mb must be a number between 64 and 16384, got 10"),
-    ({"max_output_bytes": 0}, "max_output_bytes must be a number between 1 and 1.67772e+07, got 0"),
-    ({"trace": "yes"}, "trace must be true or false, got 'yes'"),
-    ({"max_trace_steps": True}, "max_trace_steps must be a number between 0 and 100000, got True"),
-])
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"timeout_s": 0}, "timeout_s must be a number between 0.05 and 120, got 0"),
+        ({"timeout_s": float("nan")}, "timeout_s must be a number between 0.05 and 120, got nan"),
+        ({"memory_mb": 10}, "memory_mb must be a number between 64 and 16384, got 10"),
+        ({"max_output_bytes": 0}, "max_output_bytes must be a number between 1 and 1.67772e+07, got 0"),
+        ({"trace": "yes"}, "trace must be true or false, got 'yes'"),
+        ({"max_trace_steps": True}, "max_trace_steps must be a number between 0 and 100000, got True"),
+    ],
+)
 def test_bad_settings_are_refused(settings, message):
     with pytest.raises(ValueError) as caught:
         run_program("print(1)", **settings)
@@ -182,14 +190,26 @@ def test_zygote_does_not_inherit_secrets(monkeypatch):
         server.stop()
 
 
-@pytest.mark.parametrize("forged", [
-    None, [], {"status": "pwned"}, {"status": "ok", "stdout": 5}, {"status": "ok", "trace": [{"line": 1}]},
-    {"status": "ok", "trace": [["1", {}]]}, {"status": "ok", "trace": [[1, {"a": 1}]]},
-    {"status": "ok", "trace": [[1]]}, {"status": "ok", "trace": [[True, {}]]},
-    {"status": "ok", "trace": [[0, {}]]}, {"status": "ok", "trace": [[3, {}]]},  # the program has 2 lines
-    {"status": "ok", "error": 3}, {"status": "ok", "stdout_truncated": None},
-    {"status": "ok", "answer": ["42"]}, {"status": "ok", "trace_truncated": "yes"},
-])
+@pytest.mark.parametrize(
+    "forged",
+    [
+        None,
+        [],
+        {"status": "pwned"},
+        {"status": "ok", "stdout": 5},
+        {"status": "ok", "trace": [{"line": 1}]},
+        {"status": "ok", "trace": [["1", {}]]},
+        {"status": "ok", "trace": [[1, {"a": 1}]]},
+        {"status": "ok", "trace": [[1]]},
+        {"status": "ok", "trace": [[True, {}]]},
+        {"status": "ok", "trace": [[0, {}]]},
+        {"status": "ok", "trace": [[3, {}]]},  # the program has 2 lines
+        {"status": "ok", "error": 3},
+        {"status": "ok", "stdout_truncated": None},
+        {"status": "ok", "answer": ["42"]},
+        {"status": "ok", "trace_truncated": "yes"},
+    ],
+)
 def test_a_forged_result_from_a_child_becomes_an_error(forged):
     """What a child writes is checked: a program that escaped could write anything."""
     result = result_from_json(forged, "x = 1\nprint(x)")
@@ -197,8 +217,10 @@ def test_a_forged_result_from_a_child_becomes_an_error(forged):
 
 
 def test_a_well_formed_result_keeps_its_fields_and_drops_unknown_ones():
-    result = result_from_json({"status": "ok", "stdout": "1\n", "answer": "1", "extra": "ignored",
-                               "trace": [[2, {"x": "\ud800"}]]}, "x = 1\r\n    print(1)  \r\n")
+    result = result_from_json(
+        {"status": "ok", "stdout": "1\n", "answer": "1", "extra": "ignored", "trace": [[2, {"x": "\ud800"}]]},
+        "x = 1\r\n    print(1)  \r\n",
+    )
     assert (result.status, result.answer, result.trace[0].source) == ("ok", "1", "print(1)")
     assert result.trace[0].changed == {"x": "?"}  # a lone surrogate, made valid UTF-8
 
@@ -210,7 +232,9 @@ def test_a_sandbox_that_cannot_start_gives_an_error_result(monkeypatch):
     monkeypatch.setattr(runner.sys, "executable", "/nonexistent/python3")
     result = run_program("print(1)")
     assert result.status == "error"
-    assert result.error == "the sandbox server did not start: [Errno 2] No such file or directory: '/nonexistent/python3'"
+    assert (
+        result.error == "the sandbox server did not start: [Errno 2] No such file or directory: '/nonexistent/python3'"
+    )
 
 
 def test_lone_surrogates_come_back_as_valid_text(zygote_pids):
@@ -241,6 +265,5 @@ def test_modules_in_the_callers_folder_do_not_shadow_the_zygotes(tmp_path, monke
 def test_a_result_larger_than_the_socket_buffer_arrives_whole(zygote_pids):
     """3 MB of output: the child blocks on the connection until the client reads, and the
     zygote's last line still comes after all of it."""
-    result = run_program("for i in range(30000):\n    print('x' * 100)", max_output_bytes=4 * 1024 * 1024,
-                         trace=False)
+    result = run_program("for i in range(30000):\n    print('x' * 100)", max_output_bytes=4 * 1024 * 1024, trace=False)
     assert (result.status, len(result.stdout), result.stdout_truncated) == ("ok", 30000 * 101, False)

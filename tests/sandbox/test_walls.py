@@ -34,7 +34,7 @@ def test_system_call_numbers_match_libseccomps_table(machine):
 def test_the_filter_checks_the_architecture_first():
     """Load the arch; on this machine's AUDIT_ARCH go on, else kill (x86_64's i386 ABI, arm32)."""
     code = walls.seccomp_filter(MACHINE)
-    first = [struct.unpack("=HBBI", code[i:i + 8]) for i in range(0, 24, 8)]
+    first = [struct.unpack("=HBBI", code[i : i + 8]) for i in range(0, 24, 8)]
     assert first == [(0x20, 0, 0, 4), (0x15, 1, 0, walls.ARCHES[MACHINE][1]), (0x06, 0, 0, 0x80000000)]
     assert walls.seccomp_filter("riscv64") is None
 
@@ -44,6 +44,7 @@ def _seccomp_only(call):
         walls.forbid_new_privileges()
         walls.install_seccomp()
         return call()
+
     return action
 
 
@@ -70,8 +71,13 @@ def test_landlock_alone_denies_every_path(user, canary):
         walls.forbid_new_privileges()
         walls.install_landlock()
         outcomes = []
-        for attempt in (lambda: os.listdir("/"), lambda: open(canary).read(), lambda: open(canary, "a"),
-                        lambda: os.unlink(canary), lambda: os.execv("/bin/true", ["true"])):
+        for attempt in (
+            lambda: os.listdir("/"),
+            lambda: open(canary).read(),
+            lambda: open(canary, "a"),
+            lambda: os.unlink(canary),
+            lambda: os.execv("/bin/true", ["true"]),
+        ):
             try:
                 attempt()
                 outcomes.append("ok")
@@ -88,6 +94,7 @@ def test_landlock_alone_denies_every_path(user, canary):
 def test_landlock_alone_denies_signals_outside(user):
     neighbour = subprocess.Popen(["sleep", "60"], user=user, group=user, extra_groups=[] if user else None)
     try:
+
         def signal_it():
             walls.forbid_new_privileges()
             walls.install_landlock()
@@ -114,8 +121,10 @@ def test_the_zygotes_report_their_walls(zygote_pids):
 
 def test_the_description_names_the_walls_or_warns():
     active = walls.describe(("rlimits", "netns", "landlock", "seccomp"))
-    assert active == ("sandbox walls: RestrictedPython policy; rlimits (no new descriptor, process or file write), "
-                      "network namespace, Landlock (no file access), seccomp-bpf allowlist")
+    assert active == (
+        "sandbox walls: RestrictedPython policy; rlimits (no new descriptor, process or file write), "
+        "network namespace, Landlock (no file access), seccomp-bpf allowlist"
+    )
     assert "WARNING: no kernel wall beyond rlimits" in walls.describe(("rlimits", "netns"))
     assert "WARNING" not in walls.describe(("rlimits", "chroot-nobody"))
 

@@ -12,9 +12,9 @@ import pytest
 from cap_app import generate
 from cap_app.answers import answers_equal
 from cap_app.cli import main as cli_main
-from cap_app.data.annotations import UnsupportedSolution, parse_solution
 from cap_app.data.build import DataBuildConfig, build
 from cap_app.data.corrupt import KINDS, corrupt, render_draft
+from cap_app.data.gsm8k_programs import UnsupportedSolution, parse_solution
 from cap_app.generate import Generation
 from cap_app.program import extract_program
 from cap_app.sandbox import run_program
@@ -22,22 +22,30 @@ from cap_app.sandbox import run_program
 ROOT = Path(__file__).resolve().parents[2]
 TRAIN = ROOT / "data" / "gsm8k" / "train.jsonl"
 
-NATALIA_Q = ("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
-             "How many clips did Natalia sell altogether in April and May?")
-NATALIA_A = ("Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n"
-             "Natalia sold 48+24 = <<48+24=72>>72 clips altogether in April and May.\n#### 72")
-BETTY_Q = ("Betty is saving money for a new wallet which costs $100. Betty has only half of the money she needs. "
-           "Her parents decided to give her $15 for that purpose, and her grandparents twice as much as her "
-           "parents. How much more money does Betty need to buy the wallet?")
-BETTY_A = ("In the beginning, Betty has only 100 / 2 = $<<100/2=50>>50.\n"
-           "Betty's grandparents gave her 15 * 2 = $<<15*2=30>>30.\n"
-           "This means, Betty needs 100 - 50 - 30 - 15 = $<<100-50-30-15=5>>5 more.\n#### 5")
+NATALIA_Q = (
+    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
+    "How many clips did Natalia sell altogether in April and May?"
+)
+NATALIA_A = (
+    "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n"
+    "Natalia sold 48+24 = <<48+24=72>>72 clips altogether in April and May.\n#### 72"
+)
+BETTY_Q = (
+    "Betty is saving money for a new wallet which costs $100. Betty has only half of the money she needs. "
+    "Her parents decided to give her $15 for that purpose, and her grandparents twice as much as her "
+    "parents. How much more money does Betty need to buy the wallet?"
+)
+BETTY_A = (
+    "In the beginning, Betty has only 100 / 2 = $<<100/2=50>>50.\n"
+    "Betty's grandparents gave her 15 * 2 = $<<15*2=30>>30.\n"
+    "This means, Betty needs 100 - 50 - 30 - 15 = $<<100-50-30-15=5>>5 more.\n#### 5"
+)
 
 
 def program_of(message_list: list[dict]) -> str:
     content = message_list[-1]["content"]
     assert content.startswith("```python\n") and content.endswith("\n```")
-    return content[len("```python\n"):-len("\n```")]
+    return content[len("```python\n") : -len("\n```")]
 
 
 def test_annotations_become_named_assignments_that_print_the_answer():
@@ -50,6 +58,15 @@ def test_annotations_become_named_assignments_that_print_the_answer():
     )
     result = run_program(solution.program())
     assert result.status == "ok" and answers_equal(result.answer, "72")
+
+
+def test_question_quantities_are_named_by_their_own_phrase():
+    # the one number rule (cap_app.arithmetic.NUMBER) reads ".5" and leaves the comma after "17" out, so "17"
+    # is named by its own clause; the builder's old rule read "17," and named it after the next clause
+    question = "Savannah collected 17, and Clayton collected 29. Each shell weighs .5 ounces."
+    answer = "Together 17+29 = <<17+29=46>>46 shells.\nThey weigh 46*.5 = <<46*.5=23>>23 ounces.\n#### 23"
+    solution = parse_solution(question, answer)
+    assert solution.quantities == {"savannah_collected": 17, "clayton_collected": 29, "ounces": 0.5}
 
 
 def test_solution_without_annotations_is_refused():
@@ -120,8 +137,9 @@ def test_report_counts_match_the_files(built):
     assert report["questions"] == 30
     assert report["sft_rows"] == len(read_jsonl(built / "sft.jsonl"))
     assert report["dpo_rows"] == len(read_jsonl(built / "dpo.jsonl"))
-    assert report["verified_questions"] + report.get("program_mismatch", 0) + report.get(
-        "unsupported_solution", 0) == 30
+    assert (
+        report["verified_questions"] + report.get("program_mismatch", 0) + report.get("unsupported_solution", 0) == 30
+    )
     assert not any(key.startswith("sampled") for key in report)  # no model given, nothing sampled
     assert {row["meta"]["source"] for row in read_jsonl(built / "sft.jsonl")} == {"annotations"}
 
@@ -133,8 +151,12 @@ def test_same_seed_gives_the_same_data(built, tmp_path):
 
 def test_cli_builds_data_and_reports_bad_input(tmp_path, capsys):
     source = tmp_path / "train.jsonl"
-    source.write_text(json.dumps({"question": NATALIA_Q, "answer": NATALIA_A}) + "\n"
-                      + json.dumps({"question": "How many?", "answer": "3 apples.\n#### 3"}) + "\n")
+    source.write_text(
+        json.dumps({"question": NATALIA_Q, "answer": NATALIA_A})
+        + "\n"
+        + json.dumps({"question": "How many?", "answer": "3 apples.\n#### 3"})
+        + "\n"
+    )
     out = tmp_path / "out"
     assert cli_main(["data", "build", "--input", str(source), "--output-dir", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
@@ -168,8 +190,14 @@ def scripted_generation(monkeypatch) -> list[tuple[int, int]]:
         groups = []
         for prompt in prompts:
             texts = PROGRAM_TEXTS if "<draft>" in prompt else DRAFT_TEXTS
-            groups.append([Generation(text=texts[i % len(texts)], prompt_tokens=1, new_tokens=1,
-                                      mean_logprob=None, finish="eos") for i in range(config.n)])
+            groups.append(
+                [
+                    Generation(
+                        text=texts[i % len(texts)], prompt_tokens=1, new_tokens=1, mean_logprob=None, finish="eos"
+                    )
+                    for i in range(config.n)
+                ]
+            )
         return groups
 
     monkeypatch.setattr(generate, "generate_batch", fake_generate_batch)
@@ -181,8 +209,17 @@ def build_natalia(tmp_path: Path, model_dir: str, **options) -> Path:
     source = tmp_path / "train.jsonl"
     source.write_text(json.dumps({"question": NATALIA_Q, "answer": NATALIA_A}) + "\n")
     out = tmp_path / "out"
-    build(DataBuildConfig(input=str(source), output_dir=str(out), corrupted_drafts=1, sample_model=model_dir,
-                          sampled_drafts=2, sampled_programs=4, **options))
+    build(
+        DataBuildConfig(
+            input=str(source),
+            output_dir=str(out),
+            corrupted_drafts=1,
+            sample_model=model_dir,
+            sampled_drafts=2,
+            sampled_programs=4,
+            **options,
+        )
+    )
     return out
 
 
@@ -207,7 +244,8 @@ def test_sampled_programs_are_labelled_by_execution(tmp_path, tiny_model_dir, sc
 
     # every prompt: SFT on the annotation program and on the sampled correct one, never on the others
     assert sorted((row["meta"]["source"], program_of(row["completion"]) == correct) for row in sft) == sorted(
-        [("annotations", False), ("sampled", True)] * 4)
+        [("annotations", False), ("sampled", True)] * 4
+    )
     for row in dpo:
         meta = row["meta"]
         assert ran_to_gold(row["chosen"], meta["gold"]), meta["id"]
@@ -229,13 +267,13 @@ def test_sampled_programs_are_labelled_by_execution(tmp_path, tiny_model_dir, sc
     assert scripted_generation == [(1, 2), (4, 4)]
 
 
-def test_dpo_pairs_per_prompt_are_capped_the_same_way_for_the_same_seed(tmp_path, tiny_model_dir,
-                                                                        scripted_generation):
+def test_dpo_pairs_per_prompt_are_capped_the_same_way_for_the_same_seed(tmp_path, tiny_model_dir, scripted_generation):
     full = read_jsonl(build_natalia(tmp_path / "full", tiny_model_dir, max_pairs_per_prompt=100) / "dpo.jsonl")
     capped_dir = build_natalia(tmp_path / "capped", tiny_model_dir, max_pairs_per_prompt=2)
     capped = read_jsonl(capped_dir / "dpo.jsonl")
-    per_prompt = {meta_id: sum(row["meta"]["id"] == meta_id for row in capped)
-                  for meta_id in {row["meta"]["id"] for row in full}}
+    per_prompt = {
+        meta_id: sum(row["meta"]["id"] == meta_id for row in capped) for meta_id in {row["meta"]["id"] for row in full}
+    }
     assert set(per_prompt.values()) == {2}  # each prompt has 2 correct x 4 wrong programs, capped to 2
     assert all(row in full for row in capped)
     report = json.loads((capped_dir / "report.json").read_text())
@@ -246,8 +284,20 @@ def test_dpo_pairs_per_prompt_are_capped_the_same_way_for_the_same_seed(tmp_path
 
 def test_cli_samples_from_a_real_model_and_the_counts_add_up(tmp_path, tiny_model_dir, capsys):
     out = tmp_path / "out"
-    args = ["data", "build", "--input", str(TRAIN), "--limit", "2", "--output-dir", str(out),
-            "--sampled-programs", "2", "--max-new-tokens", "6"]
+    args = [
+        "data",
+        "build",
+        "--input",
+        str(TRAIN),
+        "--limit",
+        "2",
+        "--output-dir",
+        str(out),
+        "--sampled-programs",
+        "2",
+        "--max-new-tokens",
+        "6",
+    ]
     assert cli_main([*args, "--sample-model", tiny_model_dir]) == 0
     report = json.loads((out / "report.json").read_text())
     sft, dpo = read_jsonl(out / "sft.jsonl"), read_jsonl(out / "dpo.jsonl")

@@ -10,7 +10,7 @@ import pytest
 
 from cap_app.answers import answers_equal, extract_draft_answer
 from cap_app.cli import main as cli_main
-from cap_app.data.faithful import computations, faithful_program, python_arithmetic
+from cap_app.data.faithful import computations, faithful_program
 from cap_app.data.faithful_build import FaithfulBuildConfig, build_faithful, copying_program, parse_kinds
 from cap_app.data.variants import plain_draft, slip_draft, write_variants
 from cap_app.sandbox import run_program
@@ -18,12 +18,16 @@ from cap_app.sandbox import run_program
 ROOT = Path(__file__).resolve().parents[2]
 DEV = ROOT / "data" / "gsm8k" / "model_drafts_dev.jsonl"
 
-JANET = ("Janet sells 16 - 3 - 4 = <<16-3-4=9>>9 duck eggs a day.\n"
-         "She makes 9 * 2 = $<<9*2=18>>18 every day at the farmer’s market.\nA: 18")
+JANET = (
+    "Janet sells 16 - 3 - 4 = <<16-3-4=9>>9 duck eggs a day.\n"
+    "She makes 9 * 2 = $<<9*2=18>>18 every day at the farmer’s market.\nA: 18"
+)
 # real GPT-3 draft (dev item 0, 175b_verification): three steps, the last uses the first two's results
-JANET_175B = ("Janet eats 3 duck eggs for breakfast and bakes 4 into muffins so 3 + 4 = <<3+4=7>>7 duck eggs are used\n"
-              "Each day Janet's ducks lay 16 eggs and she uses 7, 16 - 7 = <<16-7=9>>9 duck eggs are for sale\n"
-              "She sells her eggs for $2 per egg and has 9 available for sale so 2 * 9 = $<<2*9=18>>18 per day\nA: 18")
+JANET_175B = (
+    "Janet eats 3 duck eggs for breakfast and bakes 4 into muffins so 3 + 4 = <<3+4=7>>7 duck eggs are used\n"
+    "Each day Janet's ducks lay 16 eggs and she uses 7, 16 - 7 = <<16-7=9>>9 duck eggs are for sale\n"
+    "She sells her eggs for $2 per egg and has 9 available for sale so 2 * 9 = $<<2*9=18>>18 per day\nA: 18"
+)
 
 
 def answer_of(program: str) -> str | None:
@@ -33,8 +37,9 @@ def answer_of(program: str) -> str | None:
 
 
 def test_faithful_program_names_steps_and_refers_to_earlier_results():
-    assert faithful_program(JANET) == ("duck_eggs_day = 16 - 3 - 4\nday_farmer_market = duck_eggs_day * 2\n"
-                                       "print(day_farmer_market)\n")
+    assert faithful_program(JANET) == (
+        "duck_eggs_day = 16 - 3 - 4\nday_farmer_market = duck_eggs_day * 2\nprint(day_farmer_market)\n"
+    )
     program = faithful_program(JANET_175B)
     assert program.splitlines()[-2:] == ["per_day = 2 * duck_eggs_sale", "print(per_day)"]
     assert "duck_eggs_sale = 16 - duck_eggs" in program
@@ -46,13 +51,13 @@ def test_plain_prose_equations_become_python_arithmetic():
     steps = computations(draft)
     assert [(s.expression, s.stated) for s in steps] == [("1200 * (2 / 100)", "24"), ("1200 + 24", "1224")]
     assert answers_equal(answer_of(faithful_program(draft)), "1224")
-    assert python_arithmetic("import os") is None and python_arithmetic("9 ** 9 ** 9") is None  # no bombs
     assert faithful_program("I think it is about nine.\nA: 9") is None
 
 
 def test_a_slip_propagates_through_the_draft_and_the_faithful_program_recovers_it():
-    slipped, step = next(filter(None, (slip_draft(JANET_175B, "18", random.Random(seed), step=0)
-                                       for seed in range(20))))
+    slipped, step = next(
+        filter(None, (slip_draft(JANET_175B, "18", random.Random(seed), step=0) for seed in range(20)))
+    )
     assert step == 0
     lines = slipped.splitlines()
     assert lines[0].startswith("Janet eats 3 duck eggs") and "3 + 4 = <<3+4=" in lines[0]
@@ -78,8 +83,9 @@ def test_slips_are_seeded_and_only_of_right_drafts():
 
 
 def test_plain_draft_drops_calculator_annotations_only():
-    assert plain_draft(JANET) == ("Janet sells 16 - 3 - 4 = 9 duck eggs a day.\n"
-                                  "She makes 9 * 2 = $18 every day at the farmer’s market.\nA: 18")
+    assert plain_draft(JANET) == (
+        "Janet sells 16 - 3 - 4 = 9 duck eggs a day.\nShe makes 9 * 2 = $18 every day at the farmer’s market.\nA: 18"
+    )
     assert faithful_program(plain_draft(JANET)) == faithful_program(JANET)
 
 

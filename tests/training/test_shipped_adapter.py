@@ -12,8 +12,15 @@ import pytest
 from cap_app.model import DEFAULT_ADAPTER_DIR
 
 # SmolLM2-135M-Instruct's shape (its config.json), so the check needs no download or GGUF conversion.
-SMOLLM2_135M = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                    num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True)
+SMOLLM2_135M = dict(
+    vocab_size=49152,
+    hidden_size=576,
+    intermediate_size=1536,
+    num_hidden_layers=30,
+    num_attention_heads=9,
+    num_key_value_heads=3,
+    tie_word_embeddings=True,
+)
 
 
 def test_adapter_is_a_small_float16_lora():

@@ -21,8 +21,14 @@ TINY = ["--max_length", "2048", "--warmup_steps", "0", "--disable_tqdm", "true",
 
 
 def meta() -> dict:
-    return {"id": "t-0", "question": QUESTION, "draft": DRAFT, "draft_kind": "wrong_operation",
-            "draft_answer": "5", "gold": "10"}
+    return {
+        "id": "t-0",
+        "question": QUESTION,
+        "draft": DRAFT,
+        "draft_kind": "wrong_operation",
+        "draft_answer": "5",
+        "gold": "10",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -30,24 +36,48 @@ def data(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("rows")
     prompt = build_messages(QUESTION, DRAFT)
     sft = {"prompt": prompt, "completion": [{"role": "assistant", "content": format_completion(RIGHT)}], "meta": meta()}
-    dpo = {"prompt": prompt, "chosen": sft["completion"],
-           "rejected": [{"role": "assistant", "content": format_completion(WRONG)}], "meta": meta()}
+    dpo = {
+        "prompt": prompt,
+        "chosen": sft["completion"],
+        "rejected": [{"role": "assistant", "content": format_completion(WRONG)}],
+        "meta": meta(),
+    }
     (folder / "sft.jsonl").write_text((json.dumps(sft) + "\n") * 2)
     (folder / "dpo.jsonl").write_text((json.dumps(dpo) + "\n") * 2)
     return folder
 
 
 def losses(output_dir: Path, key: str = "loss") -> list[float]:
-    state = json.loads(max(output_dir.glob("checkpoint-*/trainer_state.json"), key=lambda p: p.stat().st_mtime).read_text())
+    state = json.loads(
+        max(output_dir.glob("checkpoint-*/trainer_state.json"), key=lambda p: p.stat().st_mtime).read_text()
+    )
     return [entry[key] for entry in state["log_history"] if key in entry]
 
 
 @pytest.fixture(scope="module")
 def sft_dir(tiny_model_dir, data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("sft")
-    code = cli_main(["train", "sft", "--model", tiny_model_dir, "--data", str(data / "sft.jsonl"),
-                     "--output_dir", str(out), "--max_steps", "6", "--per_device_train_batch_size", "2",
-                     "--learning_rate", "3e-2", "--save_steps", "3", *TINY])
+    code = cli_main(
+        [
+            "train",
+            "sft",
+            "--model",
+            tiny_model_dir,
+            "--data",
+            str(data / "sft.jsonl"),
+            "--output_dir",
+            str(out),
+            "--max_steps",
+            "6",
+            "--per_device_train_batch_size",
+            "2",
+            "--learning_rate",
+            "3e-2",
+            "--save_steps",
+            "3",
+            *TINY,
+        ]
+    )
     assert code == 0
     return out
 
@@ -87,8 +117,10 @@ def test_ship_turns_a_checkpoint_into_a_float16_adapter_folder(sft_dir, tiny_mod
     assert cli_main(["train", "ship", str(sft_dir / "checkpoint-6"), "--to", str(target), "--base", "tiny"]) == 0
     assert (target / "README.md").read_text() == "model card"  # the card is kept
     assert json.loads((target / "adapter_config.json").read_text())["base_model_name_or_path"] == "tiny"
-    shipped, trained = load_file(target / "adapter_model.safetensors"), load_file(sft_dir / "checkpoint-6" /
-                                                                                   "adapter_model.safetensors")
+    shipped, trained = (
+        load_file(target / "adapter_model.safetensors"),
+        load_file(sft_dir / "checkpoint-6" / "adapter_model.safetensors"),
+    )
     assert shipped.keys() == trained.keys() and {t.dtype for t in shipped.values()} == {torch.float16}
     assert load_model(ModelConfig(model=tiny_model_dir, adapter=str(target))).adapter == str(target)
     assert cli_main(["train", "ship", str(tmp_path / "nothing"), "--to", str(target)]) == 2
@@ -96,10 +128,34 @@ def test_ship_turns_a_checkpoint_into_a_float16_adapter_folder(sft_dir, tiny_mod
 
 
 def test_dpo_from_the_sft_adapter_prefers_the_right_program(sft_dir, tiny_model_dir, data, tmp_path):
-    code = cli_main(["train", "dpo", "--model", tiny_model_dir, "--adapter", str(sft_dir / "final"),
-                     "--data", str(data / "dpo.jsonl"), "--output_dir", str(tmp_path), "--max_steps", "4",
-                     "--per_device_train_batch_size", "2", "--learning_rate", "3e-2", "--save_steps", "4",
-                     "--loss_type", "sigmoid+sft", "--loss_weights", "1", "0.5", *TINY])
+    code = cli_main(
+        [
+            "train",
+            "dpo",
+            "--model",
+            tiny_model_dir,
+            "--adapter",
+            str(sft_dir / "final"),
+            "--data",
+            str(data / "dpo.jsonl"),
+            "--output_dir",
+            str(tmp_path),
+            "--max_steps",
+            "4",
+            "--per_device_train_batch_size",
+            "2",
+            "--learning_rate",
+            "3e-2",
+            "--save_steps",
+            "4",
+            "--loss_type",
+            "sigmoid+sft",
+            "--loss_weights",
+            "1",
+            "0.5",
+            *TINY,
+        ]
+    )
     assert code == 0
     curve = losses(tmp_path)
     assert curve[-1] < curve[0]
@@ -111,9 +167,25 @@ def test_dpo_from_the_sft_adapter_prefers_the_right_program(sft_dir, tiny_model_
 
 
 def test_a_stopped_run_resumes_from_its_checkpoint(tiny_model_dir, data, tmp_path, capsys):
-    args = ["train", "sft", "--model", tiny_model_dir, "--data", str(data / "sft.jsonl"), "--output_dir",
-            str(tmp_path), "--max_steps", "3", "--per_device_train_batch_size", "2", "--save_steps", "10",
-            "--lora_layers", "1-1", *TINY]
+    args = [
+        "train",
+        "sft",
+        "--model",
+        tiny_model_dir,
+        "--data",
+        str(data / "sft.jsonl"),
+        "--output_dir",
+        str(tmp_path),
+        "--max_steps",
+        "3",
+        "--per_device_train_batch_size",
+        "2",
+        "--save_steps",
+        "10",
+        "--lora_layers",
+        "1-1",
+        *TINY,
+    ]
     assert cli_main([*args, "--stop_after_minutes", "0.0001"]) == 0
     assert "stopped at step 1 of 3" in capsys.readouterr().out
     assert (tmp_path / "checkpoint-1").is_dir() and not (tmp_path / "final").exists()
@@ -131,9 +203,25 @@ def test_sft_continues_from_a_given_adapter_in_its_own_shape(sft_dir, tiny_model
     from safetensors.torch import load_file
 
     start = load_file(sft_dir / "final" / "adapter_model.safetensors")
-    args = ["train", "sft", "--model", tiny_model_dir, "--data", str(data / "sft.jsonl"), "--output_dir",
-            str(tmp_path), "--max_steps", "2", "--per_device_train_batch_size", "2", "--learning_rate", "1e-2",
-            "--lora_layers", "1-1", *TINY]  # ignored: the given adapter's shape is kept
+    args = [
+        "train",
+        "sft",
+        "--model",
+        tiny_model_dir,
+        "--data",
+        str(data / "sft.jsonl"),
+        "--output_dir",
+        str(tmp_path),
+        "--max_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "2",
+        "--learning_rate",
+        "1e-2",
+        "--lora_layers",
+        "1-1",
+        *TINY,
+    ]  # ignored: the given adapter's shape is kept
     assert cli_main([*args, "--init_adapter", str(sft_dir / "final")]) == 0
     continued = load_file(tmp_path / "final" / "adapter_model.safetensors")
     assert continued.keys() == start.keys()  # both layers, as the adapter it started from
@@ -147,3 +235,19 @@ def test_sft_continues_from_a_given_adapter_in_its_own_shape(sft_dir, tiny_model
 def test_missing_data_is_a_clear_error(tmp_path, capsys):
     assert cli_main(["train", "dpo", "--data", str(tmp_path / "none.jsonl"), "--output_dir", str(tmp_path)]) == 2
     assert "no data file" in capsys.readouterr().err
+
+
+def test_both_stages_get_the_shared_defaults_over_trls():
+    """Set once on the shared base (cap_app/train/config.py): the base must come before trl's class."""
+    from cap_app.train.config import CapDPOConfig, CapSFTConfig
+
+    for config in (CapSFTConfig(output_dir="unused"), CapDPOConfig(output_dir="unused")):
+        assert (
+            config.num_train_epochs,
+            config.lr_scheduler_type,
+            config.max_length,
+            config.activation_checkpointing,
+            config.logging_steps,
+            config.save_steps,
+            config.save_total_limit,
+        ) == (1.0, "constant_with_warmup", 768, False, 1, 10, 2)

@@ -34,16 +34,44 @@ def janet_execution() -> ExecResult:
     return ExecResult("ok", stdout="18\n", answer="18", trace=trace, duration_ms=12.0)
 
 
-def make_result(*, draft=JANET_DRAFT, question=JANET_QUESTION, candidates=None, chosen=0, gold="18",
-                votes=None, refined="18", verdict="disagrees", strategy="greedy") -> RefinementResult:
+def make_result(
+    *,
+    draft=JANET_DRAFT,
+    question=JANET_QUESTION,
+    candidates=None,
+    chosen=0,
+    gold="18",
+    votes=None,
+    refined="18",
+    verdict="disagrees",
+    strategy="greedy",
+) -> RefinementResult:
     if candidates is None:
-        candidates = [Candidate(text="```python\n" + JANET_PROGRAM + "\n```", program=JANET_PROGRAM,
-                                execution=janet_execution(), answer="18", tokens=40)]
+        candidates = [
+            Candidate(
+                text="```python\n" + JANET_PROGRAM + "\n```",
+                program=JANET_PROGRAM,
+                execution=janet_execution(),
+                answer="18",
+                tokens=40,
+            )
+        ]
     return RefinementResult(
-        question=question, draft=draft, draft_answer="26", strategy=strategy, candidates=candidates,
-        chosen=chosen, refined_answer=refined, votes={"18": 1} if votes is None else votes, verdict=verdict,
-        gold=gold, draft_correct=False if gold else None, refined_correct=(refined == gold) if gold else None,
-        timings_ms={"prompt": 4.0, "generate": 1500.0, "execute": 12.0}, generated_tokens=40, model="test",
+        question=question,
+        draft=draft,
+        draft_answer="26",
+        strategy=strategy,
+        candidates=candidates,
+        chosen=chosen,
+        refined_answer=refined,
+        votes={"18": 1} if votes is None else votes,
+        verdict=verdict,
+        gold=gold,
+        draft_correct=False if gold else None,
+        refined_correct=(refined == gold) if gold else None,
+        timings_ms={"prompt": 4.0, "generate": 1500.0, "execute": 12.0},
+        generated_tokens=40,
+        model="test",
     )
 
 

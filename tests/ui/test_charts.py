@@ -1,11 +1,20 @@
-"""Plotly figures: vote bars coloured by agreement with draft and gold, stage times, candidates."""
+"""Plotly figures: vote bars coloured by agreement with draft and gold, stage times, candidates, labels."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections import Counter
 
-from cap_app.charts import CATEGORIES, NO_ANSWER, candidates_figure, stage_times_figure, votes_figure
+from cap_app.charts import (
+    CATEGORIES,
+    NO_ANSWER,
+    candidates_figure,
+    label_counts_figure,
+    stage_times_figure,
+    votes_figure,
+)
+from cap_app.export import ExportSummary
 from cap_app.results import Candidate
 from cap_app.sandbox.result import ExecResult
 
@@ -15,8 +24,14 @@ def _vote_result(janet_result, *, gold="18"):
         return Candidate("", "print(1)", ExecResult(status, answer=answer, duration_ms=5.0), answer, tokens=10)
 
     candidates = [cand("18"), cand("18"), cand("26"), cand("<b>x</b>"), cand(None, "error")]
-    return dataclasses.replace(janet_result, strategy="vote", candidates=candidates, chosen=0,
-                               votes={"18": 2, "26": 1, "<b>x</b>": 1}, gold=gold)
+    return dataclasses.replace(
+        janet_result,
+        strategy="vote",
+        candidates=candidates,
+        chosen=0,
+        votes={"18": 2, "26": 1, "<b>x</b>": 1},
+        gold=gold,
+    )
 
 
 def _bars(fig):
@@ -63,3 +78,22 @@ def test_candidates_figure_labels_apart_programs_apart_and_unclipped(janet_resul
     fig = candidates_figure(result)
     assert list(fig.data[0].text) == ["#1, #4", "#2", "#3"]
     assert all(trace.cliponaxis is False for trace in fig.data) and fig.layout.yaxis.range[1] > 50
+
+
+def test_label_counts_are_grouped_per_annotator_with_names_made_inert():
+    counts = {"ann": Counter(yes=2, no=1), "<a href=x>eve</a>": Counter(unsure=1)}
+    summary = ExportSummary(
+        judgements=4,
+        annotators=sorted(counts),
+        labeled_programs=0,
+        conflicts=0,
+        without_program=0,
+        agreements=[],
+        label_counts=counts,
+    )
+    fig = label_counts_figure(summary)
+    assert [(t.name, list(t.x), list(t.y)) for t in fig.data] == [
+        ("&lt;a href=x&gt;eve&lt;/a&gt;", ["yes", "no", "unsure"], [0, 0, 1]),
+        ("ann", ["yes", "no", "unsure"], [2, 1, 0]),
+    ]
+    assert fig.layout.barmode == "group"

@@ -27,24 +27,31 @@ def tiny_choice(tiny_model_dir, monkeypatch) -> str:
 
 def run(question, draft, gold="", model=None, request=None, **settings):
     frames = handlers.refine_page(question, draft, gold, model, **{**SETTINGS, **settings}, request=request)
-    return [dict(zip(handlers.OUTPUTS, frame)) for frame in frames]
+    return [dict(zip(handlers.OUTPUTS, frame, strict=True)) for frame in frames]
 
 
 def test_examples_are_real_gsm8k_cases_from_all_four_draft_models():
     examples = load_examples()
     assert len(examples) >= 12
-    assert {e.draft_model for e in examples} == {"6b_finetuning", "6b_verification", "175b_finetuning",
-                                                 "175b_verification"}
+    assert {e.draft_model for e in examples} == {
+        "6b_finetuning",
+        "6b_verification",
+        "175b_finetuning",
+        "175b_verification",
+    }
     assert {e.draft_correct for e in examples} == {True, False}
     assert examples[0].question == JANET_QUESTION and examples[0].draft == JANET_DRAFT
 
 
-@pytest.mark.parametrize("question, draft, gold, expected", [
-    ("", "A: 1", "", "question"),
-    ("What is 1 + 1?", "x" * 100_000, "", "draft"),
-    ("\x00\x01\x02\xff\x7f binary", "\x00\x00\x00", "", "control characters"),
-    ("What is 1 + 1?", "A: 2", "2" * 10_000, "gold"),
-])
+@pytest.mark.parametrize(
+    "question, draft, gold, expected",
+    [
+        ("", "A: 1", "", "question"),
+        ("What is 1 + 1?", "x" * 100_000, "", "draft"),
+        ("\x00\x01\x02\xff\x7f binary", "\x00\x00\x00", "", "control characters"),
+        ("What is 1 + 1?", "A: 2", "2" * 10_000, "gold"),
+    ],
+)
 def test_bad_input_gets_a_message_not_a_traceback(tiny_choice, question, draft, gold, expected):
     (frame,) = run(question, draft, gold, model=tiny_choice)
     assert "Cannot refine:" in frame["verdict"] and expected in frame["verdict"].lower()
@@ -55,7 +62,13 @@ def test_a_refused_input_clears_the_previous_results(tiny_choice):
     (frame,) = run(JANET_QUESTION, JANET_DRAFT + "\x07", model=tiny_choice)
     assert "control characters" in frame["verdict"]
     assert {name: frame[name] for name in ("code", "side_by_side", "trace", "stdout", "votes", "times")} == {
-        "code": "", "side_by_side": "", "trace": [], "stdout": "", "votes": None, "times": None}
+        "code": "",
+        "side_by_side": "",
+        "trace": [],
+        "stdout": "",
+        "votes": None,
+        "times": None,
+    }
     assert frame["candidates"] == gr.update(value=None, visible=False)
 
 
@@ -67,9 +80,35 @@ def test_a_long_draft_is_refused_with_the_limit_not_cut_in_the_browser(tiny_choi
     refusal = f"the draft is too long ({MAX_DRAFT_CHARS + 1:,} characters; the limit is {MAX_DRAFT_CHARS:,})"
     assert refusal in frame["verdict"]
     boxes = {c["props"].get("elem_id"): c["props"] for c in build_demo().get_config_file()["components"]}
-    for box in ("question", "draft", "gold"):  # a browser max_length would cut a paste silently, before the server sees it
+    # a browser max_length would cut a paste silently, before the server sees it
+    for box in ("question", "draft", "gold"):
         assert boxes[box].get("max_length") is None and "characters" in boxes[box]["info"]
     assert f"{MAX_DRAFT_CHARS:,}" in boxes["draft"]["info"]
+
+
+def test_both_tabs_start_at_the_engines_defaults_within_the_web_limits():
+    """One rule for the Refine tab, the Annotate tab and the CLI: RefineConfig's defaults (400 new
+    tokens; the page used to start at 320) within WEB_LIMITS, and RefineConfig's strategies."""
+    from cap_app.refine import STRATEGIES, RefineConfig
+    from cap_app.ui.app import build_demo
+    from cap_app.ui.hosting import WEB_LIMITS
+
+    defaults = handlers.default_settings()
+    assert handlers.refine_config(**defaults) == RefineConfig()  # what `python -m cap_app refine` runs with
+    components = [c["props"] for c in build_demo().get_config_file()["components"]]
+    names = {
+        "N (programs for vote / cot+cap)": "n",
+        "Temperature (vote / cot+cap sampling)": "temperature",
+        "Max new tokens": "max_new_tokens",
+        "Time limit per program run (s)": "time_limit_s",
+    }
+    sliders = [(names[c["label"]], c) for c in components if c.get("label") in names]
+    assert sorted(name for name, _ in sliders) == sorted([*names.values(), "max_new_tokens"])  # and Annotate's
+    for name, slider in sliders:
+        assert (slider["minimum"], slider["maximum"], slider["value"]) == (*WEB_LIMITS[name], defaults[name]), name
+    strategies = [c for c in components if c.get("label") == "Strategy"]
+    assert len(strategies) == 2 and all(c["value"] == RefineConfig().strategy for c in strategies)
+    assert all([value for _, value in c["choices"]] == list(STRATEGIES) for c in strategies)
 
 
 def test_settings_outside_their_range_and_unknown_models_are_refused(tiny_choice):
@@ -105,21 +144,23 @@ def test_prompt_injection_in_the_draft_is_harmless(tiny_choice):
 def test_stop_cancels_the_running_refinement(tiny_choice):
     request = gr.Request(session_hash="stop-test")
     assert handlers.stop_refinement(request) == "Nothing to stop."
-    frames = handlers.refine_page(JANET_QUESTION, JANET_DRAFT, "", tiny_choice, **{**SETTINGS, "max_new_tokens": 1000},
-                                  request=request)
+    frames = handlers.refine_page(
+        JANET_QUESTION, JANET_DRAFT, "", tiny_choice, **{**SETTINGS, "max_new_tokens": 1000}, request=request
+    )
     seen = []
     for frame in frames:
-        seen.append(dict(zip(handlers.OUTPUTS, frame)))
+        seen.append(dict(zip(handlers.OUTPUTS, frame, strict=True)))
         if isinstance(seen[-1]["code"], str) and seen[-1]["code"]:
             assert handlers.stop_refinement(request) == "Stopping…"
             break
-    rest = [dict(zip(handlers.OUTPUTS, frame)) for frame in frames]
+    rest = [dict(zip(handlers.OUTPUTS, frame, strict=True)) for frame in frames]
     assert rest and rest[-1]["status"].startswith("Stopped")
 
 
 def test_vote_streams_every_program_and_shows_the_programs_chart(tiny_choice):
-    frames = run(JANET_QUESTION, JANET_DRAFT, model=tiny_choice, strategy="vote", n=2, temperature=1.0,
-                 max_new_tokens=16)
+    frames = run(
+        JANET_QUESTION, JANET_DRAFT, model=tiny_choice, strategy="vote", n=2, temperature=1.0, max_new_tokens=16
+    )
     assert any(isinstance(f["code"], str) and "# ---- program 2 ----" in f["code"] for f in frames)
     final = frames[-1]
     assert final["candidates"]["visible"] is True and isinstance(final["candidates"]["value"], go.Figure)
@@ -129,7 +170,8 @@ def test_vote_streams_every_program_and_shows_the_programs_chart(tiny_choice):
 def test_a_reply_without_a_program_is_shown_as_comments():
     assert handlers.shown_program("print(1)", "```python\nprint(1)\n```") == "print(1)"
     assert handlers.shown_program("", "I think 5\n<junk>") == (
-        "# No Python program found in the model's reply:\n# I think 5\n# <junk>")
+        "# No Python program found in the model's reply:\n# I think 5\n# <junk>"
+    )
 
 
 def test_an_engine_failure_becomes_a_message_and_frees_the_stop_slot(tiny_choice, monkeypatch):
@@ -149,20 +191,30 @@ def test_an_engine_failure_becomes_a_message_and_frees_the_stop_slot(tiny_choice
 
 def test_the_page_streams_the_offline_model_through_llama_cpp(monkeypatch, cap_cache_dir):
     monkeypatch.delenv("CAP_MODEL", raising=False)
-    frames = run(JANET_QUESTION, JANET_DRAFT, gold="18", model="default", backend_choice="llama.cpp",
-                 **{**SETTINGS, "max_new_tokens": 200})
+    frames = run(
+        JANET_QUESTION,
+        JANET_DRAFT,
+        gold="18",
+        model="default",
+        backend_choice="llama.cpp",
+        **{**SETTINGS, "max_new_tokens": 200},
+    )
     streamed = [f["code"] for f in frames[:-1] if isinstance(f["code"], str) and f["code"]]
     assert len(streamed) > 2 and streamed[1].startswith("```python\n")  # the reply grows in the code view...
     assert "```" not in streamed[-1] and "print(" in streamed[-1]  # ...then the program pulled out of it
-    assert any(f["status"].startswith("Writing a program with SmolLM2-135M-Instruct + smollm2-cap…")
-               for f in frames if isinstance(f["status"], str))
+    assert any(
+        f["status"].startswith("Writing a program with SmolLM2-135M-Instruct + smollm2-cap…")
+        for f in frames
+        if isinstance(f["status"], str)
+    )
     assert frames[-1]["status"] == "Done." and "Gold answer 18" in frames[-1]["verdict"]
 
 
 def test_backends_are_the_offered_ones_and_the_server_is_the_operators(tiny_choice, monkeypatch):
     monkeypatch.delenv("CAP_BASE_URL", raising=False)
     (frame,) = run("What is 1 + 1?", "A: 2", model=tiny_choice, backend_choice="openai")
-    assert "Cannot refine: unknown backend &#x27;openai&#x27;; this server offers: auto, transformers, llama.cpp" in frame["verdict"]
+    offered = "this server offers: auto, transformers, llama.cpp"
+    assert f"Cannot refine: unknown backend &#x27;openai&#x27;; {offered}" in frame["verdict"]
     monkeypatch.setenv("CAP_BASE_URL", "http://127.0.0.1:9/v1")
     assert handlers.backend_config("openai").base_url == "http://127.0.0.1:9/v1"
     assert handlers.backend_config("llama.cpp").base_url is None

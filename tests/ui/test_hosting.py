@@ -7,13 +7,13 @@ import sys
 from cap_app.ui import hosting
 
 # stands in for Hugging Face's `spaces` package, which only works on a ZeroGPU Space
-FAKE_SPACES = '''
+FAKE_SPACES = """
 def GPU(duration=60):
     def wrap(fn):
         fn.zero_gpu_duration = duration
         return fn
     return wrap
-'''
+"""
 
 
 def generate():
@@ -70,4 +70,6 @@ def test_zero_gpu_wraps_only_the_engine_generation_functions(monkeypatch, tmp_pa
     monkeypatch.setenv("SPACES_ZERO_GPU", "true")
     assert hosting.wrap_generation_for_zero_gpu() is True
     assert hosting.wrap_generation_for_zero_gpu() is True  # idempotent
-    assert generate.generate_stream.zero_gpu_duration == generate.generate_batch.zero_gpu_duration == hosting.GPU_SECONDS
+    assert (
+        generate.generate_stream.zero_gpu_duration == generate.generate_batch.zero_gpu_duration == hosting.GPU_SECONDS
+    )

@@ -40,10 +40,16 @@ def app_url(tiny_model_dir, tmp_path_factory):
     port = _free_port()
     model = os.environ.get("CAP_UI_TEST_MODEL") or tiny_model_dir
     log_path = tmp_path_factory.mktemp("app") / "app.log"
-    env = {**os.environ, "CAP_MODEL": model, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
-           "CAP_QUEUE_SIZE": str(QUEUE_SIZE), "CAP_CONCURRENCY": "1",
-           "GRADIO_TEMP_DIR": str(tmp_path_factory.mktemp("gradio-tmp")),
-           "CAP_DB_PATH": str(tmp_path_factory.mktemp("db") / "annotations.db")}
+    env = {
+        **os.environ,
+        "CAP_MODEL": model,
+        "GRADIO_SERVER_NAME": "127.0.0.1",
+        "GRADIO_SERVER_PORT": str(port),
+        "CAP_QUEUE_SIZE": str(QUEUE_SIZE),
+        "CAP_CONCURRENCY": "1",
+        "GRADIO_TEMP_DIR": str(tmp_path_factory.mktemp("gradio-tmp")),
+        "CAP_DB_PATH": str(tmp_path_factory.mktemp("db") / "annotations.db"),
+    }
     if model == "default":  # the offline default model: no CAP_MODEL at all
         del env["CAP_MODEL"]
     with open(log_path, "w") as log:
@@ -70,8 +76,17 @@ def app_url(tiny_model_dir, tmp_path_factory):
 
 
 def _refine_args(model: str, **overrides):
-    args = dict(question=JANET_QUESTION, draft=JANET_DRAFT, gold="18", model_choice=model, strategy="greedy",
-                n=1, temperature=0.0, max_new_tokens=24, time_limit_s=5)
+    args = dict(
+        question=JANET_QUESTION,
+        draft=JANET_DRAFT,
+        gold="18",
+        model_choice=model,
+        strategy="greedy",
+        n=1,
+        temperature=0.0,
+        max_new_tokens=24,
+        time_limit_s=5,
+    )
     return {**args, **overrides}
 
 
@@ -81,7 +96,8 @@ def test_api_refines_and_returns_every_view(app_url):
     client = Client(app_url, verbose=False)
     served = _served_model(client)  # the model dropdown offers the served model, nothing else
     status, code, verdict, side_by_side, trace, stdout, votes, times, _ = client.predict(
-        **_refine_args(served), api_name="/refine")
+        **_refine_args(served), api_name="/refine"
+    )
     assert status == "Done."
     assert 'class="cap-verdict"' in verdict and "Gold answer 18" in verdict
     assert "16 - 3 = 13 ✓" in side_by_side

@@ -1,4 +1,4 @@
-"""Loading batches: GSM8K drafts, CSV, precomputed refinements, and every kind of bad file."""
+"""Loading item files: GSM8K drafts, CSV, precomputed refinements, and every kind of bad file."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from cap_app.batches import MAX_LINE_BYTES, BatchError, allowed_batch_path, load_batch
+from cap_app.item_files import MAX_LINE_BYTES, BatchError, allowed_batch_path, load_batch
+from cap_app.refine import MAX_DRAFT_CHARS
 from tests.annotator.conftest import DRAFTS_DEV, QUESTION, RIGHT_PROGRAM, WRONG_PROGRAM, write_jsonl
 
 
@@ -40,8 +41,9 @@ def test_refine_output_lines_load_as_items_with_their_refinements(store, refinem
 
 def test_csv_with_draft_and_gold_columns(store, tmp_path):
     path = tmp_path / "batch.csv"
-    path.write_text('question,draft,gold\n"What is 2+2?","2+2=4\nA: 4",4\nWhat is 3*3?,3*3=9,#### 9\n',
-                    encoding="utf-8")
+    path.write_text(
+        'question,draft,gold\n"What is 2+2?","2+2=4\nA: 4",4\nWhat is 3*3?,3*3=9,#### 9\n', encoding="utf-8"
+    )
     report = load_batch(store, path)
     assert report.batch.item_count == 2 and report.batch.error_count == 0
     first, second = store.item_at(report.batch.id, 0), store.item_at(report.batch.id, 1)
@@ -53,15 +55,15 @@ def test_malformed_jsonl_rows_are_reported_with_line_numbers_and_the_rest_loads(
     path = tmp_path / "mixed.jsonl"
     good = {"question": "What is 2+2?", "draft": "2+2=4"}
     lines = [
-        json.dumps(good).encode(),                                      # 1 ok
-        b'{"question": "broken", "draft": ',                           # 2 bad JSON
-        json.dumps({"draft": "no question"}).encode(),                 # 3 missing question
+        json.dumps(good).encode(),  # 1 ok
+        b'{"question": "broken", "draft": ',  # 2 bad JSON
+        json.dumps({"draft": "no question"}).encode(),  # 3 missing question
         json.dumps({"question": "q", "6b_finetuning": {"solution": "s"}}).encode(),  # 4 no 'draft'
-        b"",                                                           # 5 blank: skipped silently
-        b"\xff\xfe\x00junk\x81",                                       # 6 binary junk
-        json.dumps([1, 2]).encode(),                                   # 7 not an object
+        b"",  # 5 blank: skipped silently
+        b"\xff\xfe\x00junk\x81",  # 6 binary junk
+        json.dumps([1, 2]).encode(),  # 7 not an object
         json.dumps({"question": "q", "draft": "d", "candidates": "nope"}).encode(),  # 8 broken refinement
-        json.dumps({**good, "question": "What is 3+3?"}).encode(),     # 9 ok
+        json.dumps({**good, "question": "What is 3+3?"}).encode(),  # 9 ok
     ]
     path.write_bytes(b"\n".join(lines) + b"\n")
     report = load_batch(store, path)
@@ -70,7 +72,7 @@ def test_malformed_jsonl_rows_are_reported_with_line_numbers_and_the_rest_loads(
     assert sorted(errors) == [2, 3, 4, 6, 7, 8]
     assert errors[2].startswith("not valid JSON")
     assert errors[3] == "missing 'question'"
-    assert "choose the draft key" in errors[4] and "6b_finetuning" in errors[4]
+    assert errors[4] == "missing 'draft' (drafts in this record: 6b_finetuning; choose one as the draft key)"
     assert errors[6] == "not UTF-8 text"
     assert errors[7] == "expected a JSON object, found list"
     assert errors[8].startswith("not a refinement result")
@@ -100,8 +102,34 @@ def test_csv_rows_with_wrong_field_counts_or_junk_are_reported(store, tmp_path):
     path.write_bytes(b"question,draft\nq1,d1\nq2,d2,extra\nq3\n\xc3\x28,bad utf8\nq4,\nq5,d5\n")
     report = load_batch(store, path)
     assert report.batch.item_count == 2
-    assert report.batch.errors == [(3, "expected 2 fields, found 3"), (4, "expected 2 fields, found 1"),
-                                   (5, "not UTF-8 text"), (6, "empty draft 'draft'")]
+    assert report.batch.errors == [
+        (3, "expected 2 fields, found 3"),
+        (4, "expected 2 fields, found 1"),
+        (5, "not UTF-8 text"),
+        (6, "empty draft 'draft'"),
+    ]
+
+
+def test_rows_are_read_as_the_engine_reads_them(store, tmp_path):
+    """The annotator refines what it loads, so a row the engine would refuse is refused at load (the
+    loader's own limit was 20,000 characters); a blank draft is refused too: nothing to judge."""
+    path = write_jsonl(
+        tmp_path / "rows.jsonl",
+        [
+            {"question": "q", "draft": "x" * (MAX_DRAFT_CHARS + 1)},
+            {"question": "q", "draft": "d\x1b[31m"},
+            {"question": "q", "draft": "   "},
+            {"question": " What is 3 + 4? ", "draft": " 3 + 4 = 7 ", "gold": "", "answer": "#### 7"},
+        ],
+    )
+    report = load_batch(store, path)
+    assert report.batch.errors == [
+        (1, "the draft is too long (8,001 characters; the limit is 8,000)"),
+        (2, "the draft contains control characters; paste plain text"),
+        (3, "empty draft 'draft'"),
+    ]
+    item = store.item_at(report.batch.id, 0)
+    assert (item.question, item.draft, item.gold, item.line) == ("What is 3 + 4?", "3 + 4 = 7", "7", 4)
 
 
 def test_a_binary_file_is_refused_whole(store, tmp_path):
@@ -113,7 +141,7 @@ def test_a_binary_file_is_refused_whole(store, tmp_path):
 
 def test_a_file_with_no_valid_row_is_refused_and_nothing_is_stored(store, tmp_path):
     path = write_jsonl(tmp_path / "none.jsonl", [{"question": "q"}])
-    with pytest.raises(BatchError, match=r"no valid rows \(1 malformed; line 1: missing draft 'draft'\)"):
+    with pytest.raises(BatchError, match=r"no valid rows \(1 malformed; line 1: missing 'draft'\)"):
         load_batch(store, path)
     assert store.list_batches() == []
 
@@ -121,7 +149,8 @@ def test_a_file_with_no_valid_row_is_refused_and_nothing_is_stored(store, tmp_pa
 def test_the_report_shows_an_uploaded_file_name_as_plain_text(store, tmp_path):
     path = write_jsonl(tmp_path / "[x](javascript:alert(1))<img>.jsonl", [{"question": "q", "draft": "d"}])
     assert load_batch(store, path).summary() == (
-        "**\\[x\\]\\(javascript:alert\\(1\\)\\)\\<img\\>\\.jsonl**: 1 item loaded.")
+        "**\\[x\\]\\(javascript:alert\\(1\\)\\)\\<img\\>\\.jsonl**: 1 item loaded."
+    )
 
 
 def test_unknown_draft_key_and_unreadable_file(store, tmp_path):

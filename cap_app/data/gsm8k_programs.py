@@ -5,8 +5,8 @@ expressions refer to earlier steps and to the question's quantities by *name*, s
 reads like a worked solution (`clips_in_may = friends / 2`) instead of a calculator tape, and
 so a corruption of one step propagates to every step that uses it (see corrupt.py).
 
-Only arithmetic ASTs are ever evaluated here (numbers, names, + - * /, parentheses); the
-programs themselves are verified in the sandbox by build.py.
+Only arithmetic ASTs are ever evaluated here (cap_app.arithmetic; a step holds numbers, names,
++ - * / and parentheses); the programs themselves are verified in the sandbox by build.py.
 """
 
 from __future__ import annotations
@@ -16,12 +16,11 @@ import builtins
 import dataclasses
 import keyword
 import math
-import operator
 import re
 
-ANNOTATION = re.compile(r"<<([^=<>]*)=([^<>]*)>>")
+from cap_app.arithmetic import ANNOTATION, NUMBER, evaluate, format_number, parse_number
+
 FINAL_ANSWER = re.compile(r"\n?####\s*(.+?)\s*$")
-NUMBER = re.compile(r"(?<![\w.])\d[\d,]*(?:\.\d+)?")
 WORD = re.compile(r"[A-Za-z][A-Za-z']*")
 # The prose form of a computation right before its annotation, e.g. "0.2 x 50 = $".
 SHOWN_EXPRESSION = re.compile(r"(?:[\d.,$()]+\s*[-+*/x×÷]\s*)+[\d.,$()]+\s*=\s*(\$?)\s*$")
@@ -31,7 +30,7 @@ STOPWORDS = frozenset(
     "then than with by from as each every all which who what how many much will would can could "
     "more less if when after before into out up about also only just total".split()
 )
-_OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+_STEP_OPERATORS = (ast.Add, ast.Sub, ast.Mult, ast.Div)  # the arithmetic a step may do (and a corruption swap)
 
 
 class UnsupportedSolution(ValueError):
@@ -77,36 +76,6 @@ class Solution:
         return env
 
 
-def format_number(value: float) -> str:
-    """How a number is written in prose and programs: 24.0 -> '24', 1/3 -> '0.33'."""
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, int):
-        return str(value)
-    return f"{value:.2f}".rstrip("0").rstrip(".")
-
-
-def parse_number(text: str) -> float:
-    value = float(text.replace(",", "").replace("$", "").strip())
-    return int(value) if value.is_integer() else value
-
-
-def evaluate(expr: ast.expr, env: dict[str, float]) -> float:
-    """Evaluate an arithmetic AST over `env`; anything but numbers, names and + - * / is refused."""
-    if isinstance(expr, ast.Constant) and isinstance(expr.value, (int, float)):
-        return expr.value
-    if isinstance(expr, ast.Name):
-        return env[expr.id]
-    if isinstance(expr, ast.UnaryOp) and isinstance(expr.op, ast.USub):
-        return -evaluate(expr.operand, env)
-    if isinstance(expr, ast.BinOp) and type(expr.op) in _OPERATORS:
-        value = _OPERATORS[type(expr.op)](evaluate(expr.left, env), evaluate(expr.right, env))
-        if not math.isfinite(value):
-            raise ArithmeticError("not finite")
-        return value
-    raise UnsupportedSolution(f"unsupported expression: {ast.dump(expr)}")
-
-
 def render(expr: ast.expr, env: dict[str, float], *, compact: bool = False) -> str:
     """The expression with names replaced by their values, as a draft would show it."""
 
@@ -133,13 +102,14 @@ def parse_solution(question: str, answer: str) -> Solution:
         for match in ANNOTATION.finditer(line):
             try:
                 tree = ast.parse(match.group(1).strip(), mode="eval").body
-                annotated = parse_number(match.group(2))
-            except (SyntaxError, ValueError) as exc:
-                raise UnsupportedSolution(f"bad annotation {match.group(0)!r}") from exc
+            except (SyntaxError, ValueError):
+                tree = None
+            annotated = parse_number(match.group(2))
+            if tree is None or annotated is None:
+                raise UnsupportedSolution(f"bad annotation {match.group(0)!r}")
             expr = _name_leaves(tree, results, question_numbers, quantities, taken)
-            start, dollar = _shown_start(line, match.start())
-            end = match.end() + _result_length(line[match.end():])
-            name = _unique(_step_name(line, start, end), taken)
+            start, end, dollar = annotation_span(line, match)
+            name = unique_name(step_name(line, start, end), taken)
             steps.append(Step(name, expr, line_no, start, end, dollar))
             results.append((annotated, name))
     if not steps:
@@ -157,10 +127,11 @@ def _names_used(steps: list[Step]) -> set[str]:
 
 
 def _question_numbers(question: str) -> list[tuple[float, str]]:
-    """(value, proposed name) for every number in the question, named by the words after it."""
+    """(value, proposed name) for every number in the question, named by the words after it up to the
+    next punctuation, else by the words before it."""
     found = []
     for match in NUMBER.finditer(question):
-        words = _leading_phrase(re.split(r"[.,;:?!\d$]", question[match.end():], maxsplit=1)[0])
+        words = _leading_phrase(re.split(r"[.,;:?!\d$]", question[match.end() :], maxsplit=1)[0])
         if not words:  # "costs $100." -> named by the words before it
             words = _content_words(re.split(r"[.,;:?!\d$]", question[: match.start()])[-1])[-2:]
         found.append((parse_number(match.group(0)), "_".join(words)))
@@ -182,7 +153,7 @@ def _name_leaves(tree, results, question_numbers, quantities, taken) -> ast.expr
                     return ast.Name(id=name, ctx=ast.Load())
             for value, proposed in question_numbers:
                 if math.isclose(value, node.value) and proposed:
-                    name = _unique(proposed, taken)
+                    name = unique_name(proposed, taken)
                     quantities[name] = value
                     return ast.Name(id=name, ctx=ast.Load())
             return node
@@ -190,11 +161,18 @@ def _name_leaves(tree, results, question_numbers, quantities, taken) -> ast.expr
     for node in ast.walk(tree):
         if not isinstance(node, (ast.BinOp, ast.UnaryOp, ast.Constant, ast.operator, ast.unaryop)):
             raise UnsupportedSolution(f"unsupported syntax: {type(node).__name__}")
-        if isinstance(node, ast.BinOp) and type(node.op) not in _OPERATORS:
+        if isinstance(node, ast.BinOp) and not isinstance(node.op, _STEP_OPERATORS):
             raise UnsupportedSolution("unsupported operator")
         if isinstance(node, ast.UnaryOp) and not isinstance(node.op, ast.USub):
             raise UnsupportedSolution("unsupported unary operator")
     return Namer().visit(tree)
+
+
+def annotation_span(line: str, match: re.Match) -> tuple[int, int, str]:
+    """Where a calculator annotation's computation sits in its prose line, from the shown expression
+    ("48/2 = $") through the result GSM8K repeats after the annotation (`>>24`), and its currency sign."""
+    start, dollar = _shown_start(line, match.start())
+    return start, match.end() + _result_length(line[match.end() :]), dollar
 
 
 def _shown_start(line: str, annotation_start: int) -> tuple[int, str]:
@@ -208,11 +186,11 @@ def _shown_start(line: str, annotation_start: int) -> tuple[int, str]:
 
 def _result_length(after: str) -> int:
     """Length of the result number GSM8K repeats right after the annotation (`>>24 clips`)."""
-    match = re.match(r"[\d,]*\.?\d+", after)
+    match = NUMBER.match(after)
     return match.end() if match else 0
 
 
-def _step_name(line: str, start: int, end: int) -> str:
+def step_name(line: str, start: int, end: int) -> str:
     """Name a step after the words that follow its result, else the words before it."""
     after = _content_words(re.split(r"[.,;:?!=\d$]", line[end:], maxsplit=1)[0])[:3]
     if after:
@@ -245,7 +223,7 @@ def _content_words(text: str) -> list[str]:
     return words
 
 
-def _unique(name: str, taken: set[str]) -> str:
+def unique_name(name: str, taken: set[str]) -> str:
     """A valid, unused Python identifier (never a keyword or builtin)."""
     name = re.sub(r"\W", "_", name.lower()).strip("_") or "value"
     if name[0].isdigit() or keyword.iskeyword(name) or hasattr(builtins, name):

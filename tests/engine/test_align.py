@@ -1,28 +1,22 @@
-"""Draft/program alignment, arithmetic checks, dropped quantities, diffs and the escaped HTML view."""
+"""Draft/program alignment, arithmetic checks, dropped quantities and diffs."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
 from cap_app.align import (
     align_draft_to_program,
-    evaluate_arithmetic,
     line_diff,
-    render_side_by_side,
     split_draft,
     token_diff,
 )
-from cap_app.results import Candidate
 from cap_app.sandbox.result import ExecResult, TraceStep
-from tests.ui.conftest import JANET_DRAFT, JANET_PROGRAM, JANET_QUESTION, janet_execution, make_result
+from tests.ui.conftest import JANET_DRAFT, JANET_PROGRAM, JANET_QUESTION, janet_execution
 
 WRONG_ARITHMETIC_DRAFT = "She eats 3 + 4 = <<3+4=7>>7 meals\nThe ducks lay 16 * 7 = <<16*7=111>>111 eggs\nA: 111"
 REPO = Path(__file__).resolve().parents[2]
 DRAFT_KEYS = ("6b_finetuning", "6b_verification", "175b_finetuning", "175b_verification")
-XSS_DRAFT = 'She has <script>alert("draft")</script> 16 - 3 = 13 eggs\nA: 13'
-XSS_PROGRAM = 'x = 16 - 3\nprint("<img src=x onerror=alert(1)>")'
 
 
 def test_split_draft_removes_annotations_and_rechecks_each_equation():
@@ -70,20 +64,18 @@ def test_real_gpt3_drafts_are_rechecked_and_their_slips_found():
     assert ("200 / 3", "66") in slips and ("5 - 8", "3") in slips  # real GPT-3 arithmetic slips
 
 
-def test_arithmetic_evaluator_refuses_anything_but_arithmetic():
-    assert evaluate_arithmetic("(16 - 3) * 2") == 26
-    assert evaluate_arithmetic("$1,200 / 4") == 300
-    assert evaluate_arithmetic("__import__('os').system('true')") is None
-    assert evaluate_arithmetic("2 ** 100000") is None  # would hang or eat memory
-    assert evaluate_arithmetic("1 / 0") is None
-
-
 def test_janet_alignment_matches_steps_to_lines_and_finds_the_dropped_muffin_eggs():
     alignment = align_draft_to_program(JANET_DRAFT, JANET_PROGRAM, janet_execution(), JANET_QUESTION)
     pairs = [(r.step.index if r.step else None, r.line.number if r.line else None, r.match) for r in alignment.rows]
     # lines 1-3 only name quantities; step 0 (16 - 3) is line 4, step 1 (13 * 2) line 5, "A: 26" the print
-    assert pairs == [(None, 1, None), (None, 2, None), (None, 3, None), (0, 4, "quantities"),
-                     (1, 5, "quantities"), (2, 6, "answer")]
+    assert pairs == [
+        (None, 1, None),
+        (None, 2, None),
+        (None, 3, None),
+        (0, 4, "quantities"),
+        (1, 5, "quantities"),
+        (2, 6, "answer"),
+    ]
     step0 = alignment.rows[3]
     assert step0.line.evaluated == "16 - 3 - 4"
     assert step0.diff() == [("equal", "16 - 3"), ("insert", "- 4")]
@@ -95,32 +87,61 @@ def test_janet_alignment_matches_steps_to_lines_and_finds_the_dropped_muffin_egg
 
 def test_steps_match_lines_by_value_before_quantities():
     program = "a = 3 + 4\nb = 16 * a\nprint(b)"
-    trace = ExecResult("ok", stdout="112\n", answer="112", trace=[
-        TraceStep(1, "a = 3 + 4", {"a": "7"}), TraceStep(2, "b = 16 * a", {"b": "112"}), TraceStep(3, "print(b)", {})])
+    trace = ExecResult(
+        "ok",
+        stdout="112\n",
+        answer="112",
+        trace=[
+            TraceStep(1, "a = 3 + 4", {"a": "7"}),
+            TraceStep(2, "b = 16 * a", {"b": "112"}),
+            TraceStep(3, "print(b)", {}),
+        ],
+    )
     rows = align_draft_to_program(WRONG_ARITHMETIC_DRAFT, program, trace).rows
-    assert [(r.step.index, r.line.number, r.match) for r in rows] == [(0, 1, "value"), (1, 2, "quantities"),
-                                                                       (2, 3, "answer")]
+    assert [(r.step.index, r.line.number, r.match) for r in rows] == [
+        (0, 1, "value"),
+        (1, 2, "quantities"),
+        (2, 3, "answer"),
+    ]
     assert rows[1].diff() == [("equal", "16 * 7")]
 
 
 def test_chinese_drafts_split_at_full_stops_and_match_only_numbers_they_state():
     draft = "小明有8个苹果，吃了2个，8-2=6。又买了5个，6+5=11。\n答案：11"
     program = "apples = 5\neaten = 2\nstart = 8\nleft = start - eaten\ntotal = left + apples\nprint(total)"
-    trace = ExecResult("ok", stdout="11\n", answer="11", trace=[
-        TraceStep(n, line, {line.split(" = ")[0]: value}) for n, (line, value) in enumerate(
-            zip(program.splitlines(), ["5", "2", "8", "6", "11"]), 1)] + [TraceStep(6, "print(total)", {})])
+    trace = ExecResult(
+        "ok",
+        stdout="11\n",
+        answer="11",
+        trace=[
+            TraceStep(n, line, {line.split(" = ")[0]: value})
+            for n, (line, value) in enumerate(zip(program.splitlines(), ["5", "2", "8", "6", "11"], strict=False), 1)
+        ]
+        + [TraceStep(6, "print(total)", {})],
+    )
     steps = split_draft(draft)
     assert [s.numbers for s in steps] == [[8, 2, 8, 2, 6], [5, 6, 5, 11], [11]]  # "有8个": 8 after a Han character
     assert steps[2].is_answer
     rows = align_draft_to_program(draft, program, trace).rows
     assert [(r.step.index if r.step else None, r.line.number, r.match) for r in rows] == [
-        (None, 1, None), (None, 2, None), (None, 3, None), (0, 4, "value"), (1, 5, "value"), (2, 6, "value")]
+        (None, 1, None),
+        (None, 2, None),
+        (None, 3, None),
+        (0, 4, "value"),
+        (1, 5, "value"),
+        (2, 6, "value"),
+    ]
 
 
 def test_loops_report_hits_and_last_values():
     program = "total = 0\nfor i in range(3):\n    total += 2\nprint(total)"
-    trace = ExecResult("ok", stdout="6\n", answer="6", trace=[TraceStep(1, "total = 0", {"total": "0"})]
-                       + [TraceStep(3, "    total += 2", {"total": str(2 * k)}) for k in (1, 2, 3)])
+    trace = ExecResult(
+        "ok",
+        stdout="6\n",
+        answer="6",
+        trace=[TraceStep(1, "total = 0", {"total": "0"})]
+        + [TraceStep(3, "    total += 2", {"total": str(2 * k)}) for k in (1, 2, 3)],
+    )
     lines = {r.line.number: r.line for r in align_draft_to_program("A: 6", program, trace).rows if r.line}
     assert (lines[3].hits, lines[3].values) == (3, {"total": "6"})
 
@@ -128,44 +149,7 @@ def test_loops_report_hits_and_last_values():
 def test_diffs_are_word_and_line_level():
     assert token_diff("13 * 2", "9 * 2") == [("delete", "13"), ("insert", "9"), ("equal", "* 2")]
     assert line_diff("a = 1\nprint(a)", "a = 2\nprint(a)") == [
-        ("delete", "a = 1"), ("insert", "a = 2"), ("equal", "print(a)")]
-
-
-def test_side_by_side_shows_checks_values_and_dropped_quantities(janet_result):
-    page = render_side_by_side(janet_result)
-    assert 'class="cap-sbs"' in page
-    assert "16 - 3 = 13 ✓" in page
-    assert "→ left = 9" in page and "prints 18" in page
-    assert "<ins>- 4</ins>" in page
-    assert "Quantities the program uses that the draft dropped" in page and "<b>4</b>" in page
-
-
-def test_side_by_side_escapes_model_and_user_text():
-    execution = ExecResult("ok", stdout="<img src=x onerror=alert(1)>\n", answer="<img src=x onerror=alert(1)>",
-                           trace=[TraceStep(1, "x = 16 - 3", {"x": "13"}), TraceStep(2, "print(...)", {})])
-    result = make_result(draft=XSS_DRAFT, candidates=[Candidate("", XSS_PROGRAM, execution, execution.answer)],
-                         refined=execution.answer)
-    page = render_side_by_side(result)
-    assert "<script>" not in page and "<img" not in page
-    assert "&lt;script&gt;alert(&quot;draft&quot;)&lt;/script&gt;" in page
-    assert "&lt;img src=x onerror=alert(1)&gt;" in page
-
-
-def test_failed_or_missing_program_still_renders_the_checked_draft(janet_result):
-    failed = ExecResult("error", error="line 2: name 'x' is not defined")
-    result = make_result(candidates=[Candidate("", "y = 1\nprint(x)", failed, None)], chosen=None, refined=None,
-                         votes={}, verdict="no_answer")
-    page = render_side_by_side(result)
-    assert "line 2: name &#x27;x&#x27; is not defined" in page and "16 - 3 = 13 ✓" in page
-    empty = render_side_by_side(make_result(candidates=[], chosen=None, refined=None, votes={}, verdict="no_answer"))
-    assert "No program was generated." in empty and "no program line computes this" in empty
-
-
-def test_other_programs_are_diffed_line_by_line_against_the_chosen(janet_result):
-    other_program = "eggs = 16\nleft = eggs - 3\nprint(left * 2)"
-    other = Candidate("", other_program, ExecResult("ok", stdout="26\n", answer="26"), "26")
-    result = dataclasses.replace(janet_result, candidates=[janet_result.candidates[0], other],
-                                 votes={"18": 1, "26": 1}, strategy="vote")
-    page = render_side_by_side(result)
-    assert "Other programs (1)" in page
-    assert "<ins>+ left = eggs - 3</ins>" in page and "<del>- muffins = 4</del>" in page
+        ("delete", "a = 1"),
+        ("insert", "a = 2"),
+        ("equal", "print(a)"),
+    ]

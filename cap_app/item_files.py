@@ -1,12 +1,13 @@
-"""Load a batch of (question, draft[, gold][, refinements]) items from a JSONL or CSV file.
+"""Item files for the annotators: (question, draft[, gold][, refinements]) rows from JSONL or CSV,
+loaded into the store as a batch (the store's word for a loaded file).
 
 Files are untrusted and may be large: they are read row by row (never whole), every bad row is
-reported with its line number and skipped, and the good rows go straight into the store. The
-row fields are those of data/gsm8k: `question`; the draft as `draft` or under a named draft
-source (`6b_finetuning`, ... holding `{"solution": ...}`); an optional gold answer (`gold`,
-`ground_truth` or `answer`, from which the final answer is extracted). A line written by
-`python -m cap_app refine --input ... --output ...` is a RefinementResult and loads as an item
-with that refinement attached, so a batch can be judged without a model.
+reported with its line number and skipped, and the good rows go straight into the store. A row
+is read as the engine reads a record (refine.item_from_record: `question`; the draft as `draft`
+or under a named draft source such as `6b_finetuning` holding `{"solution": ...}`; an optional
+gold answer under `gold`, `ground_truth` or `answer`), so every loaded item can be refined. A
+line written by `python -m cap_app refine --input ... --output ...` is a RefinementResult and
+loads as an item with that refinement attached, so a batch can be judged without a model.
 """
 
 from __future__ import annotations
@@ -22,15 +23,11 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from cap_app.answers import extract_draft_answer
+from cap_app.refine import DRAFT_KEYS, InputError, RefineItem, item_from_record, validate_inputs
 from cap_app.results import RefinementResult
 from cap_app.store import Batch, NewItem, Store
 
-DRAFT_KEYS = ("draft", "6b_finetuning", "6b_verification", "175b_finetuning", "175b_verification")
-GOLD_KEYS = ("gold", "ground_truth", "answer")  # as the engine reads them
 MAX_LINE_BYTES = 1 << 20  # one row; longer lines are reported, not read into memory
-MAX_FIELD_CHARS = 20_000  # question or draft
-MAX_REPORTED_ERRORS = 200
 _RESULT_FIELDS = {f.name for f in dataclasses.fields(RefinementResult)}
 
 
@@ -91,8 +88,9 @@ def allowed_batch_path(path: str, allowed: list[Path] | None = None) -> Path:
     return resolved
 
 
-def load_batch(store: Store, path: str | os.PathLike, *, draft_key: str = "draft",
-               name: str | None = None) -> LoadReport:
+def load_batch(
+    store: Store, path: str | os.PathLike, *, draft_key: str = "draft", name: str | None = None
+) -> LoadReport:
     """Parse `path` into a new batch in `store`, or return the batch already loaded from the same bytes."""
     if draft_key not in DRAFT_KEYS:
         raise BatchError(f"Unknown draft key {draft_key!r}; choose one of {', '.join(DRAFT_KEYS)}.")
@@ -222,47 +220,27 @@ def _csv_rows(fh, errors: list[tuple[int, str]]) -> Iterator[tuple[int, dict]]:
         if len(record) != len(header):
             errors.append((start, f"expected {len(header)} fields, found {len(record)}"))
             continue
-        yield start, dict(zip(header, record))
+        yield start, dict(zip(header, record, strict=True))
 
 
 def _item(row: dict, draft_key: str, line: int) -> NewItem:
-    """One item from one row: a precomputed RefinementResult, or question + draft (+ gold)."""
-    if "candidates" in row:
-        result = _refinement(row)
-        question, draft, gold = result.question, result.draft, result.gold
-        refinements: tuple[RefinementResult, ...] = (result,)
-    else:
-        question, draft, gold = row.get("question"), _draft(row, draft_key), _gold(row)
-        refinements = ()
-    if not isinstance(question, str) or not question.strip():
-        raise RowError("missing 'question'")
-    for label, text in (("question", question), ("draft", draft)):
-        if len(text) > MAX_FIELD_CHARS:
-            raise RowError(f"{label} is longer than {MAX_FIELD_CHARS} characters")
-    return NewItem(line=line, question=question.strip(), draft=draft.strip(), gold=gold, refinements=refinements)
-
-
-def _draft(row: dict, draft_key: str) -> str:
-    value = row.get(draft_key)
-    if isinstance(value, dict):  # the model_drafts format: {"is_correct": ..., "solution": ...}
-        value = value.get("solution")
-    if isinstance(value, str) and not value.strip():
+    """One item from one row: a precomputed RefinementResult, or what the engine reads from a record
+    (refine.item_from_record), so every loaded item can be refined. The annotator's extras: a plain
+    row needs a draft to judge (an empty cell is a missing draft), and texts are stored stripped."""
+    try:
+        if "candidates" in row:
+            result = _refinement(row)
+            validate_inputs(result.question, result.draft)
+            item, refinements = RefineItem(result.question, result.draft, result.gold), (result,)
+        else:
+            item, refinements = item_from_record(row, draft_key=draft_key), ()
+    except InputError as exc:
+        raise RowError(str(exc)) from None
+    if not refinements and not item.draft.strip():
         raise RowError(f"empty draft '{draft_key}'")
-    if not isinstance(value, str):
-        found = [key for key in DRAFT_KEYS if key in row and key != draft_key]
-        hint = f"; choose the draft key, this row has {', '.join(found)}" if found else ""
-        raise RowError(f"missing draft '{draft_key}'{hint}")
-    return value
-
-
-def _gold(row: dict) -> str | None:
-    for key in GOLD_KEYS:
-        value = row.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-        if isinstance(value, str) and value.strip():
-            return extract_draft_answer(value) or value.strip()[:100]
-    return None
+    return NewItem(
+        line=line, question=item.question.strip(), draft=item.draft.strip(), gold=item.gold, refinements=refinements
+    )
 
 
 def _refinement(row: dict) -> RefinementResult:
