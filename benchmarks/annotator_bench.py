@@ -22,16 +22,15 @@ import time
 import tracemalloc
 from pathlib import Path
 
+from benchmarks.common import DRAFTS_DEV, write_json
 from cap_app.item_files import load_batch
 from cap_app.results import Candidate, RefinementResult
 from cap_app.sandbox.result import ExecResult
 from cap_app.store import Store
 
-DRAFTS = Path(__file__).resolve().parents[1] / "data" / "gsm8k" / "model_drafts_dev.jsonl"
-
 
 def write_batch(path: Path, rows: int) -> None:
-    sources = [json.loads(line) for line in DRAFTS.read_text(encoding="utf-8").splitlines()]
+    sources = [json.loads(line) for line in DRAFTS_DEV.read_text(encoding="utf-8").splitlines()]
     with open(path, "w", encoding="utf-8") as out:
         for i in range(rows):
             row = dict(sources[i % len(sources)])
@@ -125,8 +124,7 @@ def main() -> None:
         }
     print(json.dumps(figures, indent=2))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(figures, indent=2))
+        write_json(args.json, figures)
 
 
 if __name__ == "__main__":

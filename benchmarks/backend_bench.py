@@ -28,7 +28,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.common import DRAFTS_DEV, ROOT, write_json
+
 COLD_START = (
     "import sys, time\n"
     "from cap_app.backends import BackendConfig, get_backend\n"
@@ -44,7 +45,7 @@ COLD_START = (
 def _items(count: int):
     from cap_app.refine import RefineItem
 
-    rows = [json.loads(line) for line in (ROOT / "data" / "gsm8k" / "model_drafts_dev.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in DRAFTS_DEV.read_text().splitlines()]
     return [RefineItem(r["question"], r["6b_finetuning"]["solution"]) for r in rows[:count]]
 
 
@@ -223,9 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"| {name} | {b['items_s']:.2f} ({b['items']} items in {b['seconds']:.0f} s) | {b['sandbox_share']:.0%} |"
         )
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(figures, indent=2) + "\n")
+    write_json(args.output, figures)
     return 0
 
 

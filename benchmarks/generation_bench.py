@@ -23,7 +23,8 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
+
+from benchmarks.common import DRAFTS_DEV, write_json
 
 COLD_START = (
     "import sys, time; t0 = time.perf_counter()\n"
@@ -37,8 +38,7 @@ COLD_START = (
 def _prompt(tokenizer) -> str:
     from cap_app.prompts import format_prompt
 
-    root = Path(__file__).resolve().parents[1]
-    row = json.loads((root / "data" / "gsm8k" / "model_drafts_dev.jsonl").read_text().splitlines()[0])
+    row = json.loads(DRAFTS_DEV.read_text().splitlines()[0])
     return format_prompt(tokenizer, row["question"], row["6b_finetuning"]["solution"])
 
 
@@ -198,9 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             f"| cold start from the caches, {label}: launch to model ready (of which load_model) | "
             f"{c['ready_s']:.2f} s ({c['load_model_s']:.2f} s) | <= 5 s |"
         )
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(figures, indent=2) + "\n")
+    write_json(args.output, figures)
     return 0
 
 

@@ -35,10 +35,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from benchmarks.common import TRAIN, write_json
 from cap_app.arithmetic import parse_number
 from cap_app.data.gsm8k_programs import UnsupportedSolution, parse_solution
-
-TRAIN = Path(__file__).resolve().parents[1] / "data" / "gsm8k" / "train.jsonl"
 
 
 def program_from_solution(question: str, solution: str) -> tuple[str, float] | None:
@@ -244,12 +243,9 @@ def main(argv: list[str] | None = None) -> int:
             f"runs/s {row['throughput_per_s'] / before['throughput_per_s'] - 1:+.1%}"
         )
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(
-            json.dumps(
-                {"cpus": os.cpu_count(), "load_average_5min": load, "walls": servers["sandbox"].walls, "rows": rows},
-                indent=2,
-            )
+        write_json(
+            args.json,
+            {"cpus": os.cpu_count(), "load_average_5min": load, "walls": servers["sandbox"].walls, "rows": rows},
         )
     return 0 if all(row["wrong_answers"] == 0 for row in rows) else 1
 

@@ -143,63 +143,52 @@ def _sympy_members() -> dict[str, Any]:
     return members
 
 
+def _facade(module: types.ModuleType, *names: str) -> Facade:
+    """The facade of `module` with the named members, or all its public ones when none are named:
+    the allowlist below names each module once, and its members by name."""
+    return Facade(module.__name__, {name: getattr(module, name) for name in names} if names else _public(module))
+
+
 def build_facades() -> dict[str, Facade]:
     """The allowlist of importable names: module name -> facade (sympy: `enable_sympy`)."""
     return {
         # Pure functions on numbers; math holds no module references.
-        "math": Facade("math", _public(math)),
+        "math": _facade(math),
         # Exact arithmetic on fractions of integers.
-        "fractions": Facade("fractions", {"Fraction": fractions.Fraction}),
+        "fractions": _facade(fractions, "Fraction"),
         # Decimal money arithmetic; contexts only set precision and rounding.
-        "decimal": Facade(
-            "decimal",
-            {
-                "Decimal": decimal.Decimal,
-                "getcontext": decimal.getcontext,
-                "localcontext": decimal.localcontext,
-                **{name: getattr(decimal, name) for name in dir(decimal) if name.startswith("ROUND_")},
-            },
+        "decimal": _facade(
+            decimal,
+            "Decimal",
+            "getcontext",
+            "localcontext",
+            *(name for name in dir(decimal) if name.startswith("ROUND_")),
         ),
         # Descriptive statistics; functions only (no random sampling, no I/O).
-        "statistics": Facade(
-            "statistics",
-            {
-                name: getattr(statistics, name)
-                for name in (
-                    "mean",
-                    "fmean",
-                    "median",
-                    "median_low",
-                    "median_high",
-                    "mode",
-                    "multimode",
-                    "pstdev",
-                    "pvariance",
-                    "stdev",
-                    "variance",
-                    "harmonic_mean",
-                    "geometric_mean",
-                )
-            },
+        "statistics": _facade(
+            statistics,
+            "mean",
+            "fmean",
+            "median",
+            "median_low",
+            "median_high",
+            "mode",
+            "multimode",
+            "pstdev",
+            "pvariance",
+            "stdev",
+            "variance",
+            "harmonic_mean",
+            "geometric_mean",
         ),
         # Combinatorics and iteration helpers; all are C iterators over given data.
-        "itertools": Facade("itertools", _public(itertools)),
+        "itertools": _facade(itertools),
         # reduce only: partial/lru_cache wrap callables in ways the trace cannot follow.
-        "functools": Facade("functools", {"reduce": functools.reduce}),
+        "functools": _facade(functools, "reduce"),
         # Counting containers (dict subclasses).
-        "collections": Facade(
-            "collections",
-            {
-                "Counter": collections.Counter,
-                "defaultdict": collections.defaultdict,
-                "OrderedDict": collections.OrderedDict,
-                "deque": collections.deque,
-            },
-        ),
+        "collections": _facade(collections, "Counter", "defaultdict", "OrderedDict", "deque"),
         # Calendar arithmetic for date word problems.
-        "datetime": Facade(
-            "datetime", {"date": datetime.date, "datetime": datetime.datetime, "timedelta": datetime.timedelta}
-        ),
+        "datetime": _facade(datetime, "date", "datetime", "timedelta"),
     }
 
 

@@ -23,6 +23,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from cap_app.sandbox import protocol
 from cap_app.sandbox.config import SandboxConfig
@@ -229,27 +230,14 @@ def stop_servers() -> None:
     _FULL.stop()
 
 
-def run_program(
-    code: str,
-    *,
-    timeout_s: float = 5.0,
-    memory_mb: int = 512,
-    trace: bool = True,
-    max_output_bytes: int = 64 * 1024,
-    max_trace_steps: int = 1000,
-) -> ExecResult:
+def run_program(code: str, **limits: Any) -> ExecResult:
     """Run an untrusted program in a fresh isolated process; never raises for what it does.
 
-    Keyword arguments are the fields of `SandboxConfig` (invalid values raise ValueError:
-    they come from the caller, not the program). Safe from many threads and processes.
+    Keyword arguments are the fields of `SandboxConfig`, defaults included, so that they are
+    stated once (invalid values raise ValueError, unknown names TypeError: they come from the
+    caller, not the program). Safe from many threads and processes.
     """
-    config = SandboxConfig(
-        timeout_s=timeout_s,
-        memory_mb=memory_mb,
-        trace=trace,
-        max_output_bytes=max_output_bytes,
-        max_trace_steps=max_trace_steps,
-    )
+    config = SandboxConfig(**limits)
     if not isinstance(code, str):
         return ExecResult(status="rejected", error="the program must be text")
     return run_on(server_for(code), code, config)

@@ -187,8 +187,19 @@ def callbacks(cfg, title: str, metrics: tuple[str, ...]) -> list:
     return found
 
 
-def run(trainer, cfg, *, rows: int, stage: str) -> dict:
-    """Train (resuming when asked), then save final/ if the run reached its last step."""
+def run(trainer_class, cfg, model, tokenizer, peft_config, dataset, *, stage: str, metrics=("loss",)) -> dict:
+    """Build the stage's trl trainer (the same way for SFT and DPO, so both get the loss curve and
+    time limit of `callbacks`), train (resuming when asked), then save final/ if the run reached its
+    last step."""
+    rows = len(dataset)
+    trainer = trainer_class(
+        model=model,
+        args=cfg,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=callbacks(cfg, f"CaP {stage.upper()}", metrics),
+    )
     checkpoint = last_checkpoint(cfg.output_dir) if cfg.resume else None
     started = time.time()
     trainer.train(resume_from_checkpoint=checkpoint)

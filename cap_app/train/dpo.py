@@ -11,7 +11,7 @@ from __future__ import annotations
 from cap_app.train.common import (
     adapted,
     answer_text,
-    callbacks,
+    keep_freed_memory,
     load_base,
     prompt_text,
     read_rows,
@@ -27,6 +27,7 @@ def train_dpo(cfg: CapDPOConfig) -> dict:
     from datasets import Dataset
     from trl import DPOTrainer
 
+    keep_freed_memory()
     rows = read_rows(cfg.data, cfg.max_rows, required=("prompt", "chosen", "rejected"))
     model, tokenizer = load_base(cfg.model, cfg.dtype)
     # trl trains a loaded adapter further and keeps a frozen copy of it as the reference
@@ -41,12 +42,4 @@ def train_dpo(cfg: CapDPOConfig) -> dict:
             for row in rows
         ]
     )
-    trainer = DPOTrainer(
-        model=model,
-        args=cfg,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-        callbacks=callbacks(cfg, "CaP DPO", METRICS),
-    )
-    return run(trainer, cfg, rows=len(rows), stage="dpo")
+    return run(DPOTrainer, cfg, model, tokenizer, peft_config, dataset, stage="dpo", metrics=METRICS)

@@ -10,7 +10,6 @@ from __future__ import annotations
 from cap_app.train.common import (
     adapted,
     answer_text,
-    callbacks,
     keep_freed_memory,
     load_base,
     prompt_text,
@@ -54,12 +53,4 @@ def train_sft(cfg: CapSFTConfig) -> dict:
         [{"prompt": prompt_text(tokenizer, row), "completion": answer_text(row["completion"])} for row in rows]
     )
     model, peft_config = adapted(model, cfg, cfg.init_adapter, "initial adapter")
-    trainer = CompletionLossTrainer(
-        model=model,
-        args=cfg,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-        callbacks=callbacks(cfg, "CaP SFT", ("loss",)),
-    )
-    return run(trainer, cfg, rows=len(rows), stage="sft")
+    return run(CompletionLossTrainer, cfg, model, tokenizer, peft_config, dataset, stage="sft")

@@ -12,9 +12,6 @@ from cap_app.results import Candidate, RefinementResult
 from cap_app.sandbox.result import ExecResult, TraceStep
 from cap_app.store import Store
 
-ROOT = Path(__file__).resolve().parents[2]
-DRAFTS_DEV = ROOT / "data" / "gsm8k" / "model_drafts_dev.jsonl"
-
 QUESTION = (
     "Janet’s ducks lay 16 eggs per day. She eats three for breakfast every morning and bakes muffins for "
     "her friends every day with four. She sells the remainder at the farmers' market daily for $2 per "

@@ -8,7 +8,8 @@ import pytest
 
 from cap_app.item_files import MAX_LINE_BYTES, BatchError, allowed_batch_path, load_batch
 from cap_app.refine import MAX_DRAFT_CHARS
-from tests.annotator.conftest import DRAFTS_DEV, QUESTION, RIGHT_PROGRAM, WRONG_PROGRAM, write_jsonl
+from tests.annotator.conftest import QUESTION, RIGHT_PROGRAM, WRONG_PROGRAM, write_jsonl
+from tests.helpers.paths import DRAFTS_DEV
 
 
 def test_gsm8k_drafts_load_with_a_named_draft_source_and_gold_extracted(store):

@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 
 from cap_app.store import Store
-from tests.annotator.conftest import RIGHT_PROGRAM, ROOT, make_result, write_jsonl
+from tests.annotator.conftest import RIGHT_PROGRAM, make_result, write_jsonl
+from tests.helpers.paths import ROOT
 
 STARTUP_TIMEOUT_S = 120
 CHROMIUM = "/usr/bin/chromium"

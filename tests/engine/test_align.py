@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from cap_app.align import (
     align_draft_to_program,
@@ -12,10 +11,10 @@ from cap_app.align import (
     token_diff,
 )
 from cap_app.sandbox.result import ExecResult, TraceStep
+from tests.helpers.paths import DRAFTS_DEV
 from tests.ui.conftest import JANET_DRAFT, JANET_PROGRAM, JANET_QUESTION, janet_execution
 
 WRONG_ARITHMETIC_DRAFT = "She eats 3 + 4 = <<3+4=7>>7 meals\nThe ducks lay 16 * 7 = <<16*7=111>>111 eggs\nA: 111"
-REPO = Path(__file__).resolve().parents[2]
 DRAFT_KEYS = ("6b_finetuning", "6b_verification", "175b_finetuning", "175b_verification")
 
 
@@ -55,7 +54,7 @@ def test_percentages_leading_decimals_and_partial_equations():
 
 
 def test_real_gpt3_drafts_are_rechecked_and_their_slips_found():
-    rows = [json.loads(line) for line in (REPO / "data/gsm8k/model_drafts_dev.jsonl").open()]
+    rows = [json.loads(line) for line in DRAFTS_DEV.open()]
     drafts = [row[key]["solution"] for row in rows for key in DRAFT_KEYS]
     checks = [c for draft in drafts for step in split_draft(draft) for c in step.checks]
     assert len(checks) > 2000

@@ -1,13 +1,12 @@
 """Answers out of drafts and program output, and their equivalence (math-verify)."""
 
 import json
-from pathlib import Path
 
 import pytest
 
 from cap_app.answers import answers_equal, extract_draft_answer, normalize_answer
+from tests.helpers.paths import DRAFTS_DEV, TRAIN
 
-DATA = Path(__file__).resolve().parents[2] / "data" / "gsm8k"
 DRAFT_KEYS = ("6b_finetuning", "6b_verification", "175b_finetuning", "175b_verification")
 
 
@@ -83,7 +82,7 @@ def test_answers_equal_works_outside_the_main_thread():
 
 def test_draft_verdicts_match_the_labels_of_the_real_drafts():
     """All 800 GPT-3 drafts in the dev file: our extraction + equivalence reproduces `is_correct`."""
-    rows = [json.loads(line) for line in (DATA / "model_drafts_dev.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in DRAFTS_DEV.read_text().splitlines()]
     mismatches = []
     for row in rows:
         gold = extract_draft_answer(row["ground_truth"])
@@ -95,6 +94,6 @@ def test_draft_verdicts_match_the_labels_of_the_real_drafts():
 
 
 def test_gsm8k_final_answers_are_extracted():
-    rows = [json.loads(line) for line in (DATA / "train.jsonl").read_text().splitlines()[:500]]
+    rows = [json.loads(line) for line in TRAIN.read_text().splitlines()[:500]]
     for row in rows:
         assert extract_draft_answer(row["answer"]) == row["answer"].rsplit("####", 1)[1].strip().replace(",", "")

@@ -2,14 +2,12 @@
 cache, reloaded from it, and refines a real GPT-3 draft with streaming (about a minute)."""
 
 import json
-from pathlib import Path
 
 import pytest
 
 from cap_app.model import DEFAULT_MODEL_NAME, ModelConfig, get_model, load_model
 from cap_app.refine import RefineConfig, refine_stream
-
-DRAFTS = Path(__file__).resolve().parents[2] / "data" / "gsm8k" / "model_drafts_dev.jsonl"
+from tests.helpers.paths import DRAFTS_DEV
 
 
 @pytest.mark.slow
@@ -19,7 +17,7 @@ def test_bundled_model_converts_once_and_streams_a_refinement(cap_cache_dir, fre
     [converted] = (cap_cache_dir / "gguf").iterdir()
     assert converted.name.startswith("SmolLM2-135M-Instruct.Q4_1-") and (converted / "model.safetensors").is_file()
 
-    row = json.loads(DRAFTS.read_text().splitlines()[0])
+    row = json.loads(DRAFTS_DEV.read_text().splitlines()[0])
     draft = row["6b_finetuning"]["solution"]  # a wrong draft: 26 instead of 18
     events = list(
         refine_stream(
@@ -58,7 +56,7 @@ def test_shipped_model_keeps_right_drafts_and_recomputes_a_slip(cap_cache_dir):
     from cap_app.data.variants import slip_draft
     from cap_app.refine import RefineItem, refine_batch
 
-    rows = [json.loads(line) for line in DRAFTS.read_text().splitlines()]
+    rows = [json.loads(line) for line in DRAFTS_DEV.read_text().splitlines()]
     items = []
     for index in KEPT_ITEMS:
         row = rows[index]

@@ -11,8 +11,8 @@ import pytest
 
 from cap_app.cli import main
 from cap_app.results import RefinementResult
+from tests.helpers.paths import DRAFTS_DEV
 
-DRAFTS = Path(__file__).resolve().parents[2] / "data" / "gsm8k" / "model_drafts_dev.jsonl"
 FAST = ["--max-new-tokens", "4", "--no-trace"]
 
 
@@ -108,7 +108,7 @@ def test_batch_skips_bad_lines_and_resumes(tiny, tmp_path, capsys):
 
 
 def _drafts_sample(tmp_path, rows=3) -> tuple[Path, list[dict]]:
-    lines = DRAFTS.read_text().splitlines()[:rows]
+    lines = DRAFTS_DEV.read_text().splitlines()[:rows]
     path = tmp_path / "drafts.jsonl"
     path.write_text("\n".join(lines) + "\n")
     return path, [json.loads(line) for line in lines]

@@ -10,6 +10,20 @@ from cap_app.generate import GenerationConfig, _stopping_and_recording, generate
 PROMPTS = ["x = 1", "a much longer prompt, so the batch needs left padding"]
 
 
+def watch_rows(tokenizer, rows: list[str], config: GenerationConfig | None = None):
+    """Feed the stopping rule `rows` token by token, as far as the shortest goes (a random model
+    never writes a fence or a loop); returns the rule (finish, lengths), its last done flags and the steps fed."""
+    ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in rows]
+    steps = min(len(i) for i in ids)
+    tokens = torch.tensor([i[:steps] for i in ids])
+    watch, _ = _stopping_and_recording(
+        tokenizer, len(rows), 0, {tokenizer.eos_token_id}, config or GenerationConfig(), None
+    )
+    for step in range(1, steps + 1):
+        done = watch(tokens[:, :step], None)
+    return watch, done.tolist(), steps
+
+
 def test_batch_returns_n_samples_per_prompt_with_token_counts(tiny_loaded):
     groups = generate_batch(tiny_loaded, PROMPTS, GenerationConfig(max_new_tokens=5, n=3, temperature=1.0))
     assert [len(group) for group in groups] == [3, 3]
@@ -114,17 +128,10 @@ def test_closing_a_stream_early_releases_the_model(tiny_loaded):
 
 
 def test_generation_stops_when_the_python_block_closes(tiny_loaded):
-    """The stopping rule, fed a fenced program token by token (a random model never writes one)."""
     tokenizer = tiny_loaded.tokenizer
-    rows = ["```python\nprint(1)\n```\nmore text", "just prose, no fence at all!!"]
-    ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in rows]
-    steps = min(len(i) for i in ids)
-    tokens = torch.tensor([i[:steps] for i in ids])
-    watch, _ = _stopping_and_recording(tokenizer, 2, 0, {tokenizer.eos_token_id}, GenerationConfig(), None)
-    for step in range(1, steps + 1):
-        done = watch(tokens[:, :step], None)
+    watch, done, steps = watch_rows(tokenizer, ["```python\nprint(1)\n```\nmore text", "just prose, no fence at all!!"])
     closing = len(tokenizer("```python\nprint(1)\n```", add_special_tokens=False)["input_ids"])
-    assert done.tolist() == [True, False]
+    assert done == [True, False]
     assert (watch.finish, watch.lengths) == (["program_end", "length"], [closing, steps])
 
 
@@ -150,17 +157,8 @@ def test_repeats_in_tail_finds_looping_lines_only(text, looping):
 def test_generation_stops_when_lines_repeat(tiny_loaded):
     tokenizer = tiny_loaded.tokenizer
     rows = ["```python\ns = 1\ns = 1\ns = 1\ns = 1\n", "```python\ns = 1\nt = 2\nu = 3\nv = 4\n"]
-    ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in rows]
-    steps = min(len(i) for i in ids)
-    tokens = torch.tensor([i[:steps] for i in ids])
-    watch, _ = _stopping_and_recording(tokenizer, 2, 0, {tokenizer.eos_token_id}, GenerationConfig(), None)
-    for step in range(1, steps + 1):
-        done = watch(tokens[:, :step], None)
+    watch, done, _ = watch_rows(tokenizer, rows)
     three_lines = len(tokenizer("```python\ns = 1\ns = 1\ns = 1\n", add_special_tokens=False)["input_ids"])
-    assert done.tolist() == [True, False]
+    assert done == [True, False]
     assert watch.finish == ["repetition", "length"] and watch.lengths[0] == three_lines
-    off = GenerationConfig(stop_on_repetition=False)
-    watch, _ = _stopping_and_recording(tokenizer, 2, 0, {tokenizer.eos_token_id}, off, None)
-    for step in range(1, steps + 1):
-        done = watch(tokens[:, :step], None)
-    assert done.tolist() == [False, False]
+    assert watch_rows(tokenizer, rows, GenerationConfig(stop_on_repetition=False))[1] == [False, False]

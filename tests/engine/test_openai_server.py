@@ -20,6 +20,8 @@ from cap_app.generate import GenerationConfig
 from cap_app.gguf_export import cached_export
 from cap_app.model import DEFAULT_ADAPTER_DIR, default_gguf_path
 from cap_app.prompts import build_messages
+from tests.helpers.paths import ROOT
+from tests.helpers.resumable_batch import ITEMS, refine_argv, write_items, written_ids
 
 KEY = "sk-local-test"
 QUESTION = (
@@ -27,7 +29,6 @@ QUESTION = (
     "How many clips did Natalia sell altogether in April and May?"
 )
 DRAFT = "In May she sold 48 / 2 = 24 clips.\nAltogether she sold 48 + 24 = 72 clips.\nA: 72"
-ROOT = Path(__file__).resolve().parents[2]
 
 
 class Server:
@@ -143,31 +144,10 @@ def test_a_bad_key_is_one_line(server, monkeypatch, capsys):
 
 def test_a_server_killed_mid_batch_loses_nothing_and_the_rerun_resumes(model_file, tmp_path):
     source, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
-    source.write_text(
-        "".join(json.dumps({"question": f"{QUESTION} ({i})", "draft": DRAFT, "id": i}) + "\n" for i in range(6))
-    )
+    write_items(source, QUESTION, DRAFT)
     server = Server(model_file).start()
-    argv = [
-        sys.executable,
-        "-m",
-        "cap_app",
-        "refine",
-        "--backend",
-        "openai",
-        "--base-url",
-        server.url,
-        "--input",
-        str(source),
-        "--output",
-        str(output),
-        "--batch-size",
-        "1",
-        "--retries",
-        "0",
-        "--no-trace",
-        "--max-new-tokens",
-        "120",
-    ]
+    refine = refine_argv(server.url, source, output, retries=0)
+    argv = [sys.executable, "-m", "cap_app", *refine, "--max-new-tokens", "120"]
     env = os.environ | {"CAP_API_KEY": KEY}
     batch = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -179,8 +159,8 @@ def test_a_server_killed_mid_batch_loses_nothing_and_the_rerun_resumes(model_fil
     _, err = batch.communicate(timeout=60)
     assert batch.returncode == 1
     assert f"error: lost the connection to {server.url}" in err or f"error: cannot reach {server.url}" in err, err
-    written = [json.loads(line)["id"] for line in output.read_text().splitlines()]
-    assert 1 <= len(written) < 6
+    written = written_ids(output)
+    assert 1 <= len(written) < ITEMS
 
     server.start()
     try:
@@ -188,5 +168,5 @@ def test_a_server_killed_mid_batch_loses_nothing_and_the_rerun_resumes(model_fil
     finally:
         server.kill()
     assert rerun.returncode == 0, rerun.stderr
-    assert f"refined {6 - len(written)}, already done {len(written)}" in rerun.stderr
-    assert sorted(json.loads(line)["id"] for line in output.read_text().splitlines()) == list(range(6))
+    assert f"refined {ITEMS - len(written)}, already done {len(written)}" in rerun.stderr
+    assert sorted(written_ids(output)) == list(range(ITEMS))

@@ -13,6 +13,7 @@ from cap_app.generate import GenerationConfig
 from cap_app.model import ModelConfig
 from cap_app.refine import RefineConfig, refine, refine_stream
 from tests.helpers.openai_stub import PROGRAM, OpenAIStub
+from tests.helpers.resumable_batch import refine_argv, write_items, written_ids
 
 QUESTION = "Janet sells 9 eggs at $2 each. How much does she make?"
 DRAFT = "9 * 2 = 16\nA: 16"
@@ -125,31 +126,14 @@ def test_concurrency_requests_are_in_flight_together():
 
 def test_a_server_lost_mid_batch_loses_nothing_and_the_rerun_resumes(tmp_path, capsys):
     source, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
-    source.write_text(
-        "".join(json.dumps({"question": f"{QUESTION} ({i})", "draft": DRAFT, "id": i}) + "\n" for i in range(6))
-    )
+    write_items(source, QUESTION, DRAFT)
     with OpenAIStub() as stub:
         stub.failures = [None, None] + [(503, "shutting down")] * 10  # two items, then the server is gone
-        argv = [
-            "refine",
-            "--backend",
-            "openai",
-            "--base-url",
-            stub.url,
-            "--input",
-            str(source),
-            "--output",
-            str(output),
-            "--batch-size",
-            "1",
-            "--retries",
-            "1",
-            "--no-trace",
-        ]
+        argv = refine_argv(stub.url, source, output, retries=1)
         assert main(argv) == 1
         assert "failed (HTTP 503: shutting down); gave up after 2 tries" in capsys.readouterr().err
-        assert [json.loads(line)["id"] for line in output.read_text().splitlines()] == [0, 1]
+        assert written_ids(output) == [0, 1]
         stub.failures = []
         assert main(argv) == 0
         assert "refined 4, already done 2" in capsys.readouterr().err
-    assert [json.loads(line)["id"] for line in output.read_text().splitlines()] == [0, 1, 2, 3, 4, 5]
+    assert written_ids(output) == [0, 1, 2, 3, 4, 5]

@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import pytest
-
-from tests.sandbox.hostile import assert_stopped, cases
+from tests.sandbox.hostile import cases, stopped_test
 
 SUBCLASSES_WALK = "print(().__class__.__bases__[0].__subclasses__())"
 CLASS_OF_INT = "x = (1).__class__"
@@ -82,9 +80,7 @@ CASES = cases(
 )
 
 
-@pytest.mark.parametrize("code, status, message", CASES)
-def test_attribute_trick_is_stopped(run_hostile, code, status, message):
-    assert_stopped(run_hostile(code), status, message)
+test_attribute_trick_is_stopped = stopped_test(CASES)
 
 
 def test_allowed_attributes_still_work(run_hostile):

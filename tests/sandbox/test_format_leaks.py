@@ -4,9 +4,7 @@ plain formatting keeps working because model programs use it."""
 
 from __future__ import annotations
 
-import pytest
-
-from tests.sandbox.hostile import assert_stopped, cases
+from tests.sandbox.hostile import cases, stopped_test
 
 FIELD_ATTRIBUTE_WALK = "print('{0.__class__.__base__}'.format(1))"
 FIELD_GLOBALS_WALK = "def f():\n    pass\nprint('{0.__globals__}'.format(f))"
@@ -45,9 +43,7 @@ CASES = cases(
 )
 
 
-@pytest.mark.parametrize("code, status, message", CASES)
-def test_format_leak_is_stopped(run_hostile, code, status, message):
-    assert_stopped(run_hostile(code), status, message)
+test_format_leak_is_stopped = stopped_test(CASES)
 
 
 PLAIN_FORMATTING = """\

@@ -3,9 +3,7 @@ objects that carry internals."""
 
 from __future__ import annotations
 
-import pytest
-
-from tests.sandbox.hostile import assert_stopped, cases
+from tests.sandbox.hostile import cases, restricted, stopped_test
 
 GENERATOR_FRAME = "g = (x for x in [1])\nf = g.gi_frame"
 GENERATOR_CODE = "g = (x for x in [1])\nc = g.gi_code"
@@ -31,41 +29,13 @@ STOP_ITERATION_VALUE = (
 )
 
 CASES = cases(
-    (
-        GENERATOR_FRAME,
-        "rejected",
-        'line 2: "gi_frame" is a restricted name, that is forbidden to access in RestrictedPython',
-    ),
-    (
-        GENERATOR_CODE,
-        "rejected",
-        'line 2: "gi_code" is a restricted name, that is forbidden to access in RestrictedPython',
-    ),
-    (
-        GENERATOR_YIELDFROM,
-        "rejected",
-        'line 4: "gi_yieldfrom" is a restricted name, that is forbidden to access in RestrictedPython',
-    ),
-    (
-        FRAME_BACK_WALK,
-        "rejected",
-        'line 2: "f_globals" is a restricted name, that is forbidden to access in RestrictedPython',
-    ),
-    (
-        FRAME_LOCALS,
-        "rejected",
-        'line 3: "f_locals" is a restricted name, that is forbidden to access in RestrictedPython',
-    ),
-    (
-        TRACEBACK_FRAME,
-        "rejected",
-        'line 4: "tb_frame" is a restricted name, that is forbidden to access in RestrictedPython',
-    ),
-    (
-        TRACEBACK_NEXT,
-        "rejected",
-        'line 4: "tb_next" is a restricted name, that is forbidden to access in RestrictedPython',
-    ),
+    (GENERATOR_FRAME, "rejected", restricted(2, "gi_frame")),
+    (GENERATOR_CODE, "rejected", restricted(2, "gi_code")),
+    (GENERATOR_YIELDFROM, "rejected", restricted(4, "gi_yieldfrom")),
+    (FRAME_BACK_WALK, "rejected", restricted(2, "f_globals")),
+    (FRAME_LOCALS, "rejected", restricted(3, "f_locals")),
+    (TRACEBACK_FRAME, "rejected", restricted(4, "tb_frame")),
+    (TRACEBACK_NEXT, "rejected", restricted(4, "tb_next")),
     (EXCEPTION_WITH_TRACEBACK, "error", "line 4: access to attribute 'with_traceback' of an exception is not allowed"),
     (EXCEPTION_CONTEXT, "rejected", 'line 4: "__context__" is an invalid attribute name because it starts with "_"'),
     (ATTRIBUTE_ERROR_NAME, "error", "line 4: access to attribute 'name' of an exception is not allowed"),
@@ -75,24 +45,14 @@ CASES = cases(
     (KEYBOARD_INTERRUPT, "error", "line 1: name 'KeyboardInterrupt' is not defined"),
     (ASYNC_FUNCTION, "rejected", "line 1: AsyncFunctionDef statements are not allowed"),
     (AWAIT_FRAME, "rejected", "line 1: AsyncFunctionDef statements are not allowed"),
-    (
-        COROUTINE_FRAME,
-        "rejected",
-        'line 2: "cr_frame" is a restricted name, that is forbidden to access in RestrictedPython',
-    ),
-    (
-        ASYNC_GENERATOR_FRAME,
-        "rejected",
-        'line 2: "ag_frame" is a restricted name, that is forbidden to access in RestrictedPython',
-    ),
+    (COROUTINE_FRAME, "rejected", restricted(2, "cr_frame")),
+    (ASYNC_GENERATOR_FRAME, "rejected", restricted(2, "ag_frame")),
     (FUNCTION_DEFAULTS, "rejected", 'line 3: "__defaults__" is an invalid attribute name because it starts with "_"'),
     (STOP_ITERATION_VALUE, "error", "line 7: access to attribute 'value' of an exception is not allowed"),
 )
 
 
-@pytest.mark.parametrize("code, status, message", CASES)
-def test_frame_walk_is_stopped(run_hostile, code, status, message):
-    assert_stopped(run_hostile(code), status, message)
+test_frame_walk_is_stopped = stopped_test(CASES)
 
 
 EXCEPTION_ARGS = "try:\n    1 / 0\nexcept ZeroDivisionError as e:\n    print(e.args[0])"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.sandbox.hostile import assert_stopped, cases
+from tests.sandbox.hostile import assert_stopped, cases, stopped_test
 
 FAST = {"timeout_s": 0.5}
 SMALL = {"memory_mb": 128, "timeout_s": 3}
@@ -55,12 +55,7 @@ CASES = cases(
     (FACTORIAL_CPU, "timeout", TIMEOUT),
     (RECURSIVE_LOOP_IN_GENERATOR, "timeout", TIMEOUT),
 )
-
-
-@pytest.mark.parametrize("code, status, message", CASES)
-def test_cpu_bomb_hits_the_time_limit(run_hostile, code, status, message):
-    assert_stopped(run_hostile(code, **FAST), status, message)
-
+test_cpu_bomb_hits_the_time_limit = stopped_test(CASES, **FAST)
 
 MEMORY_CASES = cases(
     (BIG_LIST, "memory", OUT_OF_MEMORY),
@@ -69,11 +64,7 @@ MEMORY_CASES = cases(
     (INFINITE_COUNT_TO_LIST, "memory", OUT_OF_MEMORY),
     (DICT_COMPREHENSION_BOMB, "memory", OUT_OF_MEMORY),
 )
-
-
-@pytest.mark.parametrize("code, status, message", MEMORY_CASES)
-def test_memory_bomb_hits_the_memory_limit(run_hostile, code, status, message):
-    assert_stopped(run_hostile(code, **SMALL), status, message)
+test_memory_bomb_hits_the_memory_limit = stopped_test(MEMORY_CASES, **SMALL)
 
 
 def test_swallowed_memory_error_stays_inside_the_limit(run_hostile):
@@ -112,9 +103,7 @@ OTHER_CASES = cases(
 )
 
 
-@pytest.mark.parametrize("code, status, message", OTHER_CASES)
-def test_other_bomb_is_stopped(run_hostile, code, status, message):
-    assert_stopped(run_hostile(code), status, message)
+test_other_bomb_is_stopped = stopped_test(OTHER_CASES)
 
 
 def test_mutual_recursion_stops_in_one_of_its_functions(run_hostile):

@@ -18,9 +18,7 @@ from cap_app.data.gsm8k_programs import UnsupportedSolution, parse_solution
 from cap_app.generate import Generation
 from cap_app.program import extract_program
 from cap_app.sandbox import run_program
-
-ROOT = Path(__file__).resolve().parents[2]
-TRAIN = ROOT / "data" / "gsm8k" / "train.jsonl"
+from tests.helpers.paths import TRAIN
 
 NATALIA_Q = (
     "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
 
 import pytest
 
@@ -14,9 +13,7 @@ from cap_app.data.faithful import computations, faithful_program
 from cap_app.data.faithful_build import FaithfulBuildConfig, build_faithful, copying_program, parse_kinds
 from cap_app.data.variants import plain_draft, slip_draft, write_variants
 from cap_app.sandbox import run_program
-
-ROOT = Path(__file__).resolve().parents[2]
-DEV = ROOT / "data" / "gsm8k" / "model_drafts_dev.jsonl"
+from tests.helpers.paths import DRAFTS_DEV
 
 JANET = (
     "Janet sells 16 - 3 - 4 = <<16-3-4=9>>9 duck eggs a day.\n"
@@ -91,7 +88,7 @@ def test_plain_draft_drops_calculator_annotations_only():
 
 def test_variants_command_writes_seeded_slip_and_plain_files(tmp_path):
     source = tmp_path / "dev.jsonl"
-    source.write_text("".join(DEV.read_text().splitlines(keepends=True)[:12]))
+    source.write_text("".join(DRAFTS_DEV.read_text().splitlines(keepends=True)[:12]))
     slips, again, plain = tmp_path / "slips.jsonl", tmp_path / "again.jsonl", tmp_path / "plain.jsonl"
     assert cli_main(["data", "variants", "--kind", "slip", "--input", str(source), "--output", str(slips)]) == 0
     assert cli_main(["data", "variants", "--kind", "slip", "--input", str(source), "--output", str(again)]) == 0

@@ -47,6 +47,26 @@ def data(tmp_path_factory) -> Path:
     return folder
 
 
+def train_argv(stage: str, model: str, data: Path, output_dir: Path, steps: int, *options: str) -> list[str]:
+    """The `train` command line of every run here: the stage's rows, two a step, the tiny-model settings."""
+    return [
+        "train",
+        stage,
+        "--model",
+        model,
+        "--data",
+        str(data / f"{stage}.jsonl"),
+        "--output_dir",
+        str(output_dir),
+        "--max_steps",
+        str(steps),
+        "--per_device_train_batch_size",
+        "2",
+        *options,
+        *TINY,
+    ]
+
+
 def losses(output_dir: Path, key: str = "loss") -> list[float]:
     state = json.loads(
         max(output_dir.glob("checkpoint-*/trainer_state.json"), key=lambda p: p.stat().st_mtime).read_text()
@@ -57,28 +77,8 @@ def losses(output_dir: Path, key: str = "loss") -> list[float]:
 @pytest.fixture(scope="module")
 def sft_dir(tiny_model_dir, data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("sft")
-    code = cli_main(
-        [
-            "train",
-            "sft",
-            "--model",
-            tiny_model_dir,
-            "--data",
-            str(data / "sft.jsonl"),
-            "--output_dir",
-            str(out),
-            "--max_steps",
-            "6",
-            "--per_device_train_batch_size",
-            "2",
-            "--learning_rate",
-            "3e-2",
-            "--save_steps",
-            "3",
-            *TINY,
-        ]
-    )
-    assert code == 0
+    options = ["--learning_rate", "3e-2", "--save_steps", "3"]
+    assert cli_main(train_argv("sft", tiny_model_dir, data, out, 6, *options)) == 0
     return out
 
 
@@ -128,35 +128,9 @@ def test_ship_turns_a_checkpoint_into_a_float16_adapter_folder(sft_dir, tiny_mod
 
 
 def test_dpo_from_the_sft_adapter_prefers_the_right_program(sft_dir, tiny_model_dir, data, tmp_path):
-    code = cli_main(
-        [
-            "train",
-            "dpo",
-            "--model",
-            tiny_model_dir,
-            "--adapter",
-            str(sft_dir / "final"),
-            "--data",
-            str(data / "dpo.jsonl"),
-            "--output_dir",
-            str(tmp_path),
-            "--max_steps",
-            "4",
-            "--per_device_train_batch_size",
-            "2",
-            "--learning_rate",
-            "3e-2",
-            "--save_steps",
-            "4",
-            "--loss_type",
-            "sigmoid+sft",
-            "--loss_weights",
-            "1",
-            "0.5",
-            *TINY,
-        ]
-    )
-    assert code == 0
+    options = ["--adapter", str(sft_dir / "final"), "--learning_rate", "3e-2", "--save_steps", "4"]
+    options += ["--loss_type", "sigmoid+sft", "--loss_weights", "1", "0.5"]
+    assert cli_main(train_argv("dpo", tiny_model_dir, data, tmp_path, 4, *options)) == 0
     curve = losses(tmp_path)
     assert curve[-1] < curve[0]
     assert losses(tmp_path, "rewards/margins")[-1] > 0
@@ -167,25 +141,7 @@ def test_dpo_from_the_sft_adapter_prefers_the_right_program(sft_dir, tiny_model_
 
 
 def test_a_stopped_run_resumes_from_its_checkpoint(tiny_model_dir, data, tmp_path, capsys):
-    args = [
-        "train",
-        "sft",
-        "--model",
-        tiny_model_dir,
-        "--data",
-        str(data / "sft.jsonl"),
-        "--output_dir",
-        str(tmp_path),
-        "--max_steps",
-        "3",
-        "--per_device_train_batch_size",
-        "2",
-        "--save_steps",
-        "10",
-        "--lora_layers",
-        "1-1",
-        *TINY,
-    ]
+    args = train_argv("sft", tiny_model_dir, data, tmp_path, 3, "--save_steps", "10", "--lora_layers", "1-1")
     assert cli_main([*args, "--stop_after_minutes", "0.0001"]) == 0
     assert "stopped at step 1 of 3" in capsys.readouterr().out
     assert (tmp_path / "checkpoint-1").is_dir() and not (tmp_path / "final").exists()
@@ -203,25 +159,8 @@ def test_sft_continues_from_a_given_adapter_in_its_own_shape(sft_dir, tiny_model
     from safetensors.torch import load_file
 
     start = load_file(sft_dir / "final" / "adapter_model.safetensors")
-    args = [
-        "train",
-        "sft",
-        "--model",
-        tiny_model_dir,
-        "--data",
-        str(data / "sft.jsonl"),
-        "--output_dir",
-        str(tmp_path),
-        "--max_steps",
-        "2",
-        "--per_device_train_batch_size",
-        "2",
-        "--learning_rate",
-        "1e-2",
-        "--lora_layers",
-        "1-1",
-        *TINY,
-    ]  # ignored: the given adapter's shape is kept
+    options = ["--learning_rate", "1e-2", "--lora_layers", "1-1"]  # lora_layers ignored: the adapter's shape is kept
+    args = train_argv("sft", tiny_model_dir, data, tmp_path, 2, *options)
     assert cli_main([*args, "--init_adapter", str(sft_dir / "final")]) == 0
     continued = load_file(tmp_path / "final" / "adapter_model.safetensors")
     assert continued.keys() == start.keys()  # both layers, as the adapter it started from

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from cap_app.ui.examples import load_examples
+from tests.helpers.paths import ROOT
 from tests.ui.conftest import JANET_DRAFT, JANET_QUESTION
 
-REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 QUEUE_SIZE = 2
@@ -53,7 +53,7 @@ def app_url(tiny_model_dir, tmp_path_factory):
     if model == "default":  # the offline default model: no CAP_MODEL at all
         del env["CAP_MODEL"]
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + START_TIMEOUT_S
     while True:
