@@ -61,6 +61,7 @@ PROMPTS ?= 1000
 LOSS ?= sigmoid
 DPO_RUN ?= runs/dpo-$(subst +,-,$(LOSS))
 DPO_EPOCHS ?= 1
+DPO_LR ?= 2e-4
 onpolicy-data: $(VENV)/.runtime
 	test -f runs/data-faithful/sft.jsonl || $(PY) -m cap_app data faithful --output-dir runs/data-faithful --prompts-per-question 2
 	$(PY) -m cap_app data onpolicy-prompts --limit $(PROMPTS) --output runs/onpolicy/prompts.jsonl
@@ -71,7 +72,7 @@ onpolicy-data: $(VENV)/.runtime
 dpo-offline: $(VENV)/.runtime
 	test -f runs/onpolicy/dpo.jsonl || $(MAKE) onpolicy-data
 	$(PY) -m cap_app train dpo --adapter $(SFT_ADAPTER) --data runs/onpolicy/dpo.jsonl --output_dir $(DPO_RUN) \
-	  --loss_type $(LOSS) --beta 0.1 --learning_rate 5e-5 --num_train_epochs $(DPO_EPOCHS) --per_device_train_batch_size 8 \
+	  --loss_type $(LOSS) --beta 0.1 --learning_rate $(DPO_LR) --num_train_epochs $(DPO_EPOCHS) --per_device_train_batch_size 8 \
 	  --use_cpu true --max_length 640 --save_steps 10 --save_total_limit 2 --logging_steps 1 --seed $(SEED) \
 	  --resume --stop_after_minutes $(MINUTES)
 

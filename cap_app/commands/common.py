@@ -1,4 +1,4 @@
-"""What several commands share: the error exit, the JSONL reader of `refine` and `eval`, loading a backend.
+"""What several commands share: the error exit, the JSONL readers of `refine` and `eval`, loading a backend.
 
 Light at import (cap_app.cli imports every command for `--help`): heavy modules load inside the functions.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def fail(message: object, status: int) -> int:
@@ -31,6 +32,26 @@ def read_jsonl_items(path: str, *, draft_key: str = "draft"):
                 yield number, None, f"not valid JSON ({error.msg})"
             except InputError as error:
                 yield number, None, str(error)
+
+
+def appended_records(path: Path) -> list[dict]:
+    """The JSON objects an earlier run appended to `path`, so that a rerun resumes after them. A torn last line
+    (the run was killed mid-write) is cut off the file; other lines that are not JSON objects are skipped."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        data = data[: data.rfind(b"\n") + 1]
+        path.write_bytes(data)
+    records = []
+    for line in data.decode("utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
 
 
 def load_for_command(args: argparse.Namespace):

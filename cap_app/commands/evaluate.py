@@ -11,6 +11,11 @@ right->wrong counts, answers missing, tokens and seconds per item) and writes a 
 with the summary and every item's answers, with each generated program's outcome (sandbox
 status, error, answer, tokens, the model's raw text).
 
+Resumable: each result is appended to `<report>.partial.jsonl` as it finishes, so an eval that was
+killed (or whose server was lost) loses nothing; rerun the same command and it refines only the
+items left. The sidecar is deleted once the report is written; one left by an eval with other
+settings (input, draft keys, strategies, config or model) is refused rather than mixed in.
+
 Exit status: 0 on success; 1 when the model or sandbox failed; 2 for unusable arguments or input.
 """
 
@@ -23,10 +28,11 @@ import sys
 from pathlib import Path
 
 from cap_app.backends import BackendConfig
-from cap_app.commands.common import fail, load_for_command, read_jsonl_items
+from cap_app.commands.common import appended_records, fail, load_for_command, read_jsonl_items
 from cap_app.config_args import add_dataclass_arguments, dataclass_from_args
 from cap_app.model import ModelConfig
 from cap_app.refine import STRATEGIES, RefineConfig
+from cap_app.results import RefinementResult
 
 HELP = "Evaluate refinement strategies on a JSONL file of drafts: accuracy table and JSON report."
 MAX_REPORTED_TEXT = 4000  # characters of each candidate's raw model text kept in the report
@@ -152,6 +158,50 @@ def _load_items(args) -> list[tuple[str, object]]:
     return items
 
 
+def _resume(sidecar: Path, run: dict) -> dict[tuple, list] | None:
+    """Results an interrupted eval with these settings left in the sidecar, by (strategy, draft key, question,
+    draft), or None when the sidecar holds another eval's. A new sidecar starts with the settings line."""
+    records = appended_records(sidecar)
+    if not records:
+        sidecar.parent.mkdir(parents=True, exist_ok=True)
+        sidecar.write_text(json.dumps({"run": run}, ensure_ascii=False) + "\n", encoding="utf-8")
+        return {}
+    if records[0] != {"run": run}:
+        return None
+    done: dict[tuple, list] = {}
+    for record in records[1:]:
+        key = record.pop("draft_key")
+        result = RefinementResult.from_dict(record)
+        done.setdefault((result.strategy, key, result.question, result.draft), []).append(result)
+    return done
+
+
+def _strategy_results(keyed, config: RefineConfig, model, done: dict[tuple, list], partial) -> list:
+    """One strategy's result for every item, in input order: those in `done`, and the rest refined now,
+    each appended to `partial` (the open sidecar) as it finishes so that a rerun after a crash keeps it."""
+    from tqdm import tqdm
+
+    from cap_app.refine import refine_batch
+
+    # a list per key: the same item may appear twice, and then has two results
+    results = [(done.get((config.strategy, key, i.question, i.draft)) or [None]).pop(0) for key, i in keyed]
+    todo = [index for index, result in enumerate(results) if result is None]
+    refined = refine_batch([keyed[index][1] for index in todo], config, model)
+    progress = tqdm(
+        refined,
+        initial=len(results) - len(todo),
+        total=len(results),
+        desc=config.strategy,
+        unit="item",
+        file=sys.stderr,
+    )
+    for index, result in zip(todo, progress, strict=True):
+        partial.write(json.dumps({"draft_key": keyed[index][0]} | result.to_dict(), ensure_ascii=False) + "\n")
+        partial.flush()
+        results[index] = result
+    return results
+
+
 def main(args: argparse.Namespace) -> int:
     if not Path(args.input).is_file():
         return fail(f"no such input file: {args.input}", 2)
@@ -162,17 +212,34 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as error:
         return fail(error, 2)
     keyed = _load_items(args)
-    items = [item for _, item in keyed]
-    if not items:
+    if not keyed:
         return fail(f"no usable items in {args.input}", 2)
-
-    from tqdm import tqdm
-
-    from cap_app.refine import refine_batch
 
     model = load_for_command(args)
     if model is None:
         return 1
+    run = {
+        "input": args.input,
+        "draft_keys": args.draft_keys,
+        "model": model.description,
+        "backend": model.name,
+        "config": {s: dataclasses.asdict(c) for s, c in configs.items()},
+    }
+    sidecar = Path(f"{args.report}.partial.jsonl")
+    done = _resume(sidecar, run)
+    if done is None:
+        return fail(
+            f"{sidecar} holds the results of an eval with other settings (input, draft keys, strategies, config or "
+            "model): delete it or choose another --report",
+            2,
+        )
+    if done:
+        print(f"resuming: {sum(map(len, done.values()))} results from {sidecar}", file=sys.stderr)
+    try:
+        with sidecar.open("a", encoding="utf-8") as partial:
+            by_strategy = {s: _strategy_results(keyed, config, model, done, partial) for s, config in configs.items()}
+    except RuntimeError as error:  # the sandbox could not start (SandboxUnavailable), the server was lost...
+        return fail(str(error).splitlines()[0], 1)
     summary, per_item = (
         {},
         [
@@ -181,44 +248,30 @@ def main(args: argparse.Namespace) -> int:
         ],
     )
     by_draft_key: dict[str, dict] = {}
-    try:
-        for strategy, config in configs.items():
-            results = list(
-                tqdm(refine_batch(items, config, model), total=len(items), desc=strategy, unit="item", file=sys.stderr)
-            )
-            summary[strategy] = summarize(results)
-            if len(args.draft_keys) > 1:
-                for key in dict.fromkeys(args.draft_keys):
-                    mine = [result for (k, _), result in zip(keyed, results, strict=True) if k == key]
-                    by_draft_key.setdefault(key, {})[strategy] = summarize(mine)
-            for row, result in zip(per_item, results, strict=True):
-                row.update(gold=result.gold, draft_answer=result.draft_answer)
-                row["results"][strategy] = {
-                    "refined_answer": result.refined_answer,
-                    "refined_correct": result.refined_correct,
-                    "draft_correct": result.draft_correct,
-                    "verdict": result.verdict,
-                    "program": result.program,
-                    "votes": result.votes,
-                    "tokens": result.generated_tokens,
-                    "ms": result.timings_ms["total"],
-                    "candidates": [candidate_outcome(c) for c in result.candidates],
-                }
-    except RuntimeError as error:  # the sandbox could not start (SandboxUnavailable) and the like
-        return fail(str(error).splitlines()[0], 1)
+    for strategy, results in by_strategy.items():
+        summary[strategy] = summarize(results)
+        if len(args.draft_keys) > 1:
+            for key in dict.fromkeys(args.draft_keys):
+                mine = [result for (k, _), result in zip(keyed, results, strict=True) if k == key]
+                by_draft_key.setdefault(key, {})[strategy] = summarize(mine)
+        for row, result in zip(per_item, results, strict=True):
+            row.update(gold=result.gold, draft_answer=result.draft_answer)
+            row["results"][strategy] = {
+                "refined_answer": result.refined_answer,
+                "refined_correct": result.refined_correct,
+                "draft_correct": result.draft_correct,
+                "verdict": result.verdict,
+                "program": result.program,
+                "votes": result.votes,
+                "tokens": result.generated_tokens,
+                "ms": result.timings_ms["total"],
+                "candidates": [candidate_outcome(c) for c in result.candidates],
+            }
     print(format_table(summary, by_draft_key))
-    report = {
-        "input": args.input,
-        "draft_keys": args.draft_keys,
-        "model": model.description,
-        "backend": model.name,
-        "config": {s: dataclasses.asdict(c) for s, c in configs.items()},
-        "summary": summary,
-        "by_draft_key": by_draft_key,
-        "items": per_item,
-    }
+    report = run | {"summary": summary, "by_draft_key": by_draft_key, "items": per_item}
     report_path = Path(args.report)
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    sidecar.unlink()
     print(f"report: {report_path}", file=sys.stderr)
     return 0

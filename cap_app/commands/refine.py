@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from cap_app.backends import BackendConfig
-from cap_app.commands.common import fail, load_for_command, read_jsonl_items
+from cap_app.commands.common import appended_records, fail, load_for_command, read_jsonl_items
 from cap_app.config_args import add_dataclass_arguments, dataclass_from_args
 from cap_app.model import ModelConfig
 from cap_app.refine import SAMPLING_STRATEGIES, RefineConfig
@@ -75,19 +75,12 @@ def format_result(result) -> str:
 
 
 def _done_keys(path: Path) -> set[tuple[str, str]]:
-    """(question, draft) of results already in the output; a torn last line is cut off."""
-    if not path.exists():
-        return set()
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):  # interrupted mid-write: drop the partial line
-        data = data[: data.rfind(b"\n") + 1]
-        path.write_bytes(data)
+    """(question, draft) of results already in the output."""
     keys = set()
-    for line in data.decode("utf-8", errors="replace").splitlines():
+    for record in appended_records(path):
         try:
-            record = json.loads(line)
             keys.add((record["question"], record["draft"]))
-        except (json.JSONDecodeError, KeyError, TypeError):
+        except (KeyError, TypeError):
             continue
     return keys
 
