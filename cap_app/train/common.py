@@ -23,11 +23,13 @@ class TrainingError(Exception):
 
 
 def load_base(model_name: str | None, dtype: str = "auto"):
-    """The base model and tokenizer through the engine's loader (4-bit NF4 on CUDA = QLoRA)."""
+    """The base model and tokenizer through the engine's loader (4-bit NF4 on CUDA = QLoRA), in a
+    process that keeps freed memory for the training steps to come."""
     from peft import prepare_model_for_kbit_training
 
     from cap_app.model import ModelConfig, load_model
 
+    keep_freed_memory()
     loaded = load_model(ModelConfig(model=model_name, adapter="none", dtype=training_dtype(dtype)))
     model = loaded.model
     if loaded.quantization in ("4bit", "8bit"):

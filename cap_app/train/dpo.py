@@ -11,7 +11,6 @@ from __future__ import annotations
 from cap_app.train.common import (
     adapted,
     answer_text,
-    keep_freed_memory,
     load_base,
     prompt_text,
     read_rows,
@@ -47,7 +46,6 @@ def train_dpo(cfg: CapDPOConfig) -> dict:
     from datasets import Dataset
     from trl import DPOTrainer
 
-    keep_freed_memory()
     score_completions_only()
     rows = read_rows(cfg.data, cfg.max_rows, required=("prompt", "chosen", "rejected"))
     model, tokenizer = load_base(cfg.model, cfg.dtype)

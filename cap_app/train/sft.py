@@ -10,7 +10,6 @@ from __future__ import annotations
 from cap_app.train.common import (
     adapted,
     answer_text,
-    keep_freed_memory,
     load_base,
     prompt_text,
     read_rows,
@@ -46,7 +45,6 @@ def train_sft(cfg: CapSFTConfig) -> dict:
             loss = completion_loss(model, inputs, num_items_in_batch)
             return (loss, None) if return_outputs else loss
 
-    keep_freed_memory()
     rows = read_rows(cfg.data, cfg.max_rows, required=("prompt", "completion"))
     model, tokenizer = load_base(cfg.model, cfg.dtype)
     dataset = Dataset.from_list(
