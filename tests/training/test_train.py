@@ -190,3 +190,32 @@ def test_both_stages_get_the_shared_defaults_over_trls():
             config.save_steps,
             config.save_total_limit,
         ) == (1.0, "constant_with_warmup", 768, False, 1, 10, 2)
+
+
+def test_dpo_scores_only_completions_on_cpu_with_the_same_log_probs(tiny_model_dir):
+    """The CPU shortcut (cap_app.train.dpo.score_completions_only) projects the LM head on the
+    labelled positions only; the per-token log-probs there must equal trl's all-positions path."""
+    import torch
+    import trl.trainer.utils as trl_utils
+    from transformers import AutoModelForCausalLM
+
+    from cap_app.train.dpo import score_completions_only
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    trl_utils.add_fused_lm_head(model, outputs=("log_probs",))
+    ids = torch.randint(4, model.config.vocab_size, (2, 24))
+    labels = ids.masked_fill(torch.arange(24) < 16, -100)  # a 16-token "prompt", then the completion
+
+    def log_probs():
+        return model(input_ids=ids, labels=labels, fused_lm_head=True).log_probs
+
+    use_triton = trl_utils._use_triton
+    try:
+        everywhere = log_probs()
+        score_completions_only()
+        assert trl_utils._use_triton(torch.device("cpu"))
+        only_completions = log_probs()
+    finally:
+        trl_utils._use_triton = use_triton
+    torch.testing.assert_close(only_completions, everywhere)
+    assert (only_completions[:, :15] == 0).all() and (only_completions[:, 15:] < 0).all()
