@@ -3,6 +3,7 @@
 1. single-stream tokens/s, llama.cpp (the q8_0 GGUF export) vs transformers (merged float32),
    same CaP prompt, greedy, through each backend's `generate_stream` (goal: >= 5x);
 2. `vote` with N=8 on one item, wall time of the whole refinement, sandbox included (goal: >= 3x faster);
+   llama.cpp with its default pool of contexts (`default_contexts`: $CAP_LLAMA_CONTEXTS, else 2 on 2 CPUs);
 3. batch refinement items/s: the `openai` backend against a local `python -m llama_cpp.server`
    (4 requests in flight) vs in-process llama.cpp vs in-process transformers (report; and the
    share of time in the sandbox, which must not be the bottleneck);
@@ -173,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from cap_app.backends import BackendConfig, get_backend
+    from cap_app.backends.llama_cpp import THREADS
     from cap_app.gguf_export import cached_export
     from cap_app.model import DEFAULT_ADAPTER_DIR, ModelConfig, default_gguf_path, quiet_library_output
     from cap_app.prompts import build_messages
@@ -189,8 +191,15 @@ def main(argv: list[str] | None = None) -> int:
     items = _items(args.items)
     conversation = build_messages(items[0].question, items[0].draft)
     single_stream(backends, conversation, 8, 1)  # warm-up: first-call costs aside
+    machine = {
+        "cpus": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        "torch_threads": args.torch_threads,
+        "llama_contexts": backends["llama.cpp"].concurrency,
+        "llama_threads_per_context": THREADS,
+    }
     figures = {
-        "machine": {"cpus": os.cpu_count(), "load_average": os.getloadavg(), "torch_threads": args.torch_threads},
+        "machine": machine,
         "single_stream": single_stream(backends, conversation, args.tokens, args.repeats),
         "vote_n8": vote_wall_time(backends, items[0], args.repeats),
         "batch": {
@@ -203,8 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     s, v, c = figures["single_stream"], figures["vote_n8"], figures["cold_start"]
     print(
-        f"machine: {figures['machine']['cpus']} CPUs, "
-        f"load average before run {figures['machine']['load_average'][0]:.1f}"
+        f"machine: {machine['cpus']} CPUs, load average before run {machine['load_average'][0]:.1f}; "
+        f"llama.cpp: {machine['llama_contexts']} contexts x {THREADS} threads"
     )
     print("| measure | llama.cpp | transformers | ratio | goal |\n|---|---|---|---|---|")
     print(

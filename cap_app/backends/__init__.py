@@ -63,12 +63,21 @@ class BackendConfig:
         default=4,
         metadata={"help": "openai backend: tries after a 429, 5xx, timeout or lost connection (exponential backoff)"},
     )
+    contexts: int | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "llama.cpp backend: samples decoded at once, each in its own context (a copy of the model: "
+            "about 250 MB for the offline default); unset: $CAP_LLAMA_CONTEXTS, else the CPUs / threads per context"
+        },
+    )
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
             raise ValueError(f"unknown backend '{self.backend}'; choose one of {', '.join(BACKENDS)}")
         if self.concurrency < 1 or self.retries < 0 or self.request_timeout_s <= 0:
             raise ValueError("concurrency must be >= 1, retries >= 0 and request_timeout_s > 0")
+        if self.contexts is not None and self.contexts < 1:
+            raise ValueError("contexts must be >= 1")
 
 
 def _has_cuda() -> bool:
@@ -115,6 +124,7 @@ def get_backend(model_cfg, backend_cfg: BackendConfig | None = None) -> Backend:
         from cap_app.model import get_model
 
         _refuse_openai_options(backend_cfg, name)
+        _refuse_llama_cpp_options(backend_cfg, name)
         return TransformersBackend(get_model(model_cfg))
     key = (name, dataclasses.astuple(model_cfg), dataclasses.astuple(backend_cfg), os.environ.get("CAP_API_KEY"))
     with _cache_lock:
@@ -128,9 +138,10 @@ def _load(name: str, model_cfg, backend_cfg: BackendConfig) -> Backend:
     _refuse_transformers_options(model_cfg, name)
     if name == "llama.cpp":
         _refuse_openai_options(backend_cfg, name)
-        return _llama_cpp_backend(model_cfg)
+        return _llama_cpp_backend(model_cfg, backend_cfg.contexts)
     from cap_app.backends.openai import OpenAIBackend
 
+    _refuse_llama_cpp_options(backend_cfg, name)
     if not backend_cfg.base_url:
         raise BackendError("the openai backend needs --base-url, e.g. http://127.0.0.1:8000/v1")
     if model_cfg.adapter:
@@ -163,7 +174,12 @@ def _refuse_openai_options(backend_cfg: BackendConfig, name: str) -> None:
         raise BackendError(f"--base-url is for the openai backend; the {name} backend runs the model in this process")
 
 
-def _llama_cpp_backend(model_cfg):
+def _refuse_llama_cpp_options(backend_cfg: BackendConfig, name: str) -> None:
+    if backend_cfg.contexts is not None:
+        raise BackendError(f"--contexts is for the llama.cpp backend; the {name} backend does not use it")
+
+
+def _llama_cpp_backend(model_cfg, contexts: int | None):
     from cap_app.backends.llama_cpp import LlamaCppBackend
     from cap_app.model import _resolve_source
 
@@ -185,7 +201,7 @@ def _llama_cpp_backend(model_cfg):
         except ExportError as error:
             raise BackendError(f"cannot merge adapter '{source.adapter}' for llama.cpp: {error}") from None
         name += f" + {Path(source.adapter).name}"
-    return LlamaCppBackend(path, name=name)
+    return LlamaCppBackend(path, name=name, contexts=contexts)
 
 
 def as_backend(model) -> Backend:

@@ -113,7 +113,9 @@ def sample_seeds(
 
 class RowSampler:
     """A backend built from `sample(conversation, config, seed, cancel, emit) -> Generation`, one
-    row at a time; `concurrency` rows run at once (threads: the work is in C or on a server)."""
+    row at a time; `concurrency` rows run at once (threads: the work is in C, which releases the
+    GIL, or on a server): requests in flight for `openai`, contexts for `llama.cpp`. Each row's
+    seed alone decides its sample, so the rows' order of completion does not change the results."""
 
     name = ""
     concurrency = 1
@@ -161,16 +163,26 @@ class RowSampler:
 
     def _run(self, conversations, config: GenerationConfig, cancel, emit: Emit | None) -> list[Generation]:
         rows = sample_seeds(conversations, config)
+        failed = threading.Event()
+        watched = _AnyEvent(failed, cancel)
 
         def one(row: int) -> Generation:
             conversation, seed = rows[row]
             row_emit = None if emit is None else (lambda text, tokens: emit(row, text, tokens))
-            return self.sample(conversation, config, seed, cancel, row_emit)
+            return self.sample(conversation, config, seed, watched, row_emit)
 
         if self.concurrency == 1 or len(rows) == 1:
             return [one(row) for row in range(len(rows))]
-        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(rows))) as pool:
+        pool = ThreadPoolExecutor(max_workers=min(self.concurrency, len(rows)), thread_name_prefix=f"cap-{self.name}")
+        try:
             return list(pool.map(one, range(len(rows))))
+        except BaseException:
+            # Ctrl-C or a failed row: the rows still running stop at their next token, the others
+            # never start, instead of the whole call being sampled before the error shows.
+            failed.set()
+            raise
+        finally:
+            pool.shutdown(cancel_futures=True)
 
     @staticmethod
     def _group(generations: list[Generation], config: GenerationConfig) -> list[list[Generation]]:

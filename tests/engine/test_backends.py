@@ -157,6 +157,16 @@ def test_auto_picks_by_environment_url_and_model_file(monkeypatch, tiny_model_di
             BackendConfig(backend="llama.cpp", base_url="http://127.0.0.1:1/v1"),
             "--base-url is for the openai backend; the llama.cpp backend runs the model in this process",
         ),
+        (
+            ModelConfig(),
+            BackendConfig(backend="transformers", contexts=2),
+            "--contexts is for the llama.cpp backend; the transformers backend does not use it",
+        ),
+        (
+            ModelConfig(),
+            BackendConfig(backend="openai", base_url="http://127.0.0.1:1/v1", contexts=2),
+            "--contexts is for the llama.cpp backend; the openai backend does not use it",
+        ),
     ],
 )
 def test_settings_a_backend_cannot_honour_are_refused(model_cfg, backend_cfg, message):

@@ -1,16 +1,17 @@
 """The llama.cpp backend on the offline default (the bundled SmolLM2 GGUF with the shipped CaP
 adapter merged in by `cap_app.gguf_export`), and the GGUF export itself: same prompt tokens and
-same greedy tokens as transformers, seeded samples, the stops, cancel, and the 8/4-bit files."""
+same greedy tokens as transformers, seeded samples (the same with one context or two), the stops,
+cancel, closing, and the 8/4-bit files."""
 
 import threading
 
 import pytest
 
-from cap_app.backends import BackendConfig, get_backend
-from cap_app.backends.llama_cpp import LlamaCppBackend
+from cap_app.backends import BackendConfig, BackendError, get_backend
+from cap_app.backends.llama_cpp import LlamaCppBackend, default_contexts
 from cap_app.cli import main
 from cap_app.generate import GenerationConfig, generate_batch
-from cap_app.gguf_export import export_gguf
+from cap_app.gguf_export import cached_export, export_gguf
 from cap_app.model import DEFAULT_ADAPTER_DIR, ModelConfig, default_gguf_path, get_model
 from cap_app.prompts import build_messages, build_repair_messages, render_messages
 from cap_app.refine import RefineConfig, refine, refine_stream
@@ -32,6 +33,22 @@ def llama(cap_cache_dir):
 @pytest.fixture(scope="module")
 def transformers_default(cap_cache_dir):
     return get_model(ModelConfig())
+
+
+@pytest.fixture(scope="module")
+def model_file(llama):
+    """The GGUF file `llama` runs (exported by it)."""
+    return cached_export(default_gguf_path(), str(DEFAULT_ADAPTER_DIR))
+
+
+@pytest.fixture(scope="module")
+def one_context(model_file):
+    return LlamaCppBackend(model_file, name="one context", contexts=1)
+
+
+@pytest.fixture(scope="module")
+def two_contexts(model_file):
+    return LlamaCppBackend(model_file, name="two contexts", contexts=2)
 
 
 def test_the_offline_default_refines_through_llama_cpp(llama):
@@ -73,6 +90,58 @@ def test_cancel_stops_a_stream(llama):
     assert {e.kind for e in rest} <= {"token"} and len(rest) < 5
 
 
+def test_two_contexts_vote_with_the_samples_of_one(one_context, two_contexts):
+    """Each row's seed decides its tokens, whichever context decodes it and whatever that context
+    decoded before: a vote draws the same programs with one context as with two."""
+    config = RefineConfig(strategy="vote", n=4, seed=3, max_new_tokens=160)
+    one, two = (refine(QUESTION, DRAFT, config=config, model=backend) for backend in (one_context, two_contexts))
+    assert [(c.text, c.logprob) for c in two.candidates] == [(c.text, c.logprob) for c in one.candidates]
+    assert (two.votes, two.chosen, two.refined_answer) == (one.votes, one.chosen, one.refined_answer)
+    assert all(context.llm.n_tokens > 0 for context in two_contexts.contexts)  # both decoded
+    # The model is sure of this item's program; hotter, shorter samples differ from each other.
+    hot = GenerationConfig(temperature=1.0, top_p=0.95, max_new_tokens=24, n=4, seed=7)
+    one, two = (
+        [(g.token_ids, g.mean_logprob) for g in b.generate_batch([CONVERSATION], hot)[0]]
+        for b in (one_context, two_contexts)
+    )
+    assert two == one and len({tuple(ids) for ids, _ in one}) > 1
+
+
+def test_cancel_stops_a_vote_on_two_contexts(two_contexts):
+    cancel = threading.Event()
+    config = RefineConfig(strategy="vote", n=4, max_new_tokens=300)
+    events = refine_stream(QUESTION, DRAFT, config=config, model=two_contexts, cancel=cancel)
+    next(events)
+    cancel.set()
+    rest = list(events)  # the rows decoding stop at their next token, the others at their first
+    assert {e.kind for e in rest} <= {"token"} and len(rest) < 10
+
+
+def test_close_waits_for_the_decoding_threads_then_refuses(model_file):
+    backend = LlamaCppBackend(model_file, name="closing", contexts=2)
+    config = GenerationConfig(temperature=1.0, n=4, seed=0, max_new_tokens=300, stop_at_program_end=False)
+    stream = backend.generate_stream([CONVERSATION], config)
+    rows = set()
+    while len(rows) < 2:  # both contexts decoding, and two rows waiting for one
+        rows.add(next(stream).row)
+    backend.close()  # returns once both threads let go; freeing a context under one crashed (SIGSEGV)
+    assert all(context.llm._ctx.ctx is None for context in backend.contexts)
+    with pytest.raises(BackendError, match="^the llama.cpp backend was closed$"):
+        list(stream)
+    with pytest.raises(BackendError, match="^the llama.cpp backend was closed$"):
+        backend.generate_batch([CONVERSATION], GenerationConfig())
+
+
+def test_contexts_default_to_the_cpus_and_read_the_environment(monkeypatch):
+    monkeypatch.delenv("CAP_LLAMA_CONTEXTS", raising=False)
+    assert default_contexts() >= 1
+    monkeypatch.setenv("CAP_LLAMA_CONTEXTS", "3")
+    assert default_contexts() == 3
+    monkeypatch.setenv("CAP_LLAMA_CONTEXTS", "0")
+    with pytest.raises(BackendError, match=r"^CAP_LLAMA_CONTEXTS='0' is not a number of contexts \(1 or more\)$"):
+        default_contexts()
+
+
 def test_f16_export_writes_the_greedy_tokens_of_transformers(tmp_path, transformers_default):
     """f16 keeps the merged float32 weights up to rounding: the first greedy tokens agree exactly."""
     path = export_gguf(default_gguf_path(), str(DEFAULT_ADAPTER_DIR), tmp_path / "cap.f16.gguf", "f16")
@@ -99,28 +168,31 @@ def test_the_export_command_refuses_a_base_that_is_not_gguf(tiny_model_dir, caps
 
 
 def test_a_process_that_abandons_a_stream_exits_cleanly(llama, cap_cache_dir):
-    """Exit while a sampling thread still decodes (a script reading one chunk, Ctrl-C mid-program):
-    the model is freed only after that thread lets go of it, instead of crashing with SIGSEGV."""
+    """Exit while sampling threads still decode (a script reading one chunk, Ctrl-C mid-program),
+    one row or several on two contexts: each context is freed only after its thread lets go of it,
+    instead of crashing with SIGSEGV."""
     import os
     import subprocess
     import sys
 
     script = (
+        "import sys\n"
         "from cap_app.backends import BackendConfig, get_backend\n"
         "from cap_app.generate import GenerationConfig\n"
         "from cap_app.model import ModelConfig\n"
         "from cap_app.prompts import build_messages\n"
         "backend = get_backend(ModelConfig(), BackendConfig(backend='llama.cpp'))\n"
-        f"stream = backend.generate_stream([build_messages({QUESTION!r}, {DRAFT!r})], GenerationConfig())\n"
+        f"conversation = build_messages({QUESTION!r}, {DRAFT!r})\n"
+        "stream = backend.generate_stream([conversation], GenerationConfig(n=int(sys.argv[1]), max_new_tokens=120))\n"
         "print(next(iter(stream)).tokens)\n"
     )
-    for _ in range(3):
+    for rows in (1, 1, 3):
         done = subprocess.run(
-            [sys.executable, "-c", script],
+            [sys.executable, "-c", script, str(rows)],
             capture_output=True,
             text=True,
             timeout=120,
-            env={**os.environ, "CAP_CACHE_DIR": str(cap_cache_dir)},
+            env={**os.environ, "CAP_CACHE_DIR": str(cap_cache_dir), "CAP_LLAMA_CONTEXTS": "2"},
         )
         assert done.returncode == 0, done.stderr[-2000:]
         assert done.stdout.strip() == "1"
