@@ -73,7 +73,7 @@ dpo-offline: $(VENV)/.runtime
 	test -f runs/onpolicy/dpo.jsonl || $(MAKE) onpolicy-data
 	$(PY) -m cap_app train dpo --adapter $(SFT_ADAPTER) --data runs/onpolicy/dpo.jsonl --output_dir $(DPO_RUN) \
 	  --loss_type $(LOSS) --beta 0.1 --learning_rate $(DPO_LR) --num_train_epochs $(DPO_EPOCHS) --per_device_train_batch_size 8 \
-	  --use_cpu true --max_length 640 --save_steps 10 --save_total_limit 2 --logging_steps 1 --seed $(SEED) \
+	  --use_cpu true --max_length 640 --pad_to_multiple_of 64 --save_steps 10 --save_total_limit 2 --logging_steps 1 --seed $(SEED) \
 	  --resume --stop_after_minutes $(MINUTES)
 
 # The shipped default, as `make run` loads it (llama.cpp on a CPU), on the dev drafts, their slips and
