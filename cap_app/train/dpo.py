@@ -8,14 +8,7 @@ chosen program, weighted by `loss_weights`).
 
 from __future__ import annotations
 
-from cap_app.train.common import (
-    adapted,
-    answer_text,
-    load_base,
-    prompt_text,
-    read_rows,
-    run,
-)
+from cap_app.train.common import adapted, answer_text, load_base, prompt_text, read_rows, run
 from cap_app.train.config import CapDPOConfig
 
 METRICS = ("loss", "rewards/accuracies", "rewards/margins")

@@ -7,14 +7,7 @@ fix, not to reproduce prompts.
 
 from __future__ import annotations
 
-from cap_app.train.common import (
-    adapted,
-    answer_text,
-    load_base,
-    prompt_text,
-    read_rows,
-    run,
-)
+from cap_app.train.common import adapted, answer_text, load_base, prompt_text, read_rows, run
 from cap_app.train.config import CapSFTConfig
 
 
