@@ -380,7 +380,7 @@ def generate_stream(
     """
     rows = _rows(prompts, config)
     stop = threading.Event()
-    watched = _AnyEvent(stop, cancel)
+    watched = AnyEvent(stop, cancel)
     generations: list[Generation] = []
     try:
         for start in range(0, len(rows), config.batch_size):
@@ -424,7 +424,7 @@ def generate_stream(
     yield StreamChunk(row=-1, text="", generations=_group(generations, config.n))
 
 
-class _AnyEvent:
+class AnyEvent:
     """Set when either the consumer went away or the caller cancelled (is_set is all `_Watch` needs)."""
 
     def __init__(self, *events: threading.Event | None):

@@ -202,14 +202,16 @@ def _save_merged(target: Path, model, tokenizer) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Source:
+class ModelSource:
+    """Which model and adapter a config resolves to: what the backends, the GGUF export and the loader share."""
+
     name: str  # shown to users and stored in results
     path: str  # what from_pretrained reads
     adapter: str | None
     is_default: bool
 
 
-def _resolve_source(cfg: ModelConfig) -> _Source:
+def resolve_source(cfg: ModelConfig) -> ModelSource:
     """Pick model and adapter from the config, then the environment, then the offline default."""
     requested = cfg.model or os.environ.get("CAP_MODEL") or None
     is_default = requested is None
@@ -220,8 +222,8 @@ def _resolve_source(cfg: ModelConfig) -> _Source:
         adapter = None
     if is_default:
         gguf = default_gguf_path()
-        return _Source(DEFAULT_MODEL_NAME, str(gguf) if gguf else DEFAULT_HUB_ID, adapter, True)
-    return _Source(requested, requested, adapter, False)
+        return ModelSource(DEFAULT_MODEL_NAME, str(gguf) if gguf else DEFAULT_HUB_ID, adapter, True)
+    return ModelSource(requested, requested, adapter, False)
 
 
 def _resolve_device(device: str) -> str:
@@ -325,7 +327,7 @@ def load_model(cfg: ModelConfig | None = None) -> LoadedModel:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     cfg = cfg or ModelConfig()
-    source = _resolve_source(cfg)
+    source = resolve_source(cfg)
     device = _resolve_device(cfg.device)
     quantization = _resolve_quantization(cfg.quantization, device)
     path = source.path
@@ -406,7 +408,7 @@ def get_model(cfg: ModelConfig | None = None) -> LoadedModel:
     """
     global _cached
     cfg = cfg or ModelConfig()
-    source = _resolve_source(cfg)
+    source = resolve_source(cfg)
     key = (source, cfg.quantization, cfg.device, cfg.dtype, cfg.allow_plain_prompt)
     with _cache_lock:
         if _cached is not None and _cached[0] == key:

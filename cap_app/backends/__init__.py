@@ -88,7 +88,7 @@ def _has_cuda() -> bool:
 
 def resolve_backend(model_cfg, backend_cfg: BackendConfig) -> str:
     """The backend `auto` stands for, given the model asked for and this machine."""
-    from cap_app.model import _resolve_source
+    from cap_app.model import resolve_source
 
     name = backend_cfg.backend
     if name == "auto":
@@ -100,7 +100,7 @@ def resolve_backend(model_cfg, backend_cfg: BackendConfig) -> str:
     if backend_cfg.base_url:
         return "openai"
     if (
-        _resolve_source(model_cfg).path.endswith(".gguf")
+        resolve_source(model_cfg).path.endswith(".gguf")
         and not _has_cuda()
         and importlib.util.find_spec("llama_cpp") is not None
     ):
@@ -181,9 +181,9 @@ def _refuse_llama_cpp_options(backend_cfg: BackendConfig, name: str) -> None:
 
 def _llama_cpp_backend(model_cfg, contexts: int | None):
     from cap_app.backends.llama_cpp import LlamaCppBackend
-    from cap_app.model import _resolve_source
+    from cap_app.model import resolve_source
 
-    source = _resolve_source(model_cfg)
+    source = resolve_source(model_cfg)
     path = Path(source.path).expanduser()
     if path.suffix != ".gguf":
         raise BackendError(

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
-from cap_app.generate import Generation, GenerationConfig, StreamChunk, _AnyEvent, stop_reason
+from cap_app.generate import AnyEvent, Generation, GenerationConfig, StreamChunk, stop_reason
 
 Conversation = list[dict[str, str]]
 # (row, new text, tokens so far) -> None: how a sampler reports streamed text
@@ -136,7 +136,7 @@ class RowSampler:
     def generate_stream(self, conversations, config, *, cancel=None):
         out: queue.Queue = queue.Queue()
         stop = threading.Event()
-        watched = _AnyEvent(stop, cancel)
+        watched = AnyEvent(stop, cancel)
         done, results, failure = object(), [], []
 
         def work():
@@ -164,7 +164,7 @@ class RowSampler:
     def _run(self, conversations, config: GenerationConfig, cancel, emit: Emit | None) -> list[Generation]:
         rows = sample_seeds(conversations, config)
         failed = threading.Event()
-        watched = _AnyEvent(failed, cancel)
+        watched = AnyEvent(failed, cancel)
 
         def one(row: int) -> Generation:
             conversation, seed = rows[row]

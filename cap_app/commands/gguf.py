@@ -26,12 +26,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from cap_app.gguf_export import ExportError, export_gguf
-    from cap_app.model import ModelConfig, ModelLoadError, _resolve_source, quiet_library_output
+    from cap_app.model import ModelConfig, ModelLoadError, quiet_library_output, resolve_source
 
     cfg = dataclass_from_args(GGUFExportConfig, args)
     if not cfg.output:
         return fail("give --output FILE.gguf", 2)
-    source = _resolve_source(ModelConfig(model=cfg.model, adapter=cfg.adapter))
+    source = resolve_source(ModelConfig(model=cfg.model, adapter=cfg.adapter))
     if not source.path.endswith(".gguf") or not Path(source.path).is_file():
         return fail(f"the base model must be a .gguf file; '{source.path}' is not one", 2)
     quiet_library_output()

@@ -189,16 +189,16 @@ def test_model_from_environment(tiny_model_dir, monkeypatch):
 def test_project_adapter_applies_to_the_offline_default_only(tmp_path, monkeypatch):
     (tmp_path / "adapter_config.json").write_text("{}")
     monkeypatch.setattr(cap_app.model, "DEFAULT_ADAPTER_DIR", tmp_path)
-    assert cap_app.model._resolve_source(ModelConfig()).adapter == str(tmp_path)
-    assert cap_app.model._resolve_source(ModelConfig(adapter="none")).adapter is None
-    assert cap_app.model._resolve_source(ModelConfig(model="some/model")).adapter is None
+    assert cap_app.model.resolve_source(ModelConfig()).adapter == str(tmp_path)
+    assert cap_app.model.resolve_source(ModelConfig(adapter="none")).adapter is None
+    assert cap_app.model.resolve_source(ModelConfig(model="some/model")).adapter is None
 
 
 def test_offline_default_is_the_bundled_gguf_else_the_same_model_on_the_hub(monkeypatch):
-    bundled = cap_app.model._resolve_source(ModelConfig()).path
+    bundled = cap_app.model.resolve_source(ModelConfig()).path
     assert bundled.endswith(".gguf")
     monkeypatch.setattr(cap_app.model.importlib.util, "find_spec", lambda name: None)
-    source = cap_app.model._resolve_source(ModelConfig())
+    source = cap_app.model.resolve_source(ModelConfig())
     assert source.path == "HuggingFaceTB/SmolLM2-135M-Instruct" and source.name == "SmolLM2-135M-Instruct"
 
 
