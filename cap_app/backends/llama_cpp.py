@@ -207,10 +207,13 @@ def _cpu_has_amx() -> bool:
 def _weight_repacking(enabled: bool):
     """Load with or without llama.cpp's extra weight buffers (repacked for AMX / AVX kernels).
 
-    On CPUs with AMX (Intel Sapphire Rapids and later, common in clouds) llama.cpp's AMX path
-    crashes the process (SIGSEGV) on the first prompt of more than one token, in every model type
-    (measured here: Q4_1 and q8_0; llama.cpp#20824). llama-cpp-python has no constructor option
-    for `use_extra_bufts`, so its default model parameters are wrapped while the model loads."""
+    On CPUs with AMX (Intel Sapphire Rapids and later, common in clouds) llama.cpp with its extra
+    weight buffers crashes the process (SIGSEGV) on the first prompt of more than one token, for
+    Q4_1, q8_0 and q4_0 (f16 is spared), also when built without AMX (`-DGGML_AMX_*=OFF`): the
+    repacked weights themselves, not only the AMX kernels (cf. llama.cpp#20824). Decoding without
+    them measured the same speed there (42-44 tokens/s on one thread). llama-cpp-python has no
+    constructor option for `use_extra_bufts`, so its default model parameters are wrapped while
+    the model loads."""
     if enabled:
         yield
         return
