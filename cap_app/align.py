@@ -16,7 +16,7 @@ import dataclasses
 import difflib
 import re
 
-from cap_app.arithmetic import ANNOTATION, NUMBER, evaluate_arithmetic, parse_number, same_number
+from cap_app.arithmetic import ANNOTATION, NUMBER, evaluate_arithmetic, format_number, parse_number, same_number
 from cap_app.sandbox.result import ExecResult
 
 # an equation written in prose: operands (numbers, maybe $, %, parentheses) joined by operators, "=", a result
@@ -321,6 +321,27 @@ def _context(question: str, value: float) -> str:
         if _contains(numbers_in(word), value):
             return " ".join(words[max(0, i - 5) : i + 4])
     return ""
+
+
+def located_mistake(draft: str, program: str | None, execution: ExecResult | None, question: str = "") -> str | None:
+    """Where the program shows the draft wrong, in words, or None: a calculation of the draft that is
+    wrong and whose right value the program computed, else a quantity of the question that the
+    program uses and the draft never mentions. This is what lets a program overrule a draft: one that
+    merely reaches another answer may have misread the draft (a small model often does); one that
+    recomputes a step the draft got wrong, or uses what the draft left out, has found its mistake.
+    Needs the execution's trace."""
+    if not program or execution is None:
+        return None
+    lines = program_lines(program, execution)
+    produced = [value for line in lines for value in line.produced]
+    for step in split_draft(draft):
+        for check in step.checks:
+            if check.ok is False and check.actual is not None and _contains(produced, check.actual):
+                return f"{check.expression} = {check.claimed}, but it is {format_number(check.actual)}"
+    if question:
+        for dropped in dropped_quantities(draft, lines, question):
+            return f"it never uses the question's {format_number(dropped.value)} (“{dropped.context}”)"
+    return None
 
 
 # --- diffs ---------------------------------------------------------------------------------

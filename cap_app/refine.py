@@ -25,17 +25,19 @@ import unicodedata
 from collections.abc import Iterable, Iterator
 from typing import Literal
 
+from cap_app.align import located_mistake
 from cap_app.answers import answers_equal, extract_draft_answer, normalize_answer
 from cap_app.backends import Backend, as_backend
 from cap_app.generate import Generation, GenerationConfig
 from cap_app.model import LoadedModel, get_model
 from cap_app.program import extract_program
 from cap_app.prompts import build_messages, build_repair_messages
-from cap_app.results import Candidate, RefinementResult
+from cap_app.results import Candidate, RefinementResult, Verdict
 from cap_app.sandbox.config import SandboxConfig
 from cap_app.sandbox.result import ExecResult
 
 STRATEGIES = ("greedy", "vote", "cot+cap", "repair")
+OVERRIDES = ("located", "always")  # when a program's answer replaces the draft's (RefineConfig.override)
 SAMPLING_STRATEGIES = ("vote", "cot+cap")  # N sampled programs and a vote
 MAX_QUESTION_CHARS = 4000
 MAX_DRAFT_CHARS = 8000
@@ -61,6 +63,17 @@ class RefineConfig:
     repair_rounds: int = dataclasses.field(
         default=2, metadata={"help": "most extra tries the repair strategy gives a failing program"}
     )
+    override: str = dataclasses.field(
+        default="located",
+        metadata={
+            "help": "located: a program's answer replaces a draft's other answer only when the program "
+            "recomputes a calculation the draft got wrong or uses a quantity the draft left out; otherwise "
+            "the draft's answer stands, unconfirmed "
+            "(or unverified when no program answers). always: a program's answer always replaces the "
+            "draft's (the paper's CaP)",
+            "choices": OVERRIDES,
+        },
+    )
     # How to sample (greedy and repair always decode greedily)
     temperature: float = dataclasses.field(default=0.7, metadata={"help": "sampling temperature for vote and cot+cap"})
     top_p: float = dataclasses.field(default=0.95, metadata={"help": "nucleus sampling mass for vote and cot+cap"})
@@ -79,13 +92,17 @@ class RefineConfig:
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy '{self.strategy}'; choose one of {', '.join(STRATEGIES)}")
+        if self.override not in OVERRIDES:
+            raise ValueError(f"unknown override '{self.override}'; choose one of {', '.join(OVERRIDES)}")
         if self.n < 1 or self.repair_rounds < 0:
             raise ValueError("n must be >= 1 and repair_rounds >= 0")
         self.generation_config()  # validates the sampling settings
         self.sandbox_config()  # validates the limits with the sandbox's own bounds
 
     def sandbox_config(self) -> SandboxConfig:
-        return SandboxConfig(timeout_s=self.timeout_s, memory_mb=self.memory_mb, trace=self.trace)
+        # the located override reads the trace to find the draft's mistake; _result drops it if unwanted
+        trace = self.trace or self.override == "located"
+        return SandboxConfig(timeout_s=self.timeout_s, memory_mb=self.memory_mb, trace=trace)
 
     @property
     def samples(self) -> bool:
@@ -267,27 +284,49 @@ def _count_votes(state: _ItemState, draft_answer: str | None, strategy: str):
     return votes, chosen, winner["answer"]
 
 
+def _decide(
+    item: RefineItem, draft_answer: str | None, answer: str | None, chosen: Candidate | None, override: str
+) -> tuple[str | None, Verdict, str | None]:
+    """The answer to believe, the verdict and the draft's located mistake, given the winning answer."""
+    if answer is None:
+        return (draft_answer if override == "located" else None), "no_answer", None
+    if draft_answer is not None and answers_equal(answer, draft_answer):
+        return answer, "agrees", None
+    if draft_answer is None or override == "always":
+        return answer, "disagrees", None
+    mistake = located_mistake(item.draft, chosen.program, chosen.execution, item.question) if chosen else None
+    if mistake is None:
+        return draft_answer, "unconfirmed", None
+    return answer, "disagrees", mistake
+
+
+def _without_traces(candidates: list[Candidate]) -> list[Candidate]:
+    return [dataclasses.replace(c, execution=dataclasses.replace(c.execution, trace=[])) for c in candidates]
+
+
 def _result(state: _ItemState, config: RefineConfig, model_name: str) -> RefinementResult:
     item = state.item
     draft_answer = extract_draft_answer(item.draft)
     if config.samples:
-        votes, chosen, refined = _count_votes(state, draft_answer, config.strategy)
+        votes, chosen, answer = _count_votes(state, draft_answer, config.strategy)
     else:
         answered = [i for i, c in enumerate(state.candidates) if c.answer is not None]
         chosen = answered[-1] if answered else None
-        refined = state.candidates[chosen].answer if chosen is not None else None
-        votes = {refined: 1} if refined is not None else {}
+        answer = state.candidates[chosen].answer if chosen is not None else None
+        votes = {answer: 1} if answer is not None else {}
+    winner = state.candidates[chosen] if chosen is not None else None
+    refined, verdict, draft_mistake = _decide(item, draft_answer, answer, winner, config.override)
     gold = extract_draft_answer(item.gold) if item.gold else None
     return RefinementResult(
         question=item.question,
         draft=item.draft,
         draft_answer=draft_answer,
         strategy=config.strategy,
-        candidates=state.candidates,
+        candidates=state.candidates if config.trace else _without_traces(state.candidates),
         chosen=chosen,
         refined_answer=refined,
         votes=votes,
-        verdict="no_answer" if refined is None else ("agrees" if answers_equal(refined, draft_answer) else "disagrees"),
+        verdict=verdict,
         gold=gold,
         draft_correct=answers_equal(draft_answer, gold) if gold is not None else None,
         refined_correct=answers_equal(refined, gold) if gold is not None else None,
@@ -295,6 +334,7 @@ def _result(state: _ItemState, config: RefineConfig, model_name: str) -> Refinem
         prompt_tokens=state.prompt_tokens,
         generated_tokens=sum(c.tokens for c in state.candidates),
         model=model_name,
+        draft_mistake=draft_mistake,
     )
 
 

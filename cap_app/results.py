@@ -9,7 +9,10 @@ from typing import Literal
 
 from cap_app.sandbox.result import ExecResult
 
-Verdict = Literal["agrees", "disagrees", "no_answer"]
+# agrees: the program confirms the draft's answer; disagrees: its answer replaces the draft's;
+# unconfirmed: it reached another answer without finding a wrong step in the draft, so the draft's
+# answer stands (RefineConfig.override); no_answer: no program printed an answer.
+Verdict = Literal["agrees", "disagrees", "unconfirmed", "no_answer"]
 
 
 @dataclasses.dataclass
@@ -47,7 +50,7 @@ class RefinementResult:
     strategy: str
     candidates: list[Candidate]
     chosen: int | None  # index into candidates of the program whose answer won (None: none ran)
-    refined_answer: str | None
+    refined_answer: str | None  # the answer to believe: the program's, or the draft's where it stands
     votes: dict[str, int]  # answer -> votes (the draft's vote included for cot+cap)
     verdict: Verdict  # refined vs draft
     gold: str | None = None
@@ -57,6 +60,13 @@ class RefinementResult:
     prompt_tokens: int = 0
     generated_tokens: int = 0
     model: str = ""
+    # where the program shows the draft wrong (align.located_mistake), e.g. "3/5*700 = 400, but it is 420"
+    draft_mistake: str | None = None
+
+    @property
+    def program_answer(self) -> str | None:
+        """What the winning program printed (the refined answer unless the draft's stands)."""
+        return self.candidates[self.chosen].answer if self.chosen is not None else None
 
     @property
     def program(self) -> str | None:
@@ -74,11 +84,12 @@ class RefinementResult:
         return self.candidates[-1] if self.candidates else None
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return dataclasses.asdict(self) | {"program_answer": self.program_answer}
 
     @classmethod
     def from_dict(cls, data: dict) -> RefinementResult:
         data = dict(data)
+        data.pop("program_answer", None)  # derived from the candidates
         data["candidates"] = [
             Candidate(**{**c, "execution": ExecResult.from_dict(c["execution"])}) for c in data["candidates"]
         ]

@@ -7,7 +7,8 @@
 Input: JSONL with `question`, a gold answer (`gold`, `ground_truth` or GSM8K's `answer` with
 `#### N`), and the draft under `--draft-key` (text, or `{"solution": ...}` as in the drafts
 file). Prints one table row per strategy (draft and refined accuracy, wrong->right and
-right->wrong counts, answers missing, tokens and seconds per item) and writes a JSON report
+right->wrong counts, answers missing, the programs' own accuracy and right->wrong before a draft's
+answer is kept, drafts kept unconfirmed, tokens and seconds per item) and writes a JSON report
 with the summary and every item's answers, with each generated program's outcome (sandbox
 status, error, answer, tokens, the model's raw text).
 
@@ -27,6 +28,7 @@ import json
 import sys
 from pathlib import Path
 
+from cap_app.answers import answers_equal
 from cap_app.backends import BackendConfig
 from cap_app.commands.common import appended_records, fail, load_for_command, read_jsonl_items
 from cap_app.config_args import add_dataclass_arguments, dataclass_from_args
@@ -44,6 +46,9 @@ COLUMNS = (
     "wrong->right",
     "right->wrong",
     "no answer",
+    "program acc",
+    "prog r->w",
+    "unconfirmed",
     "tokens/item",
     "s/item",
 )
@@ -88,7 +93,12 @@ def summarize(results) -> dict:
         "refined_accuracy": share(r.refined_correct for r in results),
         "wrong_to_right": sum(not r.draft_correct and r.refined_correct for r in results),
         "right_to_wrong": sum(r.draft_correct and not r.refined_correct for r in results),
-        "no_answer": sum(r.refined_answer is None for r in results),
+        "no_answer": sum(r.verdict == "no_answer" for r in results),
+        # the programs' own answers, before a draft's answer is kept (RefineConfig.override)
+        "program_accuracy": share(answers_equal(r.program_answer, r.gold) for r in results),
+        "program_wrong_to_right": sum(not r.draft_correct and answers_equal(r.program_answer, r.gold) for r in results),
+        "program_right_to_wrong": sum(r.draft_correct and not answers_equal(r.program_answer, r.gold) for r in results),
+        "unconfirmed": sum(r.verdict == "unconfirmed" for r in results),
         # generations stopped by the token limit or the repetition stop, of all generations
         "cut_off": sum(c.finish in ("length", "repetition") for r in results for c in r.candidates),
         "generations": sum(len(r.candidates) for r in results),
@@ -126,6 +136,9 @@ def format_table(summary: dict[str, dict], by_draft_key: dict[str, dict[str, dic
                 str(s["wrong_to_right"]),
                 str(s["right_to_wrong"]),
                 str(s["no_answer"]),
+                f"{s['program_accuracy']:.1%}",
+                str(s["program_right_to_wrong"]),
+                str(s["unconfirmed"]),
                 f"{s['tokens_per_item']:.1f}",
                 f"{s['seconds_per_item']:.2f}",
             )
@@ -261,6 +274,8 @@ def main(args: argparse.Namespace) -> int:
                 "refined_correct": result.refined_correct,
                 "draft_correct": result.draft_correct,
                 "verdict": result.verdict,
+                "program_answer": result.program_answer,
+                "draft_mistake": result.draft_mistake,
                 "program": result.program,
                 "votes": result.votes,
                 "tokens": result.generated_tokens,

@@ -63,8 +63,11 @@ def format_result(result) -> str:
         lines.append(f"  -> {execution.status} in {execution.duration_ms:.0f} ms: {outcome}")
     if len(result.votes) > 1 or result.strategy in SAMPLING_STRATEGIES:
         lines.append("votes:          " + (", ".join(f"{a} x{n}" for a, n in result.votes.items()) or "(none)"))
+    lines.append(f"program answer: {result.program_answer if result.program_answer is not None else '(none)'}")
     lines.append(f"refined answer: {result.refined_answer if result.refined_answer is not None else '(none)'}")
     lines.append(f"verdict:        {result.verdict.replace('_', ' ')}")
+    if result.draft_mistake:
+        lines.append(f"draft mistake:  {result.draft_mistake}")
     if result.gold is not None:
         lines.append(
             f"gold answer:    {result.gold} (draft {'right' if result.draft_correct else 'wrong'}, "

@@ -171,7 +171,7 @@ def _view(**values) -> tuple:
 
 def _refinement_label(index: int, stored) -> str:
     result = stored.result
-    return f"{index + 1}: {result.strategy}, answer {result.refined_answer or 'none'} ({stored.source})"
+    return f"{index + 1}: {result.strategy}, answer {result.program_answer or 'none'} ({stored.source})"
 
 
 def _error(message: str) -> str:

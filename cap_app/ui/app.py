@@ -11,7 +11,7 @@ import sys
 
 import gradio as gr
 
-from cap_app.refine import MAX_DRAFT_CHARS, MAX_QUESTION_CHARS, STRATEGIES
+from cap_app.refine import MAX_DRAFT_CHARS, MAX_QUESTION_CHARS, OVERRIDES, STRATEGIES
 from cap_app.sandbox import sandbox_walls
 from cap_app.sandbox.walls import describe as describe_walls
 from cap_app.ui import handlers
@@ -69,6 +69,14 @@ def _refine_tab() -> None:
                     label="Strategy",
                     info="vote / cot+cap sample N programs; repair feeds errors back",
                 )
+                override = gr.Radio(
+                    list(OVERRIDES),
+                    value=handlers.default_settings()["override"],
+                    label="When the program's answer differs from the draft's",
+                    info="located: it replaces the draft's only where the program shows the draft's mistake "
+                    "(a wrong calculation, a left-out quantity); always: it replaces it (the paper's CaP)",
+                    elem_id="override",
+                )
                 n = handlers.setting_slider("n", "N (programs for vote / cot+cap)")
                 temperature = handlers.setting_slider("temperature", "Temperature (vote / cot+cap sampling)")
                 max_new_tokens = handlers.setting_slider("max_new_tokens", "Max new tokens", elem_id="max-new-tokens")
@@ -123,7 +131,7 @@ def _refine_tab() -> None:
         "times": times,
         "candidates": candidates,
     }
-    inputs = [question, draft, gold, model, strategy, n, temperature, max_new_tokens, time_limit, backend]
+    inputs = [question, draft, gold, model, strategy, n, temperature, max_new_tokens, time_limit, backend, override]
     gr.on(
         [refine.click, gold.submit],
         handlers.refine_page,

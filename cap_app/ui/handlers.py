@@ -96,7 +96,9 @@ def backend_config(choice: str):
     return BackendConfig(backend=choice, base_url=base_url)
 
 
-def refine_config(strategy: str, n: float, temperature: float, max_new_tokens: float, time_limit_s: float):
+def refine_config(
+    strategy: str, n: float, temperature: float, max_new_tokens: float, time_limit_s: float, override: str = "located"
+):
     """The settings panel as the engine's RefineConfig (which checks its own ranges, as for the CLI),
     within the bounds a public server grants one visitor (the API can send any number)."""
     for name, value in (
@@ -114,6 +116,7 @@ def refine_config(strategy: str, n: float, temperature: float, max_new_tokens: f
         temperature=float(temperature),
         max_new_tokens=int(max_new_tokens),
         timeout_s=float(time_limit_s),
+        override=override,
     )
 
 
@@ -127,6 +130,7 @@ def default_settings() -> dict:
         "temperature": config.temperature,
         "max_new_tokens": config.max_new_tokens,
         "time_limit_s": config.timeout_s,
+        "override": config.override,
     }
 
 
@@ -171,6 +175,7 @@ def refine_page(
     max_new_tokens: float,
     time_limit_s: float,
     backend_choice: str = "auto",
+    override: str = "located",
     request: gr.Request | None = None,
 ) -> Iterator[tuple]:
     """Refine button: stream the program into the code view, then show verdict, alignment, trace, charts."""
@@ -180,7 +185,7 @@ def refine_page(
         validate_inputs(question, draft)
         if gold is not None and (not isinstance(gold, str) or len(gold) > MAX_GOLD_CHARS):
             raise InputError(f"the gold answer must be text of at most {MAX_GOLD_CHARS} characters")
-        config = refine_config(strategy, n, temperature, max_new_tokens, time_limit_s)
+        config = refine_config(strategy, n, temperature, max_new_tokens, time_limit_s, override)
         model_cfg = model_config(model_choice)
         backend_cfg = backend_config(backend_choice)
     except (InputError, ValueError, TypeError) as error:

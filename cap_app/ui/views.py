@@ -21,9 +21,10 @@ def _answer(text: str | None) -> str:
 
 
 def verdict_sentence(result: RefinementResult) -> str:
-    """One plain sentence, e.g. "The refinement disagrees with the draft: 18 vs 26"."""
+    """One plain sentence, e.g. "The program corrects the draft: 18, not 26 (…)"."""
     refined, draft = result.refined_answer, result.draft_answer
-    if refined is None:
+    program = result.program_answer
+    if result.verdict == "no_answer":
         reason, advice = _no_answer_reason(result.shown_candidate)
         draft_part = (
             f"so the draft's answer {draft} stands, unverified"
@@ -35,6 +36,13 @@ def verdict_sentence(result: RefinementResult) -> str:
         sentence = f"The draft states no final answer; the refinement gives {refined}."
     elif result.verdict == "agrees":
         sentence = f"The refinement agrees with the draft: {refined}."
+    elif result.verdict == "unconfirmed":
+        sentence = (
+            f"The program got {_answer(program)} but found no wrong calculation or left-out quantity in the draft, "
+            f"so the draft's answer {draft} stands, unconfirmed: check the steps where they part."
+        )
+    elif result.draft_mistake:
+        sentence = f"The refinement corrects the draft: {refined}, not {draft}. Its mistake: {result.draft_mistake}."
     else:
         sentence = f"The refinement disagrees with the draft: {refined} vs {draft}."
     if result.gold is not None:
@@ -63,8 +71,8 @@ def _gold_sentence(result: RefinementResult) -> str:
         return "right" if ok else "wrong"
 
     parts = []
-    if result.refined_answer is not None:
-        parts.append(f"the refinement is {mark(result.refined_correct)}")
+    if result.program_answer is not None:
+        parts.append(f"the program is {mark(answers_equal(result.program_answer, result.gold))}")
     if result.draft_answer is not None:
         parts.append(f"the draft is {mark(result.draft_correct)}")
     return f"Gold answer {result.gold}" + (": " + " and ".join(parts) if parts else "") + "."
@@ -85,16 +93,16 @@ def verdict_html(result: RefinementResult) -> str:
     """Draft vs refined (vs gold) answers with right/wrong marks, and the plain sentence."""
     has_gold = result.gold is not None
     draft_mark = result.draft_correct if has_gold else None
-    refined_mark = result.refined_correct if has_gold else None
+    program_mark = answers_equal(result.program_answer, result.gold) if has_gold else None
     draft_label = "draft"
     if not has_gold and result.draft_answer is not None:  # the badge says what the sentence says
-        if result.refined_answer is None:
-            draft_label = "draft (unverified)"
+        if result.verdict in ("no_answer", "unconfirmed"):
+            draft_label = f"draft ({'unverified' if result.verdict == 'no_answer' else 'unconfirmed'})"
         else:
             draft_label = "draft (checked by the program)"
             draft_mark = answers_equal(result.draft_answer, result.refined_answer)
     badges = _badge(draft_label, result.draft_answer, draft_mark)
-    badges += _badge(f"refined ({result.strategy})", result.refined_answer, refined_mark)
+    badges += _badge(f"program ({result.strategy})", result.program_answer, program_mark)
     if has_gold:
         badges += _badge("gold", result.gold, None)
     return (

@@ -7,9 +7,11 @@ import json
 from cap_app.align import (
     align_draft_to_program,
     line_diff,
+    located_mistake,
     split_draft,
     token_diff,
 )
+from cap_app.sandbox import run_program
 from cap_app.sandbox.result import ExecResult, TraceStep
 from tests.helpers.paths import DRAFTS_DEV
 from tests.ui.conftest import JANET_DRAFT, JANET_PROGRAM, JANET_QUESTION, janet_execution
@@ -152,3 +154,20 @@ def test_diffs_are_word_and_line_level():
         ("insert", "a = 2"),
         ("equal", "print(a)"),
     ]
+
+
+def test_a_program_locates_a_drafts_mistake_only_by_recomputing_it_or_using_what_it_left_out():
+    def mistake(draft: str, program: str) -> str | None:
+        return located_mistake(draft, program, run_program(program, trace=True), JANET_QUESTION)
+
+    # a wrong calculation whose right value the program computes
+    recomputes = "meals = 3 + 4\neggs = 16 * meals\nprint(eggs)"
+    assert mistake(WRONG_ARITHMETIC_DRAFT, recomputes) == "16 * 7 = 111, but it is 112"
+    # Janet's draft forgets the muffins: right arithmetic, but the program uses the 4 it never mentions
+    assert mistake(JANET_DRAFT, JANET_PROGRAM).startswith("it never uses the question's 4 (")
+    # a program that only reaches another answer has found nothing: a right draft misread
+    right = "She has 16 - 3 - 4 = <<16-3-4=9>>9 eggs left.\nShe makes 9 * 2 = $<<9*2=18>>18.\nA: 18"
+    assert mistake(right, "left = 16 - 3 - 4\nprint(left * 3)") is None
+    # nor does one that never computes the wrong step's right value, or one that did not run
+    assert mistake(WRONG_ARITHMETIC_DRAFT, "print(3 + 4 + 16)") is None
+    assert located_mistake(WRONG_ARITHMETIC_DRAFT, recomputes, None) is None

@@ -146,7 +146,10 @@ def test_eval_compares_strategies_on_the_drafts_file(tiny, tmp_path, capsys):
         assert summary["items"] == 3 and summary["draft_accuracy"] == pytest.approx(draft_accuracy)
     # cot+cap: the random model's programs fail, so the draft's own answer wins every vote
     assert data["summary"]["cot+cap"]["refined_accuracy"] == pytest.approx(draft_accuracy)
-    assert data["summary"]["greedy"]["no_answer"] == 3 and data["summary"]["greedy"]["refined_accuracy"] == 0
+    # greedy: no program answers, so each draft's answer stands (unverified) and the programs score 0
+    greedy = data["summary"]["greedy"]
+    assert greedy["no_answer"] == 3 and greedy["refined_accuracy"] == pytest.approx(draft_accuracy)
+    assert greedy["program_accuracy"] == 0 and greedy["right_to_wrong"] == 0
     assert [item["gold"] for item in data["items"]] == ["18", "3", "70000"]
     assert data["config"]["cot+cap"]["n"] == 2
     # why each item has no answer is in the report: every program's sandbox outcome and raw text

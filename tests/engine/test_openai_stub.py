@@ -35,7 +35,7 @@ def test_a_refinement_through_the_server_streams_and_votes():
         events = list(refine_stream(QUESTION, DRAFT, model=backend(stub)))
         result = events[-1].result
         assert "".join(e.text for e in events if e.kind == "token") == PROGRAM.replace("18", "0")
-        assert result.refined_answer == "0" and result.model == f"cap @ {stub.url}"
+        assert result.program_answer == "0" and result.model == f"cap @ {stub.url}"
         assert result.candidates[0].logprob == pytest.approx(-0.25) and result.candidates[0].finish == "program_end"
         voted = refine(QUESTION, DRAFT, config=RefineConfig(strategy="vote", n=3, seed=5), model=backend(stub))
         assert voted.votes == {"5": 1, "6": 1, "7": 1}  # one request per sample, seeded seed + row
@@ -96,7 +96,7 @@ def test_a_bad_key_is_refused_at_once_and_never_shown(monkeypatch, capsys):
             == 0
         )
         out, err = capsys.readouterr()
-        assert json.loads(out)["refined_answer"] == "0" and SECRET not in out + err
+        assert json.loads(out)["candidates"][0]["answer"] == "0" and SECRET not in out + err
 
 
 def test_a_wrong_model_name_is_refused_before_any_work():

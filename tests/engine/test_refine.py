@@ -99,10 +99,46 @@ def test_greedy_agrees_with_a_right_draft_and_reports_a_failed_program(monkeypat
     script(monkeypatch, (RIGHT, -0.1), (CRASHES, -0.1))
     assert refine(QUESTION, "A: 18", model=scripted_model).verdict == "agrees"
     failed = refine(QUESTION, "A: 18", model=scripted_model)
-    assert (failed.verdict, failed.refined_answer, failed.chosen) == ("no_answer", None, None)
+    # no program answered: the draft's answer stands, unverified
+    assert (failed.verdict, failed.refined_answer, failed.program_answer, failed.chosen) == (
+        "no_answer",
+        "18",
+        None,
+        None,
+    )
     assert (
         failed.candidates[0].execution.status == "error" and "division by zero" in failed.candidates[0].execution.error
     )
+
+
+RIGHT_DRAFT = "She has 16 - 3 - 4 = 9 eggs left.\nShe makes 9 * 2 = $18.\nA: 18"
+SLIP_DRAFT = "She has 16 - 3 - 4 = 10 eggs left.\nShe makes 10 * 2 = $20.\nA: 20"
+MISREADS = "```python\neggs = 16 - 3 - 4\nprint(eggs * 3)\n```"
+
+
+def test_a_program_that_misreads_a_right_draft_leaves_its_answer_standing(monkeypatch, scripted_model):
+    script(monkeypatch, (MISREADS, -0.1), (MISREADS, -0.1), (CRASHES, -0.1))
+    kept = refine(QUESTION, RIGHT_DRAFT, gold="18", model=scripted_model)
+    assert (kept.program_answer, kept.refined_answer, kept.verdict) == ("27", "18", "unconfirmed")
+    assert kept.refined_correct and kept.draft_mistake is None
+    # the paper's rule: the program's answer wins whenever one runs, and none when none does
+    always = RefineConfig(override="always")
+    replaced = refine(QUESTION, RIGHT_DRAFT, gold="18", config=always, model=scripted_model)
+    assert (replaced.refined_answer, replaced.verdict, replaced.refined_correct) == ("27", "disagrees", False)
+    failed = refine(QUESTION, RIGHT_DRAFT, config=always, model=scripted_model)
+    assert (failed.verdict, failed.refined_answer) == ("no_answer", None)
+
+
+def test_a_program_that_recomputes_the_wrong_step_corrects_the_draft(monkeypatch, scripted_model):
+    script(monkeypatch, (RIGHT, -0.1), (RIGHT, -0.1))
+    fixed = refine(QUESTION, SLIP_DRAFT, gold="18", model=scripted_model)
+    assert (fixed.refined_answer, fixed.verdict, fixed.refined_correct) == ("18", "disagrees", True)
+    assert fixed.draft_mistake == "16 - 3 - 4 = 10, but it is 9"
+    # the draft that forgot the 4 muffins: its arithmetic is right, but the program uses what it left out
+    forgot = refine(QUESTION, WRONG_DRAFT, gold="18", config=RefineConfig(trace=False), model=scripted_model)
+    assert (forgot.refined_answer, forgot.verdict) == ("18", "disagrees")
+    assert forgot.draft_mistake.startswith("it never uses the question's 4")
+    assert forgot.candidates[0].execution.trace == []  # read for the decision, not kept when not asked for
 
 
 def test_vote_takes_the_majority_answer(monkeypatch, scripted_model):
@@ -127,7 +163,9 @@ def test_vote_counts_equivalent_answers_together(monkeypatch, scripted_model):
 def test_vote_tie_goes_to_the_higher_log_prob(monkeypatch, scripted_model):
     script(monkeypatch, (RIGHT, -0.9), (TWENTY, -0.2))
     result = refine(QUESTION, WRONG_DRAFT, config=RefineConfig(strategy="vote", n=2), model=scripted_model)
-    assert (result.refined_answer, result.chosen) == ("20", 1)
+    assert (result.program_answer, result.chosen) == ("20", 1)
+    # print(20) shows nothing wrong in the draft, so the draft's answer stands
+    assert (result.refined_answer, result.verdict) == ("26", "unconfirmed")
 
 
 def test_cot_cap_counts_the_draft_as_a_vote(monkeypatch, scripted_model):

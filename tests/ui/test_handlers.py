@@ -89,7 +89,7 @@ def test_a_long_draft_is_refused_with_the_limit_not_cut_in_the_browser(tiny_choi
 def test_both_tabs_start_at_the_engines_defaults_within_the_web_limits():
     """One rule for the Refine tab, the Annotate tab and the CLI: RefineConfig's defaults (400 new
     tokens; the page used to start at 320) within WEB_LIMITS, and RefineConfig's strategies."""
-    from cap_app.refine import STRATEGIES, RefineConfig
+    from cap_app.refine import OVERRIDES, STRATEGIES, RefineConfig
     from cap_app.ui.app import build_demo
     from cap_app.ui.hosting import WEB_LIMITS
 
@@ -109,6 +109,8 @@ def test_both_tabs_start_at_the_engines_defaults_within_the_web_limits():
     strategies = [c for c in components if c.get("label") == "Strategy"]
     assert len(strategies) == 2 and all(c["value"] == RefineConfig().strategy for c in strategies)
     assert all([value for _, value in c["choices"]] == list(STRATEGIES) for c in strategies)
+    [override] = [c for c in components if c.get("elem_id") == "override"]
+    assert [v for _, v in override["choices"]] == list(OVERRIDES) and override["value"] == RefineConfig().override
 
 
 def test_settings_outside_their_range_and_unknown_models_are_refused(tiny_choice):

@@ -24,11 +24,25 @@ XSS_PROGRAM = 'x = 16 - 3\nprint("<img src=x onerror=alert(1)>")'
 
 def test_verdict_sentence_names_both_answers(janet_result):
     assert verdict_sentence(janet_result) == (
-        "The refinement disagrees with the draft: 18 vs 26. Gold answer 18: the refinement is right and the draft "
+        "The refinement disagrees with the draft: 18 vs 26. Gold answer 18: the program is right and the draft "
         "is wrong."
     )
     agreeing = make_result(refined="26", votes={"26": 1}, verdict="agrees", gold=None)
     assert verdict_sentence(agreeing) == "The refinement agrees with the draft: 26."
+
+
+def test_verdict_names_the_drafts_mistake_or_says_its_answer_stands_unconfirmed(janet_result):
+    corrected = dataclasses.replace(janet_result, gold=None, draft_mistake="16 - 3 = 12, but it is 13")
+    assert verdict_sentence(corrected) == (
+        "The refinement corrects the draft: 18, not 26. Its mistake: 16 - 3 = 12, but it is 13."
+    )
+    kept = dataclasses.replace(janet_result, gold=None, refined_answer="26", verdict="unconfirmed")
+    assert verdict_sentence(kept).startswith(
+        "The program got 18 but found no wrong calculation or left-out quantity in the draft, so the draft's "
+        "answer 26 stands, unconfirmed"
+    )
+    page = verdict_html(kept)  # the badges: the draft unconfirmed beside what the program printed
+    assert "draft (unconfirmed)" in page and "program (greedy)" in page and "checked by the program" not in page
 
 
 def test_verdict_sentence_when_no_program_ran():
