@@ -39,12 +39,14 @@ def test_bundled_model_converts_once_and_streams_a_refinement(cap_cache_dir, fre
     assert reloaded.tokenizer.chat_template == loaded.tokenizer.chat_template
 
 
-# Fixed dev items whose 175b_verification draft is right and which the shipped adapter keeps right,
-# run as `make run` runs it (the default backend: llama.cpp on the merged q8_0 GGUF on a CPU): a
-# regression here means the shipped model got worse at following a right draft, or at recomputing
-# a slip (dev item 9's seed-0 slip, as `data variants --kind slip` builds it).
+# Fixed dev items whose 175b_verification draft is right and whose answer the shipped adapter's own
+# program reproduces, run as `make run` runs it (the default backend: llama.cpp on the merged q8_0
+# GGUF on a CPU): a regression here means the shipped model got worse at following a right draft, or
+# at recomputing a slip (dev item 9's seed-0 slip, as `data variants --kind slip` builds it). On dev
+# item 1 its program misreads the right draft (2 for 3), and the draft's answer must stand.
 KEPT_ITEMS = (9, 10, 11, 13)
 SLIPPED_ITEM = 9
+MISREAD_ITEM = 1
 KEY = "175b_verification"
 
 
@@ -66,9 +68,17 @@ def test_shipped_model_keeps_right_drafts_and_recomputes_a_slip(cap_cache_dir):
     gold = row["ground_truth"].rsplit("A:", 1)[1].strip()
     slipped, _ = slip_draft(row[KEY]["solution"], gold, random.Random(f"0:{SLIPPED_ITEM + 1}:{KEY}"))
     items.append(RefineItem(row["question"], slipped, row["ground_truth"]))
+    row = rows[MISREAD_ITEM]
+    items.append(RefineItem(row["question"], row[KEY]["solution"], row["ground_truth"]))
     from cap_app.backends import get_backend
 
-    results = list(refine_batch(items, RefineConfig(max_new_tokens=200, trace=False), get_backend(ModelConfig())))
-    for result in results[:-1]:
-        assert result.draft_correct and answers_equal(result.refined_answer, result.draft_answer), result.program
-    assert not results[-1].draft_correct and results[-1].refined_correct, results[-1].program
+    *kept, fixed, misread = refine_batch(
+        items, RefineConfig(max_new_tokens=200, trace=False), get_backend(ModelConfig())
+    )
+    for result in kept:
+        assert result.draft_correct and answers_equal(result.program_answer, result.draft_answer), result.program
+        assert result.verdict == "agrees"
+    assert not fixed.draft_correct and fixed.refined_correct and fixed.verdict == "disagrees", fixed.program
+    assert fixed.draft_mistake and "but it is" in fixed.draft_mistake  # the slipped calculation, recomputed
+    assert (misread.program_answer, misread.draft_answer) == ("2", "3"), misread.program
+    assert misread.verdict == "unconfirmed" and misread.refined_correct
