@@ -23,6 +23,7 @@ from cap_app.sandbox.result import ExecResult
 _OPERAND = r"\(*\s*\$?(?:\d[\d,]*(?:\.\d+)?|\.\d+)%?\s*\)*"
 EQUATION_RE = re.compile(
     rf"(?P<expr>{_OPERAND}(?:\s*[-+*/x×÷]\s*{_OPERAND})+)\s*=\s*\$?(?P<result>-?(?:\d[\d,]*(?:\.\d+)?|\.\d+)%?)"
+    r"(?!\d|[.,]\d|\s*[*/×÷]\s*\$?\d)"  # "= $100/5": a calculation on the right-hand side, not a result
 )
 _OPERATOR_BEFORE_RE = re.compile(r"[-+*/x×÷]\s*$")  # "3 years * (1/3) = 9": only part of it was caught
 SENTENCE_SPLIT_RE = re.compile(r"(?<=[.!?])\s+(?=[A-Z$])|(?<=[。！？])(?=.)")  # CJK full stops need no space
@@ -82,9 +83,10 @@ class ArithmeticCheck:
         claimed = parse_number(self.claimed)
         if self.actual is None or claimed is None:
             return None
-        if self.claimed.endswith("%"):
-            claimed /= 100
-        return same_number(self.actual, claimed, decimals=_decimals(self.claimed.rstrip("%")))
+        decimals = _decimals(self.claimed.rstrip("%"))
+        if self.claimed.endswith("%"):  # "3/4 = 75%", and "25/100 x 100 = 25%" where % is only a unit
+            return any(same_number(self.actual, c, decimals=decimals) for c in (claimed / 100, claimed))
+        return same_number(self.actual, claimed, decimals=decimals)
 
 
 @dataclasses.dataclass

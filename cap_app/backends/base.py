@@ -58,6 +58,57 @@ class Token:
     eos: bool = False  # end of turn: not part of the text
 
 
+class Follower:
+    """The stop rules of one row, fed one token at a time: `add` says when the row is done (EOS,
+    program end or repetition, cancel, the token limit), `generation` what it wrote. A sampler
+    that decodes several rows in step keeps one per row; `follow` reads one row's tokens."""
+
+    def __init__(
+        self,
+        config: GenerationConfig,
+        *,
+        prompt_tokens: int,
+        cancel: threading.Event | None,
+        emit: Callable[[str, int], None] | None,
+    ):
+        self.config, self.prompt_tokens, self.cancel, self.emit = config, prompt_tokens, cancel, emit
+        self.text, self.ids, self.logprobs, self.count = "", [], [], 0
+        self.finish = "length"
+
+    def add(self, token: Token) -> bool:
+        """Take the next token; True once a stop rule fired (the token, unless EOS, is kept)."""
+        if token.eos:
+            self.finish = "eos"
+            return True
+        self.count += 1
+        self.text += token.text
+        if token.id is not None:
+            self.ids.append(token.id)
+        if token.logprob is not None:
+            self.logprobs.append(token.logprob)
+        if self.emit is not None and token.text:
+            self.emit(token.text, self.count)
+        if ("`" in token.text or "\n" in token.text) and (reason := stop_reason(self.text, self.config)):
+            self.finish = reason
+            return True
+        if self.cancel is not None and self.cancel.is_set():
+            self.finish = "cancelled"
+            return True
+        return self.count >= self.config.max_new_tokens
+
+    def generation(self) -> Generation:
+        logprobs, count = self.logprobs, self.count
+        mean = sum(logprobs) / len(logprobs) if logprobs and len(logprobs) == count else None
+        return Generation(
+            text=self.text,
+            prompt_tokens=self.prompt_tokens,
+            new_tokens=count,
+            mean_logprob=mean,
+            finish=self.finish,
+            token_ids=self.ids,
+        )
+
+
 def follow(
     tokens: Iterable[Token],
     config: GenerationConfig,
@@ -68,38 +119,17 @@ def follow(
 ) -> Generation:
     """Read tokens until a stop rule fires; the caller's iterator is closed there, which is how a
     local sampler stops decoding and a remote stream drops its connection."""
-    text, ids, logprobs, count = "", [], [], 0
-    finish = "length"
+    follower = Follower(config, prompt_tokens=prompt_tokens, cancel=cancel, emit=emit)
     iterator = iter(tokens)
     try:
         for token in iterator:
-            if token.eos:
-                finish = "eos"
-                break
-            count += 1
-            text += token.text
-            if token.id is not None:
-                ids.append(token.id)
-            if token.logprob is not None:
-                logprobs.append(token.logprob)
-            if emit is not None and token.text:
-                emit(token.text, count)
-            if ("`" in token.text or "\n" in token.text) and (reason := stop_reason(text, config)):
-                finish = reason
-                break
-            if cancel is not None and cancel.is_set():
-                finish = "cancelled"
-                break
-            if count >= config.max_new_tokens:
+            if follower.add(token):
                 break
     finally:
         close = getattr(iterator, "close", None)
         if close is not None:
             close()
-    mean = sum(logprobs) / len(logprobs) if logprobs and len(logprobs) == count else None
-    return Generation(
-        text=text, prompt_tokens=prompt_tokens, new_tokens=count, mean_logprob=mean, finish=finish, token_ids=ids
-    )
+    return follower.generation()
 
 
 def sample_seeds(

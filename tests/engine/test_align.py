@@ -53,6 +53,17 @@ def test_percentages_leading_decimals_and_partial_equations():
     assert [(c.expression, c.ok) for c in step.checks] == [(".20*20", True), ("5% * 100%", True), ("20 * 50%", True)]
     (step,) = split_draft("In three years * (1/3) = 9 years")  # only "(1/3) = 9" is an equation: not judged
     assert step.checks == []
+    # a percent sign that is only a unit, and a right-hand side that is a calculation: neither is a slip
+    # (both were flagged, and a program that misread those right drafts overruled them)
+    (step,) = split_draft("Therefore, 25/100 x 100 = 25% of the plants flower, and 3/4 = 75% do not.")
+    assert [(c.expression, c.ok) for c in step.checks] == [("25/100 x 100", True), ("3/4", True)]
+    (step,) = split_draft("Gerald and Julia received $100/ 3 + $100/2 = $100/5")
+    assert step.checks == []
+    (step,) = split_draft("So 20 - 5 = 15 - 3 = 12 and 2 * 500 = 1,000.")
+    assert [(c.expression, c.claimed, c.ok) for c in step.checks] == [
+        ("20 - 5", "15", True),
+        ("2 * 500", "1,000", True),
+    ]
 
 
 def test_real_gpt3_drafts_are_rechecked_and_their_slips_found():

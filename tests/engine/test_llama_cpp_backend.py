@@ -1,14 +1,15 @@
 """The llama.cpp backend on the offline default (the bundled SmolLM2 GGUF with the shipped CaP
 adapter merged in by `cap_app.gguf_export`), and the GGUF export itself: same prompt tokens and
-same greedy tokens as transformers, seeded samples (the same with one context or two), the stops,
-cancel, closing, and the 8/4-bit files."""
+same greedy tokens as transformers, seeded samples (the same with one context or two, the rows of
+a call decoded together), the stops, cancel, closing, and the 8/4-bit files."""
 
+import dataclasses
 import threading
 
 import pytest
 
 from cap_app.backends import BackendConfig, BackendError, get_backend
-from cap_app.backends.llama_cpp import LlamaCppBackend, default_contexts
+from cap_app.backends.llama_cpp import CONTEXT_TOKENS, SEQUENCES, LlamaCppBackend, _groups, default_contexts
 from cap_app.cli import main
 from cap_app.generate import GenerationConfig, generate_batch
 from cap_app.gguf_export import cached_export, export_gguf
@@ -91,20 +92,73 @@ def test_cancel_stops_a_stream(llama):
 
 
 def test_two_contexts_vote_with_the_samples_of_one(one_context, two_contexts):
-    """Each row's seed decides its tokens, whichever context decodes it and whatever that context
-    decoded before: a vote draws the same programs with one context as with two."""
+    """Each row's seed decides its tokens, whatever the pool: a vote's rows decode together in the
+    shared context (with the pool's threads), and draw the same programs with one context as with
+    two, and again on a rerun."""
     config = RefineConfig(strategy="vote", n=4, seed=3, max_new_tokens=160)
     one, two = (refine(QUESTION, DRAFT, config=config, model=backend) for backend in (one_context, two_contexts))
     assert [(c.text, c.logprob) for c in two.candidates] == [(c.text, c.logprob) for c in one.candidates]
     assert (two.votes, two.chosen, two.refined_answer) == (one.votes, one.chosen, one.refined_answer)
-    assert all(context.llm.n_tokens > 0 for context in two_contexts.contexts)  # both decoded
+    assert two_contexts.shared and two_contexts.shared[0].kept == two_contexts.prompt_tokens(CONVERSATION)
     # The model is sure of this item's program; hotter, shorter samples differ from each other.
     hot = GenerationConfig(temperature=1.0, top_p=0.95, max_new_tokens=24, n=4, seed=7)
-    one, two = (
+    one, two, again = (
         [(g.token_ids, g.mean_logprob) for g in b.generate_batch([CONVERSATION], hot)[0]]
-        for b in (one_context, two_contexts)
+        for b in (one_context, two_contexts, two_contexts)
     )
-    assert two == one and len({tuple(ids) for ids, _ in one}) > 1
+    assert two == one == again and len({tuple(ids) for ids, _ in one}) > 1
+
+
+def test_the_rows_of_a_call_decode_together(two_contexts):
+    """N samples of one prompt decode as N sequences of the shared context: each a well-formed
+    generation of its own seed (the same on a rerun, also after another prompt took the context),
+    greedy rows alike, every row streamed, a cancel stopping them all at their next token."""
+    prompt = two_contexts.prompt_tokens(CONVERSATION)
+    hot = GenerationConfig(temperature=1.0, top_p=0.95, max_new_tokens=30, n=5, seed=11)
+    first = two_contexts.generate_batch([CONVERSATION], hot)[0]
+    assert len(first) == 5 and len({tuple(g.token_ids) for g in first}) > 1
+    for generation in first:
+        assert generation.prompt_tokens == len(prompt) and generation.finish in {"length", "program_end", "eos"}
+        assert 0 < generation.new_tokens <= 30 and len(generation.token_ids) == generation.new_tokens
+        assert generation.mean_logprob < 0 and generation.text
+    other = build_messages("What is 2 + 3?", "A: 5")
+    two_contexts.generate_batch([other, CONVERSATION], GenerationConfig(max_new_tokens=8, n=2))
+    again = two_contexts.generate_batch([CONVERSATION], hot)[0]
+    assert [(g.text, g.token_ids, g.mean_logprob, g.finish) for g in again] == [
+        (g.text, g.token_ids, g.mean_logprob, g.finish) for g in first
+    ]
+
+    greedy = GenerationConfig(max_new_tokens=40, n=3, stop_at_program_end=False)
+    chunks = list(two_contexts.generate_stream([CONVERSATION, other], greedy))
+    groups = chunks[-1].generations
+    assert [len(group) for group in groups] == [3, 3]
+    for group in groups:
+        assert len({(g.text, tuple(g.token_ids), g.mean_logprob) for g in group}) == 1
+    for row, generation in enumerate(g for group in groups for g in group):
+        streamed = [c for c in chunks[:-1] if c.row == row]
+        assert "".join(c.text for c in streamed) == generation.text
+        assert streamed[-1].tokens == generation.new_tokens
+
+    cancel = threading.Event()
+    stream = two_contexts.generate_stream(
+        [CONVERSATION], GenerationConfig(temperature=1.0, n=4, seed=0, max_new_tokens=300), cancel=cancel
+    )
+    next(stream)
+    cancel.set()
+    *rest, last = stream
+    assert len(rest) < 10 and {g.finish for g in last.generations[0]} == {"cancelled"}
+
+
+def test_rows_that_do_not_fit_together_decode_in_groups():
+    config = GenerationConfig(max_new_tokens=1000, n=2)
+    a, b = [0] * 400, [1] * 800
+    assert list(_groups([a, a, a, a], config)) == [[0, 1, 2], [3]]  # 400 + 3 x 1000 fit, not 4
+    assert list(_groups([a, a, b, b], config)) == [[0, 1], [2, 3]]  # a new prompt takes its cells too
+    assert list(_groups([a] * (SEQUENCES + 1), GenerationConfig(max_new_tokens=10))) == [
+        list(range(SEQUENCES)),
+        [SEQUENCES],
+    ]
+    assert 400 + 3 * 1000 <= CONTEXT_TOKENS < 400 + 4 * 1000
 
 
 def test_cancel_stops_a_vote_on_two_contexts(two_contexts):
@@ -113,23 +167,29 @@ def test_cancel_stops_a_vote_on_two_contexts(two_contexts):
     events = refine_stream(QUESTION, DRAFT, config=config, model=two_contexts, cancel=cancel)
     next(events)
     cancel.set()
-    rest = list(events)  # the rows decoding stop at their next token, the others at their first
+    rest = list(events)  # the rows stop at their next token
     assert {e.kind for e in rest} <= {"token"} and len(rest) < 10
 
 
 def test_close_waits_for_the_decoding_threads_then_refuses(model_file):
     backend = LlamaCppBackend(model_file, name="closing", contexts=2)
-    config = GenerationConfig(temperature=1.0, n=4, seed=0, max_new_tokens=300, stop_at_program_end=False)
-    stream = backend.generate_stream([CONVERSATION], config)
-    rows = set()
-    while len(rows) < 2:  # both contexts decoding, and two rows waiting for one
-        rows.add(next(stream).row)
-    backend.close()  # returns once both threads let go; freeing a context under one crashed (SIGSEGV)
+    config = GenerationConfig(  # this hot, no row ends before its 300 tokens
+        temperature=2.0, top_p=1.0, seed=0, max_new_tokens=300, stop_at_program_end=False, stop_on_repetition=False
+    )
+    # two single rows, one in each context of the pool, and four rows together in the shared one
+    streams = [backend.generate_stream([CONVERSATION], config) for _ in range(2)]
+    streams.append(backend.generate_stream([CONVERSATION], dataclasses.replace(config, n=4)))
+    for stream in streams:
+        next(stream)
+    backend.close()  # returns once every thread lets go; freeing a context under one crashed (SIGSEGV)
     assert all(context.llm._ctx.ctx is None for context in backend.contexts)
-    with pytest.raises(BackendError, match="^the llama.cpp backend was closed$"):
-        list(stream)
-    with pytest.raises(BackendError, match="^the llama.cpp backend was closed$"):
-        backend.generate_batch([CONVERSATION], GenerationConfig())
+    assert backend.shared[0].ctx.ctx is None
+    for stream in streams:
+        with pytest.raises(BackendError, match="^the llama.cpp backend was closed$"):
+            list(stream)
+    for n in (1, 3):
+        with pytest.raises(BackendError, match="^the llama.cpp backend was closed$"):
+            backend.generate_batch([CONVERSATION], GenerationConfig(n=n))
 
 
 def test_contexts_default_to_the_cpus_and_read_the_environment(monkeypatch):
