@@ -7,26 +7,30 @@ chosen token's log-prob under the model's untempered distribution (vote tie-brea
 transformers' `_LogprobRecorder` records it) and a seeded generator per sample, so a rerun draws
 the same programs.
 
-Several rows in one call (the N samples of a vote or cot+cap, the items of a batch) decode
-together, as the sequences of one shared context (`_Shared`, made on first use on the first
-context's model: no extra copy of the weights): its prompts are evaluated once (the N samples of
-one prompt share its cells), then each step decodes one token of every row still writing in one
-`llama_decode`, with every CPU (`_shared_threads`), and each row chooses its token with its own
-seeded generator and stops by the same rules (`base.Follower`). A batched step reads the weights
-once for all its rows, so a vote N=8 costs a few single-stream steps per token, not eight. The
-numbers of a row decoded in a batch differ from those of the same row decoded alone in the last
-digits, so a sample may differ from the one a single-row call with its seed draws (after a few
-dozen tokens, when two candidates are close); a rerun with the same rows, seed and settings draws
-the same samples. The rows that do not fit the shared context together (prompts plus
-`max_new_tokens` each) decode in successive groups.
+The N samples of one conversation (vote, cot+cap: `config.n` > 1) decode together, as the
+sequences of a shared context (`_Shared`: one per context of the pool, made on first use on that
+context's model, so no extra copy of the weights, with its `THREADS` threads). The prompt is
+evaluated once and its cells shared by the N sequences (`kv_unified`); then each step decodes one
+token of every sample still writing in one `llama_decode`, and each sample chooses its token with
+its own seeded generator and stops by the same rules (`base.Follower`). A step reads the weights
+once for all its rows: on one thread a step of 8 rows took 2.3x a step of one, not 8x. The samples
+are split in as many groups as contexts, decoded at once in a thread each (one context with two
+threads for all 8 was 2.7x slower than with one on a 2-CPU machine busy with other processes:
+each step waits for the slower thread), and a conversation's groups never hold another's samples. A
+sample's numbers in a batch differ from those of the same sample decoded alone in the last digits
+(batched matrix products, attention sums over cells shared with other rows; flash attention would
+avoid the latter but made a step of 8 rows 2x slower), so a sample may differ from the one a
+single-sample call with its seed draws (late in a program, when two tokens are close), N greedy
+samples of one prompt may differ in their log-probs, and the samples depend on the number of
+contexts; a rerun with the same settings and contexts draws the same samples.
 
-A single row decodes in a small pool of contexts (each a `Llama` on the same file, with
-`THREADS` threads), one row per context at a time (`concurrency` of them at once: llama.cpp
-releases the GIL while it decodes, and the app may sample for two visitors). The prompt is
-rendered with the chat template stored in the GGUF and each context keeps its evaluated tokens
-(the shared context its first row's prompt): a row takes the free context whose last prompt
-shares most with its own, so a repair turn that extends a conversation only evaluates what
-differs.
+One sample per conversation (greedy; a batch of items) decodes as it does alone, in a small pool of
+contexts (each a `Llama` on the same file, with `THREADS` threads), one sample per context at a
+time, `contexts` of them at once (llama.cpp releases the GIL while it decodes), so an item's
+program does not depend on the batch it is in. The prompt is rendered with the chat template
+stored in the GGUF and each context keeps its evaluated tokens (a shared one its last prompt): a
+sample takes the free context whose last prompt shares most with its own, so a repair turn that
+extends a conversation only evaluates what differs.
 """
 
 from __future__ import annotations
@@ -38,13 +42,14 @@ import os
 import threading
 import weakref
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from cap_app.backends.base import BackendError, Follower, RowSampler, Token, follow, sample_seeds
-from cap_app.generate import Generation
+from cap_app.generate import AnyEvent, Generation
 
 CONTEXT_TOKENS = 4096  # a CaP prompt (~400 tokens) plus a program and two repair rounds
 # Threads for decoding and for the prompt: llama-cpp-python's default for decoding (half the
@@ -78,9 +83,9 @@ class _Context:
 
 @dataclasses.dataclass(eq=False)
 class _Shared:
-    """The context that decodes several rows together, one sequence per row, all in one cache of
+    """A context that decodes several rows together, one sequence per row, all in one cache of
     `CONTEXT_TOKENS` cells (`kv_unified`: a prompt copied to N sequences is stored once). Between
-    calls it keeps the tokens of sequence 0 (its last call's first prompt) and nothing else."""
+    calls it keeps the tokens of sequence 0 (its last group's first prompt) and nothing else."""
 
     ctx: Any  # llama_cpp._internals.LlamaContext
     batch: Any  # llama_cpp._internals.LlamaBatch: token, pos, seq_id, logits per entry
@@ -132,8 +137,8 @@ class LlamaCppBackend(RowSampler):
         self.free = list(self.contexts)
         self.available = threading.Condition()  # guards `free`
         self.closing = threading.Event()
-        self.shared: list[_Shared] = []  # the shared context, once a call has several rows
-        self.making = threading.Lock()  # held while the shared context is made
+        self.shared: list[_Shared] = []  # one per context, made when a call first has several rows
+        self.making = threading.Lock()  # held while the shared contexts are made, and by `_close`
         # Free the models with this backend, or at exit while llama.cpp's library is still loaded
         # (Llama.__del__ during interpreter shutdown fails with a traceback).
         self._finalizer = weakref.finalize(self, _close, self.contexts, self.closing, self.shared, self.making)
@@ -152,107 +157,121 @@ class LlamaCppBackend(RowSampler):
             return _tokenize(llm, self.formatter(messages=conversation).prompt)
 
     def _run(self, conversations, config, cancel, emit) -> list[Generation]:
-        """Several rows decode together in the shared context; one row in a context of the pool."""
-        rows = sample_seeds(conversations, config)
-        if len(rows) == 1:
+        """The samples of one conversation decode together in the shared contexts; one sample per
+        conversation (greedy, a batch of items) each in a context of the pool, as alone."""
+        if config.n == 1:
             return super()._run(conversations, config, cancel, emit)
-        shared = self._shared_context()
-        with shared.lock:
+        shared = self._shared_contexts()
+        with self.making:  # the models stay (`_close`)
             if self.closing.is_set():
                 raise BackendError("the llama.cpp backend was closed")
-            llm = self.contexts[0].llm  # its model, freed only after this lock (`_close`)
-            prompts: dict[int, list[int]] = {}  # per conversation (the rows of one share its list)
-            for conversation, _ in rows:
-                if id(conversation) not in prompts:
-                    tokens = _tokenize(llm, self.formatter(messages=conversation).prompt)
-                    _check_fits(len(tokens), config)
-                    prompts[id(conversation)] = tokens
-            tokens = [prompts[id(conversation)] for conversation, _ in rows]
-            generations: list[Generation] = []
-            for group in _groups(tokens, config):
-                if cancel is not None and cancel.is_set():  # the groups after a cancel do not start
-                    generations += [
-                        Generation(text="", prompt_tokens=len(tokens[row]), new_tokens=0, finish="cancelled")
-                        for row in group
-                    ]
+            prompts = [_tokenize(self.contexts[0].llm, self.formatter(messages=c).prompt) for c in conversations]
+        for tokens in prompts:
+            _check_fits(len(tokens), config)
+        rows = sample_seeds(conversations, config)
+        # Each conversation's rows in as many groups as shared contexts (more where they do not fit
+        # one), never with another conversation's: its samples do not depend on the others'. The
+        # contexts decode their groups (g, g + workers, ...) at once, each in its own thread.
+        most = -(-config.n // len(shared))
+        groups = [
+            (prompt, [index * config.n + row for row in group])
+            for index, prompt in enumerate(prompts)
+            for group in _groups(len(prompt), config, most)
+        ]
+        workers = min(len(shared), len(groups))
+        failed = threading.Event()
+        watched = AnyEvent(failed, cancel)
+
+        def decode(worker: int) -> list[list[Generation]]:
+            generations = []
+            for prompt, group in groups[worker::workers]:
+                if watched.is_set():  # the groups after a cancel do not start
+                    cancelled = Generation("", len(prompt), new_tokens=0, mean_logprob=None, finish="cancelled")
+                    generations.append([dataclasses.replace(cancelled) for _ in group])
                     continue
-                generations += self._decode_together(
-                    shared, llm, [(row, tokens[row], rows[row][1]) for row in group], config, cancel, emit
-                )
+                with shared[worker].lock:
+                    if self.closing.is_set():
+                        raise BackendError("the llama.cpp backend was closed")
+                    llm = self.contexts[worker].llm  # the model of that shared context
+                    seeded = [(row, rows[row][1]) for row in group]
+                    generations.append(
+                        self._decode_together(shared[worker], llm, prompt, seeded, config, watched, emit)
+                    )
             return generations
 
-    def _shared_context(self) -> _Shared:
-        """The shared context, made on first use on the first context's model (`making` held, which
-        `_close` takes before it frees the models, so it cannot free that one meanwhile)."""
+        if workers == 1:
+            done = [decode(0)]
+        else:
+            pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"cap-{self.name}")
+            try:
+                done = list(pool.map(decode, range(workers)))
+            except BaseException:
+                failed.set()  # the other groups stop at their next token
+                raise
+            finally:
+                pool.shutdown(cancel_futures=True)
+        # back in the rows' order: group g is the (g // workers)-th of worker g % workers
+        return [g for index in range(len(groups)) for g in done[index % workers][index // workers]]
+
+    def _shared_contexts(self) -> list[_Shared]:
+        """The shared contexts, one per context of the pool on its model, made on first use (`making`
+        held, which `_close` takes before it frees the models, so it cannot free one meanwhile)."""
         with self.making:
             if self.closing.is_set():
                 raise BackendError("the llama.cpp backend was closed")
             if not self.shared:
                 from llama_cpp import _internals
-                from llama_cpp import llama_cpp as library
 
-                llm = self.contexts[0].llm
-                params = type(llm.context_params).from_buffer_copy(llm.context_params)
-                params.n_seq_max = SEQUENCES
-                params.kv_unified = True
-                # Flash attention reads a row's own cells in order, skipping the others': its numbers
-                # do not depend on where its cells lie among the other rows' (the default attention's
-                # sums do, in the last digits), so N greedy rows of one prompt are the same to the bit.
-                params.flash_attn_type = library.LLAMA_FLASH_ATTN_TYPE_ENABLED
-                params.n_batch = params.n_ubatch = PROMPT_BATCH
-                params.n_threads = params.n_threads_batch = _shared_threads(self.concurrency)
-                try:
-                    ctx = _internals.LlamaContext(model=llm._model, params=params, verbose=False)
-                except ValueError as error:
-                    raise BackendError(f"llama.cpp could not make a context for several rows: {error}") from None
-                batch = _internals.LlamaBatch(n_tokens=max(PROMPT_BATCH, SEQUENCES), embd=0, n_seq_max=1, verbose=False)
-                self.shared.append(_Shared(ctx, batch))
-            return self.shared[0]
+                for context in self.contexts:
+                    llm = context.llm
+                    params = type(llm.context_params).from_buffer_copy(llm.context_params)
+                    params.n_seq_max = SEQUENCES
+                    params.kv_unified = True
+                    # (Flash attention would make a row's numbers independent of where its cells lie
+                    # among the other rows', but made a step of 8 rows 2x slower on a CPU.)
+                    params.n_batch = params.n_ubatch = PROMPT_BATCH
+                    try:
+                        ctx = _internals.LlamaContext(model=llm._model, params=params, verbose=False)
+                    except ValueError as error:
+                        raise BackendError(f"llama.cpp could not make a context for several rows: {error}") from None
+                    batch = _internals.LlamaBatch(
+                        n_tokens=max(PROMPT_BATCH, SEQUENCES), embd=0, n_seq_max=1, verbose=False
+                    )
+                    self.shared.append(_Shared(ctx, batch))
+            return self.shared
 
-    def _decode_together(self, shared: _Shared, llm, rows, config, cancel, emit) -> list[Generation]:
-        """`rows` ((row, prompt tokens, seed); row i in sequence i) decoded in step until each stops."""
+    def _decode_together(self, shared: _Shared, llm, prompt, rows, config, cancel, emit) -> list[Generation]:
+        """`rows` ((row, seed), row i in sequence i) of `prompt` decoded in step until each stops."""
         from llama_cpp import llama_cpp as library
 
         ctx, memory = shared.ctx.ctx, shared.ctx.memory
         n_vocab, vocab = llm.n_vocab(), llm._model.vocab
         kept, shared.kept = shared.kept, []  # unknown until this call ends well
-        owners: dict[int, int] = {}  # prompt (its list's id) -> the sequence that evaluates it
-        for seq, (_, tokens, _) in enumerate(rows):
-            owners.setdefault(id(tokens), seq)
         try:
-            # Each prompt reuses what it shares with the kept one (copied from sequence 0 before
-            # sequence 0 lets go of what its own prompt does not share), the last token redone.
-            pending = []
-            for seq in sorted(owners.values(), reverse=True):  # sequence 0 last
-                tokens = rows[seq][1]
-                same = _common_prefix(kept, tokens, len(tokens) - 1)
-                if seq == 0:
-                    library.llama_memory_seq_rm(memory, 0, same, -1)
-                elif same:
-                    library.llama_memory_seq_cp(memory, 0, seq, 0, same)
-                pending += [(token, same + i, seq) for i, token in enumerate(tokens[same:-1])]
-            for start in range(0, len(pending), PROMPT_BATCH):
-                self._step(shared, pending[start : start + PROMPT_BATCH], outputs=False)
-            # The last token of each prompt: alone when there is one prompt, as a single row's is
-            # (evaluated in a batch its logits differ in the last digits).
-            self._step(shared, [(rows[seq][1][-1], len(rows[seq][1]) - 1, seq) for seq in sorted(owners.values())])
-            first = {seq: _logits(library, ctx, i, n_vocab) for i, seq in enumerate(sorted(owners.values()))}
-            for seq, (_, tokens, _) in enumerate(rows):
-                if owners[id(tokens)] != seq:
-                    library.llama_memory_seq_cp(memory, owners[id(tokens)], seq, -1, -1)
+            # The prompt in sequence 0, from what it shares with the kept one; the last token on its
+            # own, as a single row's (evaluated in a batch its logits differ in the last digits).
+            same = _common_prefix(kept, prompt, len(prompt) - 1)
+            library.llama_memory_seq_rm(memory, 0, same, -1)
+            for start in range(same, len(prompt) - 1, PROMPT_BATCH):
+                chunk = prompt[start : min(start + PROMPT_BATCH, len(prompt) - 1)]
+                self._step(shared, [(token, start + i, 0) for i, token in enumerate(chunk)], outputs=False)
+            self._step(shared, [(prompt[-1], len(prompt) - 1, 0)])
+            first = _logits(library, ctx, 0, n_vocab)
+            for seq in range(1, len(rows)):  # the other rows share its cells
+                library.llama_memory_seq_cp(memory, 0, seq, -1, -1)
 
             followers = [
                 Follower(
                     config,
-                    prompt_tokens=len(tokens),
+                    prompt_tokens=len(prompt),
                     cancel=cancel,
                     emit=None if emit is None else (lambda text, count, row=row: emit(row, text, count)),
                 )
-                for row, tokens, _ in rows
+                for row, _ in rows
             ]
-            rngs = [np.random.default_rng(seed) for _, _, seed in rows]
+            rngs = [np.random.default_rng(seed) for _, seed in rows]
             texts = [codecs.getincrementaldecoder("utf-8")(errors="replace") for _ in rows]
-            logits = {seq: first[owners[id(tokens)]] for seq, (_, tokens, _) in enumerate(rows)}
+            logits = dict.fromkeys(range(len(rows)), first)
             live = list(range(len(rows)))
             while live:
                 if self.closing.is_set():
@@ -265,7 +284,7 @@ class LlamaCppBackend(RowSampler):
                         continue
                     piece = texts[seq].decode(llm.detokenize([token]))
                     if not followers[seq].add(Token(piece, logprob, id=token)):
-                        step.append((token, len(rows[seq][1]) + followers[seq].count - 1, seq))
+                        step.append((token, len(prompt) + followers[seq].count - 1, seq))
                 if step:
                     self._step(shared, step)
                     logits = {seq: _logits(library, ctx, i, n_vocab) for i, (_, _, seq) in enumerate(step)}
@@ -273,11 +292,11 @@ class LlamaCppBackend(RowSampler):
         except BaseException:
             library.llama_memory_clear(memory, True)
             raise
-        # keep the first prompt in sequence 0, for the next call's prompts to start from
+        # keep the prompt in sequence 0, for the next call's to start from
         for seq in range(1, len(rows)):
             library.llama_memory_seq_rm(memory, seq, -1, -1)
-        library.llama_memory_seq_rm(memory, 0, len(rows[0][1]), -1)
-        shared.kept = rows[0][1]
+        library.llama_memory_seq_rm(memory, 0, len(prompt), -1)
+        shared.kept = prompt
         return [follower.generation() for follower in followers]
 
     @staticmethod
@@ -373,21 +392,18 @@ def _check_fits(prompt_tokens: int, config) -> None:
         )
 
 
-def _groups(prompts: list[list[int]], config) -> Iterator[list[int]]:
-    """The rows (indexes into `prompts`) in groups the shared context holds at once: at most
-    `SEQUENCES`, and their prompts (each once) and `max_new_tokens` each within its cells."""
-    group: list[int] = []
-    cells = 0
-    for row, tokens in enumerate(prompts):
-        new = any(prompts[other] is tokens for other in group)
-        need = config.max_new_tokens + (0 if new else len(tokens))
-        if group and (len(group) == SEQUENCES or cells + need > CONTEXT_TOKENS):
-            yield group
-            group, cells, need = [], 0, config.max_new_tokens + len(tokens)
-        group.append(row)
-        cells += need
-    if group:
-        yield group
+def _groups(prompt_tokens: int, config, most: int = SEQUENCES) -> list[list[int]]:
+    """The `config.n` rows of one prompt in groups a shared context holds at once (at most `most`
+    and `SEQUENCES` rows, the prompt and `max_new_tokens` per row within its cells), as even as can be."""
+    fit = max(1, min(most, SEQUENCES, (CONTEXT_TOKENS - prompt_tokens) // config.max_new_tokens))
+    count = -(-config.n // fit)
+    size, extra = divmod(config.n, count)
+    groups, start = [], 0
+    for i in range(count):
+        end = start + size + (i < extra)
+        groups.append(list(range(start, end)))
+        start = end
+    return groups
 
 
 def _common_prefix(a: list[int], b: list[int], most: int) -> int:
@@ -395,11 +411,6 @@ def _common_prefix(a: list[int], b: list[int], most: int) -> int:
     while same < min(len(a), len(b), most) and a[same] == b[same]:
         same += 1
     return same
-
-
-def _shared_threads(contexts: int) -> int:
-    """Threads of the shared context: those of the whole pool, within the CPUs."""
-    return max(1, min(os.cpu_count() or 1, THREADS * contexts))
 
 
 def _logits(library, ctx, i: int, n_vocab: int) -> np.ndarray:
@@ -456,8 +467,8 @@ def _weight_repacking(enabled: bool):
 def _close(contexts: list[_Context], closing: threading.Event, shared: list[_Shared], making: threading.Lock) -> None:
     """Free each context only once no thread decodes in it. A stream abandoned mid-program (a
     visitor gone, Ctrl-C, a script that read one chunk) leaves its sampling thread running; freeing
-    the context under it at exit crashed the process (SIGSEGV). The shared context goes first: it
-    runs on the first context's model."""
+    the context under it at exit crashed the process (SIGSEGV). The shared contexts go first: each
+    runs on the model of a context of the pool."""
     closing.set()  # a decoding thread stops at its next token, a waiting sample does not start...
     with making:  # none is being made; none will be
         for each in shared:

@@ -92,27 +92,36 @@ def test_cancel_stops_a_stream(llama):
 
 
 def test_two_contexts_vote_with_the_samples_of_one(one_context, two_contexts):
-    """Each row's seed decides its tokens, whatever the pool: a vote's rows decode together in the
-    shared context (with the pool's threads), and draw the same programs with one context as with
-    two, and again on a rerun."""
+    """Each row's seed decides its tokens: a vote's rows decode together, in one shared context or
+    split between two, and draw the same programs with one context as with two (their log-probs
+    equal but for the last digits of batched numbers), and the very same again on a rerun."""
     config = RefineConfig(strategy="vote", n=4, seed=3, max_new_tokens=160)
-    one, two = (refine(QUESTION, DRAFT, config=config, model=backend) for backend in (one_context, two_contexts))
-    assert [(c.text, c.logprob) for c in two.candidates] == [(c.text, c.logprob) for c in one.candidates]
-    assert (two.votes, two.chosen, two.refined_answer) == (one.votes, one.chosen, one.refined_answer)
-    assert two_contexts.shared and two_contexts.shared[0].kept == two_contexts.prompt_tokens(CONVERSATION)
+    one, two, again = (
+        refine(QUESTION, DRAFT, config=config, model=backend) for backend in (one_context, two_contexts, two_contexts)
+    )
+    assert [c.text for c in two.candidates] == [c.text for c in one.candidates]
+    assert [c.logprob for c in two.candidates] == pytest.approx([c.logprob for c in one.candidates], abs=1e-2)
+    assert [(c.text, c.logprob) for c in again.candidates] == [(c.text, c.logprob) for c in two.candidates]
+    # (the log-probs pick which of the alike programs is chosen)
+    assert (two.votes, two.program, two.refined_answer) == (one.votes, one.program, one.refined_answer)
+    prompt = two_contexts.prompt_tokens(CONVERSATION)
+    assert [shared.kept for shared in two_contexts.shared] == [prompt, prompt]  # both decoded rows
     # The model is sure of this item's program; hotter, shorter samples differ from each other.
     hot = GenerationConfig(temperature=1.0, top_p=0.95, max_new_tokens=24, n=4, seed=7)
     one, two, again = (
         [(g.token_ids, g.mean_logprob) for g in b.generate_batch([CONVERSATION], hot)[0]]
         for b in (one_context, two_contexts, two_contexts)
     )
-    assert two == one == again and len({tuple(ids) for ids, _ in one}) > 1
+    assert [ids for ids, _ in two] == [ids for ids, _ in one] and len({tuple(ids) for ids, _ in one}) > 1
+    assert [logprob for _, logprob in two] == pytest.approx([logprob for _, logprob in one], abs=1e-2)
+    assert again == two
 
 
 def test_the_rows_of_a_call_decode_together(two_contexts):
-    """N samples of one prompt decode as N sequences of the shared context: each a well-formed
-    generation of its own seed (the same on a rerun, also after another prompt took the context),
-    greedy rows alike, every row streamed, a cancel stopping them all at their next token."""
+    """N samples of one prompt decode as N sequences of the shared contexts: each a well-formed
+    generation of its own seed (the same on a rerun, also after other prompts took the contexts),
+    greedy rows alike, every row streamed, a cancel stopping them all at their next token; single
+    samples of several conversations decode each alone."""
     prompt = two_contexts.prompt_tokens(CONVERSATION)
     hot = GenerationConfig(temperature=1.0, top_p=0.95, max_new_tokens=30, n=5, seed=11)
     first = two_contexts.generate_batch([CONVERSATION], hot)[0]
@@ -132,12 +141,19 @@ def test_the_rows_of_a_call_decode_together(two_contexts):
     chunks = list(two_contexts.generate_stream([CONVERSATION, other], greedy))
     groups = chunks[-1].generations
     assert [len(group) for group in groups] == [3, 3]
-    for group in groups:
-        assert len({(g.text, tuple(g.token_ids), g.mean_logprob) for g in group}) == 1
+    for group in groups:  # alike but for the last digits of the log-probs (the rows' cells differ)
+        assert len({(g.text, tuple(g.token_ids)) for g in group}) == 1
+        assert [g.mean_logprob for g in group] == pytest.approx([group[0].mean_logprob] * 3, abs=1e-2)
     for row, generation in enumerate(g for group in groups for g in group):
         streamed = [c for c in chunks[:-1] if c.row == row]
         assert "".join(c.text for c in streamed) == generation.text
         assert streamed[-1].tokens == generation.new_tokens
+
+    # one sample per conversation: each decodes in a context of the pool, as it does alone
+    single = GenerationConfig(max_new_tokens=20, stop_at_program_end=False)
+    together = [group[0] for group in two_contexts.generate_batch([CONVERSATION, other], single)]
+    alone = [two_contexts.generate_batch([conversation], single)[0][0] for conversation in (CONVERSATION, other)]
+    assert together == alone
 
     cancel = threading.Event()
     stream = two_contexts.generate_stream(
@@ -147,18 +163,20 @@ def test_the_rows_of_a_call_decode_together(two_contexts):
     cancel.set()
     *rest, last = stream
     assert len(rest) < 10 and {g.finish for g in last.generations[0]} == {"cancelled"}
+    # cancelled before: no group starts
+    [generations] = two_contexts.generate_batch([CONVERSATION], GenerationConfig(n=3), cancel=cancel)
+    assert [(g.text, g.new_tokens, g.finish) for g in generations] == [("", 0, "cancelled")] * 3
 
 
-def test_rows_that_do_not_fit_together_decode_in_groups():
-    config = GenerationConfig(max_new_tokens=1000, n=2)
-    a, b = [0] * 400, [1] * 800
-    assert list(_groups([a, a, a, a], config)) == [[0, 1, 2], [3]]  # 400 + 3 x 1000 fit, not 4
-    assert list(_groups([a, a, b, b], config)) == [[0, 1], [2, 3]]  # a new prompt takes its cells too
-    assert list(_groups([a] * (SEQUENCES + 1), GenerationConfig(max_new_tokens=10))) == [
-        list(range(SEQUENCES)),
-        [SEQUENCES],
-    ]
+def test_the_rows_of_a_prompt_are_split_in_groups_that_fit():
+    assert _groups(400, GenerationConfig(max_new_tokens=256, n=8), most=4) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert _groups(400, GenerationConfig(max_new_tokens=256, n=5), most=3) == [[0, 1, 2], [3, 4]]
+    assert _groups(400, GenerationConfig(max_new_tokens=1000, n=4)) == [[0, 1], [2, 3]]  # 400 + 3 x 1000 fit, not 4
     assert 400 + 3 * 1000 <= CONTEXT_TOKENS < 400 + 4 * 1000
+    assert _groups(400, GenerationConfig(max_new_tokens=10, n=SEQUENCES + 1)) == [
+        list(range(SEQUENCES // 2 + 1)),
+        list(range(SEQUENCES // 2 + 1, SEQUENCES + 1)),
+    ]
 
 
 def test_cancel_stops_a_vote_on_two_contexts(two_contexts):
