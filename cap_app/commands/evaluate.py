@@ -83,6 +83,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def summarize(results) -> dict:
     """Accuracy and cost figures for one strategy's results (all with gold answers)."""
     count = len(results)
+    program_right = [answers_equal(r.program_answer, r.gold) for r in results]
 
     def share(flags) -> float:
         return sum(flags) / count if count else 0.0
@@ -95,9 +96,9 @@ def summarize(results) -> dict:
         "right_to_wrong": sum(r.draft_correct and not r.refined_correct for r in results),
         "no_answer": sum(r.verdict == "no_answer" for r in results),
         # the programs' own answers, before a draft's answer is kept (RefineConfig.override)
-        "program_accuracy": share(answers_equal(r.program_answer, r.gold) for r in results),
-        "program_wrong_to_right": sum(not r.draft_correct and answers_equal(r.program_answer, r.gold) for r in results),
-        "program_right_to_wrong": sum(r.draft_correct and not answers_equal(r.program_answer, r.gold) for r in results),
+        "program_accuracy": share(program_right),
+        "program_wrong_to_right": sum(not r.draft_correct and ok for r, ok in zip(results, program_right, strict=True)),
+        "program_right_to_wrong": sum(r.draft_correct and not ok for r, ok in zip(results, program_right, strict=True)),
         "unconfirmed": sum(r.verdict == "unconfirmed" for r in results),
         # generations stopped by the token limit or the repetition stop, of all generations
         "cut_off": sum(c.finish in ("length", "repetition") for r in results for c in r.candidates),
