@@ -16,7 +16,11 @@ its own seeded generator and stops by the same rules (`base.Follower`). A step r
 once for all its rows: on one thread a step of 8 rows took 2.3x a step of one, not 8x. The samples
 are split in as many groups as contexts, decoded at once in a thread each (one context with two
 threads for all 8 was 2.7x slower than with one on a 2-CPU machine busy with other processes:
-each step waits for the slower thread), and a conversation's groups never hold another's samples. A
+each step waits for the slower thread), and a conversation's groups never hold another's samples.
+The prompt of a conversation split in several groups is evaluated once, by the context of its
+first group with every thread of the pool while the others wait for it (the prompt is most of a
+vote's work that is not decoding: 0.7-0.9 s of ~400 tokens on one thread), and its cells are copied
+to the contexts of its other groups (`_Prompt`; a few milliseconds). A
 sample's numbers in a batch differ from those of the same sample decoded alone in the last digits
 (batched matrix products, attention sums over cells shared with other rows; flash attention would
 avoid the latter but made a step of 8 rows 2x slower), so a sample may differ from the one a
@@ -37,6 +41,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import ctypes
 import dataclasses
 import os
 import threading
@@ -95,6 +100,25 @@ class _Shared:
     def close(self) -> None:
         self.ctx.close()
         self.batch.close()
+
+
+@dataclasses.dataclass(eq=False)
+class _Prompt:
+    """A conversation's prompt, evaluated by the context that decodes its first group (the lead)
+    and copied from there into the contexts of its `followers` other groups."""
+
+    tokens: list[int]
+    followers: int = 0
+    ready: threading.Event = dataclasses.field(default_factory=threading.Event)  # set when the lead is done, or failed
+    cells: bytes | None = None  # sequence 0 of the lead's context once the prompt is in it
+    first: np.ndarray | None = None  # the logits after the prompt's last token
+
+    def wait(self, cancel) -> bool:
+        """Wait for the lead; False when `cancel` is set first."""
+        while not self.ready.wait(0.05):
+            if cancel.is_set():
+                return False
+        return True
 
 
 class LlamaCppBackend(RowSampler):
@@ -171,22 +195,28 @@ class LlamaCppBackend(RowSampler):
         rows = sample_seeds(conversations, config)
         # Each conversation's rows in as many groups as shared contexts (more where they do not fit
         # one), never with another conversation's: its samples do not depend on the others'. The
-        # contexts decode their groups (g, g + workers, ...) at once, each in its own thread.
+        # contexts decode their groups (g, g + workers, ...) at once, each in its own thread. A
+        # conversation's first group evaluates its prompt (the lead), its others copy it; a lead
+        # comes before its followers in every worker's order, so no worker waits for a later group.
         most = -(-config.n // len(shared))
-        groups = [
-            (prompt, [index * config.n + row for row in group])
-            for index, prompt in enumerate(prompts)
-            for group in _groups(len(prompt), config, most)
-        ]
+        groups = []
+        for index, tokens in enumerate(prompts):
+            split = _groups(len(tokens), config, most)
+            prompt = _Prompt(tokens, followers=len(split) - 1)
+            groups += [(prompt, [index * config.n + row for row in group], i == 0) for i, group in enumerate(split)]
         workers = min(len(shared), len(groups))
+        # the lead of a lone conversation evaluates its prompt with every thread (the others wait for it)
+        prompt_threads = THREADS * workers if len(prompts) == 1 else THREADS
         failed = threading.Event()
         watched = AnyEvent(failed, cancel)
 
         def decode(worker: int) -> list[list[Generation]]:
             generations = []
-            for prompt, group in groups[worker::workers]:
-                if watched.is_set():  # the groups after a cancel do not start
-                    cancelled = Generation("", len(prompt), new_tokens=0, mean_logprob=None, finish="cancelled")
+            for prompt, group, lead in groups[worker::workers]:
+                if watched.is_set() or not (lead or prompt.wait(watched)):  # the groups after a cancel do not start
+                    if lead:
+                        prompt.ready.set()
+                    cancelled = Generation("", len(prompt.tokens), new_tokens=0, mean_logprob=None, finish="cancelled")
                     generations.append([dataclasses.replace(cancelled) for _ in group])
                     continue
                 with shared[worker].lock:
@@ -194,8 +224,13 @@ class LlamaCppBackend(RowSampler):
                         raise BackendError("the llama.cpp backend was closed")
                     llm = self.contexts[worker].llm  # the model of that shared context
                     seeded = [(row, rows[row][1]) for row in group]
+                    try:
+                        first = self._take_prompt(shared[worker], llm, prompt, lead, prompt_threads)
+                    finally:
+                        if lead:
+                            prompt.ready.set()  # also when it failed: the followers then evaluate it themselves
                     generations.append(
-                        self._decode_together(shared[worker], llm, prompt, seeded, config, watched, emit)
+                        self._decode_together(shared[worker], llm, prompt.tokens, first, seeded, config, watched, emit)
                     )
             return generations
 
@@ -240,23 +275,50 @@ class LlamaCppBackend(RowSampler):
                     self.shared.append(_Shared(ctx, batch))
             return self.shared
 
-    def _decode_together(self, shared: _Shared, llm, prompt, rows, config, cancel, emit) -> list[Generation]:
-        """`rows` ((row, seed), row i in sequence i) of `prompt` decoded in step until each stops."""
+    def _take_prompt(self, shared: _Shared, llm, prompt: _Prompt, lead: bool, threads: int) -> np.ndarray:
+        """Sequence 0 of `shared` holding `prompt`, evaluated (the lead, or a follower whose lead
+        failed) or copied from the lead; the logits after its last token."""
+        from llama_cpp import llama_cpp as library
+
+        ctx, memory = shared.ctx.ctx, shared.ctx.memory
+        tokens, kept, shared.kept = prompt.tokens, shared.kept, []  # unknown until the call ends well
+        try:
+            if not lead and prompt.cells is not None:
+                library.llama_memory_clear(memory, True)
+                cells = (ctypes.c_uint8 * len(prompt.cells)).from_buffer_copy(prompt.cells)
+                if library.llama_state_seq_set_data(ctx, cells, len(prompt.cells), 0) == 0:
+                    raise BackendError("llama.cpp could not copy the prompt's cells into another context")
+                return prompt.first
+            # From what it shares with the kept prompt; the last token on its own, as a single row's
+            # (evaluated in a batch its logits differ in the last digits).
+            same = _common_prefix(kept, tokens, len(tokens) - 1)
+            library.llama_memory_seq_rm(memory, 0, same, -1)
+            library.llama_set_n_threads(ctx, THREADS, threads)
+            try:
+                for start in range(same, len(tokens) - 1, PROMPT_BATCH):
+                    chunk = tokens[start : min(start + PROMPT_BATCH, len(tokens) - 1)]
+                    self._step(shared, [(token, start + i, 0) for i, token in enumerate(chunk)], outputs=False)
+            finally:
+                library.llama_set_n_threads(ctx, THREADS, THREADS)
+            self._step(shared, [(tokens[-1], len(tokens) - 1, 0)])
+            first = _logits(library, ctx, 0, llm.n_vocab())
+            if lead and prompt.followers:
+                cells = (ctypes.c_uint8 * library.llama_state_seq_get_size(ctx, 0))()
+                written = library.llama_state_seq_get_data(ctx, cells, len(cells), 0)
+                prompt.cells, prompt.first = bytes(cells)[:written], first
+            return first
+        except BaseException:
+            library.llama_memory_clear(memory, True)
+            raise
+
+    def _decode_together(self, shared: _Shared, llm, prompt, first, rows, config, cancel, emit) -> list[Generation]:
+        """`rows` ((row, seed), row i in sequence i) of `prompt`, in sequence 0 of `shared` with
+        `first` the logits after it, decoded in step until each stops."""
         from llama_cpp import llama_cpp as library
 
         ctx, memory = shared.ctx.ctx, shared.ctx.memory
         n_vocab, vocab = llm.n_vocab(), llm._model.vocab
-        kept, shared.kept = shared.kept, []  # unknown until this call ends well
         try:
-            # The prompt in sequence 0, from what it shares with the kept one; the last token on its
-            # own, as a single row's (evaluated in a batch its logits differ in the last digits).
-            same = _common_prefix(kept, prompt, len(prompt) - 1)
-            library.llama_memory_seq_rm(memory, 0, same, -1)
-            for start in range(same, len(prompt) - 1, PROMPT_BATCH):
-                chunk = prompt[start : min(start + PROMPT_BATCH, len(prompt) - 1)]
-                self._step(shared, [(token, start + i, 0) for i, token in enumerate(chunk)], outputs=False)
-            self._step(shared, [(prompt[-1], len(prompt) - 1, 0)])
-            first = _logits(library, ctx, 0, n_vocab)
             for seq in range(1, len(rows)):  # the other rows share its cells
                 library.llama_memory_seq_cp(memory, 0, seq, -1, -1)
 

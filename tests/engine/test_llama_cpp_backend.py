@@ -168,6 +168,51 @@ def test_the_rows_of_a_call_decode_together(two_contexts):
     assert [(g.text, g.new_tokens, g.finish) for g in generations] == [("", 0, "cancelled")] * 3
 
 
+def test_a_vote_over_two_contexts_evaluates_its_prompt_once(two_contexts, monkeypatch):
+    """The context of a conversation's first group evaluates its prompt and the other gets a copy of
+    its cells: one prompt batch for both, the same samples as when each evaluates the prompt itself.
+    A lead that fails fails the call; its follower does not wait for it forever."""
+    question = "A box holds 12 pens. How many pens are in 7 boxes?"
+    conversation = build_messages(question, "7 x 12 = 84 pens.\nA: 84")
+    prompt = two_contexts.prompt_tokens(conversation)
+    hot = GenerationConfig(temperature=1.0, top_p=0.95, max_new_tokens=24, n=4, seed=5)
+    batches, step = [], LlamaCppBackend._step
+
+    def counting(shared, entries, *, outputs=True):
+        if not outputs:  # a batch of the prompt
+            batches.append(len(entries))
+        step(shared, entries, outputs=outputs)
+
+    monkeypatch.setattr(LlamaCppBackend, "_step", staticmethod(counting))
+    for shared in two_contexts.shared:
+        shared.kept = []  # nothing of the prompt kept from earlier calls
+    copied = [(g.token_ids, g.mean_logprob) for g in two_contexts.generate_batch([conversation], hot)[0]]
+    assert sum(batches) == len(prompt) - 1  # the last token decodes alone, in each context
+    assert [shared.kept for shared in two_contexts.shared] == [prompt, prompt]
+
+    take = LlamaCppBackend._take_prompt
+
+    def failing_lead(self, shared, llm, prompt, lead, threads):
+        if lead:
+            raise BackendError("the lead failed")
+        return take(self, shared, llm, prompt, lead, threads)
+
+    for shared in two_contexts.shared:
+        shared.kept = []
+    with pytest.raises(BackendError, match="the lead failed"), monkeypatch.context() as patch:
+        patch.setattr(LlamaCppBackend, "_take_prompt", failing_lead)
+        two_contexts.generate_batch([conversation], hot)
+    batches.clear()
+    for shared in two_contexts.shared:
+        shared.kept = []
+    with monkeypatch.context() as patch:  # each context evaluates the prompt itself
+        patch.setattr(LlamaCppBackend, "_take_prompt", lambda self, s, llm, p, lead, t: take(self, s, llm, p, True, t))
+        alone = [(g.token_ids, g.mean_logprob) for g in two_contexts.generate_batch([conversation], hot)[0]]
+    assert sum(batches) == 2 * (len(prompt) - 1)
+    assert [ids for ids, _ in alone] == [ids for ids, _ in copied]
+    assert [logprob for _, logprob in alone] == pytest.approx([logprob for _, logprob in copied], abs=1e-2)
+
+
 def test_the_rows_of_a_prompt_are_split_in_groups_that_fit():
     assert _groups(400, GenerationConfig(max_new_tokens=256, n=8), most=4) == [[0, 1, 2, 3], [4, 5, 6, 7]]
     assert _groups(400, GenerationConfig(max_new_tokens=256, n=5), most=3) == [[0, 1, 2], [3, 4]]
