@@ -135,6 +135,35 @@ def test_the_server_writes_the_same_greedy_program_as_llama_cpp_in_process(serve
     assert served.mean_logprob == pytest.approx(local.mean_logprob, abs=0.005)
 
 
+def test_the_page_streams_a_refinement_through_the_operators_server(server, api_key, monkeypatch):
+    """The app's Refine handler with the `openai` backend the operator named (CAP_BASE_URL): the
+    reply grows in the code view as the server streams it, and the result names the served model."""
+    from cap_app.ui import handlers
+
+    monkeypatch.setenv("CAP_BASE_URL", server.url)
+    frames = [
+        dict(zip(handlers.OUTPUTS, frame, strict=True))
+        for frame in handlers.refine_page(
+            QUESTION,
+            DRAFT,
+            "72",
+            "default",
+            strategy="greedy",
+            n=1,
+            temperature=0.0,
+            max_new_tokens=160,
+            time_limit_s=5,
+            backend_choice="openai",
+            request=None,
+        )
+    ]
+    streamed = [f["code"] for f in frames[:-1] if isinstance(f["code"], str) and f["code"]]
+    assert len(streamed) > 2 and streamed[1].startswith("```python\n")
+    assert any(f"cap @ {server.url}" in f["status"] for f in frames if isinstance(f["status"], str))
+    assert frames[-1]["status"] == "Done." and "Gold answer 72" in frames[-1]["verdict"]
+    assert KEY not in json.dumps([str(f) for f in frames])
+
+
 def test_a_bad_key_is_one_line(server, monkeypatch, capsys):
     monkeypatch.setenv("CAP_API_KEY", "sk-wrong")
     assert main(["refine", "--backend", "openai", "--base-url", server.url, "--question", QUESTION]) == 1
