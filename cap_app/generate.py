@@ -76,7 +76,7 @@ class Generation:
     """One generated continuation."""
 
     text: str
-    prompt_tokens: int
+    prompt_tokens: int | None  # None: not known (a server's stream cut at the program's end)
     new_tokens: int
     mean_logprob: float | None
     finish: FinishReason

@@ -201,7 +201,13 @@ class _ItemState:
         self.item = item
         self.candidates: list[Candidate] = []
         self.timings = {"generate": 0.0, "execute": 0.0}
-        self.prompt_tokens = 0
+        self.prompt_tokens: int | None = 0
+
+    def count_prompt_tokens(self, generations) -> None:
+        """Add the generations' prompt tokens; unknown (None) once any is unknown."""
+        counts = [g.prompt_tokens for g in generations]
+        known = self.prompt_tokens is not None and None not in counts
+        self.prompt_tokens = self.prompt_tokens + sum(counts) if known else None
 
     def conversation(self) -> list[dict[str, str]]:
         failed = [(c.program, _failure(c)) for c in self.candidates]
@@ -366,7 +372,7 @@ def refine_batch(
             share = _ms_since(began) / len(pending)
             for state, generations in zip(pending, groups, strict=True):
                 state.timings["generate"] += share
-                state.prompt_tokens += sum(g.prompt_tokens for g in generations)
+                state.count_prompt_tokens(generations)
                 for generation in generations:
                     began = time.perf_counter()
                     program = extract_program(generation.text)
@@ -419,7 +425,7 @@ def refine_stream(
         state.timings["generate"] += _ms_since(began)
         if cancel is not None and cancel.is_set():
             return
-        state.prompt_tokens += sum(g.prompt_tokens for g in generations)
+        state.count_prompt_tokens(generations)
         for generation in generations:
             program = extract_program(generation.text)
             yield RefineEvent("program", len(state.candidates), program)

@@ -57,7 +57,7 @@ class RefinementResult:
     draft_correct: bool | None = None  # vs gold, when gold is given
     refined_correct: bool | None = None
     timings_ms: dict[str, float] = dataclasses.field(default_factory=dict)  # stage -> ms
-    prompt_tokens: int = 0
+    prompt_tokens: int | None = 0  # None: a backend did not say for some sample (see backends/openai.py)
     generated_tokens: int = 0
     model: str = ""
     # where the program shows the draft wrong (align.located_mistake), e.g. "3/5*700 = 400, but it is 420"

@@ -67,7 +67,7 @@ class Follower:
         self,
         config: GenerationConfig,
         *,
-        prompt_tokens: int,
+        prompt_tokens: int | None,
         cancel: threading.Event | None,
         emit: Callable[[str, int], None] | None,
     ):
@@ -113,7 +113,7 @@ def follow(
     tokens: Iterable[Token],
     config: GenerationConfig,
     *,
-    prompt_tokens: int,
+    prompt_tokens: int | None,
     cancel: threading.Event | None,
     emit: Callable[[str, int], None] | None,
 ) -> Generation:

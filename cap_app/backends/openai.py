@@ -5,7 +5,10 @@ template), seeded `seed + row`; `concurrency` of them are in flight at once. The
 here on the streamed text and close the connection when they fire (servers stop generating when
 the client leaves), so every server stops a program at the same point as the local backends.
 Mean log-probs come from the stream's `logprobs` when the server sends them; otherwise they are
-None and a vote tie is broken by order.
+None and a vote tie is broken by order. Prompt tokens come from the stream's `usage`, which a
+server sends after its last token when asked (`stream_options.include_usage`: OpenAI, vLLM,
+SGLang, llama.cpp's server): known for a sample the server finished (EOS, its token limit), None
+for one cut here at the program's end, whose usage is never sent.
 
 Failures: 429, 5xx, connection errors and timeouts are retried with exponential backoff
 (`Retry-After` honoured) as long as nothing of the sample was streamed to the page yet; a bad key,
@@ -95,11 +98,13 @@ class OpenAIBackend(RowSampler):
             "max_tokens": config.max_new_tokens,
             "temperature": config.temperature,
             "top_p": config.top_p if config.temperature > 0 else 1.0,
+            "stream_options": {"include_usage": True},
             **NEUTRAL_SAMPLING,
         }
         if seed is not None:
             body["seed"] = seed
         sent = [False]
+        usage: dict = {}
 
         def tracked(text: str, tokens: int) -> None:
             sent[0] = True
@@ -108,13 +113,15 @@ class OpenAIBackend(RowSampler):
         def attempt():
             with self.client.stream("POST", "/chat/completions", json=body) as response:
                 self._checked(response)
-                return follow(
-                    self._tokens(response),
+                generation = follow(
+                    self._tokens(response, usage),
                     config,
-                    prompt_tokens=0,
+                    prompt_tokens=None,
                     cancel=cancel,
                     emit=None if emit is None else tracked,
                 )
+                generation.prompt_tokens = usage.get("prompt_tokens")
+                return generation
 
         return self._with_retries(attempt, streamed=lambda: sent[0])
 
@@ -164,35 +171,52 @@ class OpenAIBackend(RowSampler):
             )
         raise BackendError(f"the server at {self.base_url} refused the request ({status})")
 
-    def _tokens(self, response) -> Iterator[Token]:
+    def _tokens(self, response, usage: dict) -> Iterator[Token]:
         """Tokens of a streamed chat completion (server-sent events); EOS when the server stopped.
-        A stream that ends before its finish reason was cut short (a server restarting, or
-        llama_cpp.server dropping a request for a newer one) and is retried."""
-        finished = False
+        The chunk that finishes the sample is held back until the stream's end, so the `usage`
+        chunk after it (prompt tokens) is read into `usage` before the reader stops. A stream that
+        ends before its finish reason was cut short (a server restarting, or llama_cpp.server
+        dropping a request for a newer one) and is retried."""
+        last = None
+        for chunk in self._chunks(response):
+            if isinstance(chunk.get("usage"), dict):
+                usage.update(chunk["usage"])
+            for choice in chunk.get("choices", [])[:1]:
+                if choice.get("finish_reason") is not None:
+                    last = choice
+                else:
+                    yield from _choice_tokens(choice)
+        if last is None:
+            raise _Cut(
+                "the stream ended unfinished; llama_cpp.server needs --interrupt_requests false for concurrent requests"
+            )
+        yield from _choice_tokens(last)
+        if last["finish_reason"] == "stop":
+            yield Token("", None, eos=True)
+
+    def _chunks(self, response) -> Iterator[dict]:
+        """The JSON chunks of a server-sent event stream, up to `[DONE]`."""
         for line in response.iter_lines():
             if not line.startswith("data:"):
                 continue
             data = line[5:].strip()
             if data == "[DONE]":
-                break
+                return
             chunk = json.loads(data)
             if "error" in chunk:
                 raise _Retryable(f"the server at {self.base_url} failed mid-stream ({_message(chunk['error'])})")
-            for choice in chunk.get("choices", [])[:1]:
-                text = (choice.get("delta") or {}).get("content") or ""
-                entries = ((choice.get("logprobs") or {}).get("content")) or []
-                if entries:
-                    for i, entry in enumerate(entries):
-                        yield Token(text if i == 0 else "", entry.get("logprob"))
-                elif text:
-                    yield Token(text, None)
-                finished = finished or choice.get("finish_reason") is not None
-                if choice.get("finish_reason") == "stop":
-                    yield Token("", None, eos=True)
-        if not finished:
-            raise _Cut(
-                "the stream ended unfinished; llama_cpp.server needs --interrupt_requests false for concurrent requests"
-            )
+            yield chunk
+
+
+def _choice_tokens(choice: dict) -> Iterator[Token]:
+    """The tokens of one streamed choice: one per log-prob entry (the text on the first), else the text."""
+    text = (choice.get("delta") or {}).get("content") or ""
+    entries = ((choice.get("logprobs") or {}).get("content")) or []
+    if entries:
+        for i, entry in enumerate(entries):
+            yield Token(text if i == 0 else "", entry.get("logprob"))
+    elif text:
+        yield Token(text, None)
 
 
 def _message(error) -> str:

@@ -43,6 +43,21 @@ def test_a_refinement_through_the_server_streams_and_votes():
         assert sent["model"] == "cap" and sent["stream"] is True and sent["messages"][0]["role"] == "system"
 
 
+def test_prompt_tokens_are_the_servers_count_where_it_finished_the_sample():
+    """The stream's usage gives a sample's prompt tokens when the server ends it (EOS); a sample cut
+    here at the program's end never gets its usage: unknown (None), not 0, in the result too."""
+    ended = "```python\nprint(18)\n"  # no closing fence: the server's EOS ends it
+    with OpenAIStub(text=ended) as stub:
+        result = refine(QUESTION, DRAFT, model=backend(stub))
+        assert result.candidates[0].finish == "eos" and result.program_answer == "0"
+        assert stub.requests[-1]["stream_options"] == {"include_usage": True}
+        assert result.prompt_tokens == OpenAIStub.usage(stub.requests[-1], "")["prompt_tokens"] > 0
+    with OpenAIStub() as stub:
+        result = refine(QUESTION, DRAFT, model=backend(stub))
+        assert result.candidates[0].finish == "program_end" and result.prompt_tokens is None
+        assert json.loads(json.dumps(result.to_dict()))["prompt_tokens"] is None
+
+
 def test_500_and_429_are_retried_and_nothing_is_lost():
     with OpenAIStub() as stub:
         stub.failures = [(500, "boom"), (429, "slow down")]

@@ -1,6 +1,6 @@
 """A tiny OpenAI-compatible server on 127.0.0.1 whose failures a test scripts: it answers
-`/v1/models` and streams `/v1/chat/completions` (one character per token, with log-probs), and
-can answer with an HTTP error, stall, or refuse a key first. The real server test is
+`/v1/models` and streams `/v1/chat/completions` (one character per token, with log-probs, and the
+usage when asked), and can answer with an HTTP error, stall, or refuse a key first. The real server test is
 test_openai_backend.py's llama_cpp.server; this one makes the failures that server cannot."""
 
 from __future__ import annotations
@@ -92,6 +92,8 @@ class OpenAIStub:
                             }
                         )
                     self._event({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+                    if (body.get("stream_options") or {}).get("include_usage"):
+                        self._event({"choices": [], "usage": stub.usage(body, text)})
                     self.wfile.write(b"data: [DONE]\n\n")
                 except (BrokenPipeError, ConnectionResetError):  # the client stopped reading: fine
                     if writing:
@@ -106,6 +108,12 @@ class OpenAIStub:
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @staticmethod
+    def usage(body: dict, text: str) -> dict:
+        """The stream's last chunk when asked for usage: a token per character, as it streams."""
+        prompt = sum(len(message["content"]) for message in body["messages"])
+        return {"prompt_tokens": prompt, "completion_tokens": len(text), "total_tokens": prompt + len(text)}
 
     def _count(self, change: int) -> None:
         """Track requests whose text is still being written (the most at once is `most_in_flight`)."""
