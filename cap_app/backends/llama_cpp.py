@@ -18,10 +18,10 @@ are split in as many groups as contexts, decoded at once in a thread each (one c
 threads for all 8 was 2.7x slower than with one on a 2-CPU machine busy with other processes:
 each step waits for the slower thread), and a conversation's groups never hold another's samples.
 The prompt of a conversation split in several groups is evaluated once, by the context of its
-first group with every thread of the pool while the others wait for it (the prompt is most of a
-vote's work that is not decoding: 0.7-0.9 s of ~400 tokens on one thread), and its cells are copied
-to the contexts of its other groups (`_Prompt`; a few milliseconds). A
-sample's numbers in a batch differ from those of the same sample decoded alone in the last digits
+first group, which may borrow the threads of the others while they wait for it (`_PromptThreads`;
+the prompt is most of a vote's work that is not decoding: 0.7-0.9 s of ~400 tokens on one
+thread), and its cells are copied to the contexts of its other groups (`_Prompt`; a few
+milliseconds). A sample's numbers in a batch differ from those of the same sample decoded alone in the last digits
 (batched matrix products, attention sums over cells shared with other rows; flash attention would
 avoid the latter but made a step of 8 rows 2x slower), so a sample may differ from the one a
 single-sample call with its seed draws (late in a program, when two tokens are close), N greedy
@@ -34,7 +34,8 @@ time, `contexts` of them at once (llama.cpp releases the GIL while it decodes), 
 program does not depend on the batch it is in. The prompt is rendered with the chat template
 stored in the GGUF and each context keeps its evaluated tokens (a shared one its last prompt): a
 sample takes the free context whose last prompt shares most with its own, so a repair turn that
-extends a conversation only evaluates what differs.
+extends a conversation only evaluates what differs. A lone sample's prompt may borrow the threads
+of the idle contexts (`_PromptThreads`: a greedy item 2.0 s instead of 2.4 s on an idle 2-CPU VM).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ import ctypes
 import dataclasses
 import os
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -57,10 +59,11 @@ from cap_app.backends.base import BackendError, Follower, RowSampler, Token, fol
 from cap_app.generate import AnyEvent, Generation
 
 CONTEXT_TOKENS = 4096  # a CaP prompt (~400 tokens) plus a program and two repair rounds
-# Threads for decoding and for the prompt: llama-cpp-python's default for decoding (half the
-# logical CPUs, about the physical cores), for the prompt too. Its default there, every logical CPU,
-# makes the prompt 5x slower on a 2-CPU machine where another process holds one (measured:
-# 400 tokens in 1.1 s vs 5-7 s), and a free Space or a laptop is rarely idle.
+# Threads of each context, for decoding and for the prompt: llama-cpp-python's default for decoding
+# (half the logical CPUs, about the physical cores). Its default for the prompt, every logical CPU,
+# made the prompt 5x slower on a 2-CPU machine where another process held one (measured: 400
+# tokens in 1.1 s vs 5-7 s); a prompt borrows the pool's idle threads only while that is measured
+# to be faster (`_PromptThreads`).
 THREADS = max(1, (os.cpu_count() or 2) // 2)
 TOP_CANDIDATES = 64  # top-p looks here first; a full sort of the vocabulary only when they are not enough
 SEQUENCES = 16  # most rows the shared context decodes together (fewer when their tokens do not fit)
@@ -100,6 +103,52 @@ class _Shared:
     def close(self) -> None:
         self.ctx.close()
         self.batch.close()
+
+
+class _PromptThreads:
+    """How many threads a prompt gets when other threads of the pool are idle: its own or all
+    it may borrow, whichever evaluated prompts faster lately (seconds per token, a running mean).
+    The other is tried again after `RETRY` prompts, and after twice as many each time it is still
+    slower (up to `MOST_RETRY`), so a steady machine rarely pays for the trial. Borrowing pays on
+    an idle machine (a greedy item 2.0 s instead of 2.4 s) and costs where another process holds
+    a CPU (2.4 -> 3.5 s: every op waits for the thread sharing that CPU); only timing tells the
+    two apart, in a container too. ggml's numbers are the same with any number of threads, so the
+    choice changes no sample."""
+
+    RETRY, MOST_RETRY = 8, 64
+    MIN_TOKENS = 32  # shorter prompts (a repair turn's new part) time too noisily to count
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.cost: dict[int, float] = {}  # threads -> seconds per prompt token
+        self.since_trial, self.retry = 0, self.RETRY
+        self.trial: int | None = None  # the threads being tried again
+
+    def choose(self, most: int) -> int:
+        if most <= THREADS:
+            return THREADS
+        with self.lock:
+            if THREADS not in self.cost:  # its own threads first: a context's first prompt is slower
+                return THREADS
+            if most not in self.cost:
+                return most
+            best, other = sorted((THREADS, most), key=self.cost.__getitem__)
+            self.since_trial += 1
+            if self.since_trial < self.retry:
+                return best
+            self.since_trial, self.trial = 0, other
+            return other
+
+    def record(self, threads: int, tokens: int, seconds: float) -> None:
+        if tokens < self.MIN_TOKENS:
+            return
+        with self.lock:
+            cost = seconds / tokens
+            self.cost[threads] = cost if threads not in self.cost else (self.cost[threads] + cost) / 2
+            if threads == self.trial:
+                slower = any(c < self.cost[threads] for t, c in self.cost.items() if t != threads)
+                self.retry = min(2 * self.retry, self.MOST_RETRY) if slower else self.RETRY
+                self.trial = None
 
 
 @dataclasses.dataclass(eq=False)
@@ -159,7 +208,9 @@ class LlamaCppBackend(RowSampler):
         )
         self.is_eog = llama_cpp.llama_vocab_is_eog  # end of turn or text
         self.free = list(self.contexts)
-        self.available = threading.Condition()  # guards `free`
+        self.available = threading.Condition()  # guards `free` and `holding`
+        self.holding = 0  # threads of the decodes running now (a pool sample, a vote's contexts)
+        self.prompt_threads = _PromptThreads()
         self.closing = threading.Event()
         self.shared: list[_Shared] = []  # one per context, made when a call first has several rows
         self.making = threading.Lock()  # held while the shared contexts are made, and by `_close`
@@ -205,8 +256,10 @@ class LlamaCppBackend(RowSampler):
             prompt = _Prompt(tokens, followers=len(split) - 1)
             groups += [(prompt, [index * config.n + row for row in group], i == 0) for i, group in enumerate(split)]
         workers = min(len(shared), len(groups))
-        # the lead of a lone conversation evaluates its prompt with every thread (the others wait for it)
-        prompt_threads = THREADS * workers if len(prompts) == 1 else THREADS
+        # the lead of a lone conversation evaluates its prompt with its followers' threads (they wait
+        # for it) and any other idle ones
+        spare = self._hold(THREADS * workers)
+        prompt_threads = self.prompt_threads.choose(THREADS * workers + spare if len(prompts) == 1 else THREADS)
         failed = threading.Event()
         watched = AnyEvent(failed, cancel)
 
@@ -234,17 +287,20 @@ class LlamaCppBackend(RowSampler):
                     )
             return generations
 
-        if workers == 1:
-            done = [decode(0)]
-        else:
-            pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"cap-{self.name}")
-            try:
-                done = list(pool.map(decode, range(workers)))
-            except BaseException:
-                failed.set()  # the other groups stop at their next token
-                raise
-            finally:
-                pool.shutdown(cancel_futures=True)
+        try:
+            if workers == 1:
+                done = [decode(0)]
+            else:
+                pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"cap-{self.name}")
+                try:
+                    done = list(pool.map(decode, range(workers)))
+                except BaseException:
+                    failed.set()  # the other groups stop at their next token
+                    raise
+                finally:
+                    pool.shutdown(cancel_futures=True)
+        finally:
+            self._hold(-THREADS * workers)
         # back in the rows' order: group g is the (g // workers)-th of worker g % workers
         return [g for index in range(len(groups)) for g in done[index % workers][index // workers]]
 
@@ -294,12 +350,14 @@ class LlamaCppBackend(RowSampler):
             same = _common_prefix(kept, tokens, len(tokens) - 1)
             library.llama_memory_seq_rm(memory, 0, same, -1)
             library.llama_set_n_threads(ctx, THREADS, threads)
+            started = time.perf_counter()
             try:
                 for start in range(same, len(tokens) - 1, PROMPT_BATCH):
                     chunk = tokens[start : min(start + PROMPT_BATCH, len(tokens) - 1)]
                     self._step(shared, [(token, start + i, 0) for i, token in enumerate(chunk)], outputs=False)
             finally:
                 library.llama_set_n_threads(ctx, THREADS, THREADS)
+            self.prompt_threads.record(threads, len(tokens) - 1 - same, time.perf_counter() - started)
             self._step(shared, [(tokens[-1], len(tokens) - 1, 0)])
             first = _logits(library, ctx, 0, llm.n_vocab())
             if lead and prompt.followers:
@@ -378,22 +436,31 @@ class LlamaCppBackend(RowSampler):
     def sample(self, conversation, config, seed, cancel, emit):
         prompt = self.formatter(messages=conversation).prompt
         context = self._take(prompt)
+        spare = self._hold(THREADS)
         try:
             with self._holding(context) as llm:
                 tokens = _tokenize(llm, prompt)
                 _check_fits(len(tokens), config)
                 context.prompt = prompt
                 return follow(
-                    self._decode(llm, tokens, config, seed),
+                    self._decode(llm, tokens, config, seed, self.prompt_threads.choose(THREADS + spare)),
                     config,
                     prompt_tokens=len(tokens),
                     cancel=cancel,
                     emit=emit,
                 )
         finally:
+            self._hold(-THREADS)
             with self.available:
                 self.free.append(context)
                 self.available.notify()
+
+    def _hold(self, threads: int) -> int:
+        """Count `threads` more (or fewer) as held by decodes; the pool's threads none holds now,
+        which a prompt may borrow (ggml's numbers do not depend on the number of threads)."""
+        with self.available:
+            self.holding += threads
+            return max(0, THREADS * len(self.contexts) - self.holding)
 
     @contextlib.contextmanager
     def _holding(self, context: _Context):
@@ -412,8 +479,9 @@ class LlamaCppBackend(RowSampler):
             self.free.remove(context)
             return context
 
-    def _decode(self, llm, prompt: list[int], config, seed: int | None) -> Iterator[Token]:
-        """Tokens after `prompt`, one per step, until the caller stops reading (follow decides)."""
+    def _decode(self, llm, prompt: list[int], config, seed: int | None, prompt_threads: int) -> Iterator[Token]:
+        """Tokens after `prompt`, one per step, until the caller stops reading (follow decides); the
+        prompt evaluated with `prompt_threads` threads."""
         # tokens of the context already holding this prompt's prefix (at least the last is redone for its logits)
         kept = 0
         while kept < min(llm.n_tokens, len(prompt) - 1) and llm.input_ids[kept] == prompt[kept]:
@@ -421,7 +489,13 @@ class LlamaCppBackend(RowSampler):
         llm.n_tokens = kept
         # The last token on its own, always: evaluated in a batch its logits differ in the last digits,
         # and a sample's tokens and log-probs would depend on whether its context had the prompt already.
-        llm.eval(prompt[kept:-1])
+        llm._ctx.set_n_threads(THREADS, prompt_threads)
+        started = time.perf_counter()
+        try:
+            llm.eval(prompt[kept:-1])
+        finally:
+            llm._ctx.set_n_threads(THREADS, THREADS)
+        self.prompt_threads.record(prompt_threads, len(prompt) - 1 - kept, time.perf_counter() - started)
         llm.eval(prompt[-1:])
         rng = np.random.default_rng(seed)
         text = codecs.getincrementaldecoder("utf-8")(errors="replace")

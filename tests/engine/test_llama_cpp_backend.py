@@ -9,7 +9,15 @@ import threading
 import pytest
 
 from cap_app.backends import BackendConfig, BackendError, get_backend
-from cap_app.backends.llama_cpp import CONTEXT_TOKENS, SEQUENCES, LlamaCppBackend, _groups, default_contexts
+from cap_app.backends.llama_cpp import (
+    CONTEXT_TOKENS,
+    SEQUENCES,
+    THREADS,
+    LlamaCppBackend,
+    _groups,
+    _PromptThreads,
+    default_contexts,
+)
 from cap_app.cli import main
 from cap_app.generate import GenerationConfig, generate_batch
 from cap_app.gguf_export import cached_export, export_gguf
@@ -222,6 +230,59 @@ def test_the_rows_of_a_prompt_are_split_in_groups_that_fit():
         list(range(SEQUENCES // 2 + 1)),
         list(range(SEQUENCES // 2 + 1, SEQUENCES + 1)),
     ]
+
+
+def test_a_prompt_borrows_idle_threads_only_while_that_is_faster():
+    """Its own threads first, then all it may borrow, then whichever evaluated prompts faster per
+    token; the other is tried again after RETRY prompts, twice as late each time it is still
+    slower, at the first interval again once it won; short prompts do not count; nothing to
+    borrow, nothing to choose."""
+    chooser, most, retry = _PromptThreads(), THREADS + 1, _PromptThreads.RETRY
+    assert chooser.choose(THREADS) == THREADS
+    assert chooser.choose(most) == THREADS
+    chooser.record(THREADS, 400, 1.2)
+    assert chooser.choose(most) == most
+    chooser.record(most, 400, 0.6)  # idle: borrowing halves the time
+
+    def picks(count):
+        chosen = []
+        for _ in range(count):
+            chosen.append(chooser.choose(most))
+            chooser.record(chosen[-1], 400, 1.2 if chosen[-1] == THREADS else 0.6)
+        return chosen
+
+    assert picks(retry) == [most] * (retry - 1) + [THREADS]  # tried again, still slower...
+    assert picks(2 * retry) == [most] * (2 * retry - 1) + [THREADS]  # ...so tried twice as late
+    chooser.record(most, 400, 3.4)  # another process took a CPU: (0.6 + 3.4) / 2 per 400 tokens > 1.2
+    assert chooser.choose(most) == THREADS
+    chooser.record(most, 10, 0.0)  # a short prompt tells nothing
+    assert chooser.cost[most] == pytest.approx(2.0 / 400)
+    # idle again: the next trial brings the mean down but not below, the one after wins
+    assert chooser.retry == 4 * retry and picks(4 * retry - 1)[-1] == most
+    assert chooser.retry == 8 * retry and picks(8 * retry)[-1] == most
+    assert chooser.retry == retry and picks(3) == [most] * 3
+
+
+def test_a_lone_sample_evaluates_its_prompt_with_the_idle_threads(two_contexts, monkeypatch):
+    """The pool's other contexts are idle: a greedy sample's prompt may use their threads, and its
+    program is the same whichever number of threads evaluated the prompt."""
+    offered = []
+    choose = _PromptThreads.choose
+
+    def spying(self, most):
+        offered.append(most)
+        return choose(self, most)
+
+    monkeypatch.setattr(_PromptThreads, "choose", spying)
+    config = GenerationConfig(max_new_tokens=40)
+    runs = []
+    for _ in range(3):  # its own threads, all of them, then the faster
+        for context in two_contexts.contexts:
+            context.llm.n_tokens, context.prompt = 0, ""  # nothing kept: the whole prompt each time
+        runs.append(two_contexts.generate_batch([CONVERSATION], config)[0][0])
+    assert offered == [2 * THREADS] * 3 and two_contexts.holding == 0
+    assert set(two_contexts.prompt_threads.cost) == {THREADS, 2 * THREADS}
+    assert [(g.token_ids, g.mean_logprob) for g in runs[1:]] == [(runs[0].token_ids, runs[0].mean_logprob)] * 2
 
 
 def test_cancel_stops_a_vote_on_two_contexts(two_contexts):
