@@ -139,6 +139,20 @@ class _PromptThreads:
             self.since_trial, self.trial = 0, other
             return other
 
+    @contextlib.contextmanager
+    def evaluating(self, ctx, threads: int, tokens: int):
+        """`ctx` (a llama_context) evaluates `tokens` prompt tokens with `threads` threads in the
+        block, timed for `choose`; its own threads again after."""
+        from llama_cpp import llama_cpp as library
+
+        library.llama_set_n_threads(ctx, THREADS, threads)
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            library.llama_set_n_threads(ctx, THREADS, THREADS)
+        self.record(threads, tokens, time.perf_counter() - started)
+
     def record(self, threads: int, tokens: int, seconds: float) -> None:
         if tokens < self.MIN_TOKENS:
             return
@@ -349,15 +363,10 @@ class LlamaCppBackend(RowSampler):
             # (evaluated in a batch its logits differ in the last digits).
             same = _common_prefix(kept, tokens, len(tokens) - 1)
             library.llama_memory_seq_rm(memory, 0, same, -1)
-            library.llama_set_n_threads(ctx, THREADS, threads)
-            started = time.perf_counter()
-            try:
+            with self.prompt_threads.evaluating(ctx, threads, len(tokens) - 1 - same):
                 for start in range(same, len(tokens) - 1, PROMPT_BATCH):
                     chunk = tokens[start : min(start + PROMPT_BATCH, len(tokens) - 1)]
                     self._step(shared, [(token, start + i, 0) for i, token in enumerate(chunk)], outputs=False)
-            finally:
-                library.llama_set_n_threads(ctx, THREADS, THREADS)
-            self.prompt_threads.record(threads, len(tokens) - 1 - same, time.perf_counter() - started)
             self._step(shared, [(tokens[-1], len(tokens) - 1, 0)])
             first = _logits(library, ctx, 0, llm.n_vocab())
             if lead and prompt.followers:
@@ -489,13 +498,8 @@ class LlamaCppBackend(RowSampler):
         llm.n_tokens = kept
         # The last token on its own, always: evaluated in a batch its logits differ in the last digits,
         # and a sample's tokens and log-probs would depend on whether its context had the prompt already.
-        llm._ctx.set_n_threads(THREADS, prompt_threads)
-        started = time.perf_counter()
-        try:
+        with self.prompt_threads.evaluating(llm._ctx.ctx, prompt_threads, len(prompt) - 1 - kept):
             llm.eval(prompt[kept:-1])
-        finally:
-            llm._ctx.set_n_threads(THREADS, THREADS)
-        self.prompt_threads.record(prompt_threads, len(prompt) - 1 - kept, time.perf_counter() - started)
         llm.eval(prompt[-1:])
         rng = np.random.default_rng(seed)
         text = codecs.getincrementaldecoder("utf-8")(errors="replace")
