@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import html
+import json
 import tempfile
 from pathlib import Path
 
@@ -41,6 +42,7 @@ VIEW = (
     "first_wrong_step",
     "note",
     "status",
+    "shown",  # the state as the page has it: a judgement names the item it was made on
 )
 RADIOS = ("correct", "vs_draft")  # the judgement form's radio buttons (names in VIEW)
 PAGE_SIZE = 20
@@ -81,6 +83,22 @@ if (!window.capAnnotatorKeys) {
 def new_state(batch_id: int | None = None, position: int = 0, refinement: int = 0) -> dict:
     """What one browser session is looking at."""
     return {"batch": batch_id, "position": position, "refinement": refinement}
+
+
+def _shown_state(shown: str | None) -> dict | None:
+    """The state the page says it shows, if it is one (it comes from the browser: anything else is ignored)."""
+    try:
+        value = json.loads(shown or "null")
+    except ValueError:
+        return None
+    if not isinstance(value, dict) or set(value) != {"batch", "position", "refinement"}:
+        return None
+    batch, position, refinement = value["batch"], value["position"], value["refinement"]
+    if batch is not None and type(batch) is not int:
+        return None
+    if not all(type(x) is int and x >= 0 for x in (position, refinement)):
+        return None
+    return new_state(batch, position, refinement)
 
 
 def _name(annotator: str | None) -> str:
@@ -166,6 +184,7 @@ def _view(**values) -> tuple:
         status="",
     )
     defaults.update(values)
+    defaults["shown"] = json.dumps(defaults["state"])
     return tuple(defaults[name] for name in VIEW)
 
 
@@ -273,10 +292,14 @@ def record_judgement(
     vs_draft: str | None,
     first_wrong_step: float | None,
     note: str,
+    shown: str = "",
 ) -> tuple:
     """Any change of the judgement form: save the whole form now. Returns (status, progress, *RADIOS).
     When refused, the choices go back to what is saved (if anything), so a refused click does not
-    look made; typed fields keep what was typed, so nothing typed is lost."""
+    look made; typed fields keep what was typed, so nothing typed is lost. The judgement is of the
+    item the page showed (`shown`, sent with the click), not of the session's state now: a key
+    pressed right after it ("w" then "j") may move the state first, as events run at once."""
+    state = _shown_state(shown) or state
     try:
         if state.get("batch") is None:
             raise StoreError("Load a batch first.")
@@ -438,6 +461,7 @@ def build_annotator_tab(demo: gr.Blocks, saved_name: gr.BrowserState, store: Sto
             unjudged_button = gr.Button("Next unjudged (g)", elem_id="cap-ann-unjudged")
             undo_button = gr.Button("Undo last change (z)", elem_id="cap-ann-undo")
         status = gr.HTML(elem_id="cap-ann-status")
+        shown = gr.Textbox("null", visible=False, elem_id="cap-ann-shown")
         question = gr.HTML(elem_id="cap-ann-question")
         draft = gr.HTML(label="Draft steps", elem_id="cap-ann-draft")
         with gr.Row():
@@ -497,6 +521,7 @@ def build_annotator_tab(demo: gr.Blocks, saved_name: gr.BrowserState, store: Sto
         first_wrong_step,
         note,
         status,
+        shown,
     ]
     db = dict(concurrency_limit=None)  # SQLite serialises writers itself
     load.click(bind(load_file, store), [upload, path, draft_key, annotator], [batch, report, *view], **db)
@@ -525,7 +550,7 @@ def build_annotator_tab(demo: gr.Blocks, saved_name: gr.BrowserState, store: Sto
     judged = gr.on(
         [correct.input, vs_draft.input, first_wrong_step.submit, first_wrong_step.blur, note.submit, note.blur],
         bind(record_judgement, store),
-        [state, annotator, correct, vs_draft, first_wrong_step, note],
+        [state, annotator, correct, vs_draft, first_wrong_step, note, shown],
         [status, progress, correct, vs_draft],
         **db,
     )

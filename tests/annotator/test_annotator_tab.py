@@ -110,6 +110,22 @@ def test_each_refinement_is_judged_on_its_own(store, batch_file):
     assert store.current_judgement(second_ref.id, "ann").correct == "no"
 
 
+def test_a_judgement_is_of_the_item_the_page_showed_when_it_was_made(store, batch_file):
+    """A key pressed right after a judgement ("w" then "j") may move the session to the next item
+    before the judgement is saved (events run at once): the judgement carries the item the page
+    showed. What the browser sends there is checked: anything else falls back to the session."""
+    _, _, shown = loaded(store, batch_file)
+    moved = view(tab.step(store, shown["state"], "ann", delta=1))  # processed first
+    assert json.loads(shown["shown"]) == shown["state"] and moved["state"]["position"] == 1
+    saved = tab.record_judgement(store, moved["state"], "ann", None, "worse", None, "", shown["shown"])
+    assert "Saved: item 1, refinement 1" in saved[0]
+    first, second = (store.item_at(shown["state"]["batch"], i) for i in (0, 1))
+    assert store.current_judgement(store.refinements(first.id)[0].id, "ann").vs_draft == "worse"
+    assert store.current_judgement(store.refinements(second.id)[0].id, "ann") is None
+    for forged in ("{", "[1, 2]", '{"batch": 1, "position": -1, "refinement": 0}', '{"position": "0"}'):
+        assert "Saved: item 2" in tab.record_judgement(store, moved["state"], "ann", "yes", None, None, "", forged)[0]
+
+
 def test_navigation_next_unjudged_wraps_and_stops_when_all_are_judged(store, batch_file):
     _, _, shown = loaded(store, batch_file)
     state = shown["state"]
