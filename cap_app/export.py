@@ -22,6 +22,7 @@ import itertools
 import json
 import os
 import tempfile
+import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -53,9 +54,12 @@ CSV_COLUMNS = (
     "note",
     "judged_at",
 )
-# A cell starting with one of these is a formula to a spreadsheet (OWASP, CSV injection), full-width
-# forms included: some spreadsheets read "＝1+1" as "=1+1".
-_SPREADSHEET_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "＝", "＋", "－", "＠")
+CSV_NUMERIC_COLUMNS = ("item", "line", "refinement_id", "first_wrong_step")  # ints; every other column is text
+# A cell starting with one of these is a formula to a spreadsheet (OWASP, CSV injection). A cell is
+# compared in NFKC form, so full-width and small forms ("＝", "﹦", "﹢", "﹣", "﹫") count too, and
+# after any invisible (format) characters or spaces in front, such as U+FEFF or U+200B, which some
+# spreadsheets drop before reading the formula.
+_SPREADSHEET_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 # What an export with no rows lacked, and what to do about it.
 _WHY_EMPTY = {
     "dpo": (
@@ -245,16 +249,21 @@ def csv_row(row: JudgedRow) -> dict:
         "note": judgement.note,
         "judged_at": judgement.created_at,
     }
-    return {key: _spreadsheet_safe(value) for key, value in values.items()}
+    return {
+        key: value if key in CSV_NUMERIC_COLUMNS else spreadsheet_safe(None if value is None else str(value))
+        for key, value in values.items()
+    }
 
 
-def _spreadsheet_safe(value):
+def spreadsheet_safe(value: str | None) -> str | None:
     """Quote text a spreadsheet would run as a formula (CSV injection), as OWASP says: every text cell,
-    number-like text too (Python reads "-inf" or "-1_000" as a number; a spreadsheet may not). The
-    numeric columns hold ints, never text, and stay numbers."""
-    if isinstance(value, str) and value.startswith(_SPREADSHEET_FORMULA_START):
+    number-like text too (Python reads "-inf" or "-1_000" as a number; a spreadsheet may not)."""
+    if not value:
+        return value
+    if value.startswith(_SPREADSHEET_FORMULA_START):
         return "'" + value
-    return value
+    first = next((c for c in value if not (c.isspace() or unicodedata.category(c) == "Cf")), "")
+    return "'" + value if unicodedata.normalize("NFKC", first).startswith(_SPREADSHEET_FORMULA_START) else value
 
 
 def cohen_kappa(labels_a: list[str], labels_b: list[str]) -> float | None:

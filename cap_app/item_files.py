@@ -25,7 +25,7 @@ from pathlib import Path
 
 from cap_app.refine import DRAFT_KEYS, InputError, RefineItem, item_from_record, validate_inputs
 from cap_app.results import RefinementResult
-from cap_app.store import Batch, NewItem, Store
+from cap_app.store import Batch, NewItem, Store, result_from_json
 
 MAX_LINE_BYTES = 1 << 20  # one row; longer lines are reported, not read into memory
 _RESULT_FIELDS = {f.name for f in dataclasses.fields(RefinementResult)}
@@ -76,15 +76,21 @@ def allowed_batch_dirs() -> list[Path]:
     return [Path(d).resolve() for d in dirs if d]
 
 
+PATH_REFUSED = "That path cannot be loaded: give a file in the server's batch folders, or upload the file."
+
+
 def allowed_batch_path(path: str, allowed: list[Path] | None = None) -> Path:
-    """`path` resolved (links followed) if it is a file inside an allowed folder, else BatchError."""
+    """`path` resolved (links followed) if it is a file inside an allowed folder, else BatchError.
+    Every refusal reads the same and names no folder: a visitor learns neither where the server
+    keeps its files nor which files exist."""
     allowed = allowed_batch_dirs() if allowed is None else allowed
-    resolved = Path(path).expanduser().resolve()
-    if not any(resolved.is_relative_to(folder) for folder in allowed):
-        folders = ", ".join(str(folder) for folder in allowed)
-        raise BatchError(f"Batches can be loaded by path only from {folders}; upload the file instead.")
-    if not resolved.is_file():
-        raise BatchError(f"No such file: {path}")
+    try:
+        resolved = Path(path).expanduser().resolve()
+        inside = any(resolved.is_relative_to(folder) for folder in allowed)
+        if not inside or not resolved.is_file():
+            raise BatchError(PATH_REFUSED)
+    except (OSError, RuntimeError, ValueError) as exc:  # a link loop, a NUL byte...
+        raise BatchError(PATH_REFUSED) from exc
     return resolved
 
 
@@ -245,8 +251,10 @@ def _item(row: dict, draft_key: str, line: int) -> NewItem:
 
 def _refinement(row: dict) -> RefinementResult:
     try:
-        result = RefinementResult.from_dict({k: v for k, v in row.items() if k in _RESULT_FIELDS})
-    except (TypeError, KeyError, AttributeError, ValueError) as exc:
+        result = result_from_json({k: v for k, v in row.items() if k in _RESULT_FIELDS})
+    except ValueError as exc:  # a field of the wrong kind, named
+        raise RowError(str(exc)) from None
+    except (TypeError, KeyError, AttributeError) as exc:
         raise RowError(f"not a refinement result ({type(exc).__name__}: {exc})") from None
     if not isinstance(result.draft, str):
         raise RowError("refinement result has no draft")

@@ -368,9 +368,11 @@ class Store:
         return _batch(row)
 
     def item_at(self, batch_id: int, position: int) -> Item:
+        """An item of a complete batch (an import still running, or cut short, is nobody's to see)."""
         return _item(
             self._fetch_one(
-                "SELECT * FROM items WHERE batch_id = ? AND position = ?",
+                "SELECT items.* FROM items JOIN batches b ON b.id = items.batch_id"
+                " WHERE items.batch_id = ? AND items.position = ? AND b.complete",
                 (batch_id, position),
                 f"Batch {batch_id} has no item {position + 1}.",
             )
@@ -395,7 +397,10 @@ class Store:
 
     def add_refinement(self, item_id: int, result: RefinementResult, source: str = "run") -> StoredRefinement:
         with self._transaction() as conn:
-            if conn.execute("SELECT 1 FROM items WHERE id = ?", (item_id,)).fetchone() is None:
+            if (
+                conn.execute(f"SELECT 1 FROM items WHERE id = ? AND {_COMPLETE_ITEM_SQL}", (item_id,)).fetchone()
+                is None
+            ):
                 raise StoreError(f"No item {item_id}.")
             refinement_id = _insert_refinement(conn, item_id, result, source)
             row = conn.execute("SELECT * FROM refinements WHERE id = ?", (refinement_id,)).fetchone()
@@ -453,7 +458,12 @@ class Store:
         if len(note) > MAX_NOTE_CHARS:
             raise StoreError(f"The note is longer than {MAX_NOTE_CHARS} characters.")
         with self._transaction() as conn:
-            if conn.execute("SELECT 1 FROM refinements WHERE id = ?", (refinement_id,)).fetchone() is None:
+            known = conn.execute(
+                "SELECT 1 FROM refinements r JOIN items ON items.id = r.item_id"
+                f" WHERE r.id = ? AND {_COMPLETE_ITEM_SQL}",
+                (refinement_id,),
+            ).fetchone()
+            if known is None:  # or of an import still running: only complete batches are judged
                 raise StoreError(f"No refinement {refinement_id}.")
             current = _current_judgement(conn, refinement_id, annotator)
             snapshot = (correct, vs_draft, first_wrong_step, note)
@@ -542,7 +552,7 @@ class Store:
                     row["refinement_id"],
                     row["i_id"],
                     row["r_source"],
-                    RefinementResult.from_dict(json.loads(row["r_result"])),
+                    result_from_json(json.loads(row["r_result"])),
                     row["r_created_at"],
                 )
                 yield JudgedRow(judgement, item, row["batch_name"], refinement)
@@ -554,6 +564,8 @@ _ITEM_FIELDS = [f.name for f in dataclasses.fields(Item)]
 _REFINEMENT_FIELDS = [f.name for f in dataclasses.fields(StoredRefinement)]
 _JUDGEMENT_FIELDS = [f.name for f in dataclasses.fields(Judgement)]
 _JUDGEMENT_COLUMNS = ", ".join(_JUDGEMENT_FIELDS)
+# 1 when the row of `items` belongs to a complete batch.
+_COMPLETE_ITEM_SQL = "EXISTS (SELECT 1 FROM batches b WHERE b.id = items.batch_id AND b.complete)"
 # 1 when the annotator (first parameter) has a current judgement with a verdict on any refinement of the item.
 _JUDGED_SQL = """EXISTS (SELECT 1 FROM refinements r JOIN judgements j ON j.refinement_id = r.id
                  WHERE r.item_id = items.id AND j.annotator = ? AND j.undone_at IS NULL
@@ -578,7 +590,11 @@ def _insert_item(conn: sqlite3.Connection, batch_id: int, position: int, item: N
 
 
 def _delete_batch(conn: sqlite3.Connection, batch_id: int) -> None:
-    """Remove an incomplete import (nobody can have judged it: it was never listed)."""
+    """Remove a batch with everything that refers to it, children first (foreign keys are on). An
+    incomplete import cannot be judged today, but a file written by an older version may hold such
+    judgements: leaving them would fail every later load of that file."""
+    refinements = "SELECT r.id FROM refinements r JOIN items i ON i.id = r.item_id WHERE i.batch_id = ?"
+    conn.execute(f"DELETE FROM judgements WHERE refinement_id IN ({refinements})", (batch_id,))
     conn.execute("DELETE FROM refinements WHERE item_id IN (SELECT id FROM items WHERE batch_id = ?)", (batch_id,))
     conn.execute("DELETE FROM items WHERE batch_id = ?", (batch_id,))
     conn.execute("DELETE FROM batches WHERE id = ?", (batch_id,))
@@ -612,5 +628,43 @@ def _batch(row: sqlite3.Row) -> Batch:
 
 def _refinement(row: sqlite3.Row) -> StoredRefinement:
     data = {name: row[name] for name in _REFINEMENT_FIELDS}
-    data["result"] = RefinementResult.from_dict(json.loads(data["result"]))
+    data["result"] = result_from_json(json.loads(data["result"]))
     return StoredRefinement(**data)
+
+
+# Answer fields of a RefinementResult line: text to every view, but a hand-made or foreign file may
+# hold JSON numbers there (18, -7, -Infinity), which the views and answer checks cannot read.
+_RESULT_TEXT_FIELDS = ("gold", "draft_answer", "refined_answer", "draft_mistake")
+_CANDIDATE_TEXT_FIELDS = ("answer",)
+
+
+def _as_text(value: object, field: str) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise ValueError(f"'{field}' must be text or a number")
+
+
+def result_from_json(data: dict) -> RefinementResult:
+    """A RefinementResult from its JSON form, answer fields given as numbers read as text (so a row
+    loads and shows, and the CSV guards it like any text). ValueError/TypeError/KeyError when it is
+    not a result at all."""
+    data = dict(data)
+    for field in _RESULT_TEXT_FIELDS:
+        if field in data:
+            data[field] = _as_text(data[field], field)
+    candidates = []
+    for candidate in data.get("candidates") or []:
+        if not isinstance(candidate, dict) or not isinstance(candidate.get("execution"), dict):
+            raise TypeError("a candidate is not an object with an execution")
+        candidate = {**candidate, "execution": dict(candidate["execution"])}
+        for field in _CANDIDATE_TEXT_FIELDS:
+            if field in candidate:
+                candidate[field] = _as_text(candidate[field], field)
+            if field in candidate["execution"]:
+                candidate["execution"][field] = _as_text(candidate["execution"][field], field)
+        candidates.append(candidate)
+    data["candidates"] = candidates
+    data["votes"] = {str(k): v for k, v in (data.get("votes") or {}).items()}
+    return RefinementResult.from_dict(data)

@@ -85,19 +85,37 @@ def new_state(batch_id: int | None = None, position: int = 0, refinement: int = 
     return {"batch": batch_id, "position": position, "refinement": refinement}
 
 
-def _shown_state(shown: str | None) -> dict | None:
-    """The state the page says it shows, if it is one (it comes from the browser: anything else is ignored)."""
+SHOWN_REFUSED = (
+    "Refused: the page named an item this session does not have open; nothing was saved. "
+    "Reopen the item (or reload the page) and judge it again."
+)
+
+
+def _shown_state(store: Store, state: dict, shown: str | None) -> dict:
+    """The item a judgement is of: the one the page says it showed (`shown`, sent with the click, so a
+    key pressed right after it cannot move the judgement to another item), checked against the
+    store and this session's own state, which the browser cannot touch. No `shown` ("null", as API
+    callers send by default) means the session's state. StoreError when `shown` is anything but an
+    item and refinement of a complete batch this session has open."""
+    if shown in (None, "", "null"):
+        return state
     try:
-        value = json.loads(shown or "null")
+        value = json.loads(shown)
     except ValueError:
-        return None
+        raise StoreError(SHOWN_REFUSED) from None
     if not isinstance(value, dict) or set(value) != {"batch", "position", "refinement"}:
-        return None
+        raise StoreError(SHOWN_REFUSED)
     batch, position, refinement = value["batch"], value["position"], value["refinement"]
-    if batch is not None and type(batch) is not int:
-        return None
+    if type(batch) is not int or batch != state.get("batch"):
+        raise StoreError(SHOWN_REFUSED)
     if not all(type(x) is int and x >= 0 for x in (position, refinement)):
-        return None
+        raise StoreError(SHOWN_REFUSED)
+    try:
+        item = store.item_at(batch, position)  # complete batches only
+    except StoreError:
+        raise StoreError(SHOWN_REFUSED) from None
+    if refinement >= max(len(store.refinements(item.id)), 1):
+        raise StoreError(SHOWN_REFUSED)
     return new_state(batch, position, refinement)
 
 
@@ -299,8 +317,8 @@ def record_judgement(
     look made; typed fields keep what was typed, so nothing typed is lost. The judgement is of the
     item the page showed (`shown`, sent with the click), not of the session's state now: a key
     pressed right after it ("w" then "j") may move the state first, as events run at once."""
-    state = _shown_state(shown) or state
     try:
+        state = _shown_state(store, state, shown)
         if state.get("batch") is None:
             raise StoreError("Load a batch first.")
         item = store.item_at(state["batch"], state["position"])

@@ -59,7 +59,7 @@ def test_upload_loads_the_batch_and_shows_the_first_item(store, batch_file):
 def test_paths_outside_the_allowed_folders_are_refused(store, batch_file, monkeypatch, tmp_path):
     monkeypatch.setenv("CAP_BATCH_DIRS", str(tmp_path / "elsewhere"))
     dropdown, report, *rest = tab.load_file(store, None, str(batch_file), "draft", "ann")
-    assert "only from" in report and all(isinstance(v, type(gr.skip())) for v in rest)
+    assert "cannot be loaded" in report and all(isinstance(v, type(gr.skip())) for v in rest)
     monkeypatch.setenv("CAP_BATCH_DIRS", str(tmp_path))
     assert "4 items loaded" in tab.load_file(store, None, str(batch_file), "draft", "ann")[1]
 
@@ -113,7 +113,7 @@ def test_each_refinement_is_judged_on_its_own(store, batch_file):
 def test_a_judgement_is_of_the_item_the_page_showed_when_it_was_made(store, batch_file):
     """A key pressed right after a judgement ("w" then "j") may move the session to the next item
     before the judgement is saved (events run at once): the judgement carries the item the page
-    showed. What the browser sends there is checked: anything else falls back to the session."""
+    showed. What the browser sends there is checked (test_page_state.py)."""
     _, _, shown = loaded(store, batch_file)
     moved = view(tab.step(store, shown["state"], "ann", delta=1))  # processed first
     assert json.loads(shown["shown"]) == shown["state"] and moved["state"]["position"] == 1
@@ -122,8 +122,6 @@ def test_a_judgement_is_of_the_item_the_page_showed_when_it_was_made(store, batc
     first, second = (store.item_at(shown["state"]["batch"], i) for i in (0, 1))
     assert store.current_judgement(store.refinements(first.id)[0].id, "ann").vs_draft == "worse"
     assert store.current_judgement(store.refinements(second.id)[0].id, "ann") is None
-    for forged in ("{", "[1, 2]", '{"batch": 1, "position": -1, "refinement": 0}', '{"position": "0"}'):
-        assert "Saved: item 2" in tab.record_judgement(store, moved["state"], "ann", "yes", None, None, "", forged)[0]
 
 
 def test_navigation_next_unjudged_wraps_and_stops_when_all_are_judged(store, batch_file):

@@ -169,7 +169,7 @@ def test_paths_from_the_web_are_limited_to_allowed_folders(tmp_path):
     (allowed / "link.jsonl").symlink_to(outside)
     assert allowed_batch_path(str(inside), [allowed]) == inside
     for path in (outside, allowed / "link.jsonl", allowed / ".." / "secret.jsonl"):
-        with pytest.raises(BatchError, match="only from"):
+        with pytest.raises(BatchError, match="cannot be loaded"):
             allowed_batch_path(str(path), [allowed])
-    with pytest.raises(BatchError, match="No such file"):
+    with pytest.raises(BatchError, match="cannot be loaded"):
         allowed_batch_path(str(allowed / "nope.jsonl"), [allowed])
