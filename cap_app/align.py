@@ -16,6 +16,7 @@ import dataclasses
 import difflib
 import re
 
+from cap_app.answers import extract_draft_answer
 from cap_app.arithmetic import ANNOTATION, NUMBER, evaluate_arithmetic, format_number, parse_number, same_number
 from cap_app.sandbox.result import ExecResult
 
@@ -28,6 +29,8 @@ EQUATION_RE = re.compile(
 _OPERATOR_BEFORE_RE = re.compile(r"[-+*/x×÷]\s*$")  # "3 years * (1/3) = 9": only part of it was caught
 SENTENCE_SPLIT_RE = re.compile(r"(?<=[.!?])\s+(?=[A-Z$])|(?<=[。！？])(?=.)")  # CJK full stops need no space
 ANSWER_LINE_RE = re.compile(r"^\s*(?:A:|####|The answer is|Answer:|答案|答[:：])", re.IGNORECASE)
+# a sentence that states the final answer rather than working towards it
+STATES_ANSWER_RE = re.compile(r"\b(?:final answer|the answer is|answer\s*:)", re.IGNORECASE)
 TOKEN_RE = re.compile(r"\d[\d,]*(?:\.\d+)?|\w+|[^\w\s]")
 WORD_NUMBERS = {
     "zero": 0,
@@ -330,8 +333,9 @@ def located_mistake(draft: str, program: str | None, execution: ExecResult | Non
     wrong and whose right value the program computed, else a quantity of the question that the
     program uses and the draft never mentions. This is what lets a program overrule a draft: one that
     merely reaches another answer may have misread the draft (a small model often does); one that
-    recomputes a step the draft got wrong, or uses what the draft left out, has found its mistake.
-    Needs the execution's trace."""
+    recomputes a step the draft got wrong, or uses what the draft left out, has found its mistake;
+    so has one that prints the draft's own last result where the draft then states another answer
+    (`unfollowed_answer`). Needs the execution's trace."""
     if not program or execution is None:
         return None
     lines = program_lines(program, execution)
@@ -340,10 +344,33 @@ def located_mistake(draft: str, program: str | None, execution: ExecResult | Non
         for check in step.checks:
             if check.ok is False and check.actual is not None and _contains(produced, check.actual):
                 return f"{check.expression} = {check.claimed}, but it is {format_number(check.actual)}"
+    unfollowed = unfollowed_answer(draft, execution.answer)
+    if unfollowed is not None:
+        return unfollowed
     if question:
         for dropped in dropped_quantities(draft, lines, question):
             return f"it never uses the question's {format_number(dropped.value)} (“{dropped.context}”)"
     return None
+
+
+def unfollowed_answer(draft: str, program_answer: str | None) -> str | None:
+    """The draft's answer does not follow from its work, in words, or None: its stated answer is
+    neither the result of its last calculation nor any number its steps mention (so no step of
+    prose derives it either), and the program printed that last result. A draft that computes 18
+    and states 42 contradicts itself; a program agreeing with its work locates the mistake."""
+    stated = parse_number(extract_draft_answer(draft))
+    printed = parse_number(program_answer)
+    if stated is None or printed is None:
+        return None
+    steps = split_draft(draft)
+    work = [step for step in steps if not (step.is_answer or STATES_ANSWER_RE.search(step.text))]
+    results = [value for step in work for value in step.results]
+    if not results or not same_number(printed, results[-1]) or same_number(stated, results[-1]):
+        return None
+    if any(_contains(step.numbers, stated) for step in work):
+        return None
+    last, answer = format_number(results[-1]), format_number(stated)
+    return f"its answer does not follow from its work (it computes {last}, then states {answer})"
 
 
 # --- diffs ---------------------------------------------------------------------------------

@@ -13,15 +13,18 @@ import logging
 import re
 from decimal import Decimal, InvalidOperation
 
-from cap_app.arithmetic import ANNOTATION, SIGNED_NUMBER
+from cap_app.arithmetic import ANNOTATION, SIGNED_NUMBER, words_as_digits
 
 _NUMBER = SIGNED_NUMBER.pattern
 _FRACTION_RE = re.compile(rf"^({_NUMBER})\s*/\s*({_NUMBER})$")
 _LATEX_FRACTION = re.compile(rf"^\\[dt]?frac\{{({_NUMBER})\}}\{{({_NUMBER})\}}$")
 _FINAL_LINE = re.compile(r"^\s*(?:A|Answer|Final answer)\s*:\s*(.+)$", re.IGNORECASE | re.MULTILINE)
 _ANSWER_IS = re.compile(r"(?:final answer|the answer) is[:\s]*([^\n]+)", re.IGNORECASE)
+# "... which is twelve apples. Final answer: twelve": a final answer stated inside a line
+_FINAL_INLINE = re.compile(r"\b(?:final answer|answer)\s*:\s*([^\n]+)", re.IGNORECASE)
 _SAFE_FOR_MATH_VERIFY = re.compile(r"^[-\d.,/ \\{}a-z()^*+]{1,40}$")
 _MAX_ANSWER_CHARS = 100
+_SHORT_ANSWER_CHARS = 20  # "two", "two apples": an answer, whose lone small number words are numbers
 
 # math-verify warns once per process that its signal timeout is off; we bound inputs instead.
 logging.getLogger("math_verify").setLevel(logging.ERROR)
@@ -47,7 +50,9 @@ def extract_draft_answer(draft: str | None) -> str | None:
     """The final answer a prose draft commits to, normalised; None when it states none.
 
     Looks, in order, for `#### X`, `\\boxed{X}`, an `A: X` / `Answer: X` line, "the answer is X",
-    and finally the last number in the text.
+    "Final answer: X" inside a line, and finally the last number in the text. Spelled-out numbers
+    count ("Final answer: twelve" is 12): a draft's last digits may be an operand of the sentence
+    whose result it wrote in words.
     """
     if not draft:
         return None
@@ -56,10 +61,11 @@ def extract_draft_answer(draft: str | None) -> str | None:
         candidate = text.rsplit("####", 1)[1].strip().splitlines()
         if candidate:
             return normalize_answer(candidate[0])
-    for found in (_boxed(text), *(m[-1] for m in (_FINAL_LINE.findall(text), _ANSWER_IS.findall(text)) if m)):
+    stated = (_FINAL_LINE.findall(text), _ANSWER_IS.findall(text), _FINAL_INLINE.findall(text))
+    for found in (_boxed(text), *(m[-1] for m in stated if m)):
         if found and normalize_answer(found) is not None:
             return normalize_answer(found)
-    numbers = SIGNED_NUMBER.findall(text)
+    numbers = SIGNED_NUMBER.findall(words_as_digits(text))
     return _canonical_number(numbers[-1]) if numbers else None
 
 
@@ -78,7 +84,8 @@ def _canonical_number(text: str) -> str | None:
 def normalize_answer(answer: str | None) -> str | None:
     """A canonical short form of an answer: numbers as plain decimals, fractions reduced to
     integers when whole; for a sentence ("She earns $18 per day."), the number after its last
-    `:` or `=`, else its last number; other text stripped (None when empty)."""
+    `:` or `=`, else its last number, spelled-out numbers included ("twelve" is 12); other text
+    stripped (None when empty)."""
     if answer is None:
         return None
     text = _boxed(answer) or answer
@@ -94,6 +101,7 @@ def normalize_answer(answer: str | None) -> str | None:
         if Decimal(denominator) != 0 and (Decimal(numerator) / Decimal(denominator)) % 1 == 0:
             return _canonical_number(str(Decimal(numerator) / Decimal(denominator)))
         return f"{numerator}/{denominator}"
+    text = words_as_digits(text, small=len(text) <= _SHORT_ANSWER_CHARS)
     tail = re.split(r"[:=]", text)[-1]
     numbers = SIGNED_NUMBER.findall(tail) or SIGNED_NUMBER.findall(text)
     if numbers:

@@ -14,6 +14,8 @@ import operator
 import re
 from collections.abc import Mapping
 
+from text_to_num import alpha2digit
+
 # A GSM8K calculator annotation: `<<48/2=24>>` holds the expression "48/2" and the result "24".
 ANNOTATION = re.compile(r"<<([^<>=]*)=([^<>]*)>>")
 # Digits as prose writes them: "1,200" (a comma only between groups of three), "13.50", ".5".
@@ -48,6 +50,16 @@ def parse_number(text: str | None) -> int | float | None:
     if not math.isfinite(value):
         return None
     return int(value) if value.is_integer() else value
+
+
+def words_as_digits(text: str, *, small: bool = False) -> str:
+    """English spelled-out numbers written as digits ("five plus seven is twelve" -> "5 plus 7 is
+    12"), by text2num (a maintained parser, not a word list of ours); other text is unchanged. A
+    lone "one", "two" or "three" in prose is mostly no quantity ("one of them"), so it stays a word
+    unless `small` (a short answer: "Final answer: two")."""
+    if not any(c.isalpha() for c in text):
+        return text
+    return alpha2digit(text, "en", 0.0 if small else 3.0)
 
 
 def format_number(value: float) -> str:

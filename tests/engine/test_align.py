@@ -10,6 +10,7 @@ from cap_app.align import (
     located_mistake,
     split_draft,
     token_diff,
+    unfollowed_answer,
 )
 from cap_app.sandbox import run_program
 from cap_app.sandbox.result import ExecResult, TraceStep
@@ -182,3 +183,20 @@ def test_a_program_locates_a_drafts_mistake_only_by_recomputing_it_or_using_what
     # nor does one that never computes the wrong step's right value, or one that did not run
     assert mistake(WRONG_ARITHMETIC_DRAFT, "print(3 + 4 + 16)") is None
     assert located_mistake(WRONG_ARITHMETIC_DRAFT, recomputes, None) is None
+
+
+def test_an_answer_that_does_not_follow_from_the_drafts_work_is_its_located_mistake():
+    """Issue 25: a draft that computes 18 and then states 42 contradicts itself; a program that
+    prints its last result, 18, has located the mistake. One that derives its answer in prose, or a
+    program that prints something else, has not."""
+    work = "She has 16 - 3 - 4 = <<16-3-4=9>>9 eggs left.\nShe makes 9 * 2 = $<<9*2=18>>18 every day.\n"
+    program = "left = 16 - 3 - 4\nprint(left * 2)"
+    expected = "its answer does not follow from its work (it computes 18, then states 42)"
+    assert located_mistake(work + "A: 42", program, run_program(program, trace=True), JANET_QUESTION) == expected
+    assert unfollowed_answer(work + "The answer is 42.", "18") == expected
+    assert unfollowed_answer(work + "A: 18", "18") is None  # it follows
+    assert unfollowed_answer(work + "A: 42", "42") is None  # the program reached the stated answer
+    assert unfollowed_answer(work + "A: 42", "7") is None  # another answer: it shows nothing
+    # an answer derived by a step of prose, not an equation: the work mentions it
+    assert unfollowed_answer(work + "Half of that is 9 dollars.\nA: 9", "18") is None
+    assert unfollowed_answer("She has no eggs.\nA: 42", "18") is None  # no calculation to contradict

@@ -23,6 +23,11 @@ DRAFT_KEYS = ("6b_finetuning", "6b_verification", "175b_finetuning", "175b_verif
         ("He has 3 apples and buys 4 more, 7 in all", "7"),
         ("First 16 - 3 = <<16-3=13>>13 eggs", "13"),
         ("A: -5", "-5"),
+        # a final answer in words, inside the line: 12, not the 7 of "5 plus 7" (issue 25)
+        ("She picks 5 apples and then 7 more, 5 plus 7 which is twelve apples. Final answer: twelve", "12"),
+        ("A: twelve", "12"),
+        ("The answer is one hundred and five.", "105"),
+        ("5 plus 7 which is twelve apples", "12"),  # no stated answer: the last number, in words too
         ("no number here", None),
         ("", None),
     ],
@@ -46,6 +51,8 @@ def test_extract_draft_answer(draft, expected):
         ("  ", None),
         (None, None),
         ("She earns $18 per day.", "18"),
+        ("twelve", "12"),
+        ("She earns eighteen dollars per day.", "18"),
         ("yes", "yes"),
     ],
 )
