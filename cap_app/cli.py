@@ -15,6 +15,7 @@ COMMANDS = {
     "refine": "cap_app.commands.refine",
     "eval": "cap_app.commands.evaluate",
     "serve": "cap_app.commands.serve",
+    "prepare": "cap_app.commands.prepare",
     "export": "cap_app.commands.export",
     "gguf": "cap_app.commands.gguf",
     "data": "cap_app.commands.data",

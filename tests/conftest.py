@@ -26,6 +26,9 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 # The Annotate tab opens its database when the app is built; keep it (and any served app's) in tmp.
 os.environ["CAP_DB_PATH"] = str(_SESSION_DIR / "annotations.db")
+# A served test app does not prepare the default model in the background unless its test asks:
+# two cores are shared, and a test that wants the model loads it when it refines.
+os.environ["CAP_PREPARE"] = "0"
 # A developer's own model choice must not leak into the tests.
 for _name in ("CAP_MODEL", "CAP_ADAPTER"):
     os.environ.pop(_name, None)

@@ -31,6 +31,9 @@ def main(args: argparse.Namespace) -> int:
         os.environ["CAP_MODEL"] = args.model  # read by the page's model choice and the engine
     if args.db:
         os.environ["CAP_DB_PATH"] = args.db  # read by the annotation store when the page opens it
+    from cap_app.storage import use_persistent_storage
+
+    use_persistent_storage()  # before huggingface_hub is imported: it reads $HF_HOME once
     from cap_app.ui.app import build_demo, launch
 
     launch(build_demo(), args.host, args.port)

@@ -14,7 +14,7 @@ import gradio as gr
 from cap_app.refine import MAX_DRAFT_CHARS, MAX_QUESTION_CHARS, OVERRIDES, STRATEGIES
 from cap_app.sandbox import sandbox_walls
 from cap_app.sandbox.walls import describe as describe_walls
-from cap_app.ui import handlers
+from cap_app.ui import handlers, stopping
 from cap_app.ui.examples import load_examples
 from cap_app.ui.hosting import (
     CONCURRENCY_LIMIT,
@@ -163,9 +163,26 @@ def build_demo() -> gr.Blocks:
     return demo
 
 
+def prepare_default_model():
+    """Start loading the page's first model choice on the default backend, in the background, with
+    the very settings a visitor's first Refine asks for, so that request joins this load
+    (cap_app.preparation); off with CAP_PREPARE=0."""
+    from cap_app import preparation
+
+    if os.environ.get("CAP_PREPARE", "1") == "0":
+        return None
+    return preparation.start(handlers.model_config(model_choices()[0]), handlers.backend_config("auto"))
+
+
 def launch(demo: gr.Blocks, host: str | None = None, port: int | None = None, **kwargs) -> None:
-    """Serve on host:port, defaulting to $GRADIO_SERVER_NAME:$GRADIO_SERVER_PORT (127.0.0.1:7860)."""
+    """Serve on host:port, defaulting to $GRADIO_SERVER_NAME:$GRADIO_SERVER_PORT (127.0.0.1:7860),
+    preparing the model meanwhile; SIGTERM and SIGINT stop it cleanly (cap_app.ui.stopping)."""
     host = host or os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1"
     port = port or int(os.environ.get("GRADIO_SERVER_PORT") or 7860)
+    stopping.install()
+    prepare_default_model()
     print(describe_walls(sandbox_walls()), file=sys.stderr, flush=True)  # the log says what holds programs in
-    demo.launch(server_name=host, server_port=port, show_error=False, **kwargs)
+    try:
+        demo.launch(server_name=host, server_port=port, show_error=False, **kwargs)
+    except KeyboardInterrupt:  # a stop signal before the server's own loop was there to take it
+        pass

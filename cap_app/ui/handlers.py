@@ -22,6 +22,7 @@ from cap_app.ui.hosting import DEFAULT_MODEL_CHOICE, WEB_LIMITS, WEB_STEPS, back
 
 OUTPUTS = ("status", "code", "verdict", "side_by_side", "trace", "stdout", "votes", "times", "candidates")
 MAX_GOLD_CHARS = 100  # a final answer, not an essay
+PREPARATION_TICK_S = 1.0  # how often a visitor waiting for the model sees its step and time
 STREAM_INTERVAL_S = 0.1  # at most ~10 code-view updates a second: the browser, not the model, is the limit
 
 logger = logging.getLogger(__name__)
@@ -204,13 +205,20 @@ def refine_page(
 
 
 def _run_refinement(question, draft, gold, config, model_cfg, backend_cfg, cancel: threading.Event) -> Iterator[tuple]:
-    from cap_app.backends import BackendError, get_backend
+    from cap_app import preparation
+    from cap_app.backends import BackendError
     from cap_app.model import ModelLoadError
     from cap_app.refine import refine_stream
 
-    yield _cleared("Loading the model…")
+    loading = preparation.load(model_cfg, backend_cfg)  # joins the app's own preparation while it runs
+    yield _cleared(loading.status())
+    while not loading.done.wait(PREPARATION_TICK_S):
+        if cancel.is_set():
+            yield _frame(status="Stopped.")
+            return
+        yield _frame(status=loading.status())
     try:
-        model = get_backend(model_cfg, backend_cfg)
+        model = loading.result()
     except (ModelLoadError, BackendError) as error:
         yield _frame(status="", verdict=views.message_html(f"The model could not be loaded: {error}", "error"))
         return

@@ -1,0 +1,63 @@
+"""A clean stop on SIGTERM and SIGINT, as PID 1 of a container too.
+
+The kernel ignores every signal that PID 1 has no handler for, and Python installs none for
+SIGTERM, so `docker stop` (or a Space's restart) would wait out its grace period and SIGKILL the
+app, leaving the sandbox's private folders in /tmp. `install` makes both signals raise the
+KeyboardInterrupt that Gradio's launch loop handles: it closes the server (no new requests;
+those in flight finish), `launch` returns, and the interpreter's exit stops the sandbox, which
+removes its folders (`cap_app.sandbox.runner`, at exit). Should that take longer than
+`STOP_GRACE_S` (a request that does not end, a thread that hangs), a watchdog stops the sandbox
+itself and ends the process; a second signal ends it at once. Either way no acknowledged
+judgement is lost: the store commits each one before the page is told it was saved.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+
+logger = logging.getLogger(__name__)
+STOP_GRACE_S = 3.0  # from the signal to the end of the process, at most (plus the sandbox's own stop)
+_stopping = threading.Event()
+
+
+def _end_now(signum: int) -> None:
+    """Stop the sandbox (its folders go with it), flush what is printed, and exit without waiting for threads."""
+    from cap_app.sandbox import runner
+
+    try:
+        runner.stop_servers()
+    finally:
+        logging.shutdown()
+        os._exit(128 + signum)
+
+
+def _watchdog(signum: int) -> None:
+    threading.Event().wait(STOP_GRACE_S)
+    logger.warning("the app did not stop within %.0f s of the signal: ending it", STOP_GRACE_S)
+    _end_now(signum)
+
+
+def _handle(signum: int, frame) -> None:
+    if _stopping.is_set():  # a second signal: no more waiting
+        _end_now(signum)
+    _stopping.set()
+    print(f"{signal.Signals(signum).name}: stopping the app", flush=True)
+    threading.Thread(target=_watchdog, args=(signum,), name="cap-stop-watchdog", daemon=True).start()
+    raise KeyboardInterrupt
+
+
+def install() -> bool:
+    """Handle SIGTERM and SIGINT as above; only the main thread may set handlers (False elsewhere)."""
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _handle)
+    return True
+
+
+def stopping() -> bool:
+    """Whether a stop signal has arrived."""
+    return _stopping.is_set()
