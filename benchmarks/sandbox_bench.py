@@ -8,7 +8,8 @@
 The programs are the ones the data builder makes from the calculator annotations of GSM8K train
 (`<<48/2=24>>`, cap_app/data/gsm8k_programs.py): the question's quantities and one variable per
 annotation, each named, the last one printed. Only problems whose chain reproduces the reference
-answer are kept.
+answer are kept. `--sympy-programs N` of them (default 100) also run rewritten to reach their answer
+through sympy (`solve(Eq(answer, nsimplify(total)), answer)`), in the zygote that serves sympy.
 With `--before DIR` (a copy of `cap_app` from before a change), that copy's zygote runs the same
 programs in the same alternating rounds: a before/after comparison under the same load.
 Measured: per-program latency (p50/p95) with the trace off and on, one run at a time (the rows
@@ -66,6 +67,21 @@ def gsm8k_programs(limit: int, path: Path = TRAIN) -> list[tuple[str, float]]:
                 if len(programs) == limit:
                     break
     return programs
+
+
+def sympy_variant(program: str) -> str:
+    """The same program, its last line (`print(name)`) replaced by a sympy route to the value:
+    what a model writing sympy does, and what runs in the sympy zygote (parser closed, gate armed)."""
+    *body, last = program.rstrip("\n").splitlines()
+    name = last.removeprefix("print(").removesuffix(")")
+    return "\n".join(
+        body
+        + [
+            "from sympy import symbols, Eq, solve, nsimplify",
+            "answer = symbols('answer')",
+            f"print(float(solve(Eq(answer, nsimplify({name})), answer)[0]))",
+        ]
+    )
 
 
 def answer_matches(answer: str | None, expected: float) -> bool:
@@ -170,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
         default=5,
         help="alternating throughput rounds (default 5; the baseline runs 1/rounds of the programs in each)",
     )
+    parser.add_argument(
+        "--sympy-programs", type=int, default=100, help="how many also run through sympy (default 100; 0: none)"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     parser.add_argument(
         "--before", type=Path, help="a folder holding a copy of cap_app/ from before a change: its sandbox runs too"
@@ -182,25 +201,32 @@ def main(argv: list[str] | None = None) -> int:
 
     programs = gsm8k_programs(args.programs)
     sources = [program for program, _ in programs]
-    servers = {"sandbox": SandboxServer()}
-    if args.before:
-        servers["sandbox before"] = SandboxServer(package_root=str(args.before.resolve()))
+    sympy_programs = [(sympy_variant(program), expected) for program, expected in programs[: args.sympy_programs]]
+    sympy_sources = [program for program, _ in sympy_programs]
+    before = {"package_root": str(args.before.resolve())} if args.before else None
+    servers = {"sandbox": SandboxServer()} | ({"sandbox before": SandboxServer(**before)} if before else {})
+    sympy_servers = {"sandbox": SandboxServer(with_sympy=True)}
+    if before and sympy_sources:
+        sympy_servers["sandbox before"] = SandboxServer(with_sympy=True, **before)
     cases = []  # name, run, CPU clock, programs of throughput round r
-    for label, server in servers.items():
-        for trace in (False, True):
-            config = SandboxConfig(trace=trace)
-            run = lambda program, server=server, config=config: run_on(server, program, config).answer  # noqa: E731
-            for program in sources[:20]:  # warm the zygote's copies and the page cache
-                run(program)
-            zygotes = zygote_processes(server.pid)
-            cases.append(
-                (
-                    f"{label}, trace {'on' if trace else 'off'}",
-                    run,
-                    lambda zygotes=zygotes: sum(map(process_cpu_s, zygotes)),
-                    lambda _: sources,
-                )
+    sympy_cases = []  # the same, for the sympy programs (trace on, as the app runs them)
+    for label, server, trace, kind, kind_sources in [
+        *((label, server, trace, "", sources) for label, server in servers.items() for trace in (False, True)),
+        *((label, server, True, ", sympy", sympy_sources) for label, server in sympy_servers.items() if sympy_sources),
+    ]:
+        config = SandboxConfig(trace=trace)
+        run = lambda program, server=server, config=config: run_on(server, program, config).answer  # noqa: E731
+        for program in kind_sources[:20]:  # warm the zygote's copies and the page cache
+            run(program)
+        zygotes = zygote_processes(server.pid)
+        (sympy_cases if kind else cases).append(
+            (
+                f"{label}{kind}, trace {'on' if trace else 'off'}",
+                run,
+                lambda zygotes=zygotes: sum(map(process_cpu_s, zygotes)),
+                lambda _, kind_sources=kind_sources: kind_sources,
             )
+        )
     # The baseline, ten times slower, runs a 1/rounds slice in each round: each program once in all.
     cases.append(
         (
@@ -212,11 +238,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     # The sandbox rows take turns; the baseline, whose interpreter start-ups would leave their
     # caches cold, runs alone after them.
-    rows = measure_latency([(name, run, cpu_s) for name, run, cpu_s, _ in cases[:-1]], programs) + measure_latency(
-        [cases[-1][:3]], programs
-    )
+    rows = measure_latency([(name, run, cpu_s) for name, run, cpu_s, _ in cases[:-1]], programs)
+    if sympy_cases:
+        rows += measure_latency([case[:3] for case in sympy_cases], sympy_programs)
+    rows += measure_latency([cases[-1][:3]], programs)
+    cases[-1:-1] = sympy_cases
     rates = measure_throughput({name: (run, share) for name, run, _, share in cases}, args.workers, args.rounds)
-    for server in servers.values():
+    for server in [*servers.values(), *sympy_servers.values()]:
         server.stop()
     for row in rows:
         row["throughput_per_s"], row["workers"] = round(rates[row["name"]], 1), args.workers
@@ -227,21 +255,23 @@ def main(argv: list[str] | None = None) -> int:
         f"alternating rounds for throughput, load average {load:.1f}"
     )
     print(f"Walls: {', '.join(servers['sandbox'].walls)}")
-    print(f"{'':34} {'p50 ms':>8} {'p95 ms':>8} {'CPU ms':>8} {'runs/s':>8} {'vs baseline':>12} {'wrong':>6}")
+    print(f"{'':41} {'p50 ms':>8} {'p95 ms':>8} {'CPU ms':>8} {'runs/s':>8} {'vs baseline':>12} {'wrong':>6}")
     for row in rows:
         speedup = row["throughput_per_s"] / baseline
         row["speedup_vs_baseline"] = round(speedup, 1)
         print(
-            f"{row['name']:34} {row['p50_ms']:>8} {row['p95_ms']:>8} {row['cpu_ms_per_run']:>8} "
+            f"{row['name']:41} {row['p50_ms']:>8} {row['p95_ms']:>8} {row['cpu_ms_per_run']:>8} "
             f"{row['throughput_per_s']:>8} {speedup:>11.1f}x {row['wrong_answers']:>6}"
         )
-    for row in rows[:2] if args.before else []:  # the change's cost: after against before
-        before = next(other for other in rows if other["name"] == row["name"].replace("sandbox", "sandbox before"))
-        print(
-            f"{row['name']} against before: p50 {row['p50_ms'] / before['p50_ms'] - 1:+.1%}, "
-            f"CPU {row['cpu_ms_per_run'] / before['cpu_ms_per_run'] - 1:+.1%}, "
-            f"runs/s {row['throughput_per_s'] / before['throughput_per_s'] - 1:+.1%}"
-        )
+    by_name = {row["name"]: row for row in rows}
+    for row in rows if args.before else []:  # the change's cost: after against before
+        old = by_name.get(row["name"].replace("sandbox,", "sandbox before,"))
+        if row["name"].startswith("sandbox,") and old is not None:
+            print(
+                f"{row['name']} against before: p50 {row['p50_ms'] / old['p50_ms'] - 1:+.1%}, "
+                f"CPU {row['cpu_ms_per_run'] / old['cpu_ms_per_run'] - 1:+.1%}, "
+                f"runs/s {row['throughput_per_s'] / old['throughput_per_s'] - 1:+.1%}"
+            )
     if args.json:
         write_json(
             args.json,

@@ -3,9 +3,12 @@
 A real module object must never reach a program: from any module a program could walk to
 `sys.modules` (e.g. `fractions.sys.modules['os']`). A `Facade` is a plain read-only namespace
 holding the allowed functions and classes themselves, never a module. sympy is the one library
-whose functions and objects parse strings with `eval` (`sympify`), so every sympy callable a
-program can reach is wrapped to refuse string arguments (see `no_strings`), and the policy's
-`_getattr_` wraps methods of sympy objects the same way.
+whose functions and objects parse strings with `eval` (`sympify`). Its parser is closed in the
+process that serves sympy programs (`sympy_reader.close_sympy_parser`), so a string that reaches it by any
+route is refused; the entrances are guarded too, for a clearer message: every sympy callable
+a program can reach refuses strings in its arguments (see `no_strings`), and the policy's
+`_getattr_` wraps methods of sympy objects the same way. Behind both, `codegate` refuses any
+compilation of text while a program runs.
 """
 
 from __future__ import annotations

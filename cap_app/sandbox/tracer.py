@@ -1,9 +1,11 @@
 """Line trace of a program's own lines: which line ran, and which variables it changed.
 
-`sys.settrace` fires for every Python frame; only frames whose code was compiled from the
-program (filename `PROGRAM_FILENAME`) are followed, so guards, facades and libraries never
-appear. A step is opened when a line starts (keeping execution order across calls) and its
-changes are filled in when the next line of the same frame starts or the frame returns.
+`sys.settrace` fires for every Python frame; only frames of the program (whose globals are the
+program's namespace) are followed, so guards, facades and libraries never appear. Frames are
+told apart by their globals, not by `frame.f_code`: reading `f_code` raises an audit event,
+and the code gate's hook (codegate.py) would then run at every call. A step is opened when a
+line starts (keeping execution order across calls) and its changes are filled in when the next
+line of the same frame starts or the frame returns.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import types
 from typing import Any
 
 from cap_app.sandbox.modules import Facade
-from cap_app.sandbox.policy import PROGRAM_FILENAME
 
 # Values whose identity tells whether they changed; anything else (lists, dicts, objects) may
 # change in place, so its short repr is compared instead.
@@ -61,8 +62,9 @@ class LineTracer:
     """Collects `[line, {name: short repr}]` steps, at most `max_steps`. A line's source text is
     not copied: the client has the program (runner.result_from_json)."""
 
-    def __init__(self, line_count: int, max_steps: int):
+    def __init__(self, line_count: int, max_steps: int, program_globals: dict[str, Any]):
         self.line_count = line_count
+        self.program_globals = program_globals
         self.max_steps = max_steps
         self.steps: list[list[Any]] = []
         self.truncated = False
@@ -80,7 +82,7 @@ class LineTracer:
         """The one trace function, global and per frame (fewer functions: each one a child calls
         costs it page faults). Frames not compiled from the program are not followed."""
         if event == "call":
-            return self._on_event if frame.f_code.co_filename == PROGRAM_FILENAME and not self.truncated else None
+            return self._on_event if frame.f_globals is self.program_globals and not self.truncated else None
         if self.truncated:
             return None
         opened = self._open.get(frame)

@@ -7,7 +7,8 @@ the kernel walls of `walls.py` (Landlock from the zygote, a seccomp allowlist). 
 request (the program, compiled under the policy by the client, and its settings) from the
 connection and sets the run up (`ProgramRun`). Then come the run's limits (`limit`): CPU and
 address space, no room for new descriptors (so no files, sockets or pipes), bounded recursion
-and int-to-str digits, a wall-clock alarm. It runs the program with the line tracer, finds the
+and int-to-str digits, a wall-clock alarm; then the code gate (`codegate.arm`: no text becomes
+code from here on, by any route). It runs the program with the line tracer, finds the
 answer, and writes one JSON line back. Nothing here is trusted to survive the program: the
 zygote (`zygote.py`) kills the group at the deadline and reports how the child ended.
 """
@@ -23,7 +24,7 @@ import sys
 import types
 from typing import Any
 
-from cap_app.sandbox import walls
+from cap_app.sandbox import codegate, walls
 from cap_app.sandbox.config import SandboxConfig
 from cap_app.sandbox.policy import (
     PROGRAM_FILENAME,
@@ -118,15 +119,17 @@ class Inherited:
 
 def set_up_zygote() -> Inherited:
     """The limits every run shares, set once in the zygote and so inherited by each child (each
-    call a child makes costs it page faults): no core files, bounded recursion and int-to-str
-    digits; no new privileges, the network namespace and Landlock (`walls.set_up`, which also
-    finds whether children can load the seccomp filter). Also measures what children need to know of the zygote:
-    its address space (a program's `memory_mb` comes on top; what the zygote allocates later is
-    not counted) and the descriptor numbers to close."""
+        call a child makes costs it page faults): no core files, bounded recursion and int-to-str
+        digits; no new privileges, the network namespace and Landlock (`walls.set_up`, which also
+        finds whether children can load the seccomp filter); the code gate's audit hook, armed by
+    each child (`codegate`). Also measures what children need to know of the zygote:
+        its address space (a program's `memory_mb` comes on top; what the zygote allocates later is
+        not counted) and the descriptor numbers to close."""
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     sys.setrecursionlimit(RECURSION_LIMIT)
     sys.set_int_max_str_digits(INT_MAX_STR_DIGITS)
     size = address_space()  # before Landlock (in walls.set_up) forbids reading /proc
+    codegate.install()
     return Inherited(size, resource.getrlimit(resource.RLIMIT_NOFILE)[0], walls.set_up())
 
 
@@ -259,7 +262,7 @@ class ProgramRun:
         self.sink = PrintSink(config.max_output_bytes, on_truncation=self.alarm.stop_for_output)
         self.namespace = make_globals(self.sink)
         line_count = source.count("\n") + source.count("\r") - source.count("\r\n") + 1  # ast's line breaks
-        self.tracer = LineTracer(line_count, config.max_trace_steps) if config.trace else None
+        self.tracer = LineTracer(line_count, config.max_trace_steps, self.namespace) if config.trace else None
 
     def run(self) -> dict[str, Any]:
         """Run the program in this (already isolated) process; the result as a dict."""
@@ -345,6 +348,7 @@ def child_main(conn_fd: int, devnull_fd: int, empty_root: str, inherited: Inheri
         else:
             run = ProgramRun(code, source, config)
             limit(config, inherited.address_space)
+            codegate.arm(code)  # from here on no text becomes code in this process
             payload = result_line(run.run())
     except BaseException as exc:  # a failure of the sandbox itself, reported, never raised
         try:

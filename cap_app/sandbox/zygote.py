@@ -53,6 +53,7 @@ sys.modules.setdefault("random", _RANDOM_PLACEHOLDER)
 from cap_app.sandbox import protocol  # noqa: E402
 from cap_app.sandbox.config import SandboxConfig  # noqa: E402
 from cap_app.sandbox.modules import enable_sympy  # noqa: E402
+from cap_app.sandbox.sympy_reader import close_sympy_parser  # noqa: E402
 from cap_app.sandbox.worker import child_main, execute, set_up_zygote  # noqa: E402
 
 if sys.modules.get("random") is _RANDOM_PLACEHOLDER:
@@ -292,6 +293,8 @@ def main(argv: list[str]) -> int:
         enable_sympy()
     zygote = Zygote(argv[0])
     warm_up(with_sympy)
+    if with_sympy:  # after the warm-up: modules sympy imports lazily parse names as they load
+        close_sympy_parser()
     zygote.inherited = set_up_zygote()
     gc.collect()
     gc.freeze()  # children then leave the pre-imported heap untouched by the collector
