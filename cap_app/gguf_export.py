@@ -65,7 +65,9 @@ def export_gguf(base_gguf: Path, adapter: str | None, output: Path, weight_type:
     arch = reader.fields["general.architecture"].contents()
     if arch not in ARCHITECTURES:
         raise ExportError(f"exporting a '{arch}' model is not supported (only: {', '.join(ARCHITECTURES)})")
-    tensors = _merged_tensors(base_gguf, adapter, reader)
+    tensors = _lora_merged_tensors(reader, adapter) if adapter else None
+    if tensors is None:
+        tensors = _merged_tensors(base_gguf, adapter, reader)
     report(f"writing the model as a {weight_type} GGUF file for llama.cpp (once per model cache)")
     staging = output.with_name(f"{output.name}.tmp-{uuid.uuid4().hex[:8]}")
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -144,6 +146,75 @@ def _merged_tensors(base_gguf: Path, adapter: str | None, reader) -> dict:
     if missing:
         raise ExportError(f"the merged model lacks {len(missing)} tensors of the base GGUF, e.g. {sorted(missing)[0]}")
     return {tensor.name: tensors[tensor.name] for tensor in reader.tensors}  # the base file's order
+
+
+def _plain_lora(adapter: str) -> float | None:
+    """The scaling of a plain LoRA adapter (the one kind merged here without transformers), else None."""
+    import json
+
+    try:
+        config = json.loads((Path(adapter) / "adapter_config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    plain = (
+        config.get("peft_type") == "LORA"
+        and not config.get("use_dora")
+        and not config.get("fan_in_fan_out")
+        and not config.get("modules_to_save")
+        and not config.get("rank_pattern")
+        and not config.get("alpha_pattern")
+        and config.get("bias", "none") == "none"
+        and not config.get("lora_bias")
+        and (Path(adapter) / "adapter_model.safetensors").is_file()
+    )
+    if not plain:
+        return None
+    rank, alpha = config["r"], config["lora_alpha"]
+    return alpha / rank**0.5 if config.get("use_rslora") else alpha / rank
+
+
+def _lora_merged_tensors(reader, adapter: str) -> dict | None:
+    """The base GGUF's weights with a plain LoRA adapter merged in, computed from the file itself: each
+    tensor de-quantised by the `gguf` package as transformers does it, and `B @ A * scaling` added in
+    float32 with torch as PEFT's merge adds it (permuted to llama.cpp's q/k layout). Seconds, where
+    loading the GGUF into transformers first takes about 30 (cap_app/preparation.py: the first visitor of a
+    fresh Space waits for this). None when the adapter is not plain LoRA or names a weight the base
+    lacks: `_merged_tensors` then merges through transformers."""
+    import gguf
+    import numpy as np
+    import torch
+    from gguf.quants import dequantize
+    from safetensors.torch import load_file
+
+    scaling = _plain_lora(adapter)
+    if scaling is None:
+        return None
+    report(f"merging the adapter {Path(adapter).name} into the bundled GGUF model (once per model cache)")
+    arch = reader.fields["general.architecture"].contents()
+    layers = reader.fields[f"{arch}.block_count"].contents()
+    heads = reader.fields[f"{arch}.attention.head_count"].contents()
+    kv_heads = reader.fields[f"{arch}.attention.head_count_kv"].contents()
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, layers)
+    tensors = {t.name: np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32) for t in reader.tensors}
+    weights = load_file(str(Path(adapter) / "adapter_model.safetensors"))
+    with torch.no_grad():
+        for key in sorted(k for k in weights if k.endswith(".lora_A.weight")):
+            hf_name = key.removeprefix("base_model.model.").replace(".lora_A.weight", ".weight")
+            name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+            b_key = key.replace(".lora_A.", ".lora_B.")
+            if name not in tensors or b_key not in weights:
+                return None
+            delta = (weights[b_key].float() @ weights[key].float()) * scaling
+            if hf_name.endswith("q_proj.weight"):
+                delta = torch.from_numpy(_permute(delta.numpy(), heads, heads))
+            elif hf_name.endswith("k_proj.weight"):
+                delta = torch.from_numpy(_permute(delta.numpy(), heads, kv_heads))
+            merged = torch.from_numpy(tensors[name].copy())
+            if merged.shape != delta.shape:
+                return None
+            merged += delta
+            tensors[name] = merged.numpy()
+    return tensors
 
 
 def _permute(weights, n_head: int, n_head_kv: int):

@@ -370,7 +370,7 @@ def load_model(cfg: ModelConfig | None = None) -> LoadedModel:
         path, adapter = str(merged), None  # the adapter is already in these weights
     else:
         adapter = source.adapter
-    report(f"loading the weights of {source.name}")
+    report(f"loading the weights of {Path(path).name if looks_local else source.name}")
     try:
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=dtype, device_map={"": device}, quantization_config=_quantization_config(quantization, device)
