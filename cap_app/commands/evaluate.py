@@ -8,7 +8,9 @@ Input: JSONL with `question`, a gold answer (`gold`, `ground_truth` or GSM8K's `
 `#### N`), and the draft under `--draft-key` (text, or `{"solution": ...}` as in the drafts
 file). Prints one table row per strategy (draft and refined accuracy, wrong->right and
 right->wrong counts, answers missing, the programs' own accuracy and right->wrong before a draft's
-answer is kept, drafts kept unconfirmed, tokens and seconds per item) and writes a JSON report
+answer is kept, drafts kept unconfirmed, tokens and seconds per item), then how well the verdict
+flags wrong drafts (per verdict the items and the share of wrong drafts, and the AUROC of the
+annotators' triage order and of the log-prob alone; cap_app/triage.py), and writes a JSON report
 with the summary and every item's answers, with each generated program's outcome (sandbox
 status, error, answer, tokens, the model's raw text).
 
@@ -35,6 +37,7 @@ from cap_app.config_args import add_dataclass_arguments, dataclass_from_args
 from cap_app.model import ModelConfig
 from cap_app.refine import STRATEGIES, RefineConfig
 from cap_app.results import RefinementResult
+from cap_app.triage import flag_quality, format_flag_quality
 
 HELP = "Evaluate refinement strategies on a JSONL file of drafts: accuracy table and JSON report."
 MAX_REPORTED_TEXT = 4000  # characters of each candidate's raw model text kept in the report
@@ -105,6 +108,7 @@ def summarize(results) -> dict:
         "generations": sum(len(r.candidates) for r in results),
         "tokens_per_item": sum(r.generated_tokens for r in results) / count if count else 0.0,
         "seconds_per_item": sum(r.timings_ms["total"] for r in results) / 1000 / count if count else 0.0,
+        "verdict_flag": flag_quality(results),
     }
 
 
@@ -122,12 +126,24 @@ def candidate_outcome(candidate) -> dict:
     }
 
 
+def _labelled(summary: dict[str, dict], by_draft_key: dict[str, dict[str, dict]] | None) -> list[tuple[str, dict]]:
+    """(row label, figures): with several draft sources, one per source and strategy first."""
+    labelled = [(f"{strategy} [{key}]", s) for key, per in (by_draft_key or {}).items() for strategy, s in per.items()]
+    return labelled + [(strategy if not by_draft_key else f"{strategy} [all]", s) for strategy, s in summary.items()]
+
+
+def format_flags(summary: dict[str, dict], by_draft_key: dict[str, dict[str, dict]] | None = None) -> str:
+    """How well the verdict flags wrong drafts, one line per row of the table."""
+    lines = ["verdict as a flag on wrong drafts (items, share of wrong drafts; AUROC of the triage order):"]
+    return "\n".join(
+        lines + [format_flag_quality(label, s["verdict_flag"]) for label, s in _labelled(summary, by_draft_key)]
+    )
+
+
 def format_table(summary: dict[str, dict], by_draft_key: dict[str, dict[str, dict]] | None = None) -> str:
     """One row per strategy; with several draft sources, one per source and strategy first."""
     rows = [COLUMNS]
-    labelled = [(f"{strategy} [{key}]", s) for key, per in (by_draft_key or {}).items() for strategy, s in per.items()]
-    labelled += [(strategy if not by_draft_key else f"{strategy} [all]", s) for strategy, s in summary.items()]
-    for strategy, s in labelled:
+    for strategy, s in _labelled(summary, by_draft_key):
         rows.append(
             (
                 strategy,
@@ -284,6 +300,7 @@ def main(args: argparse.Namespace) -> int:
                 "candidates": [candidate_outcome(c) for c in result.candidates],
             }
     print(format_table(summary, by_draft_key))
+    print(format_flags(summary, by_draft_key))
     report = run | {"summary": summary, "by_draft_key": by_draft_key, "items": per_item}
     report_path = Path(args.report)
     report_path.parent.mkdir(parents=True, exist_ok=True)
