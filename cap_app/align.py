@@ -355,8 +355,8 @@ def located_mistake(draft: str, program: str | None, execution: ExecResult | Non
 
 def unfollowed_answer(draft: str, program_answer: str | None) -> str | None:
     """The draft's answer does not follow from its work, in words, or None: its stated answer is
-    neither the result of its last calculation nor any number its steps mention (so no step of
-    prose derives it either), and the program printed that last result. A draft that computes 18
+    neither the result of its last calculation (nor that result rounded) nor any number its steps
+    mention (so no step of prose derives it either), and the program printed that last result. A draft that computes 18
     and states 42 contradicts itself; a program agreeing with its work locates the mistake."""
     stated = parse_number(extract_draft_answer(draft))
     printed = parse_number(program_answer)
@@ -365,7 +365,8 @@ def unfollowed_answer(draft: str, program_answer: str | None) -> str | None:
     steps = split_draft(draft)
     work = [step for step in steps if not (step.is_answer or STATES_ANSWER_RE.search(step.text))]
     results = [value for step in work for value in step.results]
-    if not results or not same_number(printed, results[-1]) or same_number(stated, results[-1]):
+    # within 1 of the last result, the answer is that result rounded ("2.5 years" -> "A: 2"): it follows
+    if not results or not same_number(printed, results[-1]) or abs(stated - results[-1]) < 1:
         return None
     if any(_contains(step.numbers, stated) for step in work):
         return None

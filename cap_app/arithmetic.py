@@ -25,6 +25,7 @@ _DIGITS = r"(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|\.\d+"
 NUMBER = re.compile(rf"(?<![\w.])(?:{_DIGITS})", re.ASCII)
 # An answer may be negative; in prose "16-3" is a subtraction, so a sign right after a digit is not one.
 SIGNED_NUMBER = re.compile(rf"(?<![\w.])[-−]?(?:{_DIGITS})", re.ASCII)
+_DIGITS_WITH_SCALE = re.compile(r"\d\s*(?:hundred|thousand|million|billion|trillion)\b", re.IGNORECASE)
 MAX_EXPONENT = 64  # `2 ** 10**9` in a draft must not hang the page
 _OPERATORS = {
     ast.Add: operator.add,
@@ -59,7 +60,12 @@ def words_as_digits(text: str, *, small: bool = False) -> str:
     unless `small` (a short answer: "Final answer: two")."""
     if not any(c.isalpha() for c in text):
         return text
-    return alpha2digit(text, "en", 0.0 if small else 3.0)
+    # "1.8 billion" is a number already written in digits with its scale: alpha2digit would make the
+    # scale a number of its own ("1.8 1000000000"), so it is kept out of reach
+    kept = _DIGITS_WITH_SCALE.findall(text)
+    masked = _DIGITS_WITH_SCALE.sub("\ue000", text)
+    converted = alpha2digit(masked, "en", 0.0 if small else 3.0)
+    return re.sub("\ue000", lambda _: kept.pop(0), converted) if kept else converted
 
 
 def format_number(value: float) -> str:

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from cap_app.export import ExportSummary
 
 NO_ANSWER = "(no answer)"
+CUT_OFF = "(cut off)"
 MAX_LABEL = 24
 # (agrees with the draft, agrees with the gold) -> legend name, colour; gold None = no gold given
 CATEGORIES = {
@@ -31,6 +32,7 @@ CATEGORIES = {
     (False, None): ("differs from draft", "#9467bd"),
 }
 NO_ANSWER_COLOUR = "#7f7f7f"
+CUT_OFF_COLOUR = "#bcbd22"
 LAYOUT = dict(template="plotly_white", height=320, margin=dict(l=50, r=20, t=50, b=50))
 
 
@@ -45,7 +47,9 @@ def safe_label(text: str) -> str:
 def votes_figure(result: RefinementResult) -> go.Figure:
     """Bar per distinct answer of the N programs, coloured by agreement with the draft and gold."""
     votes = dict(result.votes)
-    failed = sum(1 for c in result.candidates if c.answer is None)
+    unanswered = [c for c in result.candidates if c.answer is None]
+    cut_off = sum(1 for c in unanswered if c.cut_off)  # generation stopped it: no fault of its code
+    failed = len(unanswered) - cut_off
     fig = go.Figure()
     groups: dict[tuple, list[tuple[str, int, bool]]] = {}
     for answer, count in sorted(votes.items(), key=lambda kv: -kv[1]):
@@ -63,16 +67,13 @@ def votes_figure(result: RefinementResult) -> go.Figure:
             textposition="outside",
             hovertemplate="answer %{x}: %{y} vote(s)<extra>" + html.escape(name) + "</extra>",
         )
-    if failed:
-        fig.add_bar(
-            name="program failed",
-            x=[NO_ANSWER],
-            y=[failed],
-            marker_color=NO_ANSWER_COLOUR,
-            text=[str(failed)],
-            textposition="outside",
-        )
-    total = sum(votes.values()) + failed
+    for name, label, count, colour in (
+        ("program failed", NO_ANSWER, failed, NO_ANSWER_COLOUR),
+        ("cut off before it was finished", CUT_OFF, cut_off, CUT_OFF_COLOUR),
+    ):
+        if count:
+            fig.add_bar(name=name, x=[label], y=[count], marker_color=colour, text=[str(count)], textposition="outside")
+    total = sum(votes.values()) + len(unanswered)
     draft = safe_label(result.draft_answer) if result.draft_answer is not None else "none"
     title = f"Answers of {len(result.candidates)} program(s), {result.strategy}; draft said {draft}"
     if result.gold is not None:
@@ -94,9 +95,13 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.2f} s" if seconds >= 1 else f"{seconds * 1000:.0f} ms"
 
 
+# the stages of RefinementResult.timings_ms in words; "prompt" is the time to the first token
+STAGES = {"prompt": "read the prompt", "generate": "write", "execute": "run in the sandbox"}
+
+
 def stage_times_figure(result: RefinementResult) -> go.Figure:
     """Horizontal bar per pipeline stage (prompt, generation, execution, ...) in seconds."""
-    stages = [(name, ms / 1000) for name, ms in result.timings_ms.items() if name != "total"]
+    stages = [(STAGES.get(name, name), ms / 1000) for name, ms in result.timings_ms.items() if name != "total"]
     fig = go.Figure(
         go.Bar(
             x=[s for _, s in stages],
@@ -120,37 +125,64 @@ def stage_times_figure(result: RefinementResult) -> go.Figure:
     return fig
 
 
+# How a program's run ended, as the Programs chart names and colours it. A program cut off by
+# generation is named as such whatever its run did: its error is the cut's, not its code's.
+OUTCOMES = {
+    "answered": "#2ca02c",
+    "no answer": "#7f7f7f",
+    "cut off": CUT_OFF_COLOUR,
+    "error": "#d62728",
+    "timeout": "#ff7f0e",
+    "rejected": "#9467bd",
+    "memory": "#8c564b",
+}
+
+
+def _outcome(candidate) -> str:
+    if candidate.cut_off:
+        return "cut off"
+    if candidate.answer is not None:
+        return "answered"
+    return "no answer" if candidate.execution.status == "ok" else candidate.execution.status
+
+
 def candidates_figure(result: RefinementResult) -> go.Figure:
-    """One point per program: tokens generated vs run time, coloured by how its run ended.
-    Programs on the same spot (vote samples are often alike) share one point and one label, and
-    labels may spill past the axes instead of being clipped at the top."""
+    """One bar per program, its length in tokens, coloured by how its run ended and labelled with
+    its answer and run time. One row each, so no label sits on another's, however alike the N
+    programs are (a scatter of length vs run time piled 8 labels on one spot)."""
     fig = go.Figure()
-    most_ms = max((c.execution.duration_ms for c in result.candidates), default=0.0) or 1.0
-    spots: dict[tuple[str, int, int], list[int]] = {}
+    rows: dict[str, list[int]] = {}
     for i, cand in enumerate(result.candidates):
-        near = round(cand.execution.duration_ms / most_ms * 20)  # within ~5% of the run-time axis
-        spots.setdefault((cand.execution.status, cand.tokens, near), []).append(i)
-    colours = {"ok": "#2ca02c", "error": "#d62728", "timeout": "#ff7f0e", "rejected": "#9467bd", "memory": "#8c564b"}
-    for status in dict.fromkeys(key[0] for key in spots):
-        groups = [indices for key, indices in spots.items() if key[0] == status]
-        firsts = [result.candidates[indices[0]] for indices in groups]
-        fig.add_scatter(
-            name=status,
-            mode="markers+text",
-            x=[c.tokens for c in firsts],
-            y=[c.execution.duration_ms for c in firsts],
-            marker=dict(size=12, color=colours.get(status, "#7f7f7f")),
-            text=[", ".join(f"#{i + 1}" for i in indices) for indices in groups],
-            textposition="top center",
+        rows.setdefault(_outcome(cand), []).append(i)
+    names = [f"#{i + 1}" for i in range(len(result.candidates))]
+    for outcome, indices in rows.items():
+        cands = [result.candidates[i] for i in indices]
+        answers = [safe_label(c.answer) if c.answer is not None else outcome for c in cands]
+        chosen = [" ★" if i == result.chosen else "" for i in indices]
+        fig.add_bar(
+            name=outcome,
+            orientation="h",
+            y=[names[i] for i in indices],
+            x=[c.tokens for c in cands],
+            marker_color=OUTCOMES.get(outcome, NO_ANSWER_COLOUR),
+            text=[
+                f"{a}{star} · {c.execution.duration_ms:.0f} ms"
+                for a, star, c in zip(answers, chosen, cands, strict=True)
+            ],
+            textposition="outside",
             cliponaxis=False,
-            customdata=[safe_label(c.answer) if c.answer is not None else html.escape(status) for c in firsts],
-            hovertemplate="program %{text}: %{x} tokens, ran %{y:.0f} ms, answer %{customdata}<extra></extra>",
+            customdata=answers,
+            hovertemplate="program %{y}: %{x} tokens, answer %{customdata}<extra></extra>",
         )
+    most = max((c.tokens for c in result.candidates), default=0) or 1
     fig.update_layout(
-        title=dict(text="Programs: length vs run time", font=dict(size=14)),
-        xaxis=dict(title="tokens generated", rangemode="tozero"),
-        yaxis=dict(title="run time (ms)", range=[0, most_ms * 1.25]),
-        **LAYOUT,
+        title=dict(text="Programs: tokens written, answer and run time (★ chosen)", font=dict(size=14)),
+        xaxis=dict(title="tokens generated", range=[0, most * 1.6]),  # room for the labels right of the bars
+        yaxis=dict(type="category", categoryorder="array", categoryarray=names, autorange="reversed"),
+        barmode="overlay",
+        showlegend=True,  # the colours' meaning, also when every program ended alike
+        legend=dict(orientation="h", y=-0.25),
+        **{**LAYOUT, "height": max(LAYOUT["height"], 120 + 28 * len(names))},
     )
     return fig
 

@@ -81,6 +81,10 @@ class Generation:
     mean_logprob: float | None
     finish: FinishReason
     token_ids: list[int] = dataclasses.field(default_factory=list, repr=False)  # the generated tokens
+    # set by a backend that lowered max_new_tokens itself to fit the model's `context` (tokens), which
+    # its server told only by refusing the request (openai); None otherwise
+    token_limit: int | None = None
+    context: int | None = None
 
 
 @dataclasses.dataclass

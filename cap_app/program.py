@@ -15,6 +15,8 @@ import re
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n(.*?)(?:\n[ \t]*```|\Z)", re.DOTALL)
 _PYTHON_TAGS = {"", "python", "python3", "py"}
 _SPECIAL_TOKENS = re.compile(r"<\|[a-z_]+\|>|</?s>")
+_OPENING_FENCE = re.compile(r"^[ \t]*```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n", re.MULTILINE)
+_PARTIAL_FENCE = re.compile(r"(?:^|\n)[ \t]*`{1,3}[A-Za-z0-9_+-]*[ \t]*$")
 
 
 def _parses(code: str) -> bool:
@@ -51,3 +53,16 @@ def extract_program(text: str) -> str:
         return python_blocks[0].strip("\n")
     trimmed = _trim_prose(text.splitlines())
     return trimmed if trimmed is not None else text.strip()
+
+
+def streamed_program(text: str) -> str:
+    """The program as far as the model has written it, for a view that shows it while it streams
+    (and after a Stop): the body of its first ```python block without the fence lines, and
+    without a fence line still being written, so the view never shows the model's markup."""
+    text = _SPECIAL_TOKENS.sub("", text.replace("\r\n", "\n"))
+    opening = _OPENING_FENCE.search(text)
+    if opening is not None and opening.group(1).lower() in _PYTHON_TAGS:
+        body = text[opening.end() :]
+        closing = re.search(r"^[ \t]*```", body, re.MULTILINE)
+        return (body[: closing.start()] if closing else _PARTIAL_FENCE.sub("", body)).rstrip("\n")
+    return _PARTIAL_FENCE.sub("", text)

@@ -28,6 +28,7 @@ from typing import Literal
 from cap_app.align import located_mistake
 from cap_app.answers import answers_equal, extract_draft_answer, normalize_answer
 from cap_app.backends import Backend, as_backend
+from cap_app.backends.base import budget_note, fit_to_context
 from cap_app.generate import Generation, GenerationConfig
 from cap_app.model import LoadedModel, get_model
 from cap_app.program import extract_program
@@ -128,16 +129,20 @@ class RefineItem:
 
 @dataclasses.dataclass
 class RefineEvent:
-    """Progress of `refine_stream`: `token` (new program text of candidate N, and its `tokens` so
-    far), `program` (the program pulled out of it), `executed` (its sandbox result), then one
-    `done` with the result."""
+    """Progress of `refine_stream`: `prompt` (the model starts reading a prompt of `tokens` tokens,
+    0 when the backend cannot count them, for the programs from candidate N on; `text` says when
+    their token budget was lowered to fit the model's context), `token` (new program text of
+    candidate N, and its `tokens` so far), `program` (the program pulled out of it), `executed`
+    (its sandbox result, and the `outcome` as a Candidate), then one `done` with the result."""
 
-    kind: Literal["token", "program", "executed", "done"]
+    kind: Literal["prompt", "token", "program", "executed", "done"]
     candidate: int
     text: str = ""
     result: RefinementResult | None = None
     execution: ExecResult | None = None
     tokens: int = 0
+    outcome: Candidate | None = None
+    limit: int = 0  # `prompt`: the token budget of its programs ("Max new tokens", or less to fit the context)
 
 
 def validate_inputs(question: object, draft: object) -> None:
@@ -202,6 +207,30 @@ class _ItemState:
         self.candidates: list[Candidate] = []
         self.timings = {"generate": 0.0, "execute": 0.0}
         self.prompt_tokens: int | None = 0
+        self.notes: list[str] = []  # said once each: a token budget lowered to fit the context
+
+    def fitted(self, backend: Backend, config: GenerationConfig) -> tuple[GenerationConfig, int | None, str | None]:
+        """The generation settings for this item's next conversation within the model's context
+        (ContextError when it leaves no room), its prompt's tokens when the backend can count them,
+        and the sentence saying that the budget was lowered (None when it was not)."""
+        size = backend.prompt_size(self.conversation())
+        fitted, note = fit_to_context(config, size)
+        self.note(note)
+        return fitted, size.tokens, note
+
+    def note(self, note: str | None) -> None:
+        if note and note not in self.notes:
+            self.notes.append(note)
+
+    def check_limits(self, generations: list[Generation], config: GenerationConfig) -> None:
+        """A backend that learned the context only from its server's refusal (openai) lowered the
+        budget itself; say so as `fitted` does."""
+        from cap_app.backends.base import PromptSize
+
+        for generation in generations:
+            limit, context = generation.token_limit, generation.context
+            if limit is not None and context is not None and limit < config.max_new_tokens:
+                self.note(budget_note(config.max_new_tokens, limit, PromptSize(context - limit, context)))
 
     def count_prompt_tokens(self, generations) -> None:
         """Add the generations' prompt tokens; unknown (None) once any is unknown."""
@@ -336,11 +365,12 @@ def _result(state: _ItemState, config: RefineConfig, model_name: str) -> Refinem
         gold=gold,
         draft_correct=answers_equal(draft_answer, gold) if gold is not None else None,
         refined_correct=answers_equal(refined, gold) if gold is not None else None,
-        timings_ms={**state.timings, "total": state.timings["generate"] + state.timings["execute"]},
+        timings_ms={**state.timings, "total": sum(state.timings.values())},
         prompt_tokens=state.prompt_tokens,
         generated_tokens=sum(c.tokens for c in state.candidates),
         model=model_name,
         draft_mistake=draft_mistake,
+        notes=list(state.notes),
     )
 
 
@@ -367,17 +397,24 @@ def refine_batch(
         states = [_ItemState(item) for item in items[start : start + per_group]]
         pending, round_ = states, 0
         while pending:
-            began = time.perf_counter()
-            groups = backend.generate_batch([s.conversation() for s in pending], generation_config)
-            share = _ms_since(began) / len(pending)
-            for state, generations in zip(pending, groups, strict=True):
-                state.timings["generate"] += share
-                state.count_prompt_tokens(generations)
-                for generation in generations:
-                    began = time.perf_counter()
-                    program = extract_program(generation.text)
-                    state.add(generation, program, _run(program, config), round_)
-                    state.timings["execute"] += _ms_since(began)
+            # items whose prompt leaves less than max_new_tokens of the context generate apart, with less
+            budgets: dict[int, tuple[GenerationConfig, list[_ItemState]]] = {}
+            for state in pending:
+                fitted, _, _ = state.fitted(backend, generation_config)
+                budgets.setdefault(fitted.max_new_tokens, (fitted, []))[1].append(state)
+            for fitted, members in budgets.values():
+                began = time.perf_counter()
+                groups = backend.generate_batch([s.conversation() for s in members], fitted)
+                share = _ms_since(began) / len(members)
+                for state, generations in zip(members, groups, strict=True):
+                    state.timings["generate"] += share
+                    state.count_prompt_tokens(generations)
+                    state.check_limits(generations, fitted)
+                    for generation in generations:
+                        began = time.perf_counter()
+                        program = extract_program(generation.text)
+                        state.add(generation, program, _run(program, config), round_)
+                        state.timings["execute"] += _ms_since(began)
             pending = [s for s in pending if s.needs_repair(config)]
             round_ += 1
         yield from (_result(state, config, backend.description) for state in states)
@@ -414,10 +451,16 @@ def refine_stream(
     backend = as_backend(model or get_model())
     generation_config = config.generation_config()
     state, round_ = _ItemState(RefineItem(question, draft, gold)), 0
+    state.timings = {"prompt": 0.0, **state.timings}
     while True:
-        began, generations = time.perf_counter(), []
         first = len(state.candidates)
-        for chunk in backend.generate_stream([state.conversation()], generation_config, cancel=cancel):
+        fitted, prompt_tokens, lowered = state.fitted(backend, generation_config)
+        yield RefineEvent("prompt", first, lowered or "", tokens=prompt_tokens or 0, limit=fitted.max_new_tokens)
+        began, generations, reading = time.perf_counter(), [], True
+        for chunk in backend.generate_stream([state.conversation()], fitted, cancel=cancel):
+            if reading:  # the time to the first token is the prompt's (its evaluation, a server's queue)
+                state.timings["prompt"] += _ms_since(began)
+                began, reading = time.perf_counter(), False
             if chunk.generations is None:
                 yield RefineEvent("token", first + chunk.row, chunk.text, tokens=chunk.tokens)
             else:
@@ -426,6 +469,7 @@ def refine_stream(
         if cancel is not None and cancel.is_set():
             return
         state.count_prompt_tokens(generations)
+        state.check_limits(generations, fitted)
         for generation in generations:
             program = extract_program(generation.text)
             yield RefineEvent("program", len(state.candidates), program)
@@ -433,7 +477,7 @@ def refine_stream(
             execution = _run(program, config)
             state.timings["execute"] += _ms_since(began)
             index = state.add(generation, program, execution, round_)
-            yield RefineEvent("executed", index, execution.stdout, execution=execution)
+            yield RefineEvent("executed", index, execution.stdout, execution=execution, outcome=state.candidates[index])
         if not state.needs_repair(config):
             break
         round_ += 1

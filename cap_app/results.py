@@ -62,6 +62,9 @@ class RefinementResult:
     model: str = ""
     # where the program shows the draft wrong (align.located_mistake), e.g. "3/5*700 = 400, but it is 420"
     draft_mistake: str | None = None
+    # what the reader should know about how it was refined, e.g. "Max new tokens" lowered to fit the
+    # model's context for a long draft (refine.py)
+    notes: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def program_answer(self) -> str | None:

@@ -66,8 +66,9 @@ class BackendConfig:
     contexts: int | None = dataclasses.field(
         default=None,
         metadata={
-            "help": "llama.cpp backend: contexts decoding at once, each a copy of the model (about 250 MB for the "
-            "offline default) with a shared context for the N samples of a vote (about 95 MB more); unset: "
+            "help": "llama.cpp backend: contexts decoding at once, each a copy of the model with up to 8,192 cells "
+            "(about 350 MB for the offline default) with a shared context for the N samples of a vote (about "
+            "190 MB more); unset: "
             "$CAP_LLAMA_CONTEXTS, else the CPUs / threads per context"
         },
     )

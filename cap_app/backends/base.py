@@ -30,6 +30,48 @@ class BackendError(RuntimeError):
     """A backend cannot do what was asked (or its server failed); the message is one line for the user."""
 
 
+class ContextError(BackendError):
+    """The prompt leaves the model's context no room for a program; the message says so in the
+    settings' words (the page and the CLI share it)."""
+
+
+# Fewer new tokens than this is no room for a program (a GSM8K program takes ~50-100): refused.
+MIN_PROGRAM_TOKENS = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptSize:
+    """How much of the model's context a conversation's prompt takes, as far as a backend knows
+    before it sends it: `tokens` (None: only a server counts them) of `context` (None: not known)."""
+
+    tokens: int | None
+    context: int | None
+
+
+def fit_to_context(config: GenerationConfig, size: PromptSize) -> tuple[GenerationConfig, str | None]:
+    """`config` with "Max new tokens" lowered to what the prompt leaves of the context, and a
+    sentence saying so (None when it fits as asked): a long draft the page accepts is refined with a
+    shorter budget instead of being refused. ContextError when the prompt leaves no room at all."""
+    if size.tokens is None or size.context is None or size.tokens + config.max_new_tokens <= size.context:
+        return config, None
+    left = size.context - size.tokens
+    if left < MIN_PROGRAM_TOKENS:
+        raise ContextError(
+            f"the question and draft take {size.tokens:,} tokens of the model's context of {size.context:,}, "
+            f"which leaves less than {MIN_PROGRAM_TOKENS} for a program: shorten the draft"
+        )
+    return dataclasses.replace(config, max_new_tokens=left), budget_note(config.max_new_tokens, left, size)
+
+
+def budget_note(asked: int, given: int, size: PromptSize) -> str:
+    """The sentence that says a program's token budget was lowered to fit the model's context."""
+    taken = f"the question and draft take {size.tokens:,}" if size.tokens is not None else "the prompt takes the rest"
+    return (
+        f"“Max new tokens” was lowered from {asked} to {given} for this draft: "
+        f"the model reads at most {size.context:,} tokens and {taken}."
+    )
+
+
 class Backend(Protocol):
     name: str  # "transformers", "llama.cpp" or "openai"
 
@@ -46,6 +88,9 @@ class Backend(Protocol):
         self, conversations: Sequence[Conversation], config: GenerationConfig, *, cancel: threading.Event | None = None
     ) -> Iterator[StreamChunk]:
         """As `cap_app.generate.generate_stream`: text per row as written, then one chunk with all."""
+
+    def prompt_size(self, conversation: Conversation) -> PromptSize:
+        """How many tokens the conversation's prompt takes of how large a context (`fit_to_context`)."""
 
 
 @dataclasses.dataclass
@@ -149,6 +194,9 @@ class RowSampler:
 
     name = ""
     concurrency = 1
+
+    def prompt_size(self, conversation: Conversation) -> PromptSize:
+        return PromptSize(None, None)
 
     def sample(
         self,

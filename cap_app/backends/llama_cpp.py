@@ -55,10 +55,15 @@ from typing import Any
 
 import numpy as np
 
-from cap_app.backends.base import BackendError, Follower, RowSampler, Token, follow, sample_seeds
+from cap_app.backends.base import BackendError, Follower, PromptSize, RowSampler, Token, follow, sample_seeds
 from cap_app.generate import AnyEvent, Generation
 
-CONTEXT_TOKENS = 4096  # a CaP prompt (~400 tokens) plus a program and two repair rounds
+# The most tokens a context holds (prompt and program): the model's trained context up to this. Every
+# context's cells are allocated when it is made (23 KB a token for the offline default, 190 MB at
+# 8,192), and 8,192 holds the page's longest question and draft (12,000 characters: ~6,000 tokens
+# of prose with numbers) with a program; a longer prompt gets a smaller budget (`fit_to_context`).
+MOST_CONTEXT_TOKENS = 8192
+FALLBACK_CONTEXT_TOKENS = 4096  # a GGUF file that does not say its context length
 # Threads of each context, for decoding and for the prompt: llama-cpp-python's default for decoding
 # (half the logical CPUs, about the physical cores). Its default for the prompt, every logical CPU,
 # made the prompt 5x slower on a 2-CPU machine where another process held one (measured: 400
@@ -92,7 +97,7 @@ class _Context:
 @dataclasses.dataclass(eq=False)
 class _Shared:
     """A context that decodes several rows together, one sequence per row, all in one cache of
-    `CONTEXT_TOKENS` cells (`kv_unified`: a prompt copied to N sequences is stored once). Between
+    `context_tokens` cells (`kv_unified`: a prompt copied to N sequences is stored once). Between
     calls it keeps the tokens of sequence 0 (its last group's first prompt) and nothing else."""
 
     ctx: Any  # llama_cpp._internals.LlamaContext
@@ -198,12 +203,13 @@ class LlamaCppBackend(RowSampler):
             ) from None
         self.display_name = name
         self.concurrency = contexts or default_contexts()  # RowSampler runs this many rows at once
+        self.context_tokens = context_tokens(path)
 
         def load():
             with _weight_repacking(not _cpu_has_amx()):
                 return llama_cpp.Llama(
                     model_path=str(path),
-                    n_ctx=CONTEXT_TOKENS,
+                    n_ctx=self.context_tokens,
                     n_threads=THREADS,
                     n_threads_batch=THREADS,
                     verbose=False,
@@ -240,10 +246,22 @@ class LlamaCppBackend(RowSampler):
         """Free every context now, each once no sample decodes in it (also done at exit)."""
         self._finalizer()
 
+    def prompt_size(self, conversation) -> PromptSize:
+        return PromptSize(len(self.prompt_tokens(conversation)), self.context_tokens)
+
     def prompt_tokens(self, conversation) -> list[int]:
         """The tokens a sample of `conversation` evaluates."""
         with self._holding(self.contexts[0]) as llm:
             return _tokenize(llm, self.formatter(messages=conversation).prompt)
+
+    def _check_fits(self, prompt_tokens: int, config) -> None:
+        """The engine fits "Max new tokens" to the context first (`fit_to_context`); a caller that
+        did not is refused here rather than cut off mid-program by llama.cpp."""
+        if prompt_tokens + config.max_new_tokens > self.context_tokens:
+            raise BackendError(
+                f"the prompt ({prompt_tokens:,} tokens) and {config.max_new_tokens} new tokens "
+                f"exceed the model's context of {self.context_tokens:,} tokens"
+            )
 
     def _run(self, conversations, config, cancel, emit) -> list[Generation]:
         """The samples of one conversation decode together in the shared contexts; one sample per
@@ -256,7 +274,7 @@ class LlamaCppBackend(RowSampler):
                 raise BackendError("the llama.cpp backend was closed")
             prompts = [_tokenize(self.contexts[0].llm, self.formatter(messages=c).prompt) for c in conversations]
         for tokens in prompts:
-            _check_fits(len(tokens), config)
+            self._check_fits(len(tokens), config)
         rows = sample_seeds(conversations, config)
         # Each conversation's rows in as many groups as shared contexts (more where they do not fit
         # one), never with another conversation's: its samples do not depend on the others'. The
@@ -266,7 +284,7 @@ class LlamaCppBackend(RowSampler):
         most = -(-config.n // len(shared))
         groups = []
         for index, tokens in enumerate(prompts):
-            split = _groups(len(tokens), config, most)
+            split = _groups(len(tokens), config, self.context_tokens, most)
             prompt = _Prompt(tokens, followers=len(split) - 1)
             groups += [(prompt, [index * config.n + row for row in group], i == 0) for i, group in enumerate(split)]
         workers = min(len(shared), len(groups))
@@ -449,7 +467,7 @@ class LlamaCppBackend(RowSampler):
         try:
             with self._holding(context) as llm:
                 tokens = _tokenize(llm, prompt)
-                _check_fits(len(tokens), config)
+                self._check_fits(len(tokens), config)
                 context.prompt = prompt
                 return follow(
                     self._decode(llm, tokens, config, seed, self.prompt_threads.choose(THREADS + spare)),
@@ -524,18 +542,25 @@ def _tokenize(llm, text: str) -> list[int]:
     return llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
 
 
-def _check_fits(prompt_tokens: int, config) -> None:
-    if prompt_tokens + config.max_new_tokens > CONTEXT_TOKENS:
-        raise BackendError(
-            f"the prompt ({prompt_tokens} tokens) and --max-new-tokens {config.max_new_tokens} "
-            f"exceed the llama.cpp context of {CONTEXT_TOKENS} tokens"
-        )
+def context_tokens(path: str | Path) -> int:
+    """The context of each of the model's contexts: the length it was trained for (its GGUF
+    metadata, read without loading the weights), at most MOST_CONTEXT_TOKENS."""
+    from gguf import GGUFReader
+
+    try:
+        fields = GGUFReader(str(path)).fields
+        architecture = fields["general.architecture"].contents()
+        trained = int(fields[f"{architecture}.context_length"].contents())
+    except (KeyError, ValueError, OSError):
+        return FALLBACK_CONTEXT_TOKENS
+    return max(1, min(trained, MOST_CONTEXT_TOKENS))
 
 
-def _groups(prompt_tokens: int, config, most: int = SEQUENCES) -> list[list[int]]:
+def _groups(prompt_tokens: int, config, context: int, most: int = SEQUENCES) -> list[list[int]]:
     """The `config.n` rows of one prompt in groups a shared context holds at once (at most `most`
-    and `SEQUENCES` rows, the prompt and `max_new_tokens` per row within its cells), as even as can be."""
-    fit = max(1, min(most, SEQUENCES, (CONTEXT_TOKENS - prompt_tokens) // config.max_new_tokens))
+    and `SEQUENCES` rows, the prompt and `max_new_tokens` per row within its `context` cells), as
+    even as can be."""
+    fit = max(1, min(most, SEQUENCES, (context - prompt_tokens) // config.max_new_tokens))
     count = -(-config.n // fit)
     size, extra = divmod(config.n, count)
     groups, start = [], 0

@@ -18,11 +18,13 @@ that names the server, never the key.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 import time
 from collections.abc import Iterator
 
-from cap_app.backends.base import BackendError, RowSampler, Token, follow
+from cap_app.backends.base import BackendError, PromptSize, RowSampler, Token, fit_to_context, follow
 
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 # Sampling extensions some servers turn on by default (llama.cpp's server: repeat_penalty 1.1,
@@ -43,6 +45,34 @@ class _Retryable(Exception):
 
 class _Cut(Exception):
     """A stream that ended before the server said it was finished."""
+
+
+class _ContextExceeded(Exception):
+    """The server refused a request whose prompt and max_tokens exceed its model's context, and
+    said both numbers."""
+
+    def __init__(self, size: PromptSize):
+        super().__init__(f"{size.tokens} prompt tokens of a context of {size.context}")
+        self.size = size
+
+
+# How servers word that refusal (HTTP 400): OpenAI and vLLM ("This model's maximum context length is
+# 4096 tokens. However, you requested 4115 tokens (3715 in the messages, 400 in the completion)", or
+# "... your request has 3715 input tokens"), llama.cpp's server ("the request exceeds the available
+# context size ... n_prompt_tokens 3715, n_ctx 4096"), llama-cpp-python ("Requested tokens (3715)
+# exceed context window of 4096").
+_CONTEXT_WORDINGS = (
+    re.compile(r"maximum context length is (?P<context>\d+).*?(?P<prompt>\d+) (?:in the messages|input tokens)", re.S),
+    re.compile(r"n_prompt_tokens\D*(?P<prompt>\d+).*?n_ctx\D*(?P<context>\d+)", re.S),
+    re.compile(r"Requested tokens \((?P<prompt>\d+)\) exceed context window of (?P<context>\d+)"),
+)
+
+
+def _context_refusal(detail: str) -> PromptSize | None:
+    for wording in _CONTEXT_WORDINGS:
+        if match := wording.search(detail):
+            return PromptSize(int(match["prompt"]), int(match["context"]))
+    return None
 
 
 class OpenAIBackend(RowSampler):
@@ -110,7 +140,7 @@ class OpenAIBackend(RowSampler):
             sent[0] = True
             emit(text, tokens)
 
-        def attempt():
+        def attempt(config=config):
             with self.client.stream("POST", "/chat/completions", json=body) as response:
                 self._checked(response)
                 generation = follow(
@@ -123,7 +153,16 @@ class OpenAIBackend(RowSampler):
                 generation.prompt_tokens = usage.get("prompt_tokens")
                 return generation
 
-        return self._with_retries(attempt, streamed=lambda: sent[0])
+        try:
+            return self._with_retries(attempt, streamed=lambda: sent[0])
+        except _ContextExceeded as refusal:
+            # the server counts the prompt, this client cannot: fit the budget to what it said is left
+            fitted, note = fit_to_context(config, refusal.size)
+            if note is None:
+                raise BackendError(f"the server at {self.base_url} refused the request ({refusal})") from None
+            body["max_tokens"] = fitted.max_new_tokens
+            generation = self._with_retries(lambda: attempt(fitted), streamed=lambda: sent[0])
+            return dataclasses.replace(generation, token_limit=fitted.max_new_tokens, context=refusal.size.context)
 
     def _with_retries(self, attempt, *, streamed):
         """Run `attempt` until it succeeds, retrying what is worth it with exponential backoff."""
@@ -164,6 +203,8 @@ class OpenAIBackend(RowSampler):
             )
         if response.status_code in (401, 403):
             raise BackendError(f"the server at {self.base_url} refused the API key ({status}); set CAP_API_KEY")
+        if response.status_code == 400 and (size := _context_refusal(detail)) is not None:
+            raise _ContextExceeded(size)
         if response.status_code == 404:
             raise BackendError(
                 f"the server at {self.base_url} has no such endpoint ({status}); "

@@ -7,6 +7,7 @@ Conversations are rendered with the model's own chat template here; generation g
 from __future__ import annotations
 
 from cap_app import generate
+from cap_app.backends.base import PromptSize
 from cap_app.model import LoadedModel
 from cap_app.prompts import render_messages
 
@@ -29,3 +30,11 @@ class TransformersBackend:
 
     def generate_stream(self, conversations, config, *, cancel=None):
         return generate.generate_stream(self.loaded, self._prompts(conversations), config, cancel=cancel)
+
+    def prompt_size(self, conversation) -> PromptSize:
+        """The prompt's tokens and the positions the model was trained for (`max_position_embeddings`;
+        past them a model's output degrades or fails)."""
+        tokenizer = self.loaded.tokenizer
+        tokens = len(tokenizer(render_messages(tokenizer, conversation), add_special_tokens=False)["input_ids"])
+        context = getattr(getattr(self.loaded.model, "config", None), "max_position_embeddings", None)
+        return PromptSize(tokens, context if isinstance(context, int) and context > 0 else None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import threading
 import time
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 import gradio as gr
 
 from cap_app.charts import candidates_figure, stage_times_figure, votes_figure
+from cap_app.program import streamed_program
 from cap_app.refine import RefineConfig
 from cap_app.ui import views
 from cap_app.ui.hosting import DEFAULT_MODEL_CHOICE, WEB_LIMITS, WEB_STEPS, backend_choices, model_choices
@@ -207,6 +209,7 @@ def refine_page(
 def _run_refinement(question, draft, gold, config, model_cfg, backend_cfg, cancel: threading.Event) -> Iterator[tuple]:
     from cap_app import preparation
     from cap_app.backends import BackendError
+    from cap_app.backends.base import ContextError
     from cap_app.model import ModelLoadError
     from cap_app.refine import refine_stream
 
@@ -222,41 +225,123 @@ def _run_refinement(question, draft, gold, config, model_cfg, backend_cfg, cance
     except (ModelLoadError, BackendError) as error:
         yield _frame(status="", verdict=views.message_html(f"The model could not be loaded: {error}", "error"))
         return
-    yield _frame(status=f"Writing a program with {model.description}…")
+    programs = config.n if config.samples else 1
+    yield _frame(status=f"Writing {_programs(programs)} with {model.description}…")
     gold = (gold or "").strip() or None
-    last_update, written, tokens, began = 0.0, {}, {}, time.monotonic()
-    for event in refine_stream(question, draft, gold=gold, config=config, model=model, cancel=cancel):
-        if event.kind == "token":
-            written[event.candidate] = written.get(event.candidate, "") + event.text
-            tokens[event.candidate] = event.tokens
-            if time.monotonic() - last_update >= STREAM_INTERVAL_S:
-                last_update = time.monotonic()
+    raw: dict[int, str] = {}  # what the model wrote, per program
+    finished: dict[int, str] = {}  # the programs pulled out of it, once written
+    tokens: dict[int, int] = {}
+    last_update, began = 0.0, time.monotonic()
+    reading: tuple[float, int, str] | None = None  # (since, prompt tokens, note) while the model reads
+    read_s, limit = 0.0, config.max_new_tokens
+    events = refine_stream(question, draft, gold=gold, config=config, model=model, cancel=cancel)
+    try:
+        for event in _with_ticks(events, TICK_S):
+            now = time.monotonic()
+            if event is None or event.kind == "prompt":  # a tick, or a prompt the model starts reading
+                if event is not None:
+                    reading, limit = (now, event.tokens, event.text), event.limit
+                if reading is not None:
+                    yield _frame(status=reading_status(model.description, reading[1], now - reading[0], reading[2]))
+                continue
+            if reading is not None:  # the first token: the prompt is read
+                read_s, reading = now - reading[0], None
+            if event.kind == "token":
+                raw[event.candidate] = raw.get(event.candidate, "") + event.text
+                tokens[event.candidate] = event.tokens
+                if now - last_update >= STREAM_INTERVAL_S:
+                    last_update = now
+                    yield _frame(
+                        code=_programs_text(raw, finished),
+                        status=writing_status(model.description, tokens, limit, now - began, programs, read_s),
+                    )
+            elif event.kind == "program":
+                finished[event.candidate] = shown_program(event.text, raw.get(event.candidate, ""))
                 yield _frame(
-                    code=_programs_text(written),
-                    status=writing_status(model.description, tokens, config.max_new_tokens, time.monotonic() - began),
+                    code=_programs_text(raw, finished), status=f"Running program {event.candidate + 1} in the sandbox…"
                 )
-        elif event.kind == "program":
-            written[event.candidate] = shown_program(event.text, written.get(event.candidate, ""))
-            yield _frame(code=_programs_text(written), status=f"Running program {event.candidate + 1} in the sandbox…")
-        elif event.kind == "executed":
-            outcome = event.execution.answer if event.execution.ok else event.execution.error
-            yield _frame(status=f"Program {event.candidate + 1}: {event.execution.status} ({outcome}).")
-        elif event.kind == "done":
-            yield result_frame(event.result, "Done.")
-            return
+            elif event.kind == "executed":
+                yield _frame(status=f"Program {event.candidate + 1}: {_outcome(event.outcome)}.")
+            elif event.kind == "done":
+                yield result_frame(event.result, "Done.")
+                return
+    except ContextError as error:
+        yield _frame(status="", verdict=views.message_html(f"Cannot refine: {error}", "warning"))
+        return
     # the engine ends the stream without a result only when it was cancelled
-    yield _frame(code=_programs_text(written), status="Stopped." if cancel.is_set() else "No result.")
+    yield _frame(code=_programs_text(raw, finished), status="Stopped." if cancel.is_set() else "No result.")
 
 
-def writing_status(model: str, tokens: dict[int, int], limit: int, elapsed_s: float) -> str:
-    """How far generation is: tokens written against the "Max new tokens" limit, and the time."""
-    what = "a program" if len(tokens) == 1 else f"{len(tokens)} programs"
-    most = "" if len(tokens) == 1 else "longest "
-    return f"Writing {what} with {model}… {most}{max(tokens.values(), default=0)} / {limit} tokens, {elapsed_s:.0f} s"
+TICK_S = 1.0  # how often the status counts the seconds while nothing else happens (the model reads a prompt)
 
 
-def _programs_text(written: dict[int, str]) -> str:
-    """The text of every program so far; with several, each under a `# program k` header."""
-    if len(written) == 1:
-        return next(iter(written.values()))
-    return "\n\n".join(f"# ---- program {k + 1} ----\n{text}" for k, text in sorted(written.items()))
+def _with_ticks(events: Iterator, interval_s: float) -> Iterator:
+    """The engine's events, and None after each `interval_s` without one: reading a long prompt
+    takes seconds before the first token (29 s for a 7,000-character draft on 2 CPUs), and the page
+    must show that time pass. The events are drawn in a thread of their own; an error is re-raised
+    here, and a consumer that stops early leaves that thread to end with the (cancelled) stream."""
+    out: queue.Queue = queue.Queue()
+    end = object()
+
+    def draw() -> None:
+        try:
+            for event in events:
+                out.put(event)
+        except BaseException as error:  # re-raised in the consumer's thread
+            out.put(error)
+        out.put(end)
+
+    threading.Thread(target=draw, name="cap-refine-events", daemon=True).start()
+    while True:
+        try:
+            item = out.get(timeout=interval_s)
+        except queue.Empty:
+            yield None
+            continue
+        if item is end:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
+def _programs(count: int) -> str:
+    return "a program" if count == 1 else f"{count} programs"
+
+
+def _outcome(candidate) -> str:
+    """How a program's run ended, in words; a program cut off by generation is named as such."""
+    if candidate.cut_off:
+        return candidate.cut_off
+    execution = candidate.execution
+    return f"{execution.status} ({execution.answer if execution.ok else execution.error})"
+
+
+def reading_status(model: str, prompt_tokens: int, elapsed_s: float, note: str = "") -> str:
+    """The model reading the question and draft before it writes: how long the prompt is, and the time."""
+    size = f" ({prompt_tokens:,} tokens)" if prompt_tokens else ""
+    status = f"Reading the question and draft{size} with {model}… {elapsed_s:.0f} s"
+    return f"{status}. {note}" if note else status
+
+
+def writing_status(
+    model: str, tokens: dict[int, int], limit: int, elapsed_s: float, programs: int = 1, read_s: float = 0.0
+) -> str:
+    """How far generation is: the programs being written (all N of a vote, whether or not each has
+    its first token yet), the longest's tokens against the token limit, the time, and the time the
+    prompt took to read when it was long."""
+    most = "" if programs == 1 else "longest "
+    read = f" (prompt read in {read_s:.0f} s)" if read_s >= 1 else ""
+    return (
+        f"Writing {_programs(programs)} with {model}… {most}{max(tokens.values(), default=0)} / {limit} tokens, "
+        f"{elapsed_s:.0f} s{read}"
+    )
+
+
+def _programs_text(raw: dict[int, str], finished: dict[int, str]) -> str:
+    """Every program so far, as far as written, without the model's fence lines (`streamed_program`);
+    with several, each under a `# program k` header."""
+    texts = {k: finished.get(k, streamed_program(text)) for k, text in raw.items()}
+    if len(texts) == 1:
+        return next(iter(texts.values()))
+    return "\n\n".join(f"# ---- program {k + 1} ----\n{text}" for k, text in sorted(texts.items()))

@@ -25,7 +25,7 @@ def verdict_sentence(result: RefinementResult) -> str:
     refined, draft = result.refined_answer, result.draft_answer
     program = result.program_answer
     if result.verdict == "no_answer":
-        reason, advice = _no_answer_reason(result.shown_candidate)
+        reason, advice = _no_answer_reason(result.shown_candidate, lowered=bool(result.notes))
         draft_part = (
             f"so the draft's answer {draft} stands, unverified"
             if draft is not None
@@ -54,14 +54,20 @@ _CUT_OFF_ADVICE = {
     "length": "Raise “Max new tokens” and refine again.",
     "repetition": "More tokens will not help; try the vote or repair strategy, or another model.",
 }
+# a budget already lowered to what the model's context leaves (result.notes) cannot be raised
+_CONTEXT_FULL_ADVICE = "The model's context has no more room: shorten the draft for a longer program."
 
 
-def _no_answer_reason(candidate: Candidate | None) -> tuple[str, str]:
+def _cut_off_advice(candidate: Candidate, lowered: bool) -> str:
+    return _CONTEXT_FULL_ADVICE if lowered and candidate.finish == "length" else _CUT_OFF_ADVICE[candidate.finish]
+
+
+def _no_answer_reason(candidate: Candidate | None, lowered: bool = False) -> tuple[str, str]:
     """Why the shown program gave no answer (in parentheses) and, for a program cut off, what to change."""
     if candidate is None:
         return "", ""
     if candidate.cut_off:
-        return f" (it was {candidate.cut_off})", " " + _CUT_OFF_ADVICE[candidate.finish]
+        return f" (it was {candidate.cut_off})", " " + _cut_off_advice(candidate, lowered)
     execution = candidate.execution
     return (f" ({execution.error or execution.status})" if not execution.ok else " (it printed no answer)"), ""
 
@@ -105,10 +111,11 @@ def verdict_html(result: RefinementResult) -> str:
     badges += _badge(f"program ({result.strategy})", result.program_answer, program_mark)
     if has_gold:
         badges += _badge("gold", result.gold, None)
+    notes = "".join(f'<p class="cap-note" style="margin:4px 0;color:#888">{_E(note)}</p>' for note in result.notes)
     return (
         f'<div class="cap-verdict" data-verdict="{_E(result.verdict)}">{badges}'
         f'<p class="cap-verdict-sentence" style="font-size:16px;margin:4px 0">'
-        f"{_E(verdict_sentence(result))}</p></div>"
+        f"{_E(verdict_sentence(result))}</p>{notes}</div>"
     )
 
 
@@ -134,7 +141,9 @@ def trace_table(result: RefinementResult) -> list[list]:
 
 
 def execution_text(result: RefinementResult) -> str:
-    """What the chosen program printed, then its error, with truncation made visible."""
+    """What the chosen program printed, then its error, with truncation made visible. A program cut
+    off by generation fails on the line it was cut at: the cut is named instead of that error,
+    which would blame code the model never finished writing."""
     shown = result.shown_candidate
     if shown is None:
         return "No program was run."
@@ -142,6 +151,10 @@ def execution_text(result: RefinementResult) -> str:
     parts = [execution.stdout.rstrip("\n") or "(nothing printed)"]
     if execution.stdout_truncated:
         parts.append("[output truncated]")
+    if shown.cut_off:
+        parts.append(f"The program was {shown.cut_off}. {_cut_off_advice(shown, bool(result.notes))}")
+        parts.append(f"[cut off, ran {execution.duration_ms:.0f} ms]")
+        return "\n".join(parts)
     if execution.error:
         parts.append(f"error: {execution.error}")
     parts.append(f"[{execution.status}, {execution.duration_ms:.0f} ms]")
@@ -249,7 +262,9 @@ def _other_programs_html(result: RefinementResult) -> str:
             {"equal": f"  {_E(t)}", "delete": f"<del>- {_E(t)}</del>", "insert": f"<ins>+ {_E(t)}</ins>"}[op]
             for op, t in line_diff(chosen.program, cand.program)
         )
-        answer = _E(cand.answer) if cand.answer is not None else _E(cand.execution.status)
+        answer = (
+            _E(cand.answer) if cand.answer is not None else ("cut off" if cand.cut_off else _E(cand.execution.status))
+        )
         blocks.append(
             f"<p>Program {i + 1} (answer: {answer}) against the chosen program {result.chosen + 1}:</p>"
             f"<pre>{lines}</pre>"

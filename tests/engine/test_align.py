@@ -197,6 +197,7 @@ def test_an_answer_that_does_not_follow_from_the_drafts_work_is_its_located_mist
     assert unfollowed_answer(work + "A: 18", "18") is None  # it follows
     assert unfollowed_answer(work + "A: 42", "42") is None  # the program reached the stated answer
     assert unfollowed_answer(work + "A: 42", "7") is None  # another answer: it shows nothing
+    assert unfollowed_answer("He works 50 / 20 = 2.5 years.\nA: 2", "2.5") is None  # rounded: it follows
     # an answer derived by a step of prose, not an equation: the work mentions it
     assert unfollowed_answer(work + "Half of that is 9 dollars.\nA: 9", "18") is None
     assert unfollowed_answer("She has no eggs.\nA: 42", "18") is None  # no calculation to contradict

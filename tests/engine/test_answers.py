@@ -28,6 +28,7 @@ DRAFT_KEYS = ("6b_finetuning", "6b_verification", "175b_finetuning", "175b_verif
         ("A: twelve", "12"),
         ("The answer is one hundred and five.", "105"),
         ("5 plus 7 which is twelve apples", "12"),  # no stated answer: the last number, in words too
+        ("It saves -1.8 billion dollars.\nA: -1.8 billion", "-1.8"),  # a scale after digits is no number
         ("no number here", None),
         ("", None),
     ],

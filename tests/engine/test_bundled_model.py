@@ -28,7 +28,7 @@ def test_bundled_model_converts_once_and_streams_a_refinement(cap_cache_dir, fre
     [candidate] = result.candidates
     assert "".join(e.text for e in events if e.kind == "token") == candidate.text
     assert candidate.text.strip() and candidate.program and 0 < candidate.tokens <= 128
-    assert [e.kind for e in events if e.kind != "token"] == ["program", "executed", "done"]
+    assert [e.kind for e in events if e.kind != "token"] == ["prompt", "program", "executed", "done"]
     assert (result.draft_answer, result.gold, result.draft_correct) == ("26", "18", False)
     assert result.prompt_tokens > 100 and result.model.startswith(DEFAULT_MODEL_NAME)
 

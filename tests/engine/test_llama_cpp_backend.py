@@ -10,7 +10,6 @@ import pytest
 
 from cap_app.backends import BackendConfig, BackendError, get_backend
 from cap_app.backends.llama_cpp import (
-    CONTEXT_TOKENS,
     SEQUENCES,
     THREADS,
     LlamaCppBackend,
@@ -222,11 +221,11 @@ def test_a_vote_over_two_contexts_evaluates_its_prompt_once(two_contexts, monkey
 
 
 def test_the_rows_of_a_prompt_are_split_in_groups_that_fit():
-    assert _groups(400, GenerationConfig(max_new_tokens=256, n=8), most=4) == [[0, 1, 2, 3], [4, 5, 6, 7]]
-    assert _groups(400, GenerationConfig(max_new_tokens=256, n=5), most=3) == [[0, 1, 2], [3, 4]]
-    assert _groups(400, GenerationConfig(max_new_tokens=1000, n=4)) == [[0, 1], [2, 3]]  # 400 + 3 x 1000 fit, not 4
-    assert 400 + 3 * 1000 <= CONTEXT_TOKENS < 400 + 4 * 1000
-    assert _groups(400, GenerationConfig(max_new_tokens=10, n=SEQUENCES + 1)) == [
+    assert _groups(400, GenerationConfig(max_new_tokens=256, n=8), 4096, most=4) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert _groups(400, GenerationConfig(max_new_tokens=256, n=5), 4096, most=3) == [[0, 1, 2], [3, 4]]
+    # 400 + 3 x 1000 fit 4,096 cells, not 4
+    assert _groups(400, GenerationConfig(max_new_tokens=1000, n=4), 4096) == [[0, 1], [2, 3]]
+    assert _groups(400, GenerationConfig(max_new_tokens=10, n=SEQUENCES + 1), 4096) == [
         list(range(SEQUENCES // 2 + 1)),
         list(range(SEQUENCES // 2 + 1, SEQUENCES + 1)),
     ]

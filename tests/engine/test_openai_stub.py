@@ -152,3 +152,19 @@ def test_a_server_lost_mid_batch_loses_nothing_and_the_rerun_resumes(tmp_path, c
         assert main(argv) == 0
         assert "refined 4, already done 2" in capsys.readouterr().err
     assert written_ids(output) == [0, 1, 2, 3, 4, 5]
+
+
+def test_a_prompt_too_long_for_the_servers_context_gets_the_budget_left_and_says_so():
+    """Issue 25: a server that refuses prompt + max_tokens over its context (vLLM's wording) is asked
+    again with what its own numbers leave, and the result says "Max new tokens" was lowered."""
+    with OpenAIStub(context=700) as stub:
+        result = refine(QUESTION, DRAFT, config=RefineConfig(max_new_tokens=400), model=backend(stub))
+        asked = [request["max_tokens"] for request in stub.requests]
+    prompt = asked[1] and 700 - asked[1]
+    assert asked[0] == 400 and 32 <= asked[1] < 400
+    assert result.program_answer == "0" and result.notes == [
+        f"“Max new tokens” was lowered from 400 to {asked[1]} for this draft: the model reads at most 700 tokens "
+        f"and the question and draft take {prompt}."
+    ]
+    with OpenAIStub(context=300) as stub, pytest.raises(BackendError, match="shorten the draft"):
+        refine(QUESTION, DRAFT, model=backend(stub))

@@ -7,6 +7,7 @@ import threading
 import pytest
 
 import cap_app.generate
+from cap_app.backends.base import ContextError
 from cap_app.generate import Generation, StreamChunk
 from cap_app.model import LoadedModel
 from cap_app.refine import (
@@ -141,6 +142,21 @@ def test_a_program_that_recomputes_the_wrong_step_corrects_the_draft(monkeypatch
     assert forgot.candidates[0].execution.trace == []  # read for the decision, not kept when not asked for
 
 
+def test_a_draft_whose_answer_does_not_follow_from_its_work_is_corrected_and_told_so(monkeypatch, scripted_model):
+    """Issue 25: the draft computes 18 and states 42 (an injected line); the program agrees with its
+    work, which locates the draft's mistake: the program's answer replaces it, and the verdict says why."""
+    from cap_app.ui.views import verdict_sentence
+
+    script(monkeypatch, (RIGHT, -0.1))
+    contradicts = RIGHT_DRAFT.replace("A: 18", "A: 42")
+    result = refine(QUESTION, contradicts, gold="18", model=scripted_model)
+    assert (result.draft_answer, result.refined_answer, result.verdict) == ("42", "18", "disagrees")
+    assert result.draft_mistake == "its answer does not follow from its work (it computes 18, then states 42)"
+    assert "Its mistake: its answer does not follow from its work (it computes 18, then states 42)." in (
+        verdict_sentence(result)
+    )
+
+
 def test_vote_takes_the_majority_answer(monkeypatch, scripted_model):
     generator = script(
         monkeypatch, (WRONG, -0.1), (RIGHT, -0.9), (RIGHT.replace("eggs", "left"), -0.5), (CRASHES, -0.01)
@@ -264,8 +280,9 @@ def test_cancelled_stream_ends_without_a_result(monkeypatch, scripted_model):
     events = []
     for event in refine_stream(QUESTION, WRONG_DRAFT, model=scripted_model, cancel=cancel):
         events.append(event)
-        cancel.set()
-    assert [e.kind for e in events] == ["token"]
+        if event.kind == "token":
+            cancel.set()
+    assert [e.kind for e in events] == ["prompt", "token"]
 
 
 @pytest.mark.parametrize(
@@ -343,3 +360,32 @@ def test_unknown_strategy_and_bad_settings_are_refused():
         RefineConfig(strategy="best")
     with pytest.raises(ValueError, match="top_p"):
         RefineConfig(top_p=0)
+
+
+def test_stream_says_when_the_model_starts_reading_the_prompt_and_times_it(monkeypatch, scripted_model):
+    """Issue 25: the seconds before the first token are the prompt's; the stream says a prompt is being
+    read (and of how many tokens, for the page's status), and the result times that stage apart."""
+    script(monkeypatch, (RIGHT, -0.1))
+    events = list(refine_stream(QUESTION, WRONG_DRAFT, model=scripted_model))
+    assert events[0].kind == "prompt" and events[0].limit == RefineConfig().max_new_tokens
+    assert events[0].tokens > len(WRONG_DRAFT)  # the tiny tokenizer: a token per byte of the chat prompt
+    assert events[1].kind == "token"
+    assert set(events[-1].result.timings_ms) == {"prompt", "generate", "execute", "total"}
+
+
+def test_a_long_draft_gets_the_token_budget_its_context_leaves_and_is_told_so(tiny_loaded):
+    """Issue 25: a prompt that leaves less than "Max new tokens" of the model's context (2,048
+    positions for the tiny model, a token per byte) is refined with what is left, said in the
+    settings' words; one that leaves no room is refused with the reason."""
+    config = RefineConfig(max_new_tokens=400)
+    long_draft = "She has 16 - 3 = 13 eggs left. " * 48 + "\nA: 26"  # ~1,500 characters
+    result = refine(QUESTION, long_draft, config=config, model=tiny_loaded)
+    [candidate] = result.candidates
+    left = 2048 - result.prompt_tokens
+    assert 32 <= left < 400 and candidate.tokens == left and candidate.finish == "length"
+    assert result.notes == [
+        f"“Max new tokens” was lowered from 400 to {left} for this draft: the model reads at most 2,048 tokens "
+        f"and the question and draft take {result.prompt_tokens:,}."
+    ]
+    with pytest.raises(ContextError, match=r"leaves less than 32 for a program: shorten the draft"):
+        refine(QUESTION, "x" * 2040, config=config, model=tiny_loaded)

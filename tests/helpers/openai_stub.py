@@ -14,8 +14,17 @@ PROGRAM = "```python\nprint(18)\n```"
 
 
 class OpenAIStub:
-    def __init__(self, *, model: str = "cap", key: str | None = None, text: str = PROGRAM, delay_s: float = 0.0):
+    def __init__(
+        self,
+        *,
+        model: str = "cap",
+        key: str | None = None,
+        text: str = PROGRAM,
+        delay_s: float = 0.0,
+        context: int | None = None,
+    ):
         self.model, self.key, self.text, self.delay_s = model, key, text, delay_s
+        self.context = context  # refuse, as vLLM words it, a prompt and max_tokens over this many tokens
         self.failures: list[tuple[int, str] | float] = []  # next replies: (status, message) or a stall in seconds
         self.requests: list[dict] = []
         self.in_flight = self.most_in_flight = 0
@@ -62,6 +71,15 @@ class OpenAIStub:
                 elif failure is not None:
                     status, message = failure
                     self._json(status, {"error": {"message": message}}, {"Retry-After": "0"} if status == 429 else None)
+                    return
+                prompt = stub.usage(body, "")["prompt_tokens"]
+                if stub.context is not None and prompt + body["max_tokens"] > stub.context:
+                    message = (
+                        f"This model's maximum context length is {stub.context} tokens. However, you requested "
+                        f"{prompt + body['max_tokens']} tokens ({prompt} in the messages, {body['max_tokens']} in "
+                        "the completion). Please reduce the length of the messages or completion."
+                    )
+                    self._json(400, {"object": "error", "message": message, "type": "BadRequestError", "code": 400})
                     return
                 self._stream(body)
 

@@ -60,24 +60,37 @@ def test_votes_without_gold_only_compare_with_the_draft(janet_result):
 def test_stage_times_figure_shows_seconds_per_stage(janet_result):
     fig = stage_times_figure(janet_result)
     (bar,) = fig.data
-    assert list(bar.y) == ["prompt", "generate", "execute"]
+    assert list(bar.y) == ["read the prompt", "write", "run in the sandbox"]
     assert list(bar.x) == [0.004, 1.5, 0.012]
     assert "1.52 s in all, 40 tokens generated" in fig.layout.title.text
 
 
-def test_candidates_figure_groups_programs_by_run_status(janet_result):
-    fig = candidates_figure(_vote_result(janet_result))
-    by_status = {t.name: list(t.text) for t in fig.data}
-    assert by_status == {"ok": ["#1, #2, #3, #4"], "error": ["#5"]}  # alike programs share one label
-
-
-def test_candidates_figure_labels_apart_programs_apart_and_unclipped(janet_result):
+def test_candidates_figure_has_a_row_per_program_coloured_by_how_it_ended(janet_result):
     result = _vote_result(janet_result)
-    result.candidates[1] = dataclasses.replace(result.candidates[1], tokens=30)
-    result.candidates[2].execution.duration_ms = 50.0
+    result.candidates.append(
+        Candidate(
+            "", "x = (", ExecResult("error", error="SyntaxError", duration_ms=1.0), None, tokens=16, finish="length"
+        )
+    )
     fig = candidates_figure(result)
-    assert list(fig.data[0].text) == ["#1, #4", "#2", "#3"]
-    assert all(trace.cliponaxis is False for trace in fig.data) and fig.layout.yaxis.range[1] > 50
+    rows = {t.name: (list(t.y), list(t.text)) for t in fig.data}
+    assert rows == {
+        "answered": (
+            ["#1", "#2", "#3", "#4"],
+            ["18 ★ · 5 ms", "18 · 5 ms", "26 · 5 ms", "&lt;b&gt;x&lt;/b&gt; · 5 ms"],
+        ),
+        "error": (["#5"], ["error · 5 ms"]),
+        "cut off": (["#6"], ["cut off · 1 ms"]),  # issue 25: not "error", not "program failed"
+    }
+    assert list(fig.layout.yaxis.categoryarray) == [f"#{i}" for i in range(1, 7)]
+    assert all(trace.cliponaxis is False for trace in fig.data)
+
+
+def test_votes_name_a_program_cut_off_as_cut_off_not_as_failed(janet_result):
+    result = _vote_result(janet_result)
+    result.candidates[4] = dataclasses.replace(result.candidates[4], finish="length")
+    bars = _bars(votes_figure(result))
+    assert "program failed" not in bars and bars["cut off before it was finished"][:2] == (["(cut off)"], [1])
 
 
 def test_label_counts_are_grouped_per_annotator_with_names_made_inert():

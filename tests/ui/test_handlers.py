@@ -125,7 +125,7 @@ def test_refine_streams_the_program_then_shows_every_view(tiny_choice):
     streamed = [f["code"] for f in frames[:-1] if isinstance(f["code"], str) and f["code"]]
     assert streamed, "the code view is updated while the program is written"
     progress = [f["status"] for f in frames if isinstance(f["status"], str) and " tokens, " in f["status"]]
-    assert progress and all(re.search(r"… \d+ / 24 tokens, \d+ s$", status) for status in progress)
+    assert progress and all(re.search(r"… \d+ / 24 tokens, \d+ s( \(prompt read in \d+ s\))?$", s) for s in progress)
     final = frames[-1]
     assert final["status"] == "Done."
     assert 'class="cap-verdict"' in final["verdict"] and "Gold answer 18" in final["verdict"]
@@ -202,8 +202,10 @@ def test_the_page_streams_the_offline_model_through_llama_cpp(monkeypatch, cap_c
         **{**SETTINGS, "max_new_tokens": 200},
     )
     streamed = [f["code"] for f in frames[:-1] if isinstance(f["code"], str) and f["code"]]
-    assert len(streamed) > 2 and streamed[1].startswith("```python\n")  # the reply grows in the code view...
-    assert "```" not in streamed[-1] and "print(" in streamed[-1]  # ...then the program pulled out of it
+    assert len(streamed) > 2 and "print(" in streamed[-1]  # the program grows in the code view...
+    assert not any("```" in code for code in streamed)  # ...without the model's fence lines (issue 25)
+    reading = [f["status"] for f in frames if isinstance(f["status"], str) and f["status"].startswith("Reading")]
+    assert reading and re.match(r"Reading the question and draft \(\d{3} tokens\) with SmolLM2", reading[0])
     assert any(
         f["status"].startswith("Writing a program with SmolLM2-135M-Instruct + smollm2-cap…")
         for f in frames
@@ -220,3 +222,97 @@ def test_backends_are_the_offered_ones_and_the_server_is_the_operators(tiny_choi
     monkeypatch.setenv("CAP_BASE_URL", "http://127.0.0.1:9/v1")
     assert handlers.backend_config("openai").base_url == "http://127.0.0.1:9/v1"
     assert handlers.backend_config("llama.cpp").base_url is None
+
+
+def _frames(frames) -> list[dict]:
+    return [dict(zip(handlers.OUTPUTS, frame, strict=True)) for frame in frames]
+
+
+def _served_by(stub, monkeypatch) -> dict:
+    """The page's settings for refining through `stub` as the operator's server."""
+    monkeypatch.delenv("CAP_MODEL", raising=False)
+    monkeypatch.setenv("CAP_BASE_URL", stub.url)
+    return {"model": "default", "backend_choice": "openai"}
+
+
+def test_a_vote_streams_its_programs_without_fences_and_counts_all_n(monkeypatch):
+    """Issue 25: during an N=8 vote the code view showed raw ```python lines (also after Stop), and
+    the status "Writing 6 programs" while 2 had no token yet."""
+    from tests.helpers.openai_stub import OpenAIStub
+
+    with OpenAIStub(delay_s=0.01) as stub:
+        served = _served_by(stub, monkeypatch)
+        settings = {**SETTINGS, "strategy": "vote", "n": 8, "temperature": 1.0, "max_new_tokens": 64}
+        frames = run(JANET_QUESTION, JANET_DRAFT, **served, **settings)
+        writing = [f["status"] for f in frames if isinstance(f["status"], str) and f["status"].startswith("Writing")]
+        assert writing and all(status.startswith("Writing 8 programs with cap @") for status in writing)
+        codes = [f["code"] for f in frames if isinstance(f["code"], str) and f["code"]]
+        assert any("# ---- program 8 ----" in code for code in codes)
+        assert not any("```" in code for code in codes)
+        assert frames[-1]["status"] == "Done."
+
+        request = gr.Request(session_hash="vote-stop-test")
+        stopped = handlers.refine_page(
+            JANET_QUESTION, JANET_DRAFT, "", served["model"], **settings, backend_choice="openai", request=request
+        )
+        for frame in map(lambda f: dict(zip(handlers.OUTPUTS, f, strict=True)), stopped):
+            if isinstance(frame["code"], str) and "print(" in frame["code"]:
+                assert handlers.stop_refinement(request) == "Stopping…"
+                break
+        last = _frames(stopped)[-1]
+        assert last["status"] == "Stopped." and last["code"] and "```" not in last["code"]
+
+
+def test_the_status_shows_the_prompt_being_read_and_its_time(monkeypatch):
+    """Issue 25: a long prompt kept the status at "Writing a program with …" for 29 s with no count
+    or time. The server here takes 2.5 s to its first token; the page counts them, then says how
+    long the prompt took, and the times chart has the stage."""
+    from tests.helpers.openai_stub import OpenAIStub
+
+    with OpenAIStub() as stub:
+        served = _served_by(stub, monkeypatch)
+        stub.failures.append(2.5)  # a stall before the first token
+        frames = run(JANET_QUESTION, JANET_DRAFT, **served, **SETTINGS)
+    statuses = [f["status"] for f in frames if isinstance(f["status"], str)]
+    reading = [s for s in statuses if s.startswith("Reading the question and draft with cap @")]
+    assert [s[-3:] for s in reading][:3] == ["0 s", "1 s", "2 s"]
+    assert any(s.endswith("(prompt read in 2 s)") or s.endswith("(prompt read in 3 s)") for s in statuses)
+    times = frames[-1]["times"]
+    assert times.data[0].y[0] == "read the prompt" and times.data[0].x[0] >= 2.5
+
+
+def test_a_program_cut_off_at_the_token_limit_reads_as_cut_off_everywhere(tiny_choice):
+    """Issue 25: the verdict named the cut, but the output box said "SyntaxError" and the chart legend
+    "program failed". The tiny random model never finishes a program in 16 tokens."""
+    frames = run(
+        JANET_QUESTION, JANET_DRAFT, model=tiny_choice, strategy="vote", n=2, temperature=1.0, max_new_tokens=16
+    )
+    final = frames[-1]
+    assert "cut off at the token limit of 16 tokens" in final["stdout"] and "Error" not in final["stdout"]
+    assert {trace.name for trace in final["votes"].data} == {"cut off before it was finished"}
+    assert {trace.name for trace in final["candidates"]["value"].data} == {"cut off"}
+    executed = [f["status"] for f in frames if isinstance(f["status"], str) and f["status"].startswith("Program ")]
+    assert executed and all("cut off at the token limit" in s and "Error" not in s for s in executed)
+
+
+def test_a_draft_at_the_pages_limit_is_refined_by_llama_cpp(monkeypatch, cap_cache_dir):
+    """Issue 25: a 7,600-character draft (the page takes 8,000) failed with "the prompt (3715 tokens)
+    and --max-new-tokens 400 exceed the llama.cpp context of 4096 tokens". The context is now the
+    model's (8,192 for SmolLM2), and a budget that does not fit is lowered and said so."""
+    from cap_app.refine import MAX_DRAFT_CHARS
+
+    monkeypatch.delenv("CAP_MODEL", raising=False)
+    steps = [e.draft for e in load_examples()]
+    draft = ""
+    while len(draft) < 7600:
+        draft += steps[len(draft) % len(steps)].replace("A:", "So:") + "\n"
+    draft = draft[:7600] + "\nA: 26"
+    assert len(draft) <= MAX_DRAFT_CHARS
+    frames = run(
+        JANET_QUESTION, draft, model="default", backend_choice="llama.cpp", **{**SETTINGS, "max_new_tokens": 400}
+    )
+    final = frames[-1]
+    assert final["status"] == "Done.", final["verdict"]
+    reading = [f["status"] for f in frames if isinstance(f["status"], str) and f["status"].startswith("Reading")]
+    tokens = int(re.search(r"\(([\d,]+) tokens\)", reading[0]).group(1).replace(",", ""))
+    assert tokens > 3000  # more than the old 4,096-token context left room for with 400 new tokens

@@ -114,6 +114,17 @@ def test_a_program_cut_off_is_reported_as_cut_off_not_as_its_error():
     assert "The program was cut off at the token limit of 320 tokens" in beside and "not defined" not in beside
     cli = format_result(dataclasses.replace(at_limit, timings_ms={"total": 900.0}))
     assert "(the program was cut off at the token limit of 320 tokens before it was finished)" in cli
+    # the output box too (issue 25): the cut and what to change, not the error of the line it was cut at
+    syntax = ExecResult("error", error="line 2: SyntaxError: '(' was never closed", duration_ms=3.0)
+    cut = no_answer(Candidate("", "eggs = 16\nprint((eggs", syntax, None, tokens=16, finish="length"))
+    assert execution_text(cut) == (
+        "(nothing printed)\nThe program was cut off at the token limit of 16 tokens before it was finished. "
+        "Raise “Max new tokens” and refine again.\n[cut off, ran 3 ms]"
+    )
+    # where the budget was already lowered to what the model's context leaves, raising it cannot help
+    lowered = dataclasses.replace(cut, notes=["“Max new tokens” was lowered from 400 to 16 for this draft: ..."])
+    assert "shorten the draft" in execution_text(lowered) and "Raise" not in verdict_sentence(lowered)
+    assert "lowered from 400 to 16" in verdict_html(lowered)
 
 
 def test_without_gold_the_draft_badge_says_what_the_sentence_says():
