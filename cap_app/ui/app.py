@@ -182,7 +182,11 @@ def launch(demo: gr.Blocks, host: str | None = None, port: int | None = None, **
     stopping.install()
     prepare_default_model()
     print(describe_walls(sandbox_walls()), file=sys.stderr, flush=True)  # the log says what holds programs in
+    blocking = not kwargs.get("prevent_thread_lock", False)
+    kwargs["prevent_thread_lock"] = True  # the wait is stopping.serve_until_stopped's, below
     try:
         demo.launch(server_name=host, server_port=port, show_error=False, **kwargs)
+        if blocking:
+            stopping.serve_until_stopped(demo)
     except KeyboardInterrupt:  # a stop signal before the server's own loop was there to take it
         pass

@@ -3,12 +3,13 @@
 The kernel ignores every signal that PID 1 has no handler for, and Python installs none for
 SIGTERM, so `docker stop` (or a Space's restart) would wait out its grace period and SIGKILL the
 app, leaving the sandbox's private folders in /tmp. `install` makes both signals raise the
-KeyboardInterrupt that Gradio's launch loop handles: it closes the server (no new requests;
-those in flight finish), `launch` returns, and the interpreter's exit stops the sandbox, which
-removes its folders (`cap_app.sandbox.runner`, at exit). Should that take longer than
-`STOP_GRACE_S` (a request that does not end, a thread that hangs), a watchdog stops the sandbox
-itself and ends the process; a second signal ends it at once. Either way no acknowledged
-judgement is lost: the store commits each one before the page is told it was saved.
+KeyboardInterrupt that Gradio's wait loop handles (`serve_until_stopped`): it closes the server
+(no new requests; those in flight get `REQUESTS_GRACE_S` to finish), `launch` returns, and the
+interpreter's exit stops the sandbox, which removes its folders (`cap_app.sandbox.runner`, at
+exit). Should that take longer than `STOP_GRACE_S` (a request that does not end, a thread that
+hangs), a watchdog stops the sandbox itself and ends the process; a second signal ends it at
+once. Either way no acknowledged judgement is lost: the store commits each one before the page
+is told it was saved.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import threading
 
 logger = logging.getLogger(__name__)
 STOP_GRACE_S = 3.0  # from the signal to the end of the process, at most (plus the sandbox's own stop)
+REQUESTS_GRACE_S = 1.5  # how long the server lets requests in flight finish (a judgement's write takes ms)
 _stopping = threading.Event()
 
 
@@ -56,6 +58,15 @@ def install() -> bool:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _handle)
     return True
+
+
+def serve_until_stopped(demo) -> None:
+    """Gradio's own wait for the KeyboardInterrupt (its launch with prevent_thread_lock=True), with
+    the server told to give requests in flight `REQUESTS_GRACE_S` to finish: otherwise it waits for
+    every open connection (a page's event stream, an API client's) until its own 5 s limit."""
+    if demo.server is not None:
+        demo.server.config.timeout_graceful_shutdown = REQUESTS_GRACE_S
+    demo.block_thread()
 
 
 def stopping() -> bool:
