@@ -17,6 +17,7 @@ COMMANDS = {
     "serve": "cap_app.commands.serve",
     "prepare": "cap_app.commands.prepare",
     "export": "cap_app.commands.export",
+    "users": "cap_app.commands.users",
     "gguf": "cap_app.commands.gguf",
     "data": "cap_app.commands.data",
     "train": "cap_app.commands.train",

@@ -48,6 +48,7 @@ CSV_COLUMNS = (
     "program_answer",
     "draft_answer",
     "annotator",
+    "origin",
     "correct",
     "vs_draft",
     "first_wrong_step",
@@ -108,6 +109,7 @@ class Labeled:
     gold: str | None
     program: str
     correct: bool
+    judged_by: tuple[str, ...] = ()  # "name (origin)" of each signed-in judge: the audit trail in `meta`
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,28 +172,47 @@ def judged_program(result: RefinementResult) -> str | None:
 def labeled_programs(rows: Iterable[JudgedRow]) -> tuple[list[Labeled], int, int]:
     """Consensus-labeled programs (deduplicated per question, draft), the number of conflicts, and
     the number of consensus-labeled refinements with no program (nothing to train on)."""
-    by_refinement: dict[int, tuple[JudgedRow, set[str]]] = {}
+    by_refinement: dict[int, tuple[JudgedRow, set[str], set[str]]] = {}
     for row in rows:
         if row.judgement.correct in ("yes", "no"):
-            by_refinement.setdefault(row.refinement.id, (row, set()))[1].add(row.judgement.correct)
+            entry = by_refinement.setdefault(row.refinement.id, (row, set(), set()))
+            entry[1].add(row.judgement.correct)
+            entry[2].add(judge_label(row))
     labels: dict[tuple[str, str, str | None, str], set[bool]] = defaultdict(set)
+    judges: dict[tuple[str, str, str | None, str], set[str]] = defaultdict(set)
     conflicts = without_program = 0
-    for row, verdicts in by_refinement.values():
+    for row, verdicts, names in by_refinement.values():
         program = (judged_program(row.refinement.result) or "").strip("\n")
         if len(verdicts) > 1:
             conflicts += 1
         elif not program.strip():
             without_program += 1
         else:
-            labels[(row.item.question, row.item.draft, row.item.gold, program)].add(verdicts == {"yes"})
-    labeled = [Labeled(q, d, g, p, next(iter(v))) for (q, d, g, p), v in labels.items() if len(v) == 1]
+            key = (row.item.question, row.item.draft, row.item.gold, program)
+            labels[key].add(verdicts == {"yes"})
+            judges[key] |= names
+    labeled = [Labeled(*key, next(iter(v)), tuple(sorted(judges[key]))) for key, v in labels.items() if len(v) == 1]
     conflicts += sum(1 for v in labels.values() if len(v) > 1)  # one program, judged both ways
     return labeled, conflicts, without_program
 
 
-def _meta(entry: Labeled) -> dict:
-    """What `python -m cap_app train` reads besides the trl columns (docs/data_formats.md)."""
-    return {"question": entry.question, "draft": entry.draft, "gold": entry.gold, "source": "annotations"}
+def judge_label(row: JudgedRow) -> str:
+    """Who judged, as exports name them: the signed-in account and where the judgement came from."""
+    origin = row.judgement.origin or "before accounts"
+    return f"{row.judgement.annotator} ({origin})"
+
+
+def _meta(entry: Labeled, *others: Labeled) -> dict:
+    """What `python -m cap_app train` reads besides the trl columns (docs/data_formats.md), and who
+    judged the programs of the row."""
+    judged_by = sorted({name for e in (entry, *others) for name in e.judged_by})
+    return {
+        "question": entry.question,
+        "draft": entry.draft,
+        "gold": entry.gold,
+        "source": "annotations",
+        "judged_by": judged_by,
+    }
 
 
 def dpo_rows(labeled: list[Labeled], tokenizer=None) -> Iterator[dict]:
@@ -207,7 +228,7 @@ def dpo_rows(labeled: list[Labeled], tokenizer=None) -> Iterator[dict]:
                 chosen.question,
                 chosen.draft,
                 {"chosen": chosen.program, "rejected": rejected.program},
-                _meta(chosen),
+                _meta(chosen, rejected),
                 tokenizer=tokenizer,
             )
 
@@ -243,6 +264,7 @@ def csv_row(row: JudgedRow) -> dict:
         "program_answer": result.program_answer,
         "draft_answer": result.draft_answer,
         "annotator": judgement.annotator,
+        "origin": judgement.origin,
         "correct": judgement.correct,
         "vs_draft": judgement.vs_draft,
         "first_wrong_step": judgement.first_wrong_step,

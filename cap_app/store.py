@@ -84,11 +84,21 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX judgements_by_refinement ON judgements(refinement_id, annotator)",
         "CREATE INDEX judgements_by_annotator ON judgements(annotator, id)",
     ),
+    (
+        # Audit: where a judgement came from. `annotator` is the signed-in account since version 2
+        # (cap_app/accounts.py); origin is 'page' or 'api', and '' for rows written before.
+        "ALTER TABLE judgements ADD COLUMN origin TEXT NOT NULL DEFAULT ''",
+    ),
 )
 
 
 class StoreError(ValueError):
     """Bad input to the store (shown to the user as is) or a database it cannot use."""
+
+
+KEEP = object()  # a judgement field not given: it keeps its current value
+_EMPTY_FORM = {"correct": None, "vs_draft": None, "first_wrong_step": None, "note": ""}
+ORIGINS = ("page", "api", "")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,6 +154,7 @@ class Judgement:
     first_wrong_step: int | None
     note: str
     created_at: str
+    origin: str = ""  # 'page' (a browser on the app's page) or 'api'; '' before schema version 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,6 +188,18 @@ def check_annotator(annotator: str | None) -> str:
     if len(name) > MAX_ANNOTATOR_CHARS:
         raise StoreError(f"Annotator name is longer than {MAX_ANNOTATOR_CHARS} characters.")
     return name
+
+
+def _check_step(step: object) -> int | None:
+    if step is None:
+        return None
+    if isinstance(step, bool) or not isinstance(step, (int, float)):
+        raise StoreError("The first wrong step must be a whole step number.")
+    if isinstance(step, float) and not step.is_integer():
+        raise StoreError("The first wrong step must be a whole step number.")
+    if step < 1:
+        raise StoreError("The first wrong step must be 1 or more (leave it empty when no step is wrong).")
+    return int(step)
 
 
 def _clean_annotator(annotator: str | None) -> str:
@@ -355,6 +378,16 @@ class Store:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    def delete_batch(self, batch_id: int) -> Batch:
+        """Delete a loaded batch with its items, refinements and every judgement of them (an admin's
+        call: the judgements go too, so export first)."""
+        with self._transaction() as conn:
+            row = conn.execute("SELECT * FROM batches WHERE id = ? AND complete", (batch_id,)).fetchone()
+            if row is None:
+                raise StoreError(f"No batch {batch_id}.")
+            _delete_batch(conn, batch_id)
+        return _batch(row)
+
     def list_batches(self) -> list[Batch]:
         with self._connect() as conn:
             rows = conn.execute("SELECT * FROM batches WHERE complete ORDER BY id DESC").fetchall()
@@ -433,30 +466,41 @@ class Store:
         refinement_id: int,
         annotator: str,
         *,
-        correct: str | None = None,
-        vs_draft: str | None = None,
-        first_wrong_step: int | None = None,
-        note: str = "",
+        correct: str | None | object = KEEP,
+        vs_draft: str | None | object = KEEP,
+        first_wrong_step: int | None | object = KEEP,
+        note: str | object = KEEP,
+        origin: str = "",
     ) -> Judgement | None:
         """Record `annotator`'s current judgement of a refinement; committed to disk when this returns.
 
-        Returns the current judgement (None for an empty form with nothing recorded before)."""
+        Fields not given keep their current value, read inside the same transaction: a click on one
+        field never resets another that a click just before it stored. `annotator` is the signed-in
+        identity (cap_app.accounts), `origin` where the call came from. Returns the current judgement
+        (None for an empty form with nothing recorded before)."""
         annotator = _clean_annotator(annotator)
-        correct = correct or None
-        vs_draft = vs_draft or None
-        if correct is not None and correct not in CORRECT_CHOICES:
-            raise StoreError(f"'Refinement correct' must be one of {', '.join(CORRECT_CHOICES)}.")
-        if vs_draft is not None and vs_draft not in VS_DRAFT_CHOICES:
-            raise StoreError(f"'Compared to the draft' must be one of {', '.join(VS_DRAFT_CHOICES)}.")
-        if first_wrong_step is not None:
-            if isinstance(first_wrong_step, float) and not first_wrong_step.is_integer():
-                raise StoreError("The first wrong step must be a whole step number.")
-            first_wrong_step = int(first_wrong_step)
-            if first_wrong_step < 1:
-                raise StoreError("The first wrong step must be 1 or more (leave it empty when no step is wrong).")
-        note = (note or "").strip()
-        if len(note) > MAX_NOTE_CHARS:
-            raise StoreError(f"The note is longer than {MAX_NOTE_CHARS} characters.")
+        if origin not in ORIGINS:
+            raise StoreError(f"Unknown origin {origin!r}.")
+        changes = {}
+        if correct is not KEEP:
+            correct = correct or None
+            if correct is not None and correct not in CORRECT_CHOICES:
+                raise StoreError(f"'Refinement correct' must be one of {', '.join(CORRECT_CHOICES)}.")
+            changes["correct"] = correct
+        if vs_draft is not KEEP:
+            vs_draft = vs_draft or None
+            if vs_draft is not None and vs_draft not in VS_DRAFT_CHOICES:
+                raise StoreError(f"'Compared to the draft' must be one of {', '.join(VS_DRAFT_CHOICES)}.")
+            changes["vs_draft"] = vs_draft
+        if first_wrong_step is not KEEP:
+            changes["first_wrong_step"] = _check_step(first_wrong_step)
+        if note is not KEEP:
+            if note is not None and not isinstance(note, str):
+                raise StoreError("The note must be text.")
+            note = (note or "").strip()
+            if len(note) > MAX_NOTE_CHARS:
+                raise StoreError(f"The note is longer than {MAX_NOTE_CHARS} characters.")
+            changes["note"] = note
         with self._transaction() as conn:
             known = conn.execute(
                 "SELECT 1 FROM refinements r JOIN items ON items.id = r.item_id"
@@ -466,18 +510,32 @@ class Store:
             if known is None:  # or of an import still running: only complete batches are judged
                 raise StoreError(f"No refinement {refinement_id}.")
             current = _current_judgement(conn, refinement_id, annotator)
-            snapshot = (correct, vs_draft, first_wrong_step, note)
-            if (
-                current is not None
-                and (current.correct, current.vs_draft, current.first_wrong_step, current.note) == snapshot
-            ):
+            form = dict(_EMPTY_FORM)
+            if current is not None:
+                form = {name: getattr(current, name) for name in form}
+            snapshot = {**form, **changes}
+            if current is not None and snapshot == form:
                 return current  # unchanged (e.g. a field left without editing): no new entry
-            if current is None and snapshot == (None, None, None, ""):
+            if current is None and snapshot == {
+                "correct": None,
+                "vs_draft": None,
+                "first_wrong_step": None,
+                "note": "",
+            }:
                 return None  # an empty form is not a judgement
             judgement_id = conn.execute(
                 "INSERT INTO judgements (refinement_id, annotator, correct, vs_draft, first_wrong_step, note,"
-                " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (refinement_id, annotator, correct, vs_draft, first_wrong_step, note, _now()),
+                " created_at, origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    refinement_id,
+                    annotator,
+                    snapshot["correct"],
+                    snapshot["vs_draft"],
+                    snapshot["first_wrong_step"],
+                    snapshot["note"],
+                    _now(),
+                    origin,
+                ),
             ).lastrowid
             row = conn.execute(f"SELECT {_JUDGEMENT_COLUMNS} FROM judgements WHERE id = ?", (judgement_id,)).fetchone()
         return Judgement(**dict(row))
@@ -519,8 +577,9 @@ class Store:
             ).fetchone()
         return row[0] if row else None
 
-    def current_judgements(self) -> Iterator[JudgedRow]:
-        """Every annotator's current judgement of every refinement, in item order (streams)."""
+    def current_judgements(self, annotator: str | None = None) -> Iterator[JudgedRow]:
+        """Every annotator's (or one annotator's) current judgement of every refinement, in item order (streams)."""
+        only = "AND j.annotator = ?" if annotator is not None else ""
         with self._connect() as conn:
             rows = conn.execute(
                 f"""SELECT {", ".join("j." + c.strip() for c in _JUDGEMENT_COLUMNS.split(","))},
@@ -534,8 +593,9 @@ class Store:
                     WHERE j.undone_at IS NULL AND j.id = (
                         SELECT MAX(id) FROM judgements k
                         WHERE k.refinement_id = j.refinement_id AND k.annotator = j.annotator
-                          AND k.undone_at IS NULL)
-                    ORDER BY i.batch_id, i.position, r.id, j.annotator"""
+                          AND k.undone_at IS NULL) {only}
+                    ORDER BY i.batch_id, i.position, r.id, j.annotator""",
+                () if annotator is None else (annotator,),
             )
             for row in rows:
                 judgement = Judgement(**{c: row[c] for c in _JUDGEMENT_FIELDS})

@@ -1,29 +1,38 @@
 """The Annotate tab: load a batch, inspect each refinement, judge it, export training data.
 
 Every judgement is written to the store the moment a choice is made (a radio click, a step
-number or note left) - there is no save button to forget. The handlers are plain module-level
-functions taking the Store first (bound with functools.partial when wired), so tests drive
-them without a browser; they call cap_app.store / item_files / export and the shared views, and
-hold no logic of their own. Item views return tuples in the order of `VIEW`.
+number or note left) - there is no save button to forget - and the page says "Saved" only once
+the store has committed it, showing the form as stored. Who judges is the request's signed-in
+identity (cap_app.accounts), never a name typed on the page; every handler checks it and its
+role before it reads or writes anything, whether the page or an API client calls it.
+
+The handlers are plain module-level functions taking the Store first (bound by `_bind` when
+wired), then the components' values, then the request (and the Hugging Face profile on a Space),
+so tests drive them without a browser; they call cap_app.store / item_files / export / accounts
+and the shared views, and hold no logic of their own. Item views return tuples in the order of
+`VIEW`.
 """
 
 from __future__ import annotations
 
-import functools
 import html
+import inspect
 import json
 import tempfile
+import time
+import typing
 from pathlib import Path
 
 import gradio as gr
 
-from cap_app import export, item_files
+from cap_app import accounts, export, item_files
+from cap_app.accounts import Identity, Refused
 from cap_app.align import split_draft
 from cap_app.charts import label_counts_figure, votes_figure
 from cap_app.refine import STRATEGIES
-from cap_app.store import CORRECT_CHOICES, VS_DRAFT_CHOICES, Store, StoreError, check_annotator
+from cap_app.store import CORRECT_CHOICES, VS_DRAFT_CHOICES, Store, StoreError
 from cap_app.ui import handlers, views
-from cap_app.ui.hosting import CONCURRENCY_LIMIT, model_choices
+from cap_app.ui.hosting import CONCURRENCY_LIMIT, model_choices, storage_notice
 from cap_app.ui.views import TRACE_HEADERS
 
 VIEW = (
@@ -45,6 +54,8 @@ VIEW = (
     "shown",  # the state as the page has it: a judgement names the item it was made on
 )
 RADIOS = ("correct", "vs_draft")  # the judgement form's radio buttons (names in VIEW)
+FORM_FIELDS = ("correct", "vs_draft", "first_wrong_step", "note")  # each saved by its own event
+JUDGED = ("status", "progress", "stored")  # what a judgement event returns
 PAGE_SIZE = 20
 EXPORT_BUTTONS = (("dpo", "DPO pairs (JSONL)"), ("kto", "KTO rows (JSONL)"), ("csv", "All judgements (CSV)"))
 PAGE_HEADERS = ["#", "question", "refinements", "judged by you"]
@@ -56,14 +67,19 @@ SHORTCUTS = (
     ("z", "undo your last change"),
     ("r", "run a refinement"),
 )
-# Keys click the matching control; ignored while typing in a field or when this tab is hidden.
+# Keys click the matching control; ignored while typing in a field or when this tab is hidden. A
+# radio key also queues the value it chose, for JUDGE_JS: Gradio reads a component's value a moment
+# after the click, when a later key (or a reply) may have changed it already. A radio already showing
+# that value is left alone (clicking it again would send nothing and leave its value queued).
 SHORTCUTS_JS = """
 if (!window.capAnnotatorKeys) {
   window.capAnnotatorKeys = true;
-  const keys = {
-    y: '#cap-ann-correct input[value="yes"]', n: '#cap-ann-correct input[value="no"]',
-    u: '#cap-ann-correct input[value="unsure"]', b: '#cap-ann-vs input[value="better"]',
-    s: '#cap-ann-vs input[value="same"]', w: '#cap-ann-vs input[value="worse"]',
+  window.capAnnChosen = {correct: [], vs_draft: []};
+  const radios = {
+    y: ['correct', 'yes'], n: ['correct', 'no'], u: ['correct', 'unsure'],
+    b: ['vs_draft', 'better'], s: ['vs_draft', 'same'], w: ['vs_draft', 'worse'],
+  };
+  const buttons = {
     j: '#cap-ann-next', k: '#cap-ann-prev', g: '#cap-ann-unjudged', z: '#cap-ann-undo', r: '#cap-ann-run',
   };
   document.addEventListener('keydown', (event) => {
@@ -72,10 +88,41 @@ if (!window.capAnnotatorKeys) {
     const typing = target && (target.isContentEditable || target.tagName === 'TEXTAREA' || target.tagName === 'SELECT'
       || (target.tagName === 'INPUT' && target.type !== 'radio'));
     const tab = document.getElementById('cap-annotator');
-    if (typing || !tab || tab.offsetParent === null || !(event.key in keys)) return;
-    const control = document.querySelector(keys[event.key]);
-    if (control) { event.preventDefault(); control.click(); }
+    if (typing || !tab || tab.offsetParent === null) return;
+    if (event.key in radios) {
+      const [field, value] = radios[event.key];
+      const box = field === 'correct' ? '#cap-ann-correct' : '#cap-ann-vs';
+      const control = document.querySelector(`${box} input[value="${value}"]`);
+      if (!control) return;
+      event.preventDefault();
+      if (control.checked) return;
+      window.capAnnChosen[field].push(value);
+      control.click();
+    } else if (event.key in buttons) {
+      const control = document.querySelector(buttons[event.key]);
+      if (control) { event.preventDefault(); control.click(); }
+    }
   });
+}
+"""
+# Runs in the browser before a radio's judgement is sent: the value the key chose, in the order the
+# keys were pressed (a mouse click queues nothing and sends the radio's value).
+JUDGE_JS = """
+(...values) => {
+  const chosen = (window.capAnnChosen || {})[FIELD] || [];
+  if (chosen.length) values[1] = chosen.shift();
+  return values;
+}
+"""
+# Runs in the browser when a judgement's reply arrives: the radios show the form as stored, but only
+# while the page still shows the item judged (a reply may arrive after "j" moved on).
+SHOW_STORED_JS = """
+(stored, shown, correct, vs) => {
+  try {
+    const reply = JSON.parse(stored);
+    if (reply && reply.shown === shown) return [reply.correct, reply.vs_draft];
+  } catch (error) {}
+  return [correct, vs];
 }
 """
 
@@ -119,20 +166,26 @@ def _shown_state(store: Store, state: dict, shown: str | None) -> dict:
     return new_state(batch, position, refinement)
 
 
-def _name(annotator: str | None) -> str:
-    return " ".join((annotator or "").split())
+def _who(request: gr.Request | None, profile: gr.OAuthProfile | None) -> Identity:
+    return accounts.identify(request, profile)
 
 
-def progress_html(store: Store, batch_id: int | None, annotator: str) -> str:
-    if batch_id is None:
+def access_html(request: gr.Request, profile: gr.OAuthProfile | None = None) -> str:
+    """The line at the top of the tab: who judgements are stored as here, or why nothing is stored."""
+    text = accounts.describe_access(request, profile)
+    kind = "info" if accounts.access_mode() == "local" else ("warning" if "nothing is stored" in text else "info")
+    return views.message_html(text, kind)
+
+
+def progress_html(store: Store, batch_id: int | None, who: Identity | None) -> str:
+    if batch_id is None or who is None:
         return views.message_html("Load a batch (or pick one loaded before) to start.")
-    judged, total = store.progress(batch_id, _name(annotator))
+    judged, total = store.progress(batch_id, who.name)
     percent = 100 * judged / total if total else 0
-    who = f" by {html.escape(_name(annotator))}" if _name(annotator) else " (enter your name to track yours)"
     return (
         f'<div class="cap-ann-progress"><progress value="{judged}" max="{total}" style="width:100%"></progress>'
         f'<div><span class="cap-ann-judged">{judged}</span> / <span class="cap-ann-total">{total}</span> '
-        f"judged{who} ({percent:.0f}%)</div></div>"
+        f"judged by {html.escape(who.name)} ({percent:.0f}%)</div></div>"
     )
 
 
@@ -142,11 +195,12 @@ def draft_html(draft: str) -> str:
     return f'<ol class="cap-ann-draft">{steps}</ol>'
 
 
-def item_view(store: Store, state: dict, annotator: str, status: str = "") -> tuple:
-    """Every component of the item panel for `state`, as a tuple in the order of VIEW."""
+def item_view(store: Store, state: dict, who: Identity | None, status: str = "") -> tuple:
+    """Every component of the item panel for `state`, as a tuple in the order of VIEW; the form
+    shows `who`'s own current judgement, nobody else's."""
     batch_id = state.get("batch")
-    if batch_id is None:
-        return _view(state=state, progress=progress_html(store, None, annotator), status=status)
+    if batch_id is None or who is None:
+        return _view(state=state, progress=progress_html(store, None, who), status=status)
     item = store.item_at(batch_id, state["position"])
     refinements = store.refinements(item.id)
     index = min(max(state.get("refinement", 0), 0), max(len(refinements) - 1, 0))
@@ -154,7 +208,7 @@ def item_view(store: Store, state: dict, annotator: str, status: str = "") -> tu
     gold = f'<p class="cap-ann-gold"><b>Gold answer:</b> {html.escape(item.gold)}</p>' if item.gold else ""
     values = dict(
         state=state,
-        progress=progress_html(store, batch_id, annotator),
+        progress=progress_html(store, batch_id, who),
         position=item.position + 1,
         question=(
             f'<p class="cap-ann-question"><b>Question</b> (item {item.position + 1}, line {item.line}): '
@@ -171,7 +225,7 @@ def item_view(store: Store, state: dict, annotator: str, status: str = "") -> tu
         values["verdict"] = views.message_html("No refinement yet: press Run refinement (r).")
         return _view(**values)
     stored = refinements[index]
-    judgement = store.current_judgement(stored.id, annotator) if _name(annotator) else None
+    judgement = store.current_judgement(stored.id, who.name)
     values.update(
         verdict=views.verdict_html(stored.result),
         side_by_side=views.render_side_by_side(stored.result),
@@ -215,11 +269,16 @@ def _error(message: str) -> str:
     return views.message_html(message, "warning")
 
 
-def _safe_view(store: Store, state: dict, annotator: str, status: str = "") -> tuple:
+def _safe_view(store: Store, state: dict, who: Identity | None, status: str = "") -> tuple:
     try:
-        return item_view(store, state, annotator, status)
+        return item_view(store, state, who, status)
     except StoreError as error:
-        return item_view(store, new_state(), annotator, _error(str(error)))
+        return item_view(store, new_state(), who, _error(str(error)))
+
+
+def _refused_view(state: dict, refused: Exception) -> tuple:
+    """A refused call: nothing of the batch is shown, the session keeps its place, the page says why."""
+    return _view(state=state, progress="", status=_error(str(refused)))
 
 
 def batch_choices(store: Store) -> list[tuple[str, int]]:
@@ -229,177 +288,292 @@ def batch_choices(store: Store) -> list[tuple[str, int]]:
     ]
 
 
-def refresh_batches(store: Store, state: dict):
+def refresh_batches(store: Store, state: dict, request: gr.Request, profile: gr.OAuthProfile | None = None):
+    """The batch list, for signed-in annotators only."""
+    try:
+        _who(request, profile)
+    except Refused:
+        return gr.update(choices=[], value=None)
     return gr.update(choices=batch_choices(store), value=state.get("batch"))
 
 
-def load_file(store: Store, upload: str | None, path: str, draft_key: str, annotator: str) -> tuple:
-    """Load button: a file upload or a server path (within the allowed folders) becomes a batch. A name
-    the store cannot take is refused before loading: the batch would load, then fail to show."""
+def load_file(
+    store: Store,
+    state: dict,
+    upload: str | None,
+    path: str,
+    draft_key: str,
+    request: gr.Request,
+    profile: gr.OAuthProfile | None = None,
+) -> tuple:
+    """Load button: an uploaded file (any annotator) or a path on the server (admins only, within the
+    allowed folders) becomes a batch."""
     try:
-        check_annotator(annotator)
+        who = _who(request, profile)
         if upload:
             source, name = Path(upload), Path(upload).name
         elif (path or "").strip():
+            accounts.require_admin(who, "load files on the server by path (upload the file instead)")
             source = item_files.allowed_batch_path(path.strip())
             name = source.name
         else:
             raise item_files.BatchError("Choose a file to upload or enter a path.")
         report = item_files.load_batch(store, source, draft_key=draft_key, name=name)
-    except (item_files.BatchError, StoreError) as error:
-        return (gr.update(), _error(str(error)), *(gr.skip() for _ in VIEW))
-    state = new_state(report.batch.id, _first_unjudged(store, report.batch.id, annotator))
+    except (item_files.BatchError, StoreError, Refused) as error:
+        return (gr.skip(), _error(str(error)), *(gr.skip() for _ in VIEW))
+    opened = new_state(report.batch.id, _first_unjudged(store, report.batch.id, who))
     return (
         gr.update(choices=batch_choices(store), value=report.batch.id),
         report.summary(),
-        *_safe_view(store, state, annotator),
+        *_safe_view(store, opened, who),
     )
 
 
-def _first_unjudged(store: Store, batch_id: int, annotator: str) -> int:
-    position = store.next_unjudged(batch_id, _name(annotator), -1)
+def _first_unjudged(store: Store, batch_id: int, who: Identity) -> int:
+    position = store.next_unjudged(batch_id, who.name, -1)
     return 0 if position is None else position
 
 
-def open_batch(store: Store, state: dict, batch_id: int | None, annotator: str) -> tuple:
+def open_batch(
+    store: Store, state: dict, batch_id: int | None, request: gr.Request, profile: gr.OAuthProfile | None = None
+) -> tuple:
     """The Batch dropdown: open a batch at its first unjudged item. The browser also sends the
-    dropdown's value when it merely loses focus, so the batch already open stays where it is."""
+    dropdown's value when it merely loses focus: then the page is left exactly as it is (a view
+    sent now could arrive after a judgement's reply and show an older form)."""
     if batch_id is not None and batch_id == state.get("batch"):
-        return _safe_view(store, state, annotator)
+        return tuple(gr.skip() for _ in VIEW)
+    try:
+        who = _who(request, profile)
+    except Refused as refused:
+        return _refused_view(state, refused)
     if batch_id is None:
-        return _safe_view(store, new_state(), annotator)
-    return _safe_view(store, new_state(batch_id, _first_unjudged(store, batch_id, annotator)), annotator)
+        return _safe_view(store, new_state(), who)
+    if type(batch_id) is not int:
+        return _safe_view(store, state, who, _error(f"No batch {batch_id}."))
+    try:
+        position = _first_unjudged(store, store.batch(batch_id).id, who)
+    except StoreError as error:
+        return _safe_view(store, state, who, _error(str(error)))
+    return _safe_view(store, new_state(batch_id, position), who)
 
 
-def go_to(store: Store, state: dict, annotator: str, number: float | None) -> tuple:
+def go_to(
+    store: Store, state: dict, number: float | None, request: gr.Request, profile: gr.OAuthProfile | None = None
+) -> tuple:
     """The item-number box: jump to item `number` (1-based)."""
+    try:
+        who = _who(request, profile)
+    except Refused as refused:
+        return _refused_view(state, refused)
     if state.get("batch") is None:
-        return _safe_view(store, state, annotator)
-    total = store.batch(state["batch"]).item_count
-    position = min(max(int(number or 1), 1), total) - 1
-    return _safe_view(store, new_state(state["batch"], position), annotator)
+        return _safe_view(store, state, who)
+    try:
+        total = store.batch(state["batch"]).item_count
+        position = min(max(int(number or 1), 1), total) - 1
+    except (StoreError, ValueError, OverflowError) as error:
+        return _safe_view(store, state, who, _error(str(error)))
+    return _safe_view(store, new_state(state["batch"], position), who)
 
 
-def step(store: Store, state: dict, annotator: str, delta: int) -> tuple:
+def step(store: Store, state: dict, request: gr.Request, profile: gr.OAuthProfile | None = None, *, delta: int):
+    try:
+        who = _who(request, profile)
+    except Refused as refused:
+        return _refused_view(state, refused)
     if state.get("batch") is None:
-        return _safe_view(store, state, annotator)
-    total = store.batch(state["batch"]).item_count
-    return _safe_view(store, new_state(state["batch"], (state["position"] + delta) % total), annotator)
+        return _safe_view(store, state, who)
+    try:
+        total = store.batch(state["batch"]).item_count
+    except StoreError as error:
+        return _safe_view(store, new_state(), who, _error(str(error)))
+    return _safe_view(store, new_state(state["batch"], (state["position"] + delta) % total), who)
 
 
-def next_unjudged(store: Store, state: dict, annotator: str) -> tuple:
+def next_unjudged(store: Store, state: dict, request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple:
+    try:
+        who = _who(request, profile)
+    except Refused as refused:
+        return _refused_view(state, refused)
     if state.get("batch") is None:
-        return _safe_view(store, state, annotator)
-    if not _name(annotator):
-        return _safe_view(store, state, annotator, _error("Enter your annotator name first."))
-    position = store.next_unjudged(state["batch"], _name(annotator), state["position"])
+        return _safe_view(store, state, who)
+    position = store.next_unjudged(state["batch"], who.name, state["position"])
     if position is None:
-        return _safe_view(store, state, annotator, views.message_html("Every item of this batch is judged."))
-    return _safe_view(store, new_state(state["batch"], position), annotator)
+        return _safe_view(store, state, who, views.message_html("Every item of this batch is judged."))
+    return _safe_view(store, new_state(state["batch"], position), who)
 
 
-def choose_refinement(store: Store, state: dict, annotator: str, index: int | None) -> tuple:
-    return _safe_view(store, {**state, "refinement": index or 0}, annotator)
+def choose_refinement(
+    store: Store, state: dict, index: int | None, request: gr.Request, profile: gr.OAuthProfile | None = None
+) -> tuple:
+    try:
+        who = _who(request, profile)
+    except Refused as refused:
+        return _refused_view(state, refused)
+    index = index if type(index) is int and index >= 0 else 0
+    return _safe_view(store, {**state, "refinement": index}, who)
+
+
+def _form_text(judgement) -> str:
+    """The stored form in words, as the status line shows it after each save."""
+    if judgement is None:
+        return "nothing"
+    parts = [
+        f"correct: {judgement.correct or '-'}",
+        f"vs draft: {judgement.vs_draft or '-'}",
+        f"first wrong step: {judgement.first_wrong_step or '-'}",
+    ]
+    if judgement.note:
+        parts.append("note saved")
+    return ", ".join(parts)
+
+
+def _stored_reply(shown_state: dict, judgement) -> str:
+    """The stored form for the page (SHOW_STORED_JS puts it in the radios), tagged with the item it
+    is of and a stamp so that the same form stored twice still reaches the page."""
+    return json.dumps(
+        {
+            "shown": json.dumps(shown_state),
+            "correct": judgement.correct if judgement else None,
+            "vs_draft": judgement.vs_draft if judgement else None,
+            "stamp": time.monotonic_ns(),
+        }
+    )
 
 
 def record_judgement(
     store: Store,
     state: dict,
-    annotator: str,
-    correct: str | None,
-    vs_draft: str | None,
-    first_wrong_step: float | None,
-    note: str,
-    shown: str = "",
+    value,
+    shown: str,
+    request: gr.Request,
+    profile: gr.OAuthProfile | None = None,
+    *,
+    field: str,
 ) -> tuple:
-    """Any change of the judgement form: save the whole form now. Returns (status, progress, *RADIOS).
-    When refused, the choices go back to what is saved (if anything), so a refused click does not
-    look made; typed fields keep what was typed, so nothing typed is lost. The judgement is of the
-    item the page showed (`shown`, sent with the click), not of the session's state now: a key
-    pressed right after it ("w" then "j") may move the state first, as events run at once."""
+    """One change of the judgement form (`field` set to `value`): stored at once with the fields not
+    changed kept as stored, so clicks on two fields in quick succession are both kept, in order.
+    Returns (status, progress, stored form) in the order of JUDGED; "Saved" only once the store has
+    committed it, and the radios then show the stored form. When refused, nothing is stored and the
+    radios go back to what is stored (if anything); typed fields keep what was typed, so nothing typed
+    is lost. The judgement is of the item the page showed (`shown`, sent with the click, checked)."""
+    if field not in FORM_FIELDS:
+        raise ValueError(f"unknown form field {field!r}")
     try:
-        state = _shown_state(store, state, shown)
-        if state.get("batch") is None:
+        who = _who(request, profile)
+    except Refused as refused:
+        return _error(str(refused)), "", _stored_reply(new_state(), None)
+    judged_state = state
+    try:
+        judged_state = _shown_state(store, state, shown)
+        if judged_state.get("batch") is None:
             raise StoreError("Load a batch first.")
-        item = store.item_at(state["batch"], state["position"])
+        item = store.item_at(judged_state["batch"], judged_state["position"])
         refinements = store.refinements(item.id)
         if not refinements:
             raise StoreError("There is no refinement to judge yet: run one first.")
         steps = len(split_draft(item.draft))
-        if first_wrong_step is not None and first_wrong_step > steps:
-            raise StoreError(f"The draft has {steps} steps; the first wrong step cannot be {first_wrong_step:g}.")
-        refinement = refinements[min(state.get("refinement", 0), len(refinements) - 1)]
-        judgement = store.judge(
-            refinement.id, annotator, correct=correct, vs_draft=vs_draft, first_wrong_step=first_wrong_step, note=note
-        )
+        if field == "first_wrong_step" and value is not None:
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value > steps:
+                raise StoreError(f"The draft has {steps} steps; the first wrong step cannot be {value:g}.")
+        refinement = refinements[min(judged_state.get("refinement", 0), len(refinements) - 1)]
+        judgement = store.judge(refinement.id, who.name, origin=who.origin, **{field: value})
     except StoreError as error:
-        shown = dict(zip(VIEW, _safe_view(store, state, annotator), strict=True))
-        return (
-            _error(str(error)),
-            progress_html(store, state.get("batch"), annotator),
-            *(shown[name] for name in RADIOS),
-        )
-    kept = tuple(gr.skip() for _ in RADIOS)
+        current = _current_of(store, judged_state, who)
+        return _error(str(error)), progress_html(store, state.get("batch"), who), _stored_reply(judged_state, current)
+    reply = _stored_reply(judged_state, judgement)
     if judgement is None:  # an empty form left untouched: nothing to save
-        return "", progress_html(store, state["batch"], annotator), *kept
+        return "", progress_html(store, state["batch"], who), reply
     saved = (
-        f"Saved: item {item.position + 1}, refinement {refinements.index(refinement) + 1} "
-        f"({judgement.created_at[11:19]} UTC)."
+        f"Saved: item {item.position + 1}, refinement {refinements.index(refinement) + 1} as {who.name}: "
+        f"{_form_text(judgement)} ({judgement.created_at[11:19]} UTC)."
     )
-    return views.message_html(saved), progress_html(store, state["batch"], annotator), *kept
+    return views.message_html(saved), progress_html(store, state["batch"], who), reply
 
 
-def undo(store: Store, state: dict, annotator: str) -> tuple:
-    """Undo: withdraw this annotator's newest change and show the item it was about. Each click or
+def _current_of(store: Store, state: dict, who: Identity):
+    """`who`'s stored judgement of the refinement `state` names, if it names one."""
+    try:
+        item = store.item_at(state["batch"], state["position"])
+        refinements = store.refinements(item.id)
+        return store.current_judgement(refinements[min(state.get("refinement", 0), len(refinements) - 1)].id, who.name)
+    except (StoreError, KeyError, TypeError, IndexError):
+        return None
+
+
+def undo(store: Store, state: dict, request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple:
+    """Undo: withdraw the caller's own newest change and show the item it was about. Each click or
     typed field saves a snapshot of the form, so undo steps back one of those, not a whole judgement."""
     try:
-        undone = store.undo_last(annotator)
+        who = _who(request, profile)
+    except Refused as refused:
+        return _refused_view(state, refused)
+    try:
+        undone = store.undo_last(who.name)
     except StoreError as error:
-        return _safe_view(store, state, annotator, _error(str(error)))
+        return _safe_view(store, state, who, _error(str(error)))
     if undone is None:
-        return _safe_view(store, state, annotator, views.message_html("Nothing to undo."))
+        return _safe_view(store, state, who, views.message_html("Nothing to undo."))
     refinement = store.refinement(undone.refinement_id)
     item = store.item(refinement.item_id)
     index = [r.id for r in store.refinements(item.id)].index(refinement.id)
     message = f"Undid your change to item {item.position + 1} made at {undone.created_at[11:19]} UTC."
-    return _safe_view(store, new_state(item.batch_id, item.position, index), annotator, views.message_html(message))
+    return _safe_view(store, new_state(item.batch_id, item.position, index), who, views.message_html(message))
 
 
 def run_refinement(
-    store: Store, state: dict, annotator: str, model_choice: str, strategy: str, max_new_tokens: float
+    store: Store,
+    state: dict,
+    model_choice: str,
+    strategy: str,
+    max_new_tokens: float,
+    request: gr.Request,
+    profile: gr.OAuthProfile | None = None,
 ) -> tuple:
     """Run (or re-run) the engine on the current item; the result is kept as one more refinement."""
     from cap_app.backends import BackendError, get_backend
     from cap_app.model import ModelLoadError
     from cap_app.refine import InputError, refine
 
-    if state.get("batch") is None:
-        return _safe_view(store, state, annotator, _error("Load a batch first."))
-    item = store.item_at(state["batch"], state["position"])
     try:
+        who = _who(request, profile)
+    except Refused as refused:
+        return _refused_view(state, refused)
+    if state.get("batch") is None:
+        return _safe_view(store, state, who, _error("Load a batch first."))
+    try:
+        item = store.item_at(state["batch"], state["position"])
         config = handlers.refine_config(
             **dict(handlers.default_settings(), strategy=strategy, max_new_tokens=max_new_tokens)
         )
         model = get_backend(handlers.model_config(model_choice), handlers.backend_config("auto"))
         result = refine(item.question, item.draft, gold=item.gold, config=config, model=model)
+        store.add_refinement(item.id, result, "run")
     except (InputError, ModelLoadError, BackendError, ValueError) as error:
-        return _safe_view(store, state, annotator, _error(f"The refinement could not run: {error}"))
-    store.add_refinement(item.id, result, "run")
+        return _safe_view(store, state, who, _error(f"The refinement could not run: {error}"))
     index = len(store.refinements(item.id)) - 1
     return _safe_view(
         store,
         new_state(state["batch"], item.position, index),
-        annotator,
+        who,
         views.message_html("Refinement added: judge it below."),
     )
 
 
-def items_page(store: Store, state: dict, annotator: str, page: float | None) -> list[list]:
-    """One page of the batch's items for the overview table."""
+def items_page(
+    store: Store, state: dict, page: float | None, request: gr.Request, profile: gr.OAuthProfile | None = None
+) -> list[list]:
+    """One page of the batch's items for the overview table, with the caller's own progress."""
+    try:
+        who = _who(request, profile)
+    except Refused:
+        return []
     if state.get("batch") is None:
         return []
-    page = max(int(page or 1), 1)
-    rows = store.items_page(state["batch"], _name(annotator), (page - 1) * PAGE_SIZE, PAGE_SIZE)
+    try:
+        page = max(int(page or 1), 1)
+    except (ValueError, OverflowError):
+        page = 1
+    rows = store.items_page(state["batch"], who.name, (page - 1) * PAGE_SIZE, PAGE_SIZE)
     return [[item.position + 1, _shorten(item.question), n, "yes" if judged else ""] for item, n, judged in rows]
 
 
@@ -407,15 +581,30 @@ def _shorten(text: str, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def open_from_table(store: Store, state: dict, annotator: str, page: float | None, evt: gr.SelectData) -> tuple:
+def open_from_table(
+    store: Store,
+    state: dict,
+    page: float | None,
+    evt: gr.SelectData,
+    request: gr.Request,
+    profile: gr.OAuthProfile | None = None,
+) -> tuple:
     row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
-    number = (max(int(page or 1), 1) - 1) * PAGE_SIZE + int(row) + 1
-    return go_to(store, state, annotator, number)
+    try:
+        number = (max(int(page or 1), 1) - 1) * PAGE_SIZE + int(row) + 1
+    except (TypeError, ValueError, OverflowError):
+        number = 1
+    return go_to(store, state, number, request, profile)
 
 
-def export_download(store: Store, fmt: str):
-    """Export buttons: the file to download (none when empty), the summary with agreement and, for an
-    empty export, why it is empty; the label chart."""
+def export_download(store: Store, request: gr.Request, profile: gr.OAuthProfile | None = None, *, fmt: str):
+    """Export buttons (admins only: an export holds everyone's judgements and notes): the file to
+    download (none when empty), the summary with agreement and, for an empty export, why it is
+    empty; the label chart."""
+    try:
+        accounts.require_admin(_who(request, profile), "export judgements or see everyone's agreement")
+    except Refused as refused:
+        return None, _error(str(refused)), None
     folder = Path(tempfile.mkdtemp(prefix="cap-export-"))
     suffix = "csv" if fmt == "csv" else "jsonl"
     summary = export.export(store, fmt, folder / f"cap-{fmt}.{suffix}")
@@ -426,28 +615,44 @@ def export_download(store: Store, fmt: str):
     )
 
 
-def _bind(fn, store: Store, **kwargs):
-    """`fn` with the store (and fixed arguments) filled in, keeping its name for the API listing."""
-    bound = functools.partial(fn, store, **kwargs)
-    bound.__name__ = "annotate_" + "_".join([fn.__name__, *map(str, kwargs.values())]).replace("-", "back")
+def delete_batch(
+    store: Store, state: dict, confirm: str, request: gr.Request, profile: gr.OAuthProfile | None = None
+) -> tuple:
+    """Admins only: delete the open batch with every judgement of it, once its name is typed to confirm."""
+    try:
+        who = _who(request, profile)
+        accounts.require_admin(who, "delete batches")
+        if state.get("batch") is None:
+            raise StoreError("Open the batch to delete first.")
+        batch = store.batch(state["batch"])
+        if (confirm or "").strip() != batch.name:
+            raise StoreError(f"Type the batch's name ({batch.name}) to confirm; nothing was deleted.")
+        store.delete_batch(batch.id)
+    except (Refused, StoreError) as error:
+        return gr.skip(), *_refused_view(state, error)
+    message = views.message_html(f"Deleted batch {batch.name} and every judgement of it.")
+    return gr.update(choices=batch_choices(store), value=None), *item_view(store, new_state(), who, message)
+
+
+def _bind(fn, store: Store, **fixed):
+    """`fn` with the store (and fixed keyword arguments) filled in, as a real function whose signature
+    and annotations are fn's remaining ones, so that Gradio passes it the request, the OAuth profile
+    and event data (it finds them by annotation, which a functools.partial hides), keeping fn's name
+    for the API listing."""
+    hints = typing.get_type_hints(fn)
+    params = [p for p in list(inspect.signature(fn).parameters.values())[1:] if p.name not in fixed]
+
+    def bound(*args):
+        return fn(store, *args, **fixed)
+
+    bound.__signature__ = inspect.Signature([p.replace(kind=p.POSITIONAL_OR_KEYWORD) for p in params])
+    bound.__annotations__ = {p.name: hints[p.name] for p in params if p.name in hints}
+    bound.__name__ = "annotate_" + "_".join([fn.__name__, *map(str, fixed.values())]).replace("-", "back")
     return bound
 
 
-def remembered_name(name: str | None) -> str:
-    """The annotator name as the browser keeps it between visits (see build_annotator_tab)."""
-    return _name(name)
-
-
-def saved_name_state() -> gr.BrowserState:
-    """Where the browser keeps the annotator name, so a reload or a later visit keeps it. Place it
-    outside any Tab: a tab that is not shown is not mounted, and its state would not be read
-    when the page loads."""
-    return gr.BrowserState("", storage_key="cap-annotator-name")
-
-
-def build_annotator_tab(demo: gr.Blocks, saved_name: gr.BrowserState, store: Store | None = None) -> None:
-    """Lay out the Annotate tab inside `demo` (and a Tab) and wire its events; `saved_name`
-    comes from `saved_name_state`."""
+def build_annotator_tab(demo: gr.Blocks, store: Store | None = None) -> None:
+    """Lay out the Annotate tab inside `demo` (and a Tab) and wire its events."""
     store = store or Store()
     bind = _bind
     state = gr.State(new_state())
@@ -457,18 +662,22 @@ def build_annotator_tab(demo: gr.Blocks, saved_name: gr.BrowserState, store: Sto
             + "; ".join(f"**{keys}** {what}" for keys, what in SHORTCUTS)
             + "."
         )
-        with gr.Row():
-            annotator = gr.Textbox(label="Annotator name", max_lines=1, max_length=80, elem_id="cap-ann-name")
-            batch = gr.Dropdown(batch_choices(store), value=None, label="Batch", elem_id="cap-ann-batch")
+        gr.Markdown(storage_notice(store.path), elem_id="cap-ann-storage")  # empty unless a restart loses them
+        if accounts.oauth_configured():
+            gr.LoginButton(elem_id="cap-ann-login")
+        access = gr.HTML(elem_id="cap-ann-access")
+        batch = gr.Dropdown([], value=None, label="Batch", elem_id="cap-ann-batch")
         with gr.Accordion("Load a batch (JSONL or CSV)", open=True):
             with gr.Row():
-                upload = gr.File(label="Upload", file_types=[".jsonl", ".json", ".csv"], type="filepath")
+                upload = gr.File(
+                    label="Upload", file_types=[".jsonl", ".json", ".csv"], type="filepath", elem_id="cap-ann-upload"
+                )
                 with gr.Column():
-                    path = gr.Textbox(label="...or a path on the server", max_lines=1, elem_id="cap-ann-path")
+                    path = gr.Textbox(label="...or a path on the server (admins)", max_lines=1, elem_id="cap-ann-path")
                     draft_key = gr.Dropdown(list(item_files.DRAFT_KEYS), value="draft", label="Draft field")
                     load = gr.Button("Load", elem_id="cap-ann-load")
             report = gr.Markdown(elem_id="cap-ann-report")
-        progress = gr.HTML(progress_html(store, None, ""), elem_id="cap-ann-progress")
+        progress = gr.HTML(progress_html(store, None, None), elem_id="cap-ann-progress")
         with gr.Row():
             prev_button = gr.Button("◀ Previous (k)", elem_id="cap-ann-prev")
             # No `minimum` on this and the step field: the page shows an empty gr.Number as 0 and marks
@@ -480,6 +689,8 @@ def build_annotator_tab(demo: gr.Blocks, saved_name: gr.BrowserState, store: Sto
             undo_button = gr.Button("Undo last change (z)", elem_id="cap-ann-undo")
         status = gr.HTML(elem_id="cap-ann-status")
         shown = gr.Textbox("null", visible=False, elem_id="cap-ann-shown")
+        # The stored form of the last judgement, for SHOW_STORED_JS; in the DOM, so its change event runs.
+        stored = gr.Textbox("", visible="hidden", elem_id="cap-ann-stored")
         question = gr.HTML(elem_id="cap-ann-question")
         draft = gr.HTML(label="Draft steps", elem_id="cap-ann-draft")
         with gr.Row():
@@ -513,7 +724,7 @@ def build_annotator_tab(demo: gr.Blocks, saved_name: gr.BrowserState, store: Sto
         with gr.Accordion("All items", open=False):
             page = gr.Number(value=1, precision=0, minimum=1, label=f"Page ({PAGE_SIZE} items each)")
             table = gr.Dataframe(headers=PAGE_HEADERS, interactive=False, wrap=True, elem_id="cap-ann-items")
-        with gr.Accordion("Export", open=False):
+        with gr.Accordion("Admin: export, agreement, delete", open=False):
             with gr.Row():
                 export_buttons = {
                     fmt: gr.Button(label, elem_id=f"cap-ann-export-{fmt}") for fmt, label in EXPORT_BUTTONS
@@ -521,6 +732,9 @@ def build_annotator_tab(demo: gr.Blocks, saved_name: gr.BrowserState, store: Sto
             download = gr.File(label="Download", interactive=False)
             summary = gr.HTML(elem_id="cap-ann-export-summary")
             chart = gr.Plot(label="Labels per annotator")
+            with gr.Row():
+                confirm = gr.Textbox(label="Type the open batch's name to delete it", max_lines=1)
+                delete = gr.Button("Delete this batch and its judgements", variant="stop", elem_id="cap-ann-delete")
         gr.HTML("", js_on_load=SHORTCUTS_JS, elem_id="cap-ann-shortcuts")
 
     view = [
@@ -542,42 +756,49 @@ def build_annotator_tab(demo: gr.Blocks, saved_name: gr.BrowserState, store: Sto
         shown,
     ]
     db = dict(concurrency_limit=None)  # SQLite serialises writers itself
-    load.click(bind(load_file, store), [upload, path, draft_key, annotator], [batch, report, *view], **db)
+    # Judgements and undo of every session run one at a time, in the order they arrive: keys pressed at
+    # any speed are each stored, in order, and each reply reaches the page in that order too.
+    ordered = dict(concurrency_limit=1, concurrency_id="annotator-judgements", trigger_mode="multiple")
+    demo.load(access_html, None, access, **db)
+    demo.load(bind(refresh_batches, store), [state], batch, **db)
+    load.click(bind(load_file, store), [state, upload, path, draft_key], [batch, report, *view], **db)
     batch.focus(bind(refresh_batches, store), [state], batch, **db)
-    batch.input(bind(open_batch, store), [state, batch, annotator], view, **db)
-    gr.on(
-        [annotator.submit, annotator.blur], bind(choose_refinement, store), [state, annotator, refinement], view, **db
-    )
-    gr.on([annotator.submit, annotator.blur], remembered_name, annotator, saved_name, **db)
-    # Restored in the browser, not through the server: a late answer from a busy server would
-    # overwrite a name typed meanwhile (a judgement then reads "enter your annotator name first").
-    demo.load(None, saved_name, annotator, js="(saved) => saved || ''")
-    position.submit(bind(go_to, store), [state, annotator, position], view, **db)
-    prev_button.click(bind(step, store, delta=-1), [state, annotator], view, **db)
-    next_button.click(bind(step, store, delta=1), [state, annotator], view, **db)
-    unjudged_button.click(bind(next_unjudged, store), [state, annotator], view, **db)
-    undo_button.click(bind(undo, store), [state, annotator], view, **db)
-    refinement.input(bind(choose_refinement, store), [state, annotator, refinement], view, **db)
+    batch.input(bind(open_batch, store), [state, batch], view, **db)
+    position.submit(bind(go_to, store), [state, position], view, **db)
+    prev_button.click(bind(step, store, delta=-1), [state], view, **db)
+    next_button.click(bind(step, store, delta=1), [state], view, **db)
+    unjudged_button.click(bind(next_unjudged, store), [state], view, **db)
+    undo_button.click(bind(undo, store), [state], view, **ordered)
+    refinement.input(bind(choose_refinement, store), [state, refinement], view, **db)
     run.click(
         bind(run_refinement, store),
-        [state, annotator, model, strategy, max_new_tokens],
+        [state, model, strategy, max_new_tokens],
         view,
         concurrency_limit=CONCURRENCY_LIMIT,
         concurrency_id="generation",
     )
-    judged = gr.on(
-        [correct.input, vs_draft.input, first_wrong_step.submit, first_wrong_step.blur, note.submit, note.blur],
-        bind(record_judgement, store),
-        [state, annotator, correct, vs_draft, first_wrong_step, note, shown],
-        [status, progress, correct, vs_draft],
-        **db,
-    )
-    for event in (page.submit, state.change, judged.then):
-        event(bind(items_page, store), [state, annotator, page], table, **db)
+    events = {
+        "correct": [correct.input],
+        "vs_draft": [vs_draft.input],
+        "first_wrong_step": [first_wrong_step.submit, first_wrong_step.blur],
+        "note": [note.submit, note.blur],
+    }
+    components = {"correct": correct, "vs_draft": vs_draft, "first_wrong_step": first_wrong_step, "note": note}
+    for field, triggers in events.items():
+        judged = gr.on(
+            triggers,
+            bind(record_judgement, store, field=field),
+            [state, components[field], shown],
+            [status, progress, stored],
+            js=JUDGE_JS.replace("FIELD", json.dumps(field)) if field in RADIOS else None,
+            **ordered,
+        )
+        judged.then(bind(items_page, store), [state, page], table, **db)
+    stored.change(None, [stored, shown, correct, vs_draft], [correct, vs_draft], js=SHOW_STORED_JS)
+    for event in (page.submit, state.change):
+        event(bind(items_page, store), [state, page], table, **db)
 
-    def annotate_open_row(state: dict, annotator: str, page: float | None, evt: gr.SelectData) -> tuple:
-        return open_from_table(store, state, annotator, page, evt)  # gradio finds `evt` by its annotation
-
-    table.select(annotate_open_row, [state, annotator, page], view, **db)
+    table.select(bind(open_from_table, store), [state, page], view, **db)
     for fmt, button in export_buttons.items():
         button.click(bind(export_download, store, fmt=fmt), None, [download, summary, chart], **db)
+    delete.click(bind(delete_batch, store), [state, confirm], [batch, *view], **db)

@@ -153,11 +153,10 @@ def build_demo() -> gr.Blocks:
         with gr.Tab("Refine"):
             _refine_tab()
         if importlib.util.find_spec("cap_app.ui.annotator_tab") is not None:
-            from cap_app.ui.annotator_tab import build_annotator_tab, saved_name_state
+            from cap_app.ui.annotator_tab import build_annotator_tab
 
-            saved_name = saved_name_state()
             with gr.Tab("Annotate"):
-                build_annotator_tab(demo, saved_name)
+                build_annotator_tab(demo)
         gr.Markdown(f"<small>{describe_walls(sandbox_walls())}</small>", elem_id="sandbox-walls")
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CONCURRENCY_LIMIT)
     return demo
@@ -174,6 +173,15 @@ def prepare_default_model():
     return preparation.start(handlers.model_config(model_choices()[0]), handlers.backend_config("auto"))
 
 
+def _accounts(host: str):
+    """Who may annotate depends on where the app listens; with a users file ($CAP_USERS) Gradio's own
+    login checks each account (cap_app.accounts)."""
+    from cap_app import accounts
+
+    accounts.set_bind_host(host)
+    return accounts.gradio_auth()
+
+
 def launch(demo: gr.Blocks, host: str | None = None, port: int | None = None, **kwargs) -> None:
     """Serve on host:port, defaulting to $GRADIO_SERVER_NAME:$GRADIO_SERVER_PORT (127.0.0.1:7860),
     preparing the model meanwhile; SIGTERM and SIGINT stop it cleanly (cap_app.ui.stopping)."""
@@ -185,7 +193,7 @@ def launch(demo: gr.Blocks, host: str | None = None, port: int | None = None, **
     blocking = not kwargs.get("prevent_thread_lock", False)
     kwargs["prevent_thread_lock"] = True  # the wait is stopping.serve_until_stopped's, below
     try:
-        demo.launch(server_name=host, server_port=port, show_error=False, **kwargs)
+        demo.launch(server_name=host, server_port=port, show_error=False, auth=_accounts(host), **kwargs)
         if blocking:
             stopping.serve_until_stopped(demo)
     except KeyboardInterrupt:  # a stop signal before the server's own loop was there to take it

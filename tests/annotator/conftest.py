@@ -80,3 +80,41 @@ def refinements_file(tmp_path) -> Path:
             ).to_dict(),
         ],
     )
+
+
+PASSWORD = "correct horse battery"
+ACCOUNTS = {"ann": "annotator", "bob": "annotator", "boss": "admin"}
+
+
+@pytest.fixture(scope="session")
+def password_hash() -> str:
+    from argon2 import PasswordHasher
+
+    return PasswordHasher().hash(PASSWORD)
+
+
+def write_users(path: Path, password_hash: str, accounts: dict[str, str] = ACCOUNTS) -> Path:
+    """A users file as `python -m cap_app users add` writes it (one hash for all: hashing is slow)."""
+    users = {name: {"role": role, "hash": password_hash} for name, role in accounts.items()}
+    path.write_text(json.dumps({"version": 1, "users": users}), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def signed_in_accounts(tmp_path, monkeypatch, password_hash) -> Path:
+    """Every annotator test runs with accounts (ann, bob: annotators; boss: admin), as a team's server
+    does; a test of local or closed use removes CAP_USERS itself."""
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    monkeypatch.delenv("OAUTH_CLIENT_ID", raising=False)
+    path = write_users(tmp_path / "users.json", password_hash)
+    monkeypatch.setenv("CAP_USERS", str(path))
+    return path
+
+
+def as_user(name: str | None, origin: str = "page"):
+    """The request Gradio hands a handler for a session signed in as `name` (None: not signed in);
+    a browser's requests carry Sec-Fetch-Mode, an API client's do not."""
+    import gradio as gr
+
+    headers = {"sec-fetch-mode": "cors"} if origin == "page" else {"user-agent": "python-httpx"}
+    return gr.Request(username=name, headers=headers)

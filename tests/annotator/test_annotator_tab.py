@@ -8,9 +8,10 @@ import types
 import gradio as gr
 import pytest
 
+from cap_app.accounts import Identity
 from cap_app.ui import annotator_tab as tab
 from cap_app.ui.annotator_tab import VIEW
-from tests.annotator.conftest import QUESTION, make_result, write_jsonl
+from tests.annotator.conftest import ACCOUNTS, QUESTION, as_user, make_result, write_jsonl
 
 
 def view(values: tuple) -> dict:
@@ -30,14 +31,21 @@ def batch_file(tmp_path):
 
 
 def loaded(store, batch_file, annotator="ann"):
-    dropdown, report, *values = tab.load_file(store, str(batch_file), "", "draft", annotator)
+    dropdown, report, *values = tab.load_file(store, tab.new_state(), str(batch_file), "", "draft", as_user(annotator))
     return dropdown, report, view(tuple(values))
 
 
-def judge(store, state, annotator, correct, vs_draft=None, first_wrong_step=None, note="") -> dict:
-    """One change of the judgement form: what the status, progress and radio buttons show after it."""
-    values = tab.record_judgement(store, state, annotator, correct, vs_draft, first_wrong_step, note)
-    return dict(zip(("status", "progress", *tab.RADIOS), values, strict=True))
+def judge(store, state, annotator, correct, vs_draft=None, first_wrong_step=None, note="", shown="null") -> dict:
+    """A whole form filled in on the page, one field after the other as the page sends them: what the
+    status, progress and radio buttons show after the last."""
+    fields = {"correct": correct, "vs_draft": vs_draft, "first_wrong_step": first_wrong_step, "note": note}
+    for field, value in fields.items():
+        values = tab.record_judgement(store, state, value, shown, as_user(annotator), field=field)
+        reply = dict(zip(tab.JUDGED, values, strict=True))
+        if "Saved" not in reply["status"] and reply["status"]:
+            break
+    stored = json.loads(reply["stored"])
+    return {**reply, "correct": stored["correct"], "vs_draft": stored["vs_draft"]}
 
 
 def test_upload_loads_the_batch_and_shows_the_first_item(store, batch_file):
@@ -56,33 +64,50 @@ def test_upload_loads_the_batch_and_shows_the_first_item(store, batch_file):
     assert '>0</span> / <span class="cap-ann-total">4</span>' in shown["progress"]
 
 
+def who(name: str):
+    return Identity(name, ACCOUNTS[name], "page")
+
+
 def test_paths_outside_the_allowed_folders_are_refused(store, batch_file, monkeypatch, tmp_path):
     monkeypatch.setenv("CAP_BATCH_DIRS", str(tmp_path / "elsewhere"))
-    dropdown, report, *rest = tab.load_file(store, None, str(batch_file), "draft", "ann")
+    dropdown, report, *rest = tab.load_file(store, tab.new_state(), None, str(batch_file), "draft", as_user("boss"))
     assert "cannot be loaded" in report and all(isinstance(v, type(gr.skip())) for v in rest)
     monkeypatch.setenv("CAP_BATCH_DIRS", str(tmp_path))
-    assert "4 items loaded" in tab.load_file(store, None, str(batch_file), "draft", "ann")[1]
+    assert "4 items loaded" in tab.load_file(store, tab.new_state(), None, str(batch_file), "draft", as_user("boss"))[1]
 
 
 def test_judging_saves_at_once_and_the_item_shows_it_again(store, batch_file):
     _, _, shown = loaded(store, batch_file)
     state = shown["state"]
-    assert "Enter your annotator name first." in judge(store, state, "", "yes")["status"]
     assert judge(store, state, "ann", None)["status"] == ""  # leaving an empty form
     refused = judge(store, state, "ann", "no", "worse", 5)
     assert "The draft has 3 steps; the first wrong step cannot be 5." in refused["status"]
     saved = judge(store, state, "ann", "no", "worse", 2, "drops the muffins")
-    assert "Saved: item 1, refinement 1" in saved["status"] and ">1</span> / " in saved["progress"]
-    assert (saved["correct"], saved["vs_draft"]) == (gr.skip(), gr.skip())  # the form is left as it is
-    again = view(tab.item_view(store, state, "ann"))
+    assert "Saved: item 1, refinement 1 as ann: correct: no, vs draft: worse, first wrong step: 2" in saved["status"]
+    assert ">1</span> / " in saved["progress"]
+    assert (saved["correct"], saved["vs_draft"]) == ("no", "worse")  # the reply carries the stored form
+    again = view(tab.item_view(store, state, who("ann")))
     assert (again["correct"], again["vs_draft"], again["first_wrong_step"], again["note"]) == (
         "no",
         "worse",
         2,
         "drops the muffins",
     )
-    other = view(tab.item_view(store, state, "bob"))
+    other = view(tab.item_view(store, state, who("bob")))
     assert other["correct"] is None  # judgements are per annotator
+
+
+def test_one_field_saved_keeps_the_others_as_stored(store, batch_file):
+    """Each click sends its own field: "n" then "w" in quick succession store both, whatever the
+    page's other radio showed when the second was sent."""
+    _, _, shown = loaded(store, batch_file)
+    first = tab.record_judgement(store, shown["state"], "no", shown["shown"], as_user("ann"), field="correct")
+    second = tab.record_judgement(store, shown["state"], "worse", shown["shown"], as_user("ann"), field="vs_draft")
+    assert json.loads(first[2])["correct"] == "no" and json.loads(first[2])["shown"] == shown["shown"]
+    assert (json.loads(second[2])["correct"], json.loads(second[2])["vs_draft"]) == ("no", "worse")
+    refinement = store.refinements(store.item_at(shown["state"]["batch"], 0).id)[0]
+    judgement = store.current_judgement(refinement.id, "ann")
+    assert (judgement.correct, judgement.vs_draft, judgement.origin) == ("no", "worse", "page")
 
 
 def test_a_refused_judgement_does_not_look_made(store, batch_file, tmp_path):
@@ -92,18 +117,20 @@ def test_a_refused_judgement_does_not_look_made(store, batch_file, tmp_path):
     assert "There is no refinement to judge yet" in refused["status"]
     assert (refused["correct"], refused["vs_draft"]) == (None, None)
     _, _, shown = loaded(store, batch_file)
-    assert judge(store, shown["state"], "", "yes", "better")["correct"] is None  # no name yet
     judge(store, shown["state"], "ann", "no")
     refused = judge(store, shown["state"], "ann", "yes", "better", 5)  # the draft has 3 steps
-    assert (refused["correct"], refused["vs_draft"]) == ("no", None)  # what is saved, not what was refused
+    assert "cannot be 5" in refused["status"]
+    assert (refused["correct"], refused["vs_draft"]) == ("yes", "better")  # those two were saved before the step
+    refusal = tab.record_judgement(store, shown["state"], "maybe", "null", as_user("ann"), field="correct")
+    assert "must be one of" in refusal[0] and json.loads(refusal[2])["correct"] == "yes"  # what is stored
 
 
 def test_each_refinement_is_judged_on_its_own(store, batch_file):
     _, _, shown = loaded(store, batch_file)
-    second = view(tab.choose_refinement(store, shown["state"], "ann", 1))
+    second = view(tab.choose_refinement(store, shown["state"], 1, as_user("ann")))
     assert second["state"]["refinement"] == 1 and second["trace"] == [[1, "print(26)", ""]]
-    tab.record_judgement(store, second["state"], "ann", "no", None, None, "")
-    tab.record_judgement(store, shown["state"], "ann", "yes", None, None, "")
+    judge(store, second["state"], "ann", "no")
+    judge(store, shown["state"], "ann", "yes")
     item = store.item_at(shown["state"]["batch"], 0)
     first_ref, second_ref = store.refinements(item.id)
     assert store.current_judgement(first_ref.id, "ann").correct == "yes"
@@ -115,10 +142,11 @@ def test_a_judgement_is_of_the_item_the_page_showed_when_it_was_made(store, batc
     before the judgement is saved (events run at once): the judgement carries the item the page
     showed. What the browser sends there is checked (test_page_state.py)."""
     _, _, shown = loaded(store, batch_file)
-    moved = view(tab.step(store, shown["state"], "ann", delta=1))  # processed first
+    moved = view(tab.step(store, shown["state"], as_user("ann"), delta=1))  # processed first
     assert json.loads(shown["shown"]) == shown["state"] and moved["state"]["position"] == 1
-    saved = tab.record_judgement(store, moved["state"], "ann", None, "worse", None, "", shown["shown"])
+    saved = tab.record_judgement(store, moved["state"], "worse", shown["shown"], as_user("ann"), field="vs_draft")
     assert "Saved: item 1, refinement 1" in saved[0]
+    assert json.loads(saved[2])["shown"] == shown["shown"]  # the page puts it in the radios only while it shows item 1
     first, second = (store.item_at(shown["state"]["batch"], i) for i in (0, 1))
     assert store.current_judgement(store.refinements(first.id)[0].id, "ann").vs_draft == "worse"
     assert store.current_judgement(store.refinements(second.id)[0].id, "ann") is None
@@ -126,62 +154,58 @@ def test_a_judgement_is_of_the_item_the_page_showed_when_it_was_made(store, batc
 
 def test_navigation_next_unjudged_wraps_and_stops_when_all_are_judged(store, batch_file):
     _, _, shown = loaded(store, batch_file)
-    state = shown["state"]
-    assert view(tab.step(store, state, "ann", delta=-1))["position"] == 4  # wraps to the last item
-    assert view(tab.go_to(store, state, "ann", 99))["position"] == 4
-    tab.record_judgement(store, tab.new_state(state["batch"], 1), "ann", "yes", None, None, "")
-    assert view(tab.next_unjudged(store, state, "ann"))["position"] == 3  # item 2 is judged
+    state, ann = shown["state"], as_user("ann")
+    assert view(tab.step(store, state, ann, delta=-1))["position"] == 4  # wraps to the last item
+    assert view(tab.go_to(store, state, 99, ann))["position"] == 4
+    judge(store, tab.new_state(state["batch"], 1), "ann", "yes")
+    assert view(tab.next_unjudged(store, state, ann))["position"] == 3  # item 2 is judged
     for position in (0, 2, 3):
-        tab.record_judgement(store, tab.new_state(state["batch"], position), "ann", "unsure", None, None, "")
-    done = view(tab.next_unjudged(store, state, "ann"))
+        judge(store, tab.new_state(state["batch"], position), "ann", "unsure")
+    done = view(tab.next_unjudged(store, state, ann))
     assert "Every item of this batch is judged." in done["status"]
     assert ">4</span> / " in done["progress"]
-    reopened = view(tab.open_batch(store, tab.new_state(), state["batch"], "ann"))
+    reopened = view(tab.open_batch(store, tab.new_state(), state["batch"], ann))
     assert reopened["position"] == 1
 
 
-def test_touching_the_batch_dropdown_keeps_the_open_item(store, batch_file):
+def test_touching_the_batch_dropdown_leaves_the_page_as_it_is(store, batch_file):
     _, _, shown = loaded(store, batch_file)
-    at_two = view(tab.go_to(store, shown["state"], "ann", 2))
-    touched = view(tab.open_batch(store, at_two["state"], at_two["state"]["batch"], "ann"))
-    assert touched["position"] == 2 and touched["state"] == at_two["state"]
+    at_two = view(tab.go_to(store, shown["state"], 2, as_user("ann")))
+    touched = tab.open_batch(store, at_two["state"], at_two["state"]["batch"], as_user("ann"))
+    assert all(value == gr.skip() for value in touched)  # no view that could land after a judgement's reply
 
 
 def test_undo_restores_the_previous_judgement_and_shows_its_item(store, batch_file):
     _, _, shown = loaded(store, batch_file)
     batch_id = shown["state"]["batch"]
-    tab.record_judgement(store, tab.new_state(batch_id, 2), "ann", "yes", None, None, "")
-    tab.record_judgement(store, tab.new_state(batch_id, 2), "ann", "yes", "better", None, "")
-    undone = view(tab.undo(store, tab.new_state(batch_id, 0), "ann"))
+    judge(store, tab.new_state(batch_id, 2), "ann", "yes")
+    tab.record_judgement(store, tab.new_state(batch_id, 2), "better", "null", as_user("ann"), field="vs_draft")
+    undone = view(tab.undo(store, tab.new_state(batch_id, 0), as_user("ann")))
     assert undone["position"] == 3 and "Undid your change to item 3" in undone["status"]
     assert (undone["correct"], undone["vs_draft"]) == ("yes", None)
-    view(tab.undo(store, undone["state"], "ann"))
-    assert "Nothing to undo." in view(tab.undo(store, undone["state"], "ann"))["status"]
-
-
-def test_a_name_the_store_cannot_take_is_refused_before_the_batch_loads(store, batch_file):
-    _, report, *rest = tab.load_file(store, str(batch_file), "", "draft", "a" * 81)
-    assert "Annotator name is longer than 80 characters." in report
-    assert store.list_batches() == [] and all(value == gr.skip() for value in rest)  # the session's view is kept
+    view(tab.undo(store, undone["state"], as_user("ann")))
+    assert "Nothing to undo." in view(tab.undo(store, undone["state"], as_user("ann")))["status"]
 
 
 def test_items_table_pages_and_opens_the_clicked_row(store, batch_file, monkeypatch):
     monkeypatch.setattr(tab, "PAGE_SIZE", 3)
     _, _, shown = loaded(store, batch_file)
-    tab.record_judgement(store, shown["state"], "ann", "yes", None, None, "")
-    assert [row[0] for row in tab.items_page(store, shown["state"], "ann", 1)] == [1, 2, 3]
-    assert tab.items_page(store, shown["state"], "ann", 2) == [[4, "What is 3?", 1, ""]]
-    assert tab.items_page(store, shown["state"], "ann", 1)[0][3] == "yes"
+    ann = as_user("ann")
+    judge(store, shown["state"], "ann", "yes")
+    assert [row[0] for row in tab.items_page(store, shown["state"], 1, ann)] == [1, 2, 3]
+    assert tab.items_page(store, shown["state"], 2, ann) == [[4, "What is 3?", 1, ""]]
+    assert tab.items_page(store, shown["state"], 1, ann)[0][3] == "yes"
+    assert tab.items_page(store, shown["state"], 1, as_user("bob"))[0][3] == ""  # bob's own progress
     clicked = types.SimpleNamespace(index=[0, 1])  # what gr.SelectData carries
-    assert view(tab.open_from_table(store, shown["state"], "ann", 2, clicked))["position"] == 4
+    assert view(tab.open_from_table(store, shown["state"], 2, clicked, ann))["position"] == 4
 
 
 def test_export_buttons_give_a_file_the_agreement_and_a_chart(store, batch_file):
     _, _, shown = loaded(store, batch_file)
     for annotator, labels in (("ann", ["yes", "no"]), ("bob", ["yes", "yes"])):
         for index, label in enumerate(labels):
-            tab.record_judgement(store, {**shown["state"], "refinement": index}, annotator, label, None, None, "")
-    path, summary, figure = tab.export_download(store, "kto")
+            judge(store, {**shown["state"], "refinement": index}, annotator, label)
+    path, summary, figure = tab.export_download(store, as_user("boss"), fmt="kto")
     assert [json.loads(line)["label"] for line in open(path)] == [True]  # the second program is contested
     assert "Cohen&#x27;s kappa ann vs bob on &#x27;correct&#x27; (2 shared): 0.000" in summary
     assert [trace.name for trace in figure.data] == ["ann", "bob"]
@@ -191,14 +215,14 @@ def test_export_buttons_give_a_file_the_agreement_and_a_chart(store, batch_file)
 def test_an_empty_export_says_why_and_shows_no_server_path(store, batch_file):
     _, _, shown = loaded(store, batch_file)
     judge(store, shown["state"], "ann", "yes")  # one program judged right, none wrong: no pair
-    path, summary, _ = tab.export_download(store, "dpo")
+    path, summary, _ = tab.export_download(store, as_user("boss"), fmt="dpo")
     assert path is None
     assert (
         "wrote 0 rows to cap-dpo.jsonl. A DPO pair needs one question + draft with a program judged correct "
         "(yes) and another judged wrong (no): run another refinement of such an item and judge both programs."
     ) in summary
     assert "cap-export-" not in summary  # the server's temporary folder
-    path, summary, _ = tab.export_download(store, "kto")
+    path, summary, _ = tab.export_download(store, as_user("boss"), fmt="kto")
     assert path.endswith("cap-kto.jsonl") and "wrote 1 row to cap-kto.jsonl\n" in summary
 
 
@@ -206,25 +230,26 @@ def test_run_refinement_adds_a_real_engine_result(store, batch_file, tiny_model_
     monkeypatch.setenv("CAP_MODEL", tiny_model_dir)
     _, _, shown = loaded(store, batch_file)
     state = tab.new_state(shown["state"]["batch"], 2)
-    ran = view(tab.run_refinement(store, state, "ann", tiny_model_dir, "greedy", 16))
+    ran = view(tab.run_refinement(store, state, tiny_model_dir, "greedy", 16, as_user("ann")))
     assert "Refinement added" in ran["status"], ran["status"]
     assert ran["state"]["refinement"] == 1 and len(ran["refinement"]["choices"]) == 2
     stored = store.refinements(store.item_at(state["batch"], 2).id)[-1]
     assert stored.source == "run" and stored.result.question == "What is 2?"
-    refused = view(tab.run_refinement(store, state, "ann", "some/other-model", "greedy", 16))
+    refused = view(tab.run_refinement(store, state, "some/other-model", "greedy", 16, as_user("ann")))
     assert "could not run" in refused["status"]
 
 
 def test_the_tab_builds_inside_a_blocks_with_its_events(store):
     with gr.Blocks() as demo:
-        saved_name = tab.saved_name_state()
         with gr.Tab("Annotate"):
-            tab.build_annotator_tab(demo, saved_name, store)
+            tab.build_annotator_tab(demo, store)
     config = demo.get_config_file()
     names = {d["api_name"] for d in config["dependencies"]}
     assert {
         "annotate_load_file",
-        "annotate_record_judgement",
+        "annotate_record_judgement_correct",
+        "annotate_record_judgement_note",
+        "annotate_delete_batch",
         "annotate_undo",
         "annotate_next_unjudged",
         "annotate_export_download_dpo",

@@ -7,6 +7,7 @@ import csv
 
 import pytest
 
+from cap_app.accounts import Identity
 from cap_app.export import export
 from cap_app.item_files import BatchError, allowed_batch_path, load_batch
 from cap_app.ui import annotator_tab as tab
@@ -37,7 +38,8 @@ def test_numeric_answer_fields_load_as_text_and_the_item_shows(store, tmp_path):
         result = stored.result
         assert (item.gold, result.gold, result.draft_answer) == (gold, gold, "26")
         assert (result.refined_answer, result.program_answer, result.candidates[0].execution.answer) == (answer,) * 3
-        shown = dict(zip(VIEW, tab.item_view(store, tab.new_state(report.batch.id, position), "ann"), strict=True))
+        ann = Identity("ann", "annotator", "page")
+        shown = dict(zip(VIEW, tab.item_view(store, tab.new_state(report.batch.id, position), ann), strict=True))
         assert "Gold answer:</b> " + gold in shown["question"] and shown["verdict"]
 
 

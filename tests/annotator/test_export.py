@@ -21,7 +21,9 @@ def judge_batch(store, path, verdicts: dict[str, list[str | None]]):
     for annotator, labels in verdicts.items():
         for refinement, label in zip(refinements, labels, strict=False):
             if label is not None:
-                store.judge(refinement.id, annotator, correct=label, vs_draft="better", first_wrong_step=2)
+                store.judge(
+                    refinement.id, annotator, correct=label, vs_draft="better", first_wrong_step=2, origin="api"
+                )
     return batch
 
 
@@ -34,7 +36,13 @@ def test_round_trip_dpo_pairs_the_right_program_against_the_wrong_one(store, ref
         "prompt": build_messages(QUESTION, DRAFT),
         "chosen": [{"role": "assistant", "content": format_completion(RIGHT_PROGRAM)}],
         "rejected": [{"role": "assistant", "content": format_completion(WRONG_PROGRAM)}],
-        "meta": {"question": QUESTION, "draft": DRAFT, "gold": "18", "source": "annotations"},
+        "meta": {
+            "question": QUESTION,
+            "draft": DRAFT,
+            "gold": "18",
+            "source": "annotations",
+            "judged_by": ["ann (api)"],
+        },
     }
 
 
@@ -79,9 +87,9 @@ def test_csv_has_every_current_judgement_and_defuses_formulas(store, tmp_path):
     with open(tmp_path / "all.csv", newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     assert summary.rows_written == 2
-    assert [(r["annotator"], r["correct"], r["vs_draft"], r["first_wrong_step"]) for r in rows] == [
-        ("ann", "yes", "better", "2"),
-        ("bob", "no", "better", "2"),
+    assert [(r["annotator"], r["origin"], r["correct"], r["vs_draft"], r["first_wrong_step"]) for r in rows] == [
+        ("ann", "api", "yes", "better", "2"),
+        ("bob", "api", "no", "better", "2"),
     ]
     assert rows[0]["question"] == '\'=HYPERLINK("x")' and rows[0]["draft"] == "'-1 + 2 = 1"
     assert rows[0]["program"] == "print(1)" and rows[0]["item"] == "1"

@@ -17,7 +17,7 @@ import pytest
 from cap_app.item_files import load_batch
 from cap_app.store import StoreError
 from cap_app.ui import annotator_tab as tab
-from tests.annotator.conftest import RIGHT_PROGRAM, make_result, write_jsonl
+from tests.annotator.conftest import RIGHT_PROGRAM, as_user, make_result, write_jsonl
 from tests.annotator.test_annotator_tab import loaded
 from tests.helpers.paths import ROOT
 
@@ -49,11 +49,11 @@ def test_a_forged_shown_state_is_refused_and_changes_nothing(store, batch_file, 
         json.dumps({"batch": None, "position": 0, "refinement": 0}),
     ]
     for shown_value in forged:
-        values = tab.record_judgement(store, state, "ann", "yes", None, None, "", shown_value)
+        values = tab.record_judgement(store, state, "yes", shown_value, as_user("ann"), field="correct")
         assert "Saved" not in values[0] and "refused" in values[0].lower(), (shown_value, values[0])
-        assert values[2] is None  # the radio shows what is stored: nothing
+        assert json.loads(values[2])["correct"] is None  # the radio shows what is stored: nothing
     assert judgements(store) == []
-    honest = tab.record_judgement(store, state, "ann", "yes", None, None, "", shown["shown"])
+    honest = tab.record_judgement(store, state, "yes", shown["shown"], as_user("ann"), field="correct")
     assert "Saved: item 1" in honest[0]
 
 
@@ -72,13 +72,13 @@ def test_no_item_or_refinement_of_an_unfinished_import_can_be_judged_or_opened(s
         _insert_item(conn, batch_id, 0, NewItem(1, "q?", "d", None, (make_result(RIGHT_PROGRAM, "18"),)))
         refinement_id = conn.execute("SELECT id FROM refinements").fetchone()[0]
     state = tab.new_state(batch_id)
-    values = tab.record_judgement(store, state, "ann", "yes", None, None, "", json.dumps(state))
+    values = tab.record_judgement(store, state, "yes", json.dumps(state), as_user("ann"), field="correct")
     assert "Saved" not in values[0]
     with pytest.raises(StoreError):
         store.judge(refinement_id, "ann", correct="yes")
     with pytest.raises(StoreError):
         store.item_at(batch_id, 0)
-    opened = dict(zip(tab.VIEW, tab.open_batch(store, tab.new_state(), batch_id, "ann"), strict=True))
+    opened = dict(zip(tab.VIEW, tab.open_batch(store, tab.new_state(), batch_id, as_user("ann")), strict=True))
     assert opened["state"]["batch"] is None and opened["question"] == ""
     assert judgements(store) == []
 
@@ -123,7 +123,10 @@ def test_a_judgement_forged_during_an_import_then_a_sigkill_leave_the_file_loada
         assert not complete
         forged = json.dumps({"batch": batch_id, "position": 0, "refinement": 0})
         assert (
-            "Saved" not in tab.record_judgement(store, tab.new_state(batch_id), "ann", "no", None, None, "", forged)[0]
+            "Saved"
+            not in tab.record_judgement(store, tab.new_state(batch_id), "no", forged, as_user("ann"), field="correct")[
+                0
+            ]
         )
         with pytest.raises(StoreError):
             store.judge(refinement_id, "ann", correct="no")
