@@ -4,12 +4,11 @@ The kernel ignores every signal that PID 1 has no handler for, and Python instal
 SIGTERM, so `docker stop` (or a Space's restart) would wait out its grace period and SIGKILL the
 app, leaving the sandbox's private folders in /tmp. `install` makes both signals raise the
 KeyboardInterrupt that Gradio's wait loop handles (`serve_until_stopped`): it closes the server
-(no new requests; those in flight get `REQUESTS_GRACE_S` to finish), `launch` returns, and the
-interpreter's exit stops the sandbox, which removes its folders (`cap_app.sandbox.runner`, at
-exit). Should that take longer than `STOP_GRACE_S` (a request that does not end, a thread that
-hangs), a watchdog stops the sandbox itself and ends the process; a second signal ends it at
-once. Either way no acknowledged judgement is lost: the store commits each one before the page
-is told it was saved.
+(no new requests; those in flight get `REQUESTS_GRACE_S` to finish), then the sandbox is stopped,
+which removes its folders, and the process ends (`os._exit`: the interpreter's teardown would
+only free memory, slowly). Should that take longer than `STOP_GRACE_S` (a request that does not
+end, a thread that hangs), a watchdog does the same; a second signal does it at once. Either way
+no acknowledged judgement is lost: the store commits each one before the page is told it was saved.
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import threading
 
 logger = logging.getLogger(__name__)
@@ -25,26 +25,30 @@ REQUESTS_GRACE_S = 1.5  # how long the server lets requests in flight finish (a 
 _stopping = threading.Event()
 
 
-def _end_now(signum: int) -> None:
-    """Stop the sandbox (its folders go with it), flush what is printed, and exit without waiting for threads."""
+def _end_now(status: int) -> None:
+    """Stop the sandbox (its folders go with it), flush what is printed, and exit without waiting
+    for threads or for the interpreter's teardown (freeing the model took 1.5-2 s of an idle stop)."""
     from cap_app.sandbox import runner
 
     try:
         runner.stop_servers()
     finally:
         logging.shutdown()
-        os._exit(128 + signum)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
 
 
 def _watchdog(signum: int) -> None:
     threading.Event().wait(STOP_GRACE_S)
-    logger.warning("the app did not stop within %.0f s of the signal: ending it", STOP_GRACE_S)
-    _end_now(signum)
+    waiting = sorted(t.name for t in threading.enumerate() if t.is_alive() and not t.daemon)
+    print(f"the app did not stop within {STOP_GRACE_S:.0f} s of the signal: ending it (threads: {waiting})", flush=True)
+    _end_now(128 + signum)
 
 
 def _handle(signum: int, frame) -> None:
     if _stopping.is_set():  # a second signal: no more waiting
-        _end_now(signum)
+        _end_now(128 + signum)
     _stopping.set()
     print(f"{signal.Signals(signum).name}: stopping the app", flush=True)
     threading.Thread(target=_watchdog, args=(signum,), name="cap-stop-watchdog", daemon=True).start()
@@ -67,6 +71,8 @@ def serve_until_stopped(demo) -> None:
     if demo.server is not None:
         demo.server.config.timeout_graceful_shutdown = REQUESTS_GRACE_S
     demo.block_thread()
+    if _stopping.is_set():  # the server is closed: nothing is left to finish
+        _end_now(0)
 
 
 def stopping() -> bool:
