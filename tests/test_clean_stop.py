@@ -20,9 +20,10 @@ from pathlib import Path
 
 import psutil
 import pytest
+from argon2 import PasswordHasher
 
 from cap_app.store import Store
-from tests.annotator.conftest import RIGHT_PROGRAM, make_result, write_jsonl
+from tests.annotator.conftest import PASSWORD, RIGHT_PROGRAM, make_result, write_jsonl, write_users
 from tests.annotator.test_served_annotator import annotate_until_stopped, free_port
 from tests.helpers.paths import ROOT
 
@@ -58,6 +59,7 @@ class Pid1App:
             "CAP_PREPARE": "1" if prepare else "0",
             "CAP_BATCH_DIRS": str(folder),
             "GRADIO_TEMP_DIR": str(folder / "gradio-tmp"),
+            "CAP_USERS": str(write_users(folder / "users.json", PasswordHasher().hash(PASSWORD))),  # ann, bob
         }
         env.pop("CAP_DB_PATH", None)
         command = [sys.executable, "-m", "cap_app", "serve", "--port", str(port), "--db", str(self.db_path)]

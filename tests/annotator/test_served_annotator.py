@@ -240,9 +240,9 @@ def test_tabbing_through_the_fields_and_clicking_the_margin_never_shows_or_store
         browser.close()
 
 
-def annotate_until_stopped(url: str, batch_path: str, name: str, acked: list, stop: threading.Event) -> None:
-    """Signed in as `name`, judge item after item, a field at a time as the page does; a change counts
-    as acknowledged once its 'Saved' reply arrives."""
+def _judging(url: str, batch_path: str, name: str, stop: threading.Event):
+    """Signed in as `name` (the server needs CAP_USERS with PASSWORD, see write_users), judge item after
+    item, a field at a time as the page does; yield (item, field, value) as each 'Saved' reply arrives."""
     from gradio_client import Client, handle_file
 
     try:
@@ -254,12 +254,30 @@ def annotate_until_stopped(url: str, batch_path: str, name: str, acked: list, st
             for field, value in changes:
                 status = client.predict(value, api_name=f"/annotate_record_judgement_{field}")[0]
                 item = int(re.search(rf"Saved: item (\d+), refinement 1 as {name}:", status).group(1))
-                acked.append((name, item, field, value))
+                yield item, field, value
             client.predict(api_name="/annotate_step_1")
             count += 1
-    except Exception:  # the server was killed under us: stop
+    except Exception:  # the server was stopped under us: stop
         if not stop.is_set():
             raise
+
+
+def judge_field_by_field_until_stopped(
+    url: str, batch_path: str, name: str, acked: list, stop: threading.Event
+) -> None:
+    """Each acknowledged change: (name, item, field, value)."""
+    for item, field, value in _judging(url, batch_path, name, stop):
+        acked.append((name, item, field, value))
+
+
+def annotate_until_stopped(url: str, batch_path: str, name: str, acked: list, stop: threading.Event) -> None:
+    """Each acknowledged judgement, once both its fields are: (name, item, correct, note)."""
+    correct = None
+    for item, field, value in _judging(url, batch_path, name, stop):
+        if field == "correct":
+            correct = value
+        else:
+            acked.append((name, item, correct, value))
 
 
 def test_sigkill_mid_session_loses_duplicates_or_misattributes_no_acknowledged_judgement(served):
@@ -268,7 +286,9 @@ def test_sigkill_mid_session_loses_duplicates_or_misattributes_no_acknowledged_j
     stop = threading.Event()
     names = ("ann", "bob", "boss")
     workers = [
-        threading.Thread(target=annotate_until_stopped, args=(served.url, str(served.batch_path), name, acked, stop))
+        threading.Thread(
+            target=judge_field_by_field_until_stopped, args=(served.url, str(served.batch_path), name, acked, stop)
+        )
         for name in names
     ]
     for worker in workers:
