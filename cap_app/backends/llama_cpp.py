@@ -250,9 +250,13 @@ class LlamaCppBackend(RowSampler):
         return PromptSize(len(self.prompt_tokens(conversation)), self.context_tokens)
 
     def prompt_tokens(self, conversation) -> list[int]:
-        """The tokens a sample of `conversation` evaluates."""
-        with self._holding(self.contexts[0]) as llm:
-            return _tokenize(llm, self.formatter(messages=conversation).prompt)
+        """The tokens a sample of `conversation` evaluates. Tokenizing reads the model's vocabulary
+        only: `making` keeps the models from being freed meanwhile, and no context's lock is waited
+        for (one may be decoding another visitor's program)."""
+        with self.making:
+            if self.closing.is_set():
+                raise BackendError("the llama.cpp backend was closed")
+            return _tokenize(self.contexts[0].llm, self.formatter(messages=conversation).prompt)
 
     def _check_fits(self, prompt_tokens: int, config) -> None:
         """The engine fits "Max new tokens" to the context first (`fit_to_context`); a caller that

@@ -74,6 +74,7 @@ def format_result(result) -> str:
             f"refined {'right' if result.refined_correct else 'wrong'})"
         )
     lines.append(f"model: {result.model}; {result.generated_tokens} tokens, {result.timings_ms['total'] / 1000:.1f} s")
+    lines += [f"note: {note}" for note in result.notes]  # e.g. the token budget lowered to fit the context
     return "\n".join(lines)
 
 

@@ -107,6 +107,7 @@ def test_the_engine_votes_and_cancels_through_a_backend():
     assert result.votes == {"18": 1, "19": 1, "20": 1} and result.model == "scripted"
     cancel = threading.Event()
     events = refine_stream(QUESTION, "A: 18", model=Scripted(), cancel=cancel)
+    assert next(events).kind == "prompt"
     first = next(events)
     cancel.set()
     assert first.kind == "token" and {e.kind for e in events} <= {"token"}  # no program run, no result

@@ -125,6 +125,9 @@ def test_a_program_cut_off_is_reported_as_cut_off_not_as_its_error():
     lowered = dataclasses.replace(cut, notes=["“Max new tokens” was lowered from 400 to 16 for this draft: ..."])
     assert "shorten the draft" in execution_text(lowered) and "Raise" not in verdict_sentence(lowered)
     assert "lowered from 400 to 16" in verdict_html(lowered)
+    assert "note: “Max new tokens” was lowered from 400 to 16" in format_result(
+        dataclasses.replace(lowered, timings_ms={"total": 900.0})
+    )  # the CLI says it too
 
 
 def test_without_gold_the_draft_badge_says_what_the_sentence_says():
