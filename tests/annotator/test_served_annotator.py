@@ -313,6 +313,8 @@ def test_sigkill_mid_session_loses_duplicates_or_misattributes_no_acknowledged_j
         ).fetchall()
     stored: dict[tuple[str, int], list[tuple]] = {}
     for annotator, item, correct, note, origin in rows:
+        if annotator not in names:  # the browser tests' judgements, on the same server
+            continue
         assert origin == "api" and (not note or note.startswith(f"{annotator} note")), (annotator, note)  # theirs
         stored.setdefault((annotator, item), []).append((correct, note))
     expected: dict[tuple[str, int], list[tuple]] = {}
