@@ -279,6 +279,21 @@ def test_the_status_shows_the_prompt_being_read_and_its_time(monkeypatch):
     assert any(s.endswith("(prompt read in 2 s)") or s.endswith("(prompt read in 3 s)") for s in statuses)
     times = frames[-1]["times"]
     assert times.data[0].y[0] == "read the prompt" and times.data[0].x[0] >= 2.5
+    # Stop while the prompt is read: it takes effect at the first token, and the status says so
+    with OpenAIStub() as stub:
+        served = _served_by(stub, monkeypatch)
+        stub.failures.append(2.5)
+        request = gr.Request(session_hash="stop-while-reading")
+        stopped = handlers.refine_page(
+            JANET_QUESTION, JANET_DRAFT, "", served["model"], **SETTINGS, backend_choice="openai", request=request
+        )
+        statuses = []
+        for frame in stopped:
+            statuses.append(dict(zip(handlers.OUTPUTS, frame, strict=True))["status"])
+            if isinstance(statuses[-1], str) and statuses[-1].startswith("Reading"):
+                handlers.stop_refinement(request)
+    assert any(isinstance(s, str) and s.startswith("Stopping after the prompt is read… Reading") for s in statuses)
+    assert statuses[-1] == "Stopped."
 
 
 def test_a_program_cut_off_at_the_token_limit_reads_as_cut_off_everywhere(tiny_choice):
