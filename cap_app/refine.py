@@ -229,8 +229,9 @@ class _ItemState:
 
         for generation in generations:
             limit, context = generation.token_limit, generation.context
-            if limit is not None and context is not None and limit < config.max_new_tokens:
-                self.note(budget_note(config.max_new_tokens, limit, PromptSize(context - limit, context)))
+            if limit is not None and limit < config.max_new_tokens:
+                size = PromptSize(context - limit if context else None, context)
+                self.note(budget_note(config.max_new_tokens, limit, size))
 
     def count_prompt_tokens(self, generations) -> None:
         """Add the generations' prompt tokens; unknown (None) once any is unknown."""

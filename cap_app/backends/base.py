@@ -65,7 +65,12 @@ def fit_to_context(config: GenerationConfig, size: PromptSize) -> tuple[Generati
 
 def budget_note(asked: int, given: int, size: PromptSize) -> str:
     """The sentence that says a program's token budget was lowered to fit the model's context."""
-    taken = f"the question and draft take {size.tokens:,}" if size.tokens is not None else "the prompt takes the rest"
+    if size.context is None or size.tokens is None:  # a server that only stopped short
+        return (
+            f"“Max new tokens” was lowered from {asked} to {given} for this draft: "
+            "the model's context has no more room after the question and draft."
+        )
+    taken = f"the question and draft take {size.tokens:,}"
     return (
         f"“Max new tokens” was lowered from {asked} to {given} for this draft: "
         f"the model reads at most {size.context:,} tokens and {taken}."

@@ -151,6 +151,12 @@ class OpenAIBackend(RowSampler):
                     emit=None if emit is None else tracked,
                 )
                 generation.prompt_tokens = usage.get("prompt_tokens")
+                if generation.finish == "length" and generation.new_tokens < config.max_new_tokens:
+                    # the server stopped it short of max_tokens: its context was full (llama-cpp-python's
+                    # server lowers max_tokens to what the prompt leaves without a word)
+                    generation.token_limit = generation.new_tokens
+                    if generation.prompt_tokens is not None:
+                        generation.context = generation.prompt_tokens + generation.new_tokens
                 return generation
 
         try:

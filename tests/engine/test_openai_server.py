@@ -171,6 +171,30 @@ def test_a_bad_key_is_one_line(server, monkeypatch, capsys):
     assert err.startswith(f"error: the server at {server.url} refused the API key (HTTP 401") and "sk-wrong" not in err
 
 
+def test_a_draft_that_fills_the_servers_context_is_refined_and_told_so(server, model_file):
+    """Issue 25: llama_cpp.server (n_ctx 4,096 here) lowers max_tokens to what a long prompt leaves
+    without a word; the program it cuts there is reported as cut by the context, in the settings'
+    words, not as a program cut at a "Max new tokens" the visitor never chose."""
+    from cap_app.refine import RefineConfig, refine
+
+    line = "In May 48 / 2 = 24, 48 + 24 = 72, 72 - 9 = 63.\n"  # numbers: ~2 characters a token
+    local = LlamaCppBackend(model_file, name="local", contexts=1)
+    per_line = len(local.prompt_tokens(build_messages(QUESTION, line * 2))) - len(
+        local.prompt_tokens(build_messages(QUESTION, line))
+    )
+    base = len(local.prompt_tokens(build_messages(QUESTION, line + "A: 72")))
+    local.close()
+    draft = line * ((4096 - 40 - base) // per_line + 1) + "A: 72"  # leaves ~40 tokens: too few for a program
+    remote = OpenAIBackend(server.url, "cap", api_key=KEY, concurrency=1, timeout_s=120, retries=0)
+    result = refine(QUESTION, draft, config=RefineConfig(max_new_tokens=400), model=remote)
+    [candidate] = result.candidates
+    assert len(draft) < 8000 and candidate.finish == "length" and candidate.tokens < 400
+    assert result.notes == [  # (this server sends no usage: the prompt's tokens are not known here)
+        f"“Max new tokens” was lowered from 400 to {candidate.tokens} for this draft: "
+        "the model's context has no more room after the question and draft."
+    ]
+
+
 def test_a_server_killed_mid_batch_loses_nothing_and_the_rerun_resumes(model_file, tmp_path):
     source, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_items(source, QUESTION, DRAFT)
