@@ -15,10 +15,13 @@ and the shared views, and hold no logic of their own. Item views return tuples i
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import html
 import inspect
 import json
 import tempfile
+import threading
 import time
 import typing
 from pathlib import Path
@@ -68,19 +71,24 @@ SHORTCUTS = (
     ("r", "run a refinement"),
 )
 # Keys click the matching control; ignored while typing in a field or when this tab is hidden. A
-# radio key also queues the value it chose, for JUDGE_JS: Gradio reads a component's value a moment
-# after the click, when a later key (or a reply) may have changed it already. A radio already showing
+# judging key (a radio, or z) also queues what it asked for with its number in key order, for
+# NUMBERED_JS: Gradio reads a component's value a moment after the click, when a later key (or a
+# reply) may have changed it already, and sends events that fast in any order. A radio already showing
 # that value is left alone (clicking it again would send nothing and leave its value queued).
 SHORTCUTS_JS = """
 if (!window.capAnnotatorKeys) {
   window.capAnnotatorKeys = true;
-  window.capAnnChosen = {correct: [], vs_draft: []};
+  window.capAnnChosen = window.capAnnChosen || {};
   const radios = {
     y: ['correct', 'yes'], n: ['correct', 'no'], u: ['correct', 'unsure'],
     b: ['vs_draft', 'better'], s: ['vs_draft', 'same'], w: ['vs_draft', 'worse'],
   };
   const buttons = {
     j: '#cap-ann-next', k: '#cap-ann-prev', g: '#cap-ann-unjudged', z: '#cap-ann-undo', r: '#cap-ann-run',
+  };
+  const queue = (name, entry) => {
+    window.capAnnSeq = (window.capAnnSeq || 0) + 1;
+    (window.capAnnChosen[name] = window.capAnnChosen[name] || []).push({...entry, seq: window.capAnnSeq});
   };
   document.addEventListener('keydown', (event) => {
     if (event.ctrlKey || event.metaKey || event.altKey || event.repeat) return;
@@ -96,35 +104,90 @@ if (!window.capAnnotatorKeys) {
       if (!control) return;
       event.preventDefault();
       if (control.checked) return;
-      window.capAnnChosen[field].push(value);
+      queue(field, {value});
       control.click();
     } else if (event.key in buttons) {
       const control = document.querySelector(buttons[event.key]);
-      if (control) { event.preventDefault(); control.click(); }
+      if (!control) return;
+      event.preventDefault();
+      if (event.key === 'z') queue('undo', {});
+      control.click();
     }
   });
 }
 """
-# Runs in the browser before a radio's judgement is sent: the value the key chose, in the order the
-# keys were pressed (a mouse click queues nothing and sends the radio's value).
-JUDGE_JS = """
+# Runs in the browser before a judgement or an undo is sent: the value a key chose and the key's
+# number (a mouse click queues nothing: it sends the component's value and the next number). The
+# server runs a session's numbered calls in that order (SessionOrder).
+NUMBERED_JS = """
 (...values) => {
-  const chosen = (window.capAnnChosen || {})[FIELD] || [];
-  if (chosen.length) values[1] = chosen.shift();
+  window.capAnnChosen = window.capAnnChosen || {};
+  const next = (window.capAnnChosen[QUEUE] || []).shift();
+  if (next && 'value' in next) values[1] = next.value;
+  if (!next) window.capAnnSeq = (window.capAnnSeq || 0) + 1;
+  values[values.length - 1] = String(next ? next.seq : window.capAnnSeq);
   return values;
 }
 """
-# Runs in the browser when a judgement's reply arrives: the radios show the form as stored, but only
-# while the page still shows the item judged (a reply may arrive after "j" moved on).
+# Runs in the browser when a judgement's reply arrives: the status, progress and radios show the
+# newest reply (by the store's order: replies may arrive out of order), the radios only while the
+# page still shows the item judged (a reply may arrive after "j" moved on).
 SHOW_STORED_JS = """
-(stored, shown, correct, vs) => {
+(stored, shown, correct, vs, status, progress) => {
   try {
     const reply = JSON.parse(stored);
-    if (reply && reply.shown === shown) return [reply.correct, reply.vs_draft];
+    if (reply && (!window.capAnnNewest || reply.stamp > window.capAnnNewest.stamp)) window.capAnnNewest = reply;
+    const newest = window.capAnnNewest;
+    if (newest) {
+      const same = newest.shown === shown;
+      return [same ? newest.correct : correct, same ? newest.vs_draft : vs, newest.status, newest.progress];
+    }
   } catch (error) {}
-  return [correct, vs];
+  return [correct, vs, status, progress];
 }
 """
+
+
+class SessionOrder:
+    """Runs each page session's numbered calls (judgements and undo, numbered in key order by the
+    page) one after the other in that order, whatever order they arrive in; calls of different
+    sessions, and unnumbered ones (API clients), run at once. A number that never arrives holds the
+    next one up for at most `wait_s`."""
+
+    def __init__(self, wait_s: float = 5.0, sessions: int = 10_000):
+        self.wait_s, self.sessions = wait_s, sessions
+        self._done: collections.OrderedDict[str, int] = collections.OrderedDict()
+        self._changed = threading.Condition()
+
+    @contextlib.contextmanager
+    def turn(self, session: str | None, number: str | int | None):
+        try:
+            number = int(number or 0)
+        except (TypeError, ValueError):
+            number = 0
+        if not session or number <= 0:
+            yield
+            return
+        deadline = time.monotonic() + self.wait_s
+        with self._changed:
+            while self._done.get(session, 0) < number - 1 and (left := deadline - time.monotonic()) > 0:
+                self._changed.wait(left)
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._done[session] = max(self._done.get(session, 0), number)
+                self._done.move_to_end(session)
+                while len(self._done) > self.sessions:
+                    self._done.popitem(last=False)
+                self._changed.notify_all()
+
+
+SESSION_ORDER = SessionOrder()
+
+
+def _session(request: gr.Request | None) -> str | None:
+    return getattr(request, "session_hash", None) if request is not None else None
 
 
 def new_state(batch_id: int | None = None, position: int = 0, refinement: int = 0) -> dict:
@@ -427,17 +490,19 @@ def _form_text(judgement) -> str:
     return ", ".join(parts)
 
 
-def _stored_reply(shown_state: dict, judgement) -> str:
-    """The stored form for the page (SHOW_STORED_JS puts it in the radios), tagged with the item it
-    is of and a stamp so that the same form stored twice still reaches the page."""
-    return json.dumps(
-        {
-            "shown": json.dumps(shown_state),
-            "correct": judgement.correct if judgement else None,
-            "vs_draft": judgement.vs_draft if judgement else None,
-            "stamp": time.monotonic_ns(),
-        }
-    )
+def _reply(status: str, progress: str, shown_state: dict, judgement) -> tuple:
+    """What a judgement returns, in the order of JUDGED: the status and progress, and the same with the
+    stored form for the page (SHOW_STORED_JS), tagged with the item it is of and a stamp in the
+    store's order, so that the page shows the newest whatever order replies arrive in."""
+    stored = {
+        "shown": json.dumps(shown_state),
+        "correct": judgement.correct if judgement else None,
+        "vs_draft": judgement.vs_draft if judgement else None,
+        "status": status,
+        "progress": progress,
+        "stamp": time.monotonic_ns(),
+    }
+    return status, progress, json.dumps(stored)
 
 
 def record_judgement(
@@ -447,21 +512,28 @@ def record_judgement(
     shown: str,
     request: gr.Request,
     profile: gr.OAuthProfile | None = None,
+    number: str | None = None,
     *,
     field: str,
 ) -> tuple:
     """One change of the judgement form (`field` set to `value`): stored at once with the fields not
     changed kept as stored, so clicks on two fields in quick succession are both kept, in order.
     Returns (status, progress, stored form) in the order of JUDGED; "Saved" only once the store has
-    committed it, and the radios then show the stored form. When refused, nothing is stored and the
+    committed it, and the radios then show the stored form. `number` orders a page session's calls
+    (SessionOrder; Gradio passes the request and profile before it). When refused, nothing is stored and the
     radios go back to what is stored (if anything); typed fields keep what was typed, so nothing typed
     is lost. The judgement is of the item the page showed (`shown`, sent with the click, checked)."""
     if field not in FORM_FIELDS:
         raise ValueError(f"unknown form field {field!r}")
+    with SESSION_ORDER.turn(_session(request), number):
+        return _record(store, state, value, shown, request, profile, field)
+
+
+def _record(store: Store, state: dict, value, shown: str, request, profile, field: str) -> tuple:
     try:
         who = _who(request, profile)
     except Refused as refused:
-        return _error(str(refused)), "", _stored_reply(new_state(), None)
+        return _reply(_error(str(refused)), "", new_state(), None)
     judged_state = state
     try:
         judged_state = _shown_state(store, state, shown)
@@ -479,15 +551,15 @@ def record_judgement(
         judgement = store.judge(refinement.id, who.name, origin=who.origin, **{field: value})
     except StoreError as error:
         current = _current_of(store, judged_state, who)
-        return _error(str(error)), progress_html(store, state.get("batch"), who), _stored_reply(judged_state, current)
-    reply = _stored_reply(judged_state, judgement)
+        return _reply(_error(str(error)), progress_html(store, state.get("batch"), who), judged_state, current)
+    progress = progress_html(store, state["batch"], who)
     if judgement is None:  # an empty form left untouched: nothing to save
-        return "", progress_html(store, state["batch"], who), reply
+        return _reply("", progress, judged_state, None)
     saved = (
         f"Saved: item {item.position + 1}, refinement {refinements.index(refinement) + 1} as {who.name}: "
         f"{_form_text(judgement)} ({judgement.created_at[11:19]} UTC)."
     )
-    return views.message_html(saved), progress_html(store, state["batch"], who), reply
+    return _reply(views.message_html(saved), progress, judged_state, judgement)
 
 
 def _current_of(store: Store, state: dict, who: Identity):
@@ -500,9 +572,21 @@ def _current_of(store: Store, state: dict, who: Identity):
         return None
 
 
-def undo(store: Store, state: dict, request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple:
+def undo(
+    store: Store,
+    state: dict,
+    request: gr.Request,
+    profile: gr.OAuthProfile | None = None,
+    number: str | None = None,
+) -> tuple:
     """Undo: withdraw the caller's own newest change and show the item it was about. Each click or
-    typed field saves a snapshot of the form, so undo steps back one of those, not a whole judgement."""
+    typed field saves a snapshot of the form, so undo steps back one of those, not a whole judgement.
+    In key order with the session's judgements (`number`, see SessionOrder)."""
+    with SESSION_ORDER.turn(_session(request), number):
+        return _undo(store, state, request, profile)
+
+
+def _undo(store: Store, state: dict, request, profile) -> tuple:
     try:
         who = _who(request, profile)
     except Refused as refused:
@@ -691,6 +775,7 @@ def build_annotator_tab(demo: gr.Blocks, store: Store | None = None) -> None:
         shown = gr.Textbox("null", visible=False, elem_id="cap-ann-shown")
         # The stored form of the last judgement, for SHOW_STORED_JS; in the DOM, so its change event runs.
         stored = gr.Textbox("", visible="hidden", elem_id="cap-ann-stored")
+        number = gr.Textbox("", visible=False, elem_id="cap-ann-number")  # set by NUMBERED_JS as each call is sent
         question = gr.HTML(elem_id="cap-ann-question")
         draft = gr.HTML(label="Draft steps", elem_id="cap-ann-draft")
         with gr.Row():
@@ -758,7 +843,10 @@ def build_annotator_tab(demo: gr.Blocks, store: Store | None = None) -> None:
     db = dict(concurrency_limit=None)  # SQLite serialises writers itself
     # Judgements and undo of every session run one at a time, in the order they arrive: keys pressed at
     # any speed are each stored, in order, and each reply reaches the page in that order too.
-    ordered = dict(concurrency_limit=1, concurrency_id="annotator-judgements", trigger_mode="multiple")
+    # Judgements and undo: every click is sent (even while an earlier one is pending), numbered in key
+    # order, and run in that order per session (SessionOrder), so keys pressed at any speed are each
+    # stored, in order.
+    ordered = dict(concurrency_limit=None, trigger_mode="multiple")
     demo.load(access_html, None, access, **db)
     demo.load(bind(refresh_batches, store), [state], batch, **db)
     load.click(bind(load_file, store), [state, upload, path, draft_key], [batch, report, *view], **db)
@@ -768,7 +856,7 @@ def build_annotator_tab(demo: gr.Blocks, store: Store | None = None) -> None:
     prev_button.click(bind(step, store, delta=-1), [state], view, **db)
     next_button.click(bind(step, store, delta=1), [state], view, **db)
     unjudged_button.click(bind(next_unjudged, store), [state], view, **db)
-    undo_button.click(bind(undo, store), [state], view, **ordered)
+    undo_button.click(bind(undo, store), [state, number], view, js=NUMBERED_JS.replace("QUEUE", '"undo"'), **ordered)
     refinement.input(bind(choose_refinement, store), [state, refinement], view, **db)
     run.click(
         bind(run_refinement, store),
@@ -788,13 +876,14 @@ def build_annotator_tab(demo: gr.Blocks, store: Store | None = None) -> None:
         judged = gr.on(
             triggers,
             bind(record_judgement, store, field=field),
-            [state, components[field], shown],
+            [state, components[field], shown, number],
             [status, progress, stored],
-            js=JUDGE_JS.replace("FIELD", json.dumps(field)) if field in RADIOS else None,
+            js=NUMBERED_JS.replace("QUEUE", json.dumps(field)),
             **ordered,
         )
         judged.then(bind(items_page, store), [state, page], table, **db)
-    stored.change(None, [stored, shown, correct, vs_draft], [correct, vs_draft], js=SHOW_STORED_JS)
+    watched = [correct, vs_draft, status, progress]
+    stored.change(None, [stored, shown, *watched], watched, js=SHOW_STORED_JS)
     for event in (page.submit, state.change):
         event(bind(items_page, store), [state, page], table, **db)
 

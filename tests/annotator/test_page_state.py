@@ -156,3 +156,22 @@ def test_a_file_damaged_by_an_older_app_loads_at_once(store, batch_file):
         )
     report = load_batch(store, batch_file)
     assert report.batch.item_count == 3 and not report.reused
+
+
+def test_a_sessions_numbered_calls_run_in_key_order_whatever_order_they_arrive_in():
+    order = tab.SessionOrder(wait_s=60)
+    ran: list[str] = []
+
+    def call(session: str, number: int) -> None:
+        with order.turn(session, number):
+            ran.append(f"{session}{number}")
+
+    import threading
+
+    second = threading.Thread(target=call, args=("a", 2))  # arrives first, waits for number 1
+    second.start()
+    call("b", 1)  # another session's calls do not wait for "a"
+    call(None, 5)  # nor do unnumbered ones (API clients)
+    call("a", 1)
+    second.join(60)
+    assert ran == ["b1", "None5", "a1", "a2"]
