@@ -9,6 +9,14 @@ peak Python heap during the load against the file size (streaming keeps it flat)
 latency of one judgement (a committed, fsynced transaction), sequential and with several
 threads writing at once. Goals (issue 6): the peak heap stays flat (< 16 MiB) whatever the file
 size; a judgement is on disk in < 50 ms at p95. Figures for this machine: benchmarks/README.md.
+
+    .venv/bin/python -m benchmarks.annotator_bench --served --annotators 6 --seconds 60
+
+`--served` measures what a team meets instead: a real `python -m cap_app serve` with accounts (a
+users file), N annotators each signed in through gradio_client (the page's own API) on the same
+machine, each uploading the batch, then judging item after item (one field per call, as the page
+sends them) and stepping on. Measured: each judgement call's round trip, p50/p95, and judgements
+per second. Goal (issue 24): p95 <= 1 s at 6 annotators on 2 cores, clients included.
 """
 
 from __future__ import annotations
@@ -67,13 +75,121 @@ def judge_latencies(store: Store, refinement_ids: list[int], annotator: str) -> 
     return latencies
 
 
+def served_figures(annotators: int, seconds: float, items: int) -> dict:
+    """Judge through a served app with `annotators` signed-in clients for `seconds`."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    from argon2 import PasswordHasher
+    from gradio_client import Client, handle_file
+
+    password = "benchmark password"
+    with tempfile.TemporaryDirectory(prefix="cap-annotator-served-") as tmp:
+        tmp = Path(tmp)
+        hashed = PasswordHasher().hash(password)
+        names = [f"annotator{i}" for i in range(annotators)]
+        users = {name: {"role": "annotator", "hash": hashed} for name in names}
+        (tmp / "users.json").write_text(json.dumps({"version": 1, "users": users}))
+        batch = tmp / "batch.jsonl"
+        result = a_refinement()
+        with open(batch, "w", encoding="utf-8") as out:
+            for i in range(items):
+                row = result.to_dict() | {"question": f"[{i}] How many eggs?", "draft": "16 - 3 = 13\nA: 13"}
+                out.write(json.dumps(row) + "\n")
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        env = {
+            **os.environ,
+            "CAP_USERS": str(tmp / "users.json"),
+            "CAP_PREPARE": "0",
+            "GRADIO_TEMP_DIR": str(tmp / "gradio"),
+        }
+        command = [sys.executable, "-m", "cap_app", "serve", "--port", str(port), "--db", str(tmp / "a.db")]
+        server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}/"
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    urllib.request.urlopen(url, timeout=2).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline or server.poll() is not None:
+                        raise RuntimeError("the server did not start") from None
+                    time.sleep(0.5)
+            latencies: list[float] = []
+            lock = threading.Lock()
+            start = threading.Barrier(annotators + 1)
+            stop = threading.Event()
+
+            def annotate(name: str) -> None:
+                client = Client(url, auth=(name, password), verbose=False)
+                client.predict(handle_file(str(batch)), "", "draft", api_name="/annotate_load_file")
+                start.wait()
+                count = 0
+                while not stop.is_set():
+                    field, value = ("correct", ("yes", "no")[count % 2]) if count % 2 == 0 else ("note", f"n{count}")
+                    began = time.perf_counter()
+                    status = client.predict(value, api_name=f"/annotate_record_judgement_{field}")[0]
+                    took = time.perf_counter() - began
+                    if "Saved" not in status:
+                        raise RuntimeError(status)
+                    with lock:
+                        latencies.append(took)
+                    if field == "note":
+                        client.predict(api_name="/annotate_step_1")
+                    count += 1
+
+            threads = [threading.Thread(target=annotate, args=(name,)) for name in names]
+            for thread in threads:
+                thread.start()
+            start.wait()
+            began = time.perf_counter()
+            time.sleep(seconds)
+            stop.set()
+            for thread in threads:
+                thread.join()
+            elapsed = time.perf_counter() - began
+        finally:
+            server.send_signal(signal.SIGTERM)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+    return {
+        "annotators": annotators,
+        "seconds": round(elapsed, 1),
+        "judgements": len(latencies),
+        "judge_p50_s": round(percentile(latencies, 50), 3),
+        "judge_p95_s": round(percentile(latencies, 95), 3),
+        "judgements_per_s": round(len(latencies) / elapsed, 1),
+        "cpus": len(os.sched_getaffinity(0)),
+        "load_average_1min_after": round(os.getloadavg()[0], 2),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000, help="rows in the batch file")
     parser.add_argument("--judgements", type=int, default=300, help="judgements per writer")
     parser.add_argument("--writers", type=int, default=4, help="threads judging at once in the concurrent run")
     parser.add_argument("--json", help="also write the figures here")
+    parser.add_argument("--served", action="store_true", help="judge through a served app with signed-in clients")
+    parser.add_argument("--annotators", type=int, default=6, help="--served: annotators judging at once")
+    parser.add_argument("--seconds", type=float, default=60, help="--served: how long they judge")
+    parser.add_argument("--items", type=int, default=400, help="--served: items in the batch")
     args = parser.parse_args()
+    if args.served:
+        figures = served_figures(args.annotators, args.seconds, args.items)
+        print(json.dumps(figures, indent=2))
+        if args.json:
+            write_json(args.json, figures)
+        return
 
     with tempfile.TemporaryDirectory(prefix="cap-annotator-bench-") as tmp:
         batch_path = Path(tmp) / "batch.jsonl"
