@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from cap_app.store import Store
+from cap_app.ui.annotator_tab import VIEW
 from tests.annotator.conftest import PASSWORD, RIGHT_PROGRAM, make_result, write_jsonl, write_users
 from tests.helpers.paths import ROOT
 
@@ -238,6 +239,40 @@ def test_tabbing_through_the_fields_and_clicking_the_margin_never_shows_or_store
         page.wait_for_timeout(1000)  # late replies of the blur events change nothing
         assert radios(page) == ("no", "same") and stored_form(served, "tab", 0)[-1] == ("no", "same", "page")
         browser.close()
+
+
+def test_through_the_api_only_a_signed_in_account_acts_and_only_as_itself(served):
+    """gradio_client as a hostile visitor would use it: without an account nothing answers; an
+    annotator's calls act on their own judgements only and cannot export; an admin's export names
+    who judged and from where."""
+    import csv
+
+    from gradio_client import Client, handle_file
+
+    served.running()
+    with pytest.raises(Exception):  # noqa: B017 - gradio_client's error for a login-protected app
+        Client(served.url, verbose=False)
+    with pytest.raises(Exception):  # noqa: B017
+        Client(served.url, auth=("ann", "not the password"), verbose=False)
+    ann = Client(served.url, auth=("ann", PASSWORD), verbose=False)
+    bob = Client(served.url, auth=("bob", PASSWORD), verbose=False)
+    for client in (ann, bob):
+        client.predict(handle_file(str(served.batch_path)), "", "draft", api_name="/annotate_load_file")
+    assert "as ann:" in ann.predict("no", api_name="/annotate_record_judgement_correct")[0]
+    seen_by_bob = bob.predict(api_name="/annotate_step_1")  # to item 2 and back: bob's own form on item 1
+    seen_by_bob = bob.predict(api_name="/annotate_step_back1")
+    shown = dict(zip([name for name in VIEW if name != "state"], seen_by_bob, strict=True))  # no State in replies
+    assert shown["correct"] is None and "Question 0" in shown["question"]
+    assert "as bob:" in bob.predict("yes", api_name="/annotate_record_judgement_correct")[0]
+    for _ in range(2):
+        bob.predict(api_name="/annotate_undo")
+    path, summary, _ = bob.predict(api_name="/annotate_export_download_csv")
+    assert path is None and "Only an admin may export" in summary
+    boss = Client(served.url, auth=("boss", PASSWORD), verbose=False)
+    path, summary, _ = boss.predict(api_name="/annotate_export_download_csv")
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = [(r["annotator"], r["origin"], r["item"], r["correct"]) for r in csv.DictReader(fh)]
+    assert ("ann", "api", "1", "no") in rows and not [row for row in rows if row[0] == "bob"]  # bob's undone
 
 
 def _judging(url: str, batch_path: str, name: str, stop: threading.Event):
