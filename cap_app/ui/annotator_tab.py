@@ -235,9 +235,12 @@ def _who(request: gr.Request | None, profile: gr.OAuthProfile | None) -> Identit
 
 def access_html(request: gr.Request, profile: gr.OAuthProfile | None = None) -> str:
     """The line at the top of the tab: who judgements are stored as here, or why nothing is stored."""
-    text = accounts.describe_access(request, profile)
-    kind = "info" if accounts.access_mode() == "local" else ("warning" if "nothing is stored" in text else "info")
-    return views.message_html(text, kind)
+    try:
+        accounts.identify(request, profile)
+        kind = "info"
+    except Refused:  # not signed in, not allowed, or nothing can be stored here
+        kind = "warning"
+    return views.message_html(accounts.describe_access(request, profile), kind)
 
 
 def progress_html(store: Store, batch_id: int | None, who: Identity | None) -> str:
