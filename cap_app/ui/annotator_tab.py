@@ -503,7 +503,7 @@ def _reply(status: str, progress: str, shown_state: dict, judgement) -> tuple:
         "vs_draft": judgement.vs_draft if judgement else None,
         "status": status,
         "progress": progress,
-        "stamp": time.monotonic_ns(),
+        "stamp": time.time_ns(),  # survives a restart of the server, unlike a monotonic clock
     }
     return status, progress, json.dumps(stored)
 
