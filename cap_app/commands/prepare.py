@@ -6,8 +6,8 @@
 The Dockerfile runs it at build time, so the image carries the converted model and a container's
 first visitor waits for nothing. It runs the app's own preparation (`cap_app.preparation.load`,
 the same settings as the page's first Refine), printing each step with its time. `--prune`
-removes, after a llama.cpp preparation, the intermediate safetensors copies (about 1 GB) that
-only the transformers backend reads; a visitor who picks that backend makes them again.
+removes, after a llama.cpp preparation, any safetensors copies of the model (about 1 GB, left by
+a transformers load) that llama.cpp never reads; a visitor who picks transformers makes them again.
 Exit status: 0 when the model is ready, 1 when it cannot be loaded.
 """
 
@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--prune",
         action="store_true",
-        help="after preparing for llama.cpp, remove the cache entries only transformers reads (smaller images)",
+        help="after preparing for llama.cpp, remove cache entries only transformers reads (smaller images)",
     )
 
 
