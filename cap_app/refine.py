@@ -28,7 +28,7 @@ from typing import Literal
 from cap_app.align import located_mistake
 from cap_app.answers import answers_equal, extract_draft_answer, normalize_answer
 from cap_app.backends import Backend, as_backend
-from cap_app.backends.base import budget_note, fit_to_context
+from cap_app.backends.base import PromptSize, budget_note, fit_to_context
 from cap_app.generate import Generation, GenerationConfig
 from cap_app.model import LoadedModel, get_model
 from cap_app.program import extract_program
@@ -223,10 +223,8 @@ class _ItemState:
             self.notes.append(note)
 
     def check_limits(self, generations: list[Generation], config: GenerationConfig) -> None:
-        """A backend that learned the context only from its server's refusal (openai) lowered the
-        budget itself; say so as `fitted` does."""
-        from cap_app.backends.base import PromptSize
-
+        """A backend that learns the context only from its server (openai: a refusal, or a program
+        stopped short) lowered the budget itself; say so as `fitted` does."""
         for generation in generations:
             limit, context = generation.token_limit, generation.context
             if limit is not None and limit < config.max_new_tokens:

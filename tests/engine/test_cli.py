@@ -136,7 +136,7 @@ def test_eval_compares_strategies_on_the_drafts_file(tiny, tmp_path, capsys):
     )
     out = capsys.readouterr().out
     assert code == 0
-    header, *table = out.splitlines()
+    header, *table = out.split("\nverdict as a flag")[0].splitlines()  # the accuracy table, then the flags
     assert header.split()[:3] == ["strategy", "items", "draft"] and "wrong->right" in header
     assert [row.split()[0] for row in table] == ["greedy", "cot+cap"]
     data = json.loads(report.read_text())
@@ -169,7 +169,7 @@ def test_eval_over_several_draft_sources_has_a_row_per_source(tiny, tmp_path, ca
     assert (
         main(["eval", "--input", str(path), "--draft-key", *keys, "--limit", "2", "--report", str(report), *tiny]) == 0
     )
-    table = capsys.readouterr().out.splitlines()[1:]
+    table = capsys.readouterr().out.split("\nverdict as a flag")[0].splitlines()[1:]
     assert [row.split()[:2] for row in table] == [
         ["greedy", "[6b_finetuning]"],
         ["greedy", "[175b_verification]"],
