@@ -32,7 +32,8 @@ STARTUP_TIMEOUT_S = 120
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 WAIT_MS = 30_000  # two cores shared with other work: replies can take seconds
-TEAM = {name: "annotator" for name in ("kbd", "fast0", "fast50", "tab", "ann", "bob")} | {"boss": "admin"}
+ANNOTATORS = ("kbd", "fast0", "fast50", "tab", "ann", "bob", "killed1", "killed2")
+TEAM = {name: "annotator" for name in ANNOTATORS} | {"boss": "admin", "killed-admin": "admin"}
 
 
 def free_port() -> int:
@@ -319,7 +320,7 @@ def test_sigkill_mid_session_loses_duplicates_or_misattributes_no_acknowledged_j
     served.running()
     acked: list[tuple[str, int, str, str]] = []
     stop = threading.Event()
-    names = ("ann", "bob", "boss")
+    names = ("killed1", "killed2", "killed-admin")  # their own accounts: other tests judged on this server
     workers = [
         threading.Thread(
             target=judge_field_by_field_until_stopped, args=(served.url, str(served.batch_path), name, acked, stop)
