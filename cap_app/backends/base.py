@@ -179,6 +179,8 @@ def follow(
         close = getattr(iterator, "close", None)
         if close is not None:
             close()
+    if follower.count == 0 and cancel is not None and cancel.is_set():
+        follower.finish = "cancelled"  # stopped before its first token (a long prompt's evaluation)
     return follower.generation()
 
 

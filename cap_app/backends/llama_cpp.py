@@ -305,8 +305,7 @@ class LlamaCppBackend(RowSampler):
                 if watched.is_set() or not (lead or prompt.wait(watched)):  # the groups after a cancel do not start
                     if lead:
                         prompt.ready.set()
-                    cancelled = Generation("", len(prompt.tokens), new_tokens=0, mean_logprob=None, finish="cancelled")
-                    generations.append([dataclasses.replace(cancelled) for _ in group])
+                    generations.append(_cancelled(prompt, group))
                     continue
                 with shared[worker].lock:
                     if self.closing.is_set():
@@ -314,7 +313,10 @@ class LlamaCppBackend(RowSampler):
                     llm = self.contexts[worker].llm  # the model of that shared context
                     seeded = [(row, rows[row][1]) for row in group]
                     try:
-                        first = self._take_prompt(shared[worker], llm, prompt, lead, prompt_threads)
+                        first = self._take_prompt(shared[worker], llm, prompt, lead, prompt_threads, watched)
+                    except _Cancelled:
+                        generations.append(_cancelled(prompt, group))
+                        continue
                     finally:
                         if lead:
                             prompt.ready.set()  # also when it failed: the followers then evaluate it themselves
@@ -367,9 +369,10 @@ class LlamaCppBackend(RowSampler):
                     self.shared.append(_Shared(ctx, batch))
             return self.shared
 
-    def _take_prompt(self, shared: _Shared, llm, prompt: _Prompt, lead: bool, threads: int) -> np.ndarray:
+    def _take_prompt(self, shared: _Shared, llm, prompt: _Prompt, lead: bool, threads: int, cancel) -> np.ndarray:
         """Sequence 0 of `shared` holding `prompt`, evaluated (the lead, or a follower whose lead
-        failed) or copied from the lead; the logits after its last token."""
+        failed) or copied from the lead; the logits after its last token. _Cancelled when `cancel`
+        is set between two of its batches (Stop during a long prompt)."""
         from llama_cpp import llama_cpp as library
 
         ctx, memory = shared.ctx.ctx, shared.ctx.memory
@@ -387,6 +390,8 @@ class LlamaCppBackend(RowSampler):
             library.llama_memory_seq_rm(memory, 0, same, -1)
             with self.prompt_threads.evaluating(ctx, threads, len(tokens) - 1 - same):
                 for start in range(same, len(tokens) - 1, PROMPT_BATCH):
+                    if cancel.is_set():
+                        raise _Cancelled
                     chunk = tokens[start : min(start + PROMPT_BATCH, len(tokens) - 1)]
                     self._step(shared, [(token, start + i, 0) for i, token in enumerate(chunk)], outputs=False)
             self._step(shared, [(tokens[-1], len(tokens) - 1, 0)])
@@ -474,7 +479,7 @@ class LlamaCppBackend(RowSampler):
                 self._check_fits(len(tokens), config)
                 context.prompt = prompt
                 return follow(
-                    self._decode(llm, tokens, config, seed, self.prompt_threads.choose(THREADS + spare)),
+                    self._decode(llm, tokens, config, seed, self.prompt_threads.choose(THREADS + spare), cancel),
                     config,
                     prompt_tokens=len(tokens),
                     cancel=cancel,
@@ -510,9 +515,11 @@ class LlamaCppBackend(RowSampler):
             self.free.remove(context)
             return context
 
-    def _decode(self, llm, prompt: list[int], config, seed: int | None, prompt_threads: int) -> Iterator[Token]:
+    def _decode(
+        self, llm, prompt: list[int], config, seed: int | None, prompt_threads: int, cancel=None
+    ) -> Iterator[Token]:
         """Tokens after `prompt`, one per step, until the caller stops reading (follow decides); the
-        prompt evaluated with `prompt_threads` threads."""
+        prompt evaluated with `prompt_threads` threads, none when `cancel` is set before its end."""
         # tokens of the context already holding this prompt's prefix (at least the last is redone for its logits)
         kept = 0
         while kept < min(llm.n_tokens, len(prompt) - 1) and llm.input_ids[kept] == prompt[kept]:
@@ -520,8 +527,16 @@ class LlamaCppBackend(RowSampler):
         llm.n_tokens = kept
         # The last token on its own, always: evaluated in a batch its logits differ in the last digits,
         # and a sample's tokens and log-probs would depend on whether its context had the prompt already.
-        with self.prompt_threads.evaluating(llm._ctx.ctx, prompt_threads, len(prompt) - 1 - kept):
-            llm.eval(prompt[kept:-1])
+        try:
+            with self.prompt_threads.evaluating(llm._ctx.ctx, prompt_threads, len(prompt) - 1 - kept):
+                # in llama.cpp's own batches (as one eval of it splits it: the same numbers), so that
+                # Stop during a long prompt (seconds a batch on a CPU) takes effect at the next batch
+                for start in range(kept, len(prompt) - 1, llm.n_batch):
+                    if cancel is not None and cancel.is_set():
+                        raise _Cancelled
+                    llm.eval(prompt[start : min(start + llm.n_batch, len(prompt) - 1)])
+        except _Cancelled:
+            return  # untimed: a prompt stopped half-way tells nothing of what a prompt costs
         llm.eval(prompt[-1:])
         rng = np.random.default_rng(seed)
         text = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -536,6 +551,15 @@ class LlamaCppBackend(RowSampler):
             yield Token(piece, logprob, id=token)
             llm.eval([token])
         raise BackendError("the llama.cpp backend was closed")  # not a program cut off at a made-up limit
+
+
+class _Cancelled(Exception):
+    """Stop while a prompt was being evaluated: raised between its batches (not timed, not kept)."""
+
+
+def _cancelled(prompt: _Prompt, group: list[int]) -> list[Generation]:
+    """The generations of a group that a cancel stopped before it wrote anything."""
+    return [Generation("", len(prompt.tokens), new_tokens=0, mean_logprob=None, finish="cancelled") for _ in group]
 
 
 def _token_text(llm, token: int) -> str:

@@ -243,8 +243,8 @@ def _run_refinement(question, draft, gold, config, model_cfg, backend_cfg, cance
                     reading, limit = (now, event.tokens, event.text), event.limit
                 if reading is not None:
                     status = reading_status(model.description, reading[1], now - reading[0], reading[2])
-                    # a prompt being evaluated is not interrupted: Stop takes effect at the first token
-                    yield _frame(status=f"Stopping after the prompt is read… {status}" if cancel.is_set() else status)
+                    # Stop takes effect at the prompt's next batch (llama.cpp) or its first token
+                    yield _frame(status=f"Stopping… {status}" if cancel.is_set() else status)
                 continue
             if reading is not None:  # the first token: the prompt is read
                 read_s, reading = now - reading[0], None

@@ -199,10 +199,10 @@ def test_a_vote_over_two_contexts_evaluates_its_prompt_once(two_contexts, monkey
 
     take = LlamaCppBackend._take_prompt
 
-    def failing_lead(self, shared, llm, prompt, lead, threads):
+    def failing_lead(self, shared, llm, prompt, lead, threads, cancel):
         if lead:
             raise BackendError("the lead failed")
-        return take(self, shared, llm, prompt, lead, threads)
+        return take(self, shared, llm, prompt, lead, threads, cancel)
 
     for shared in two_contexts.shared:
         shared.kept = []
@@ -213,7 +213,9 @@ def test_a_vote_over_two_contexts_evaluates_its_prompt_once(two_contexts, monkey
     for shared in two_contexts.shared:
         shared.kept = []
     with monkeypatch.context() as patch:  # each context evaluates the prompt itself
-        patch.setattr(LlamaCppBackend, "_take_prompt", lambda self, s, llm, p, lead, t: take(self, s, llm, p, True, t))
+        patch.setattr(
+            LlamaCppBackend, "_take_prompt", lambda self, s, llm, p, lead, t, c: take(self, s, llm, p, True, t, c)
+        )
         alone = [(g.token_ids, g.mean_logprob) for g in two_contexts.generate_batch([conversation], hot)[0]]
     assert sum(batches) == 2 * (len(prompt) - 1)
     assert [ids for ids, _ in alone] == [ids for ids, _ in copied]
@@ -394,3 +396,39 @@ def test_weight_repacking_can_be_turned_off_for_one_load_only():
     with _weight_repacking(True):
         assert library.llama_model_default_params().use_extra_bufts
     assert library.llama_model_default_params().use_extra_bufts
+
+
+def test_stop_during_a_long_prompt_takes_effect_at_its_next_batch(one_context, two_contexts, monkeypatch):
+    """Stop while llama.cpp evaluates a long prompt (seconds a batch on a CPU; issue 25 allows drafts
+    of ~4,000 tokens): the rest of the prompt is not evaluated and nothing is written, greedy (a
+    context of the pool, llama.cpp's batches) and vote (the shared context, PROMPT_BATCH) alike."""
+    long = build_messages(QUESTION, DRAFT.replace("\nA: 72", "\n") * 60 + "A: 72")
+    assert len(one_context.prompt_tokens(long)) > 3 * 512
+    cancel = threading.Event()
+    llm = one_context.contexts[0].llm
+    evaluated, eval_batch = [], llm.eval
+
+    def eval_then_stop(tokens):
+        evaluated.append(len(tokens))
+        eval_batch(tokens)
+        cancel.set()  # Stop, pressed while the first batch was evaluated
+
+    monkeypatch.setattr(llm, "eval", eval_then_stop)
+    [[greedy]] = one_context.generate_batch([long], GenerationConfig(max_new_tokens=8), cancel=cancel)
+    assert evaluated == [llm.n_batch] and (greedy.finish, greedy.new_tokens) == ("cancelled", 0)
+
+    steps, step = [], LlamaCppBackend._step
+    vote_cancel = threading.Event()
+
+    def step_then_stop(shared, entries, *, outputs=True):
+        steps.append(len(entries))
+        step(shared, entries, outputs=outputs)
+        vote_cancel.set()
+
+    monkeypatch.setattr(LlamaCppBackend, "_step", staticmethod(step_then_stop))
+    config = GenerationConfig(max_new_tokens=8, n=4, temperature=0.7)
+    [votes] = two_contexts.generate_batch([long], config, cancel=vote_cancel)
+    assert len(steps) == 1 and [(g.finish, g.new_tokens) for g in votes] == [("cancelled", 0)] * 4
+    monkeypatch.undo()
+    [[again]] = one_context.generate_batch([CONVERSATION], GenerationConfig(max_new_tokens=200))
+    assert again.finish == "program_end"  # the contexts work on after a stopped prompt

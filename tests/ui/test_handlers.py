@@ -279,7 +279,7 @@ def test_the_status_shows_the_prompt_being_read_and_its_time(monkeypatch):
     assert any(s.endswith("(prompt read in 2 s)") or s.endswith("(prompt read in 3 s)") for s in statuses)
     times = frames[-1]["times"]
     assert times.data[0].y[0] == "read the prompt" and times.data[0].x[0] >= 2.5
-    # Stop while the prompt is read: it takes effect at the first token, and the status says so
+    # Stop while the prompt is read: this server's prompt is not interrupted, and the status says it stops
     with OpenAIStub() as stub:
         served = _served_by(stub, monkeypatch)
         stub.failures.append(2.5)
@@ -292,7 +292,7 @@ def test_the_status_shows_the_prompt_being_read_and_its_time(monkeypatch):
             statuses.append(dict(zip(handlers.OUTPUTS, frame, strict=True))["status"])
             if isinstance(statuses[-1], str) and statuses[-1].startswith("Reading"):
                 handlers.stop_refinement(request)
-    assert any(isinstance(s, str) and s.startswith("Stopping after the prompt is read… Reading") for s in statuses)
+    assert any(isinstance(s, str) and s.startswith("Stopping… Reading the question and draft") for s in statuses)
     assert statuses[-1] == "Stopped."
 
 
