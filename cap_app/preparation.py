@@ -78,13 +78,10 @@ class Loading:
         if self.done.is_set():
             return f"Model ready ({self.elapsed_s:.0f} s)."
         step = time.monotonic() - self.phase_started
-        if self.phase == LOADING and self.elapsed_s < 1:
-            return "Loading the model…"  # a model already loaded is handed over in a moment
+        if self.phase == LOADING:  # from a prepared cache, or already loaded (then it is handed over at once)
+            return "Loading the model…" + (f" {self.elapsed_s:.0f} s" if self.elapsed_s >= 1 else "")
         total = f", {self.elapsed_s:.0f} s in all" if self.elapsed_s - step >= 1 else ""
-        return (
-            f"Preparing the model: {self.phase}… {step:.0f} s{total}. This is done once per model cache; "
-            "the refinement starts as soon as it is ready."
-        )
+        return f"Preparing the model: {self.phase}… {step:.0f} s{total}. The refinement starts as soon as it is ready."
 
 
 def _key(model_cfg, backend_cfg) -> tuple:
