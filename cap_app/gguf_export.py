@@ -180,16 +180,16 @@ def _lora_merged_tensors(reader, adapter: str) -> dict | None:
     loading the GGUF into transformers first takes about 30 (cap_app/preparation.py: the first visitor of a
     fresh Space waits for this). None when the adapter is not plain LoRA or names a weight the base
     lacks: `_merged_tensors` then merges through transformers."""
+    scaling = _plain_lora(adapter)
+    if scaling is None:
+        return None
+    report(f"merging the adapter {Path(adapter).name} into the bundled GGUF model (once per model cache)")
     import gguf
     import numpy as np
     import torch
     from gguf.quants import dequantize
     from safetensors.torch import load_file
 
-    scaling = _plain_lora(adapter)
-    if scaling is None:
-        return None
-    report(f"merging the adapter {Path(adapter).name} into the bundled GGUF model (once per model cache)")
     arch = reader.fields["general.architecture"].contents()
     layers = reader.fields[f"{arch}.block_count"].contents()
     heads = reader.fields[f"{arch}.attention.head_count"].contents()
