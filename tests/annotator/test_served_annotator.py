@@ -10,6 +10,7 @@ acknowledged judgement in the database, once, under the account that made it. Al
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -274,6 +275,37 @@ def test_through_the_api_only_a_signed_in_account_acts_and_only_as_itself(served
     with open(path, newline="", encoding="utf-8") as fh:
         rows = [(r["annotator"], r["origin"], r["item"], r["correct"]) for r in csv.DictReader(fh)]
     assert ("ann", "api", "1", "no") in rows and not [row for row in rows if row[0] == "bob"]  # bob's undone
+
+
+def test_an_annotator_cannot_load_a_server_file_by_naming_it_as_the_upload(served):
+    """Loading by path is an admin's; an annotator's raw API call naming a server file in the upload
+    field is refused by Gradio (only files a user uploaded are accepted), while a real upload loads."""
+    import uuid
+
+    import httpx
+
+    served.running()
+    with httpx.Client(base_url=served.url, timeout=60) as http:
+        assert http.post("login", data={"username": "bob", "password": PASSWORD}).status_code == 200
+        config = http.get("config").json()
+        [load] = [d["id"] for d in config["dependencies"] if d.get("api_name") == "annotate_load_file"]
+
+        def load_file(path: str) -> dict:
+            session = uuid.uuid4().hex[:10]
+            upload = {"path": path, "meta": {"_type": "gradio.FileData"}, "orig_name": "batch.jsonl"}
+            payload = {"data": [None, upload, "", "draft"], "fn_index": load, "session_hash": session}
+            assert http.post("gradio_api/queue/join", json=payload).status_code == 200
+            with http.stream("GET", f"gradio_api/queue/data?session_hash={session}") as stream:
+                for line in stream.iter_lines():
+                    if line.startswith("data:") and (message := json.loads(line[5:])).get("msg") == "process_completed":
+                        return message
+            raise AssertionError("no reply")
+
+        refused = load_file(str(served.batch_path))
+        assert refused["success"] is False and "data" not in refused["output"]
+        uploaded = http.post("gradio_api/upload", files={"files": ("batch.jsonl", served.batch_path.read_bytes())})
+        assert "60 items loaded" in load_file(uploaded.json()[0])["output"]["data"][1]
+    assert "not uploaded by a user" in served.log()
 
 
 def _judging(url: str, batch_path: str, name: str, stop: threading.Event):
