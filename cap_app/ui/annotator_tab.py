@@ -61,6 +61,7 @@ FORM_FIELDS = ("correct", "vs_draft", "first_wrong_step", "note")  # each saved 
 JUDGED = ("status", "progress", "stored")  # what a judgement event returns
 PAGE_SIZE = 20
 EXPORT_BUTTONS = (("dpo", "DPO pairs (JSONL)"), ("kto", "KTO rows (JSONL)"), ("csv", "All judgements (CSV)"))
+WRAPPED = "white-space: pre-wrap; overflow-wrap: anywhere"
 PAGE_HEADERS = ["#", "question", "refinements", "judged by you"]
 SHORTCUTS = (
     ("y / n / u", "refinement correct: yes / no / unsure"),
@@ -697,8 +698,9 @@ def export_download(store: Store, request: gr.Request, profile: gr.OAuthProfile 
     summary = export.export(store, fmt, folder / f"cap-{fmt}.{suffix}")
     return (
         summary.output if summary.rows_written else None,
-        f"<pre>{html.escape(summary.text(full_path=False))}</pre>",
-        label_counts_figure(summary),
+        # pre-wrap: the reason an export is empty is one long line, wrapped to the box like the rest
+        f'<pre class="cap-ann-export-text" style="{WRAPPED}">{html.escape(summary.text(full_path=False))}</pre>',
+        label_counts_figure(summary) if summary.annotators else None,  # no judgement: no empty axes
     )
 
 

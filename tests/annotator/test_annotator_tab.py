@@ -259,3 +259,13 @@ def test_the_tab_builds_inside_a_blocks_with_its_events(store):
     for number in (c["props"] for c in config["components"] if c["type"] == "number"):
         # the page shows an empty number as 0, and marks it red when that is below the minimum
         assert number.get("minimum") is None or (number.get("value") or 0) >= number["minimum"], number
+
+
+def test_an_empty_exports_reason_wraps_and_no_empty_chart_is_shown(store, batch_file):
+    """Issue 25 item 8: the reason is one long line (it was clipped in a <pre>), and an export with no
+    judgement at all drew a chart with empty axes below it."""
+    loaded(store, batch_file)
+    path, summary, chart = tab.export_download(store, as_user("boss"), fmt="dpo")
+    assert path is None and "wrote 0 rows to cap-dpo.jsonl. A DPO pair needs" in summary
+    assert "white-space: pre-wrap" in summary
+    assert chart is None
