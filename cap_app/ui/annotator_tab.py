@@ -436,10 +436,26 @@ def go_to(
         return _safe_view(store, state, who)
     try:
         total = store.batch(state["batch"]).item_count
-        position = min(max(int(number or 1), 1), total) - 1
+        wanted = _whole_number(number, "item number")
+        position = min(max(1 if wanted is None else int(wanted), 1), total) - 1
     except (StoreError, ValueError, OverflowError) as error:
         return _safe_view(store, state, who, _error(str(error)))
     return _safe_view(store, new_state(state["batch"], position), who)
+
+
+def _whole_number(value, what: str) -> int | float | None:
+    """A number typed in a text field (or sent as a number by an API client): None when empty; a
+    whole number as an int; any other number as it is, for the caller to refuse in its own words."""
+    if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+        return value
+    text = str(value).strip()
+    if not text:
+        return None
+    try:
+        number = float(text)
+    except ValueError:
+        raise StoreError(f"The {what} must be a number, not {text[:20]!r}.") from None
+    return int(number) if number.is_integer() else number
 
 
 def step(store: Store, state: dict, request: gr.Request, profile: gr.OAuthProfile | None = None, *, delta: int):
@@ -548,6 +564,8 @@ def _record(store: Store, state: dict, value, shown: str, request, profile, fiel
         if not refinements:
             raise StoreError("There is no refinement to judge yet: run one first.")
         steps = len(split_draft(item.draft))
+        if field == "first_wrong_step":
+            value = _whole_number(value, "first wrong step")
         if field == "first_wrong_step" and value is not None:
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value > steps:
                 raise StoreError(f"The draft has {steps} steps; the first wrong step cannot be {value:g}.")
@@ -769,10 +787,10 @@ def build_annotator_tab(demo: gr.Blocks, store: Store | None = None) -> None:
         progress = gr.HTML(progress_html(store, None, None), elem_id="cap-ann-progress")
         with gr.Row():
             prev_button = gr.Button("◀ Previous (k)", elem_id="cap-ann-prev")
-            # No `minimum` on this and the step field: the page shows an empty gr.Number as 0 and marks
-            # 0 red as below a minimum of 1, before anything is done. go_to clamps the item number and
-            # the store refuses a step below 1, each with its own message.
-            position = gr.Number(label="Item", precision=0, elem_id="cap-ann-position")
+            # A text box, as is the step field: Gradio's number field shows an empty value as 0 (its
+            # Number component sets `value ??= 0`), and 0 is neither an item nor a step. go_to reads
+            # and clamps the item number; _step_number and the store check the step, with messages.
+            position = gr.Textbox(label="Item", max_lines=1, elem_id="cap-ann-position")
             next_button = gr.Button("Next (j) ▶", elem_id="cap-ann-next")
             unjudged_button = gr.Button("Next unjudged (g)", elem_id="cap-ann-unjudged")
             undo_button = gr.Button("Undo last change (z)", elem_id="cap-ann-undo")
@@ -798,8 +816,8 @@ def build_annotator_tab(demo: gr.Blocks, store: Store | None = None) -> None:
             with gr.Row():
                 correct = gr.Radio(list(CORRECT_CHOICES), label="Refinement correct?", elem_id="cap-ann-correct")
                 vs_draft = gr.Radio(list(VS_DRAFT_CHOICES), label="Compared to the draft", elem_id="cap-ann-vs")
-                first_wrong_step = gr.Number(
-                    label="First wrong step of the draft (empty: none)", precision=0, elem_id="cap-ann-step"
+                first_wrong_step = gr.Textbox(
+                    label="First wrong step of the draft (empty: none)", max_lines=1, elem_id="cap-ann-step"
                 )
             note = gr.Textbox(
                 label="Note (saved when you leave the field or press Enter)",

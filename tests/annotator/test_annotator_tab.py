@@ -269,3 +269,26 @@ def test_an_empty_exports_reason_wraps_and_no_empty_chart_is_shown(store, batch_
     assert path is None and "wrote 0 rows to cap-dpo.jsonl. A DPO pair needs" in summary
     assert "white-space: pre-wrap" in summary
     assert chart is None
+
+
+def test_item_and_first_wrong_step_open_empty_and_take_typed_numbers(store, batch_file):
+    """Issue 25 item 7: both fields opened showing 0 (Gradio's number field shows an empty value as 0),
+    which is neither an item nor a step: they are text fields, empty until there is a value."""
+    with gr.Blocks() as demo:
+        tab.build_annotator_tab(demo, store)
+    props = {c["props"].get("elem_id"): c for c in demo.get_config_file()["components"]}
+    for elem_id in ("cap-ann-position", "cap-ann-step"):
+        assert props[elem_id]["type"] == "textbox" and props[elem_id]["props"].get("value") in (None, ""), elem_id
+    _, _, shown = loaded(store, batch_file)
+    state, ann = shown["state"], as_user("ann")
+    assert view(tab.go_to(store, state, " 3 ", ann))["position"] == 3
+    assert view(tab.go_to(store, state, "", ann))["position"] == 1
+    assert "must be a number" in view(tab.go_to(store, state, "three", ann))["status"]
+    judged = judge(store, state, "ann", "no", "worse", "2", shown=shown["shown"])
+    assert "first wrong step: 2" in judged["status"]
+    assert view(tab.go_to(store, state, "1", ann))["first_wrong_step"] == 2
+    for typed, refusal in (("two", "must be a number"), ("0", "1 or more"), ("1.5", "whole step number")):
+        reply = tab.record_judgement(store, state, typed, shown["shown"], ann, field="first_wrong_step")
+        assert refusal in reply[0], (typed, reply[0])
+    cleared = tab.record_judgement(store, state, "", shown["shown"], ann, field="first_wrong_step")
+    assert "first wrong step: -" in cleared[0]
