@@ -374,15 +374,20 @@ def load_file(
     profile: gr.OAuthProfile | None = None,
 ) -> tuple:
     """Load button: an uploaded file (any annotator) or a path on the server (admins only, within the
-    allowed folders) becomes a batch."""
+    allowed folders) becomes a batch; the report says which of the two was loaded. Both at once is
+    refused (on the page, choosing a file clears the path and typing a path clears the upload)."""
     try:
         who = _who(request, profile)
+        if upload and (path or "").strip():
+            raise item_files.BatchError(
+                "Both a file in Upload and a path are given, so nothing was loaded: clear one of them."
+            )
         if upload:
-            source, name = Path(upload), Path(upload).name
+            source, name, origin = Path(upload), Path(upload).name, "the uploaded file"
         elif (path or "").strip():
             accounts.require_admin(who, "load files on the server by path (upload the file instead)")
             source = item_files.allowed_batch_path(path.strip())
-            name = source.name
+            name, origin = source.name, "the path on the server"
         else:
             raise item_files.BatchError("Choose a file to upload or enter a path.")
         report = item_files.load_batch(store, source, draft_key=draft_key, name=name)
@@ -391,7 +396,7 @@ def load_file(
     opened = new_state(report.batch.id, _first_unjudged(store, report.batch.id, who))
     return (
         gr.update(choices=batch_choices(store), value=report.batch.id),
-        report.summary(),
+        f"Loaded {origin}. {report.summary()}",
         *_safe_view(store, opened, who),
     )
 
@@ -873,6 +878,10 @@ def build_annotator_tab(demo: gr.Blocks, store: Store | None = None) -> None:
     demo.load(access_html, None, access, **db)
     demo.load(bind(refresh_batches, store), [state], batch, **db)
     load.click(bind(load_file, store), [state, upload, path, draft_key], [batch, report, *view], **db)
+    # The Load button reads one source: choosing a file clears the path, typing a path clears the upload
+    # (in the browser only), so what Load reads is what was touched last.
+    upload.upload(None, None, path, js="() => ''")
+    path.input(None, None, upload, js="() => null")
     batch.focus(bind(refresh_batches, store), [state], batch, **db)
     batch.input(bind(open_batch, store), [state, batch], view, **db)
     position.submit(bind(go_to, store), [state, position], view, **db)

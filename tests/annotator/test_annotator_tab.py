@@ -50,7 +50,7 @@ def judge(store, state, annotator, correct, vs_draft=None, first_wrong_step=None
 
 def test_upload_loads_the_batch_and_shows_the_first_item(store, batch_file):
     dropdown, report, shown = loaded(store, batch_file)
-    assert report == "**batch\\.jsonl**: 4 items loaded."
+    assert report == "Loaded the uploaded file. **batch\\.jsonl**: 4 items loaded."
     assert dropdown["value"] == shown["state"]["batch"] and len(dropdown["choices"]) == 1
     assert QUESTION.replace("'", "&#x27;") in shown["question"] and "Gold answer:</b> 18" in shown["question"]
     assert shown["draft"].count("<li") == 3 and '<li value="3">A: 26</li>' in shown["draft"]
@@ -292,3 +292,26 @@ def test_item_and_first_wrong_step_open_empty_and_take_typed_numbers(store, batc
         assert refusal in reply[0], (typed, reply[0])
     cleared = tab.record_judgement(store, state, "", shown["shown"], ann, field="first_wrong_step")
     assert "first wrong step: -" in cleared[0]
+
+
+def test_load_says_which_source_it_loaded_and_refuses_both_at_once(store, batch_file, tmp_path, monkeypatch):
+    """Issue 25 item 10: with a file in Upload, a typed path was silently ignored and Load repeated
+    the upload's report."""
+    monkeypatch.setenv("CAP_BATCH_DIRS", str(tmp_path))
+    other = write_jsonl(tmp_path / "other.jsonl", [make_result("print(12)", "12", question="What is 12?").to_dict()])
+    boss = as_user("boss")
+    uploaded = tab.load_file(store, tab.new_state(), str(batch_file), "", "draft", boss)[1]
+    assert uploaded.startswith("Loaded the uploaded file.") and "batch\\.jsonl" in uploaded
+    both = tab.load_file(store, tab.new_state(), str(batch_file), str(other), "draft", boss)
+    assert "Both a file in Upload and a path are given" in both[1] and "nothing was loaded" in both[1]
+    assert len(store.list_batches()) == 1
+    by_path = tab.load_file(store, tab.new_state(), None, str(other), "draft", boss)[1]
+    assert by_path.startswith("Loaded the path on the server.") and "other\\.jsonl" in by_path
+    with gr.Blocks() as demo:
+        tab.build_annotator_tab(demo, store)
+    config = demo.get_config_file()
+    ids = {c["props"].get("elem_id"): c["id"] for c in config["components"]}
+    clears = {
+        (d["targets"][0][1], d["outputs"][0]) for d in config["dependencies"] if d.get("js") and not d["backend_fn"]
+    }
+    assert {("upload", ids["cap-ann-path"]), ("input", ids["cap-ann-upload"])} <= clears  # each clears the other
