@@ -364,6 +364,70 @@ def refresh_batches(store: Store, state: dict, request: gr.Request, profile: gr.
     return gr.update(choices=batch_choices(store), value=state.get("batch"))
 
 
+NO_BATCH = "No batch is open: pick one in Batch above, or load a file."
+
+
+class OpenBatches:
+    """The batch and item each annotator has open, by store and name, kept in the server's memory (the
+    newest of the account's sessions) so that a reloaded page reopens them (reopen); at most `size`
+    annotators, the least recent forgotten first. A restart of the server forgets them."""
+
+    def __init__(self, size: int = 10_000):
+        self.size = size
+        self._open: collections.OrderedDict[tuple[str, str], dict] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def set(self, store: Store, name: str, state: dict) -> None:
+        key = (str(store.path), name)
+        with self._lock:
+            if state.get("batch") is None:
+                self._open.pop(key, None)
+                return
+            self._open[key] = {"batch": state["batch"], "position": state.get("position", 0)}
+            self._open.move_to_end(key)
+            while len(self._open) > self.size:
+                self._open.popitem(last=False)
+
+    def get(self, store: Store, name: str) -> dict | None:
+        with self._lock:
+            return self._open.get((str(store.path), name))
+
+
+OPEN_BATCHES = OpenBatches()
+
+
+def remember(store: Store, state: dict, request: gr.Request, profile: gr.OAuthProfile | None = None) -> None:
+    """The session's state changed: keep the batch and item it has open for the account (OPEN_BATCHES)."""
+    try:
+        who = _who(request, profile)
+    except Refused:
+        return
+    if isinstance(state, dict):
+        OPEN_BATCHES.set(store, who.name, state)
+
+
+def reopen(store: Store, state: dict, request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple:
+    """The page's load: the batch list, and the batch and item the account had open before a reload
+    (OPEN_BATCHES). Returns the batch dropdown and the view; the view is left as it is when nothing is
+    reopened (a batch since deleted, or none open)."""
+    skip = tuple(gr.skip() for _ in VIEW)
+    try:
+        who = _who(request, profile)
+    except Refused:
+        return gr.update(choices=[], value=None), *skip
+    choices = batch_choices(store)
+    remembered = OPEN_BATCHES.get(store, who.name) or {}
+    try:
+        batch = store.batch(remembered["batch"])
+    except (KeyError, StoreError):
+        return gr.update(choices=choices, value=None), *skip
+    position = remembered.get("position", 0)
+    if not 0 <= position < batch.item_count:
+        position = _first_unjudged(store, batch.id, who)
+    message = views.message_html(f"Reopened {batch.name}, where you were before the page was reloaded.")
+    return gr.update(choices=choices, value=batch.id), *_safe_view(store, new_state(batch.id, position), who, message)
+
+
 def load_file(
     store: Store,
     state: dict,
@@ -399,6 +463,15 @@ def load_file(
         f"Loaded {origin}. {report.summary()}",
         *_safe_view(store, opened, who),
     )
+
+
+def _cleared_path() -> str:
+    return ""
+
+
+def _cleared_upload(path: str):
+    """A path typed clears the upload; the path emptied (as choosing a file does) leaves it."""
+    return None if (path or "").strip() else gr.skip()
 
 
 def _first_unjudged(store: Store, batch_id: int, who: Identity) -> int:
@@ -438,7 +511,7 @@ def go_to(
     except Refused as refused:
         return _refused_view(state, refused)
     if state.get("batch") is None:
-        return _safe_view(store, state, who)
+        return _safe_view(store, state, who, _error(NO_BATCH))
     try:
         total = store.batch(state["batch"]).item_count
         wanted = _whole_number(number, "item number")
@@ -469,7 +542,7 @@ def step(store: Store, state: dict, request: gr.Request, profile: gr.OAuthProfil
     except Refused as refused:
         return _refused_view(state, refused)
     if state.get("batch") is None:
-        return _safe_view(store, state, who)
+        return _safe_view(store, state, who, _error(NO_BATCH))
     try:
         total = store.batch(state["batch"]).item_count
     except StoreError as error:
@@ -483,7 +556,7 @@ def next_unjudged(store: Store, state: dict, request: gr.Request, profile: gr.OA
     except Refused as refused:
         return _refused_view(state, refused)
     if state.get("batch") is None:
-        return _safe_view(store, state, who)
+        return _safe_view(store, state, who, _error(NO_BATCH))
     position = store.next_unjudged(state["batch"], who.name, state["position"])
     if position is None:
         return _safe_view(store, state, who, views.message_html("Every item of this batch is judged."))
@@ -876,12 +949,15 @@ def build_annotator_tab(demo: gr.Blocks, store: Store | None = None) -> None:
     # stored, in order.
     ordered = dict(concurrency_limit=None, trigger_mode="multiple")
     demo.load(access_html, None, access, **db)
-    demo.load(bind(refresh_batches, store), [state], batch, **db)
+    demo.load(bind(reopen, store), [state], [batch, *view], **db)  # a reload reopens the batch
+    state.change(bind(remember, store), [state], None, api_visibility="private", **db)
     load.click(bind(load_file, store), [state, upload, path, draft_key], [batch, report, *view], **db)
     # The Load button reads one source: choosing a file clears the path, typing a path clears the upload
     # (in the browser only), so what Load reads is what was touched last.
-    upload.upload(None, None, path, js="() => ''")
-    path.input(None, None, upload, js="() => null")
+    # (A js-only event returning null leaves Gradio's File showing its file, so these go to the server.)
+    quiet = dict(api_visibility="private", queue=False, trigger_mode="always_last")
+    upload.upload(_cleared_path, None, path, **quiet)
+    path.change(_cleared_upload, [path], upload, **quiet)
     batch.focus(bind(refresh_batches, store), [state], batch, **db)
     batch.input(bind(open_batch, store), [state, batch], view, **db)
     position.submit(bind(go_to, store), [state, position], view, **db)

@@ -312,6 +312,34 @@ def test_load_says_which_source_it_loaded_and_refuses_both_at_once(store, batch_
     config = demo.get_config_file()
     ids = {c["props"].get("elem_id"): c["id"] for c in config["components"]}
     clears = {
-        (d["targets"][0][1], d["outputs"][0]) for d in config["dependencies"] if d.get("js") and not d["backend_fn"]
+        (d["targets"][0][1], d["outputs"][0])
+        for d in config["dependencies"]
+        if d["targets"][0][1] in ("upload", "change") and len(d["outputs"]) == 1
     }
-    assert {("upload", ids["cap-ann-path"]), ("input", ids["cap-ann-upload"])} <= clears  # each clears the other
+    assert {("upload", ids["cap-ann-path"]), ("change", ids["cap-ann-upload"])} <= clears  # each clears the other
+
+
+def test_a_reload_reopens_the_batch_and_item_and_with_none_open_the_page_says_to_pick_one(store, batch_file):
+    """Issue 25 item 11: a reload forgot the batch, and an item number typed then did nothing, silently."""
+    _, _, shown = loaded(store, batch_file)
+    ann, bob, fresh = as_user("ann"), as_user("bob"), tab.new_state()
+    moved = view(tab.go_to(store, shown["state"], 3, ann))
+    tab.remember(store, moved["state"], ann)  # the page's state.change
+    dropdown, *values = tab.reopen(store, fresh, ann)  # the reloaded page's load
+    reopened = view(tuple(values))
+    assert dropdown["value"] == moved["state"]["batch"] and reopened["position"] == 3
+    assert reopened["state"] == moved["state"] and "Reopened batch.jsonl" in reopened["status"]
+    dropdown, *values = tab.reopen(store, fresh, bob)  # bob had nothing open: the list, nothing opened
+    assert dropdown["value"] is None and dropdown["choices"]
+    assert all(isinstance(v, type(gr.skip())) for v in values)
+    dropdown, *values = tab.reopen(store, fresh, as_user(None))  # not signed in: nothing
+    assert dropdown["choices"] == [] and all(isinstance(v, type(gr.skip())) for v in values)
+    for values in (
+        tab.go_to(store, fresh, 3, ann),
+        tab.step(store, fresh, ann, delta=1),
+        tab.next_unjudged(store, fresh, ann),
+    ):
+        assert "No batch is open: pick one in Batch above" in view(values)["status"]
+    tab.delete_batch(store, moved["state"], "batch.jsonl", as_user("boss"))
+    dropdown, *values = tab.reopen(store, fresh, ann)  # deleted since: nothing reopened
+    assert dropdown["value"] is None and all(isinstance(v, type(gr.skip())) for v in values)

@@ -348,6 +348,44 @@ def annotate_until_stopped(url: str, batch_path: str, name: str, acked: list, st
             acked.append((name, item, correct, value))
 
 
+def test_fields_open_empty_a_typed_path_replaces_the_upload_and_a_reload_reopens_the_batch(served):
+    """Issue 25 items 7, 10 and 11 as the browser shows them: Item and First wrong step opened showing
+    0; a path typed after an upload was ignored by Load; a reload forgot the batch."""
+    from playwright.sync_api import expect, sync_playwright
+
+    served.running()
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.goto(served.url)
+        page.locator("input[type=text], input:not([type])").first.fill("boss")
+        page.locator("input[type=password]").fill(PASSWORD)
+        page.locator("input[type=password]").press("Enter")
+        page.get_by_role("tab", name="Annotate").click(timeout=WAIT_MS)
+        expect(page.locator("#cap-ann-access")).to_contain_text("Signed in as boss (admin)", timeout=WAIT_MS)
+        item = page.locator("#cap-ann-position input, #cap-ann-position textarea").first
+        step = page.locator("#cap-ann-step input, #cap-ann-step textarea").first
+        assert (item.input_value(), step.input_value()) == ("", "")
+        report, question = page.locator("#cap-ann-report"), page.locator("#cap-ann-question")
+        page.locator("#cap-ann-upload input[type=file]").set_input_files(str(served.batch_path))
+        page.click("#cap-ann-load")
+        expect(report).to_contain_text("Loaded the uploaded file", timeout=WAIT_MS)
+        page.locator("#cap-ann-path input, #cap-ann-path textarea").first.fill(str(served.batch_path))
+        page.click("#cap-ann-load")  # the typed path cleared the upload: Load reads the path
+        expect(report).to_contain_text("Loaded the path on the server", timeout=WAIT_MS)
+        expect(question).to_contain_text("Question 0: how many eggs?", timeout=WAIT_MS)
+        item.fill("5")
+        item.press("Enter")
+        expect(question).to_contain_text("Question 4: how many eggs?", timeout=WAIT_MS)
+        assert step.input_value() == ""
+        page.reload()
+        page.get_by_role("tab", name="Annotate").click(timeout=WAIT_MS)
+        expect(question).to_contain_text("Question 4: how many eggs?", timeout=WAIT_MS)
+        expect(page.locator("#cap-ann-status")).to_contain_text("Reopened batch.jsonl", timeout=WAIT_MS)
+        assert (item.input_value(), step.input_value()) == ("5", "")
+        browser.close()
+
+
 def test_sigkill_mid_session_loses_duplicates_or_misattributes_no_acknowledged_judgement(served):
     served.running()
     acked: list[tuple[str, int, str, str]] = []
