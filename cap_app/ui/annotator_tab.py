@@ -854,6 +854,13 @@ def build_annotator_tab(demo: gr.Blocks, store: Store | None = None) -> None:
         batch = gr.Dropdown([], value=None, label="Batch", elem_id="cap-ann-batch")
         with gr.Accordion("Load a batch (JSONL or CSV)", open=True):
             with gr.Row():
+                # Choosing a file logs "warning: Method not implemented." twice in the browser console:
+                # Gradio's own, not ours (issue 25 item 9). Its upload progress bar (UploadProgress, in
+                # gradio 6.31's assets/src-COXhnU3J.js) reads /gradio_api/upload_progress through the
+                # client's EventSource stand-in (readable_stream, assets/index-DphvyggB.js line 4, whose
+                # `close: () => { console.warn("Method not implemented.") }`), and closes it twice: on
+                # the "done" message (`u?.close(), a.ondone?.()`) and again when it is destroyed. The
+                # upload itself completes; nothing of ours takes part, so it is left as it is.
                 upload = gr.File(
                     label="Upload", file_types=[".jsonl", ".json", ".csv"], type="filepath", elem_id="cap-ann-upload"
                 )
