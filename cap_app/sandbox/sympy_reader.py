@@ -17,6 +17,7 @@ Only in the zygote that serves sympy programs: the app itself parses answers wit
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 import sys
@@ -56,18 +57,24 @@ class _Tokens:
         return self.current.type == tokenize.OP and self.current.string in operators
 
 
+@functools.cache
+def _vocabulary() -> tuple[Any, dict[str, Any], dict[str, Callable[..., Any]]]:
+    """sympy, and the names the reader knows: the constants and functions of mpmath's formulas."""
+    import sympy  # the zygote has it loaded already
+
+    constants = {"pi": sympy.pi, "E": sympy.E, "GoldenRatio": sympy.GoldenRatio}
+    constants |= {"EulerGamma": sympy.EulerGamma, "Catalan": sympy.Catalan}
+    return sympy, constants, {"sqrt": sympy.sqrt, "exp": sympy.exp, "log": sympy.log}
+
+
 class _Reader:
     """expr := term (('+'|'-') term)*; term := unary (('*'|'/') unary)*;
     unary := ('+'|'-') unary | power; power := atom ('**' unary)?;
     atom := number | constant | function '(' expr ')' | '(' expr ')'."""
 
     def __init__(self, text: str, evaluate: bool):
-        import sympy  # the zygote has it loaded already
-
-        self.sympy, self.evaluate = sympy, evaluate
-        self.constants = {"pi": sympy.pi, "E": sympy.E, "GoldenRatio": sympy.GoldenRatio}
-        self.constants |= {"EulerGamma": sympy.EulerGamma, "Catalan": sympy.Catalan}
-        self.functions: dict[str, Callable[[Any], Any]] = {"sqrt": sympy.sqrt, "exp": sympy.exp, "log": sympy.log}
+        self.sympy, self.constants, self.functions = _vocabulary()
+        self.evaluate = evaluate
         self.tokens = _Tokens(text)
 
     def read(self) -> Any:
@@ -147,7 +154,7 @@ def close_sympy_parser() -> None:
     from sympy.parsing import sympy_parser
 
     refused = (sympy_parser.eval_expr, sympy_parser.stringify_expr, sympy_parser.evaluateFalse)
-    originals = (sympy_parser.parse_expr, *refused)  # held, so their ids stay theirs while replaced
+    originals = (sympy_parser.parse_expr, *refused)  # noqa: F841 (held, so their ids stay theirs while replaced)
     replacements = {id(sympy_parser.parse_expr): read_arithmetic} | {id(function): _refuse_text for function in refused}
     for module in list(sys.modules.values()):
         namespace = getattr(module, "__dict__", None)
@@ -157,4 +164,3 @@ def close_sympy_parser() -> None:
             replacement = replacements.get(id(value))
             if replacement is not None:
                 namespace[name] = replacement
-    del originals

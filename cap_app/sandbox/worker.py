@@ -119,12 +119,12 @@ class Inherited:
 
 def set_up_zygote() -> Inherited:
     """The limits every run shares, set once in the zygote and so inherited by each child (each
-        call a child makes costs it page faults): no core files, bounded recursion and int-to-str
-        digits; no new privileges, the network namespace and Landlock (`walls.set_up`, which also
-        finds whether children can load the seccomp filter); the code gate's audit hook, armed by
-    each child (`codegate`). Also measures what children need to know of the zygote:
-        its address space (a program's `memory_mb` comes on top; what the zygote allocates later is
-        not counted) and the descriptor numbers to close."""
+    call a child makes costs it page faults): no core files, bounded recursion and int-to-str
+    digits; no new privileges, the network namespace and Landlock (`walls.set_up`, which also
+    finds whether children can load the seccomp filter); the code gate's audit hook, armed by
+    each child (`codegate`). Also measures what children need to know of the zygote: its address
+    space (a program's `memory_mb` comes on top; what the zygote allocates later is not counted)
+    and the descriptor numbers to close."""
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     sys.setrecursionlimit(RECURSION_LIMIT)
     sys.set_int_max_str_digits(INT_MAX_STR_DIGITS)
