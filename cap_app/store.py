@@ -514,15 +514,8 @@ class Store:
             if current is not None:
                 form = {name: getattr(current, name) for name in form}
             snapshot = {**form, **changes}
-            if current is not None and snapshot == form:
-                return current  # unchanged (e.g. a field left without editing): no new entry
-            if current is None and snapshot == {
-                "correct": None,
-                "vs_draft": None,
-                "first_wrong_step": None,
-                "note": "",
-            }:
-                return None  # an empty form is not a judgement
+            if snapshot == form:  # unchanged (e.g. a field left without editing), or an empty form
+                return current  # (None: an empty form is not a judgement): no new entry
             judgement_id = conn.execute(
                 "INSERT INTO judgements (refinement_id, annotator, correct, vs_draft, first_wrong_step, note,"
                 " created_at, origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -577,9 +570,8 @@ class Store:
             ).fetchone()
         return row[0] if row else None
 
-    def current_judgements(self, annotator: str | None = None) -> Iterator[JudgedRow]:
-        """Every annotator's (or one annotator's) current judgement of every refinement, in item order (streams)."""
-        only = "AND j.annotator = ?" if annotator is not None else ""
+    def current_judgements(self) -> Iterator[JudgedRow]:
+        """Every annotator's current judgement of every refinement, in item order (streams)."""
         with self._connect() as conn:
             rows = conn.execute(
                 f"""SELECT {", ".join("j." + c.strip() for c in _JUDGEMENT_COLUMNS.split(","))},
@@ -593,9 +585,8 @@ class Store:
                     WHERE j.undone_at IS NULL AND j.id = (
                         SELECT MAX(id) FROM judgements k
                         WHERE k.refinement_id = j.refinement_id AND k.annotator = j.annotator
-                          AND k.undone_at IS NULL) {only}
-                    ORDER BY i.batch_id, i.position, r.id, j.annotator""",
-                () if annotator is None else (annotator,),
+                          AND k.undone_at IS NULL)
+                    ORDER BY i.batch_id, i.position, r.id, j.annotator"""
             )
             for row in rows:
                 judgement = Judgement(**{c: row[c] for c in _JUDGEMENT_FIELDS})

@@ -56,7 +56,6 @@ VIEW = (
     "status",
     "shown",  # the state as the page has it: a judgement names the item it was made on
 )
-RADIOS = ("correct", "vs_draft")  # the judgement form's radio buttons (names in VIEW)
 FORM_FIELDS = ("correct", "vs_draft", "first_wrong_step", "note")  # each saved by its own event
 JUDGED = ("status", "progress", "stored")  # what a judgement event returns
 PAGE_SIZE = 20
@@ -502,16 +501,27 @@ def open_batch(
     return _safe_view(store, new_state(batch_id, position), who)
 
 
+def _caller_in_a_batch(
+    store: Store, state: dict, request: gr.Request | None, profile: gr.OAuthProfile | None
+) -> tuple[Identity | None, tuple | None]:
+    """The signed-in caller of a handler that acts in the open batch, and the view to return at
+    once when they may not act or no batch is open (None when they may go on)."""
+    try:
+        who = _who(request, profile)
+    except Refused as refused:
+        return None, _refused_view(state, refused)
+    if state.get("batch") is None:
+        return who, _safe_view(store, state, who, _error(NO_BATCH))
+    return who, None
+
+
 def go_to(
     store: Store, state: dict, number: float | None, request: gr.Request, profile: gr.OAuthProfile | None = None
 ) -> tuple:
     """The item-number box: jump to item `number` (1-based)."""
-    try:
-        who = _who(request, profile)
-    except Refused as refused:
-        return _refused_view(state, refused)
-    if state.get("batch") is None:
-        return _safe_view(store, state, who, _error(NO_BATCH))
+    who, refused = _caller_in_a_batch(store, state, request, profile)
+    if refused is not None:
+        return refused
     try:
         total = store.batch(state["batch"]).item_count
         wanted = _whole_number(number, "item number")
@@ -537,12 +547,9 @@ def _whole_number(value, what: str) -> int | float | None:
 
 
 def step(store: Store, state: dict, request: gr.Request, profile: gr.OAuthProfile | None = None, *, delta: int):
-    try:
-        who = _who(request, profile)
-    except Refused as refused:
-        return _refused_view(state, refused)
-    if state.get("batch") is None:
-        return _safe_view(store, state, who, _error(NO_BATCH))
+    who, refused = _caller_in_a_batch(store, state, request, profile)
+    if refused is not None:
+        return refused
     try:
         total = store.batch(state["batch"]).item_count
     except StoreError as error:
@@ -551,12 +558,9 @@ def step(store: Store, state: dict, request: gr.Request, profile: gr.OAuthProfil
 
 
 def next_unjudged(store: Store, state: dict, request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple:
-    try:
-        who = _who(request, profile)
-    except Refused as refused:
-        return _refused_view(state, refused)
-    if state.get("batch") is None:
-        return _safe_view(store, state, who, _error(NO_BATCH))
+    who, refused = _caller_in_a_batch(store, state, request, profile)
+    if refused is not None:
+        return refused
     position = store.next_unjudged(state["batch"], who.name, state["position"])
     if position is None:
         return _safe_view(store, state, who, views.message_html("Every item of this batch is judged."))
@@ -641,11 +645,10 @@ def _record(store: Store, state: dict, value, shown: str, request, profile, fiel
         refinements = store.refinements(item.id)
         if not refinements:
             raise StoreError("There is no refinement to judge yet: run one first.")
-        steps = len(split_draft(item.draft))
         if field == "first_wrong_step":
-            value = _whole_number(value, "first wrong step")
-        if field == "first_wrong_step" and value is not None:
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and value > steps:
+            value = _whole_number(value, "first wrong step")  # None, an int or a float from here
+            steps = len(split_draft(item.draft))
+            if value is not None and value > steps:
                 raise StoreError(f"The draft has {steps} steps; the first wrong step cannot be {value:g}.")
         refinement = refinements[min(judged_state.get("refinement", 0), len(refinements) - 1)]
         judgement = store.judge(refinement.id, who.name, origin=who.origin, **{field: value})
@@ -949,8 +952,6 @@ def build_annotator_tab(demo: gr.Blocks, store: Store | None = None) -> None:
         shown,
     ]
     db = dict(concurrency_limit=None)  # SQLite serialises writers itself
-    # Judgements and undo of every session run one at a time, in the order they arrive: keys pressed at
-    # any speed are each stored, in order, and each reply reaches the page in that order too.
     # Judgements and undo: every click is sent (even while an earlier one is pending), numbered in key
     # order, and run in that order per session (SessionOrder), so keys pressed at any speed are each
     # stored, in order.
