@@ -63,8 +63,8 @@ def extract_draft_answer(draft: str | None) -> str | None:
             return normalize_answer(candidate[0])
     stated = (_FINAL_LINE.findall(text), _ANSWER_IS.findall(text), _FINAL_INLINE.findall(text))
     for found in (_boxed(text), *(m[-1] for m in stated if m)):
-        if found and normalize_answer(found) is not None:
-            return normalize_answer(found)
+        if found and (answer := normalize_answer(found)) is not None:
+            return answer
     numbers = SIGNED_NUMBER.findall(words_as_digits(text))
     return _canonical_number(numbers[-1]) if numbers else None
 

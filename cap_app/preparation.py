@@ -60,6 +60,9 @@ class Loading:
             _local.loading = None
             self.finished = time.monotonic()
             self.done.set()
+            with _lock:  # forget it: a finished load must not keep a model the backends have let go
+                for key in [key for key, loading in _loads.items() if loading is self]:
+                    del _loads[key]
 
     def result(self, timeout: float | None = None):
         """The backend once loaded; raises what the load raised (ModelLoadError, BackendError...)."""

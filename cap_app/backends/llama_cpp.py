@@ -273,10 +273,7 @@ class LlamaCppBackend(RowSampler):
         if config.n == 1:
             return super()._run(conversations, config, cancel, emit)
         shared = self._shared_contexts()
-        with self.making:  # the models stay (`_close`)
-            if self.closing.is_set():
-                raise BackendError("the llama.cpp backend was closed")
-            prompts = [_tokenize(self.contexts[0].llm, self.formatter(messages=c).prompt) for c in conversations]
+        prompts = [self.prompt_tokens(c) for c in conversations]
         for tokens in prompts:
             self._check_fits(len(tokens), config)
         rows = sample_seeds(conversations, config)

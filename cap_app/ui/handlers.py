@@ -225,7 +225,7 @@ def _run_refinement(question, draft, gold, config, model_cfg, backend_cfg, cance
     except (ModelLoadError, BackendError) as error:
         yield _frame(status="", verdict=views.message_html(f"The model could not be loaded: {error}", "error"))
         return
-    programs = config.n if config.samples else 1
+    programs = config.generation_config().n
     yield _frame(status=f"Writing {_programs(programs)} with {model.description}…")
     gold = (gold or "").strip() or None
     raw: dict[int, str] = {}  # what the model wrote, per program

@@ -73,8 +73,3 @@ def serve_until_stopped(demo) -> None:
     demo.block_thread()
     if _stopping.is_set():  # the server is closed: nothing is left to finish
         _end_now(0)
-
-
-def stopping() -> bool:
-    """Whether a stop signal has arrived."""
-    return _stopping.is_set()
