@@ -31,10 +31,10 @@ import tracemalloc
 from pathlib import Path
 
 from benchmarks.common import DRAFTS_DEV, write_json
-from cap_app.item_files import load_batch
-from cap_app.results import Candidate, RefinementResult
+from cap_app.annotate.item_files import load_batch
+from cap_app.annotate.store import Store
+from cap_app.engine.results import Candidate, RefinementResult
 from cap_app.sandbox.result import ExecResult
-from cap_app.store import Store
 
 
 def write_batch(path: Path, rows: int) -> None:

@@ -35,9 +35,9 @@ from benchmarks.common import DRAFTS_DEV, ROOT, write_json
 COLD_START = (
     "import sys, time\n"
     "from cap_app.backends import BackendConfig, get_backend\n"
-    "from cap_app.generate import GenerationConfig\n"
-    "from cap_app.model import ModelConfig\n"
-    "from cap_app.prompts import build_messages\n"
+    "from cap_app.backends.generation import GenerationConfig\n"
+    "from cap_app.models.loading import ModelConfig\n"
+    "from cap_app.engine.prompts import build_messages\n"
     "backend = get_backend(ModelConfig(), BackendConfig(backend='llama.cpp')); ready = time.time()\n"
     "chunk = next(iter(backend.generate_stream([build_messages('What is 2 + 3?', 'A: 5')], GenerationConfig())))\n"
     "print(ready, time.time(), flush=True)\n"
@@ -45,7 +45,7 @@ COLD_START = (
 
 
 def _items(count: int):
-    from cap_app.refine import RefineItem
+    from cap_app.engine.refine import RefineItem
 
     rows = [json.loads(line) for line in DRAFTS_DEV.read_text().splitlines()]
     return [RefineItem(r["question"], r["6b_finetuning"]["solution"]) for r in rows[:count]]
@@ -53,7 +53,7 @@ def _items(count: int):
 
 def single_stream(backends: dict, conversation, tokens: int, repeats: int) -> dict:
     """Median tokens/s of each backend's stream, greedy, the stop rules off (EOS still ends a program)."""
-    from cap_app.generate import GenerationConfig
+    from cap_app.backends.generation import GenerationConfig
 
     config = GenerationConfig(max_new_tokens=tokens, stop_at_program_end=False, stop_on_repetition=False)
     rates: dict[str, list[float]] = {name: [] for name in backends}
@@ -71,7 +71,7 @@ def vote_wall_time(backends: dict, items) -> dict:
     Each item is new to both backends (a backend keeps the last prompt it evaluated, so repeating one
     item would time a vote without its prompt); the first item only warms them up (first-call costs
     aside). Alternates which backend goes first."""
-    from cap_app.refine import RefineConfig, refine
+    from cap_app.engine.refine import RefineConfig, refine
 
     config = RefineConfig(strategy="vote", n=8, max_new_tokens=256, trace=False)
     times: dict[str, list[float]] = {name: [] for name in backends}
@@ -86,7 +86,7 @@ def vote_wall_time(backends: dict, items) -> dict:
 
 def batch_rate(backend, items, batch_size: int) -> dict:
     """Items/s of a greedy batch refinement, and the share of its time spent in the sandbox."""
-    from cap_app.refine import RefineConfig, refine_batch
+    from cap_app.engine.refine import RefineConfig, refine_batch
 
     started = time.perf_counter()
     results = list(refine_batch(items, RefineConfig(max_new_tokens=256, trace=False, batch_size=batch_size), backend))
@@ -181,9 +181,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from cap_app.backends import BackendConfig, get_backend
     from cap_app.backends.llama_cpp import THREADS
-    from cap_app.gguf_export import cached_export
-    from cap_app.model import DEFAULT_ADAPTER_DIR, ModelConfig, default_gguf_path, quiet_library_output
-    from cap_app.prompts import build_messages
+    from cap_app.engine.prompts import build_messages
+    from cap_app.models.gguf import cached_export
+    from cap_app.models.loading import DEFAULT_ADAPTER_DIR, ModelConfig, default_gguf_path, quiet_library_output
 
     quiet_library_output()
     if args.torch_threads:

@@ -28,7 +28,7 @@ from benchmarks.common import DRAFTS_DEV, write_json
 
 COLD_START = (
     "import sys, time; t0 = time.perf_counter()\n"
-    "from cap_app.model import ModelConfig, load_model, quiet_library_output\n"
+    "from cap_app.models.loading import ModelConfig, load_model, quiet_library_output\n"
     "quiet_library_output(); t1 = time.perf_counter()\n"
     "load_model(ModelConfig(adapter=sys.argv[1]))\n"
     "t2 = time.perf_counter(); print(t1 - t0, t2 - t1, time.time(), flush=True)\n"
@@ -36,7 +36,7 @@ COLD_START = (
 
 
 def _prompt(tokenizer) -> str:
-    from cap_app.prompts import format_prompt
+    from cap_app.engine.prompts import format_prompt
 
     row = json.loads(DRAFTS_DEV.read_text().splitlines()[0])
     return format_prompt(tokenizer, row["question"], row["6b_finetuning"]["solution"])
@@ -49,7 +49,7 @@ def streaming_vs_bare(loaded, prompt: str, tokens: int, repeats: int) -> dict:
     (thread, queue, incremental decoding, the stop and log-prob hooks)."""
     from transformers import GenerationConfig as HFGenerationConfig
 
-    from cap_app.generate import GenerationConfig, generate_stream
+    from cap_app.backends.generation import GenerationConfig, generate_stream
 
     inputs = loaded.tokenizer([prompt], return_tensors="pt", add_special_tokens=False)
     config = GenerationConfig(max_new_tokens=tokens, stop_at_program_end=False, stop_on_repetition=False)
@@ -100,7 +100,7 @@ def streaming_vs_bare(loaded, prompt: str, tokens: int, repeats: int) -> dict:
 
 def batched_vs_sequential(loaded, prompt: str, tokens: int, n: int = 8) -> dict:
     """N sampled programs in one batch vs the same N one at a time (same lengths: no early stop)."""
-    from cap_app.generate import GenerationConfig, generate_batch
+    from cap_app.backends.generation import GenerationConfig, generate_batch
 
     config = GenerationConfig(
         max_new_tokens=tokens, temperature=0.7, n=n, batch_size=n, stop_at_program_end=False, stop_on_repetition=False
@@ -159,13 +159,13 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from cap_app.model import ModelConfig, load_model, quiet_library_output
+    from cap_app.models.loading import ModelConfig, load_model, quiet_library_output
 
     quiet_library_output()
     load_model(ModelConfig())  # fill the conversion and merge caches: their one-off cost is not measured
     loaded = load_model(ModelConfig(adapter="none"))
     prompt = _prompt(loaded.tokenizer)
-    from cap_app.generate import GenerationConfig, generate_batch
+    from cap_app.backends.generation import GenerationConfig, generate_batch
 
     generate_batch(loaded, [prompt], GenerationConfig(max_new_tokens=8))  # warm-up: first-call costs aside
     figures = {

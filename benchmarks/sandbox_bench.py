@@ -37,8 +37,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from benchmarks.common import TRAIN, write_json
-from cap_app.arithmetic import parse_number
 from cap_app.data.gsm8k_programs import UnsupportedSolution, parse_solution
+from cap_app.engine.arithmetic import parse_number
 
 
 def program_from_solution(question: str, solution: str) -> tuple[str, float] | None:

@@ -1,8 +1,8 @@
 """Where files that must outlive a restart go: Hugging Face Spaces persistent storage when mounted.
 
 A Space's own disk is wiped at every restart; with persistent storage enabled, `/data` is mounted
-and kept. The model cache (`cap_app.model.cache_dir`), the Hub cache and the annotation database
-(`cap_app.store.default_db_path`) go there when it is present, so a restart neither converts the
+and kept. The model cache (`cap_app.models.loading.cache_dir`), the Hub cache and the annotation database
+(`cap_app.annotate.store.default_db_path`) go there when it is present, so a restart neither converts the
 model again nor loses judgements. Standard library only: it is read before anything heavy is imported.
 """
 

@@ -22,7 +22,7 @@ import psutil
 import pytest
 from argon2 import PasswordHasher
 
-from cap_app.store import Store
+from cap_app.annotate.store import Store
 from tests.annotator.conftest import PASSWORD, RIGHT_PROGRAM, make_result, write_jsonl, write_users
 from tests.annotator.test_served_annotator import annotate_until_stopped, free_port
 from tests.helpers.paths import ROOT

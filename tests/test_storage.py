@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from cap_app import model, storage
+from cap_app import storage
+from cap_app.models import loading
 from cap_app.ui import hosting
 
 
@@ -23,12 +24,12 @@ def data_dir(tmp_path, monkeypatch):
 
 def test_the_model_cache_moves_to_persistent_storage_when_it_is_mounted(data_dir, tmp_path, monkeypatch):
     monkeypatch.delenv("CAP_CACHE_DIR", raising=False)
-    assert model.cache_dir() == data_dir / "cap-refinery-cache"
+    assert loading.cache_dir() == data_dir / "cap-refinery-cache"
     monkeypatch.setenv("CAP_CACHE_DIR", str(tmp_path / "mine"))
-    assert model.cache_dir() == tmp_path / "mine"  # the operator's choice wins
+    assert loading.cache_dir() == tmp_path / "mine"  # the operator's choice wins
     monkeypatch.delenv("CAP_CACHE_DIR")
     data_dir.rmdir()
-    assert model.cache_dir() == model.Path.home() / ".cache" / "cap-refinery"
+    assert loading.cache_dir() == loading.Path.home() / ".cache" / "cap-refinery"
 
 
 def test_the_hub_cache_goes_to_persistent_storage_unless_the_operator_chose_one(data_dir, monkeypatch):
@@ -55,7 +56,7 @@ def test_the_annotate_tab_warns_only_where_a_restart_loses_judgements(data_dir, 
 
 
 def test_the_served_annotate_tab_shows_the_warning_on_a_space_without_storage(monkeypatch, tmp_path):
-    from cap_app.store import Store
+    from cap_app.annotate.store import Store
     from cap_app.ui.app import build_demo
 
     monkeypatch.setenv("SPACE_ID", "someone/cap-refinery")

@@ -1,13 +1,13 @@
 """Generation backends: which engine writes the programs, chosen once per command or app.
 
-- `transformers`: the model in this process (`cap_app.model`); any Hub model or folder, 4-bit on CUDA.
+- `transformers`: the model in this process (`cap_app.models.loading`); any Hub model or folder, 4-bit on CUDA.
 - `llama.cpp`: a GGUF file in this process through llama-cpp-python; the fast path on CPUs.
 - `openai`: any OpenAI-compatible `/v1` server (vLLM, SGLang, TGI, llama.cpp's server), for scale.
 
 `auto` (the default) reads $CAP_BACKEND, else picks `openai` when a --base-url is given and
 `llama.cpp` for a .gguf model on a machine without CUDA (the offline default is one) when
 llama-cpp-python is installed, else `transformers`. The offline default's CaP adapter is merged
-into a GGUF once for llama.cpp (`cap_app.gguf_export.cached_export`).
+into a GGUF once for llama.cpp (`cap_app.models.gguf.cached_export`).
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def _has_cuda() -> bool:
 
 def resolve_backend(model_cfg, backend_cfg: BackendConfig) -> str:
     """The backend `auto` stands for, given the model asked for and this machine."""
-    from cap_app.model import resolve_source
+    from cap_app.models.loading import resolve_source
 
     name = backend_cfg.backend
     if name == "auto":
@@ -123,7 +123,7 @@ def get_backend(model_cfg, backend_cfg: BackendConfig | None = None) -> Backend:
     name = resolve_backend(model_cfg, backend_cfg)
     if name == "transformers":
         from cap_app.backends.transformers import TransformersBackend
-        from cap_app.model import get_model
+        from cap_app.models.loading import get_model
 
         _refuse_openai_options(backend_cfg, name)
         _refuse_llama_cpp_options(backend_cfg, name)
@@ -183,7 +183,7 @@ def _refuse_llama_cpp_options(backend_cfg: BackendConfig, name: str) -> None:
 
 def _llama_cpp_backend(model_cfg, contexts: int | None):
     from cap_app.backends.llama_cpp import LlamaCppBackend
-    from cap_app.model import resolve_source
+    from cap_app.models.loading import resolve_source
 
     source = resolve_source(model_cfg)
     path = Path(source.path).expanduser()
@@ -196,7 +196,7 @@ def _llama_cpp_backend(model_cfg, contexts: int | None):
         raise BackendError(f"model '{source.name}' not found: no such file")
     name = source.name
     if source.adapter:
-        from cap_app.gguf_export import ExportError, cached_export
+        from cap_app.models.gguf import ExportError, cached_export
 
         try:
             path = cached_export(path, source.adapter)
@@ -208,7 +208,7 @@ def _llama_cpp_backend(model_cfg, contexts: int | None):
 
 def as_backend(model) -> Backend:
     """A backend from what callers pass to the engine: a backend, or a transformers LoadedModel."""
-    from cap_app.model import LoadedModel
+    from cap_app.models.loading import LoadedModel
 
     if isinstance(model, LoadedModel):
         from cap_app.backends.transformers import TransformersBackend

@@ -2,9 +2,9 @@
 backends (llama.cpp, OpenAI-compatible servers) share.
 
 A backend takes chat conversations (lists of {"role", "content"} messages, as
-`cap_app.prompts.build_messages` makes them), not prompt text: a remote server applies its own
+`cap_app.engine.prompts.build_messages` makes them), not prompt text: a remote server applies its own
 model's chat template, a local one the template its weights ship with. It returns the same
-`Generation` / `StreamChunk` values as `cap_app.generate`, so refine.py does not care which one
+`Generation` / `StreamChunk` values as `cap_app.backends.generation`, so refine.py does not care which one
 runs: N samples per conversation (sample i of the whole call seeded with `seed + i`), text
 streamed per row, the program-end and repetition stops (`generate.stop_reason`), EOS, the
 token limit, cancel, and the mean log-prob of the chosen tokens for vote tie-breaks.
@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
-from cap_app.generate import AnyEvent, Generation, GenerationConfig, StreamChunk, stop_reason
+from cap_app.backends.generation import AnyEvent, Generation, GenerationConfig, StreamChunk, stop_reason
 
 Conversation = list[dict[str, str]]
 # (row, new text, tokens so far) -> None: how a sampler reports streamed text
@@ -92,7 +92,7 @@ class Backend(Protocol):
     def generate_stream(
         self, conversations: Sequence[Conversation], config: GenerationConfig, *, cancel: threading.Event | None = None
     ) -> Iterator[StreamChunk]:
-        """As `cap_app.generate.generate_stream`: text per row as written, then one chunk with all."""
+        """As `cap_app.backends.generation.generate_stream`: text per row as written, then one chunk with all."""
 
     def prompt_size(self, conversation: Conversation) -> PromptSize:
         """How many tokens the conversation's prompt takes of how large a context (`fit_to_context`)."""

@@ -56,7 +56,7 @@ from typing import Any
 import numpy as np
 
 from cap_app.backends.base import BackendError, Follower, PromptSize, RowSampler, Token, follow, sample_seeds
-from cap_app.generate import AnyEvent, Generation
+from cap_app.backends.generation import AnyEvent, Generation
 
 # The most tokens a context holds (prompt and program): the model's trained context up to this. Every
 # context's cells are allocated when it is made (23 KB a token for the offline default, 190 MB at

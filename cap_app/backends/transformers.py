@@ -1,15 +1,15 @@
-"""The `transformers` backend: the in-process model of `cap_app.model` and `cap_app.generate`.
+"""The `transformers` backend: the in-process model of `cap_app.models.loading` and `cap_app.backends.generation`.
 
 Conversations are rendered with the model's own chat template here; generation goes through the
-`cap_app.generate` module attributes, so a Space's `spaces.GPU` wrappers (ui/hosting.py) apply.
+`cap_app.backends.generation` module attributes, so a Space's `spaces.GPU` wrappers (ui/hosting.py) apply.
 """
 
 from __future__ import annotations
 
-from cap_app import generate
+from cap_app.backends import generation
 from cap_app.backends.base import PromptSize
-from cap_app.model import LoadedModel
-from cap_app.prompts import render_messages
+from cap_app.engine.prompts import render_messages
+from cap_app.models.loading import LoadedModel
 
 
 class TransformersBackend:
@@ -26,10 +26,10 @@ class TransformersBackend:
         return [render_messages(self.loaded.tokenizer, conversation) for conversation in conversations]
 
     def generate_batch(self, conversations, config, *, cancel=None):
-        return generate.generate_batch(self.loaded, self._prompts(conversations), config, cancel=cancel)
+        return generation.generate_batch(self.loaded, self._prompts(conversations), config, cancel=cancel)
 
     def generate_stream(self, conversations, config, *, cancel=None):
-        return generate.generate_stream(self.loaded, self._prompts(conversations), config, cancel=cancel)
+        return generation.generate_stream(self.loaded, self._prompts(conversations), config, cancel=cancel)
 
     def prompt_size(self, conversation) -> PromptSize:
         """The prompt's tokens and the positions the model was trained for (`max_position_embeddings`;

@@ -19,7 +19,7 @@ def fail(message: object, status: int) -> int:
 
 def read_jsonl_items(path: str, *, draft_key: str = "draft"):
     """(line number, RefineItem, record) for good lines and (line number, None, error) for bad ones."""
-    from cap_app.refine import InputError, item_from_record
+    from cap_app.engine.refine import InputError, item_from_record
 
     with open(path, encoding="utf-8", errors="replace") as handle:
         for number, line in enumerate(handle, start=1):
@@ -57,8 +57,8 @@ def appended_records(path: Path) -> list[dict]:
 def load_for_command(args: argparse.Namespace):
     """The generation backend the options ask for, or None after printing why it could not be loaded."""
     from cap_app.backends import BackendConfig, BackendError, get_backend
-    from cap_app.config_args import dataclass_from_args
-    from cap_app.model import ModelConfig, ModelLoadError, quiet_library_output
+    from cap_app.commands.config_args import dataclass_from_args
+    from cap_app.models.loading import ModelConfig, ModelLoadError, quiet_library_output
 
     quiet_library_output()
     try:

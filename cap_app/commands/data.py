@@ -22,7 +22,7 @@ import dataclasses
 import json
 
 from cap_app.commands.common import fail
-from cap_app.config_args import add_dataclass_arguments, dataclass_from_args
+from cap_app.commands.config_args import add_dataclass_arguments, dataclass_from_args
 from cap_app.data.build import DataBuildConfig
 from cap_app.data.faithful_build import FaithfulBuildConfig
 from cap_app.data.onpolicy import OnPolicyPairsConfig, OnPolicyPromptsConfig
@@ -65,7 +65,7 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    from cap_app.model import ModelLoadError
+    from cap_app.models.loading import ModelLoadError
 
     try:
         if args.data_command == "variants":
@@ -98,7 +98,7 @@ def _build(args):
         cfg = dataclass_from_args(FaithfulBuildConfig, args)
         return cfg, build_faithful(cfg)
     from cap_app.data.build import build
-    from cap_app.model import quiet_library_output
+    from cap_app.models.loading import quiet_library_output
 
     cfg = dataclass_from_args(DataBuildConfig, args)
     if cfg.sample_model:

@@ -10,7 +10,7 @@ file). Prints one table row per strategy (draft and refined accuracy, wrong->rig
 right->wrong counts, answers missing, the programs' own accuracy and right->wrong before a draft's
 answer is kept, drafts kept unconfirmed, tokens and seconds per item), then how well the verdict
 flags wrong drafts (per verdict the items and the share of wrong drafts, and the AUROC of the
-annotators' triage order and of the log-prob alone; cap_app/triage.py), and writes a JSON report
+annotators' triage order and of the log-prob alone; cap_app/engine/triage.py), and writes a JSON report
 with the summary and every item's answers, with each generated program's outcome (sandbox
 status, error, answer, tokens, the model's raw text).
 
@@ -30,14 +30,14 @@ import json
 import sys
 from pathlib import Path
 
-from cap_app.answers import answers_equal
 from cap_app.backends import BackendConfig
 from cap_app.commands.common import appended_records, fail, load_for_command, read_jsonl_items
-from cap_app.config_args import add_dataclass_arguments, dataclass_from_args
-from cap_app.model import ModelConfig
-from cap_app.refine import STRATEGIES, RefineConfig
-from cap_app.results import RefinementResult
-from cap_app.triage import flag_quality, format_flag_quality
+from cap_app.commands.config_args import add_dataclass_arguments, dataclass_from_args
+from cap_app.engine.answers import answers_equal
+from cap_app.engine.refine import STRATEGIES, RefineConfig
+from cap_app.engine.results import RefinementResult
+from cap_app.engine.triage import flag_quality, format_flag_quality
+from cap_app.models.loading import ModelConfig
 
 HELP = "Evaluate refinement strategies on a JSONL file of drafts: accuracy table and JSON report."
 MAX_REPORTED_TEXT = 4000  # characters of each candidate's raw model text kept in the report
@@ -211,7 +211,7 @@ def _strategy_results(keyed, config: RefineConfig, model, done: dict[tuple, list
     each appended to `partial` (the open sidecar) as it finishes so that a rerun after a crash keeps it."""
     from tqdm import tqdm
 
-    from cap_app.refine import refine_batch
+    from cap_app.engine.refine import refine_batch
 
     # a list per key: the same item may appear twice, and then has two results
     results = [(done.get((config.strategy, key, i.question, i.draft)) or [None]).pop(0) for key, i in keyed]

@@ -17,7 +17,7 @@ import json
 import sys
 
 from cap_app.commands.common import fail
-from cap_app.config_args import add_dataclass_arguments, dataclass_from_args
+from cap_app.commands.config_args import add_dataclass_arguments, dataclass_from_args
 from cap_app.sandbox.config import SandboxConfig
 
 HELP = "Run a Python program in the restricted sandbox and print its result, answer and trace."

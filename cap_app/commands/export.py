@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from cap_app.annotate.export import ExportConfig
 from cap_app.commands.common import fail
-from cap_app.config_args import add_dataclass_arguments, dataclass_from_args
-from cap_app.export import ExportConfig
+from cap_app.commands.config_args import add_dataclass_arguments, dataclass_from_args
 
 HELP = "export judgements as DPO/KTO training data or CSV, and print annotator agreement"
 
@@ -22,8 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from cap_app.export import export
-    from cap_app.store import Store, StoreError, default_db_path
+    from cap_app.annotate.export import export
+    from cap_app.annotate.store import Store, StoreError, default_db_path
 
     cfg = dataclass_from_args(ExportConfig, args)
     if not cfg.output:

@@ -5,7 +5,7 @@
     python -m cap_app refine --backend llama.cpp --model runs/smollm2-cap.q8_0.gguf --adapter none --question ...
 
 The base must be a .gguf file of the llama architecture (its tokenizer and chat template are
-copied from it); see cap_app/gguf_export.py. Exit status: 0 on success, 1 when it cannot be written.
+copied from it); see cap_app/models/gguf.py. Exit status: 0 on success, 1 when it cannot be written.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import argparse
 from pathlib import Path
 
 from cap_app.commands.common import fail
-from cap_app.config_args import add_dataclass_arguments, dataclass_from_args
-from cap_app.gguf_export import GGUFExportConfig
+from cap_app.commands.config_args import add_dataclass_arguments, dataclass_from_args
+from cap_app.models.gguf import GGUFExportConfig
 
 HELP = "Merge a CaP adapter into its GGUF base model and write a GGUF (f16, q8_0 or q4_0) for llama.cpp."
 
@@ -25,8 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from cap_app.gguf_export import ExportError, export_gguf
-    from cap_app.model import ModelConfig, ModelLoadError, quiet_library_output, resolve_source
+    from cap_app.models.gguf import ExportError, export_gguf
+    from cap_app.models.loading import ModelConfig, ModelLoadError, quiet_library_output, resolve_source
 
     cfg = dataclass_from_args(GGUFExportConfig, args)
     if not cfg.output:

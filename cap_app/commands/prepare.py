@@ -4,7 +4,7 @@
     python -m cap_app prepare --prune            # ... and drop cache entries that backend never reads
 
 The Dockerfile runs it at build time, so the image carries the converted model and a container's
-first visitor waits for nothing. It runs the app's own preparation (`cap_app.preparation.load`,
+first visitor waits for nothing. It runs the app's own preparation (`cap_app.backends.preparation.load`,
 the same settings as the page's first Refine), printing each step with its time. `--prune`
 removes, after a llama.cpp preparation, any safetensors copies of the model (about 1 GB, left by
 a transformers load) that llama.cpp never reads; a visitor who picks transformers makes them again.
@@ -38,9 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from cap_app import preparation
-    from cap_app.backends import BackendConfig, BackendError, resolve_backend
-    from cap_app.model import ModelConfig, ModelLoadError, cache_dir, quiet_library_output
+    from cap_app.backends import BackendConfig, BackendError, preparation, resolve_backend
+    from cap_app.models.loading import ModelConfig, ModelLoadError, cache_dir, quiet_library_output
 
     quiet_library_output()
     model_cfg, backend_cfg = ModelConfig(), BackendConfig(backend=args.backend)

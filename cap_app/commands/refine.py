@@ -25,9 +25,9 @@ from pathlib import Path
 
 from cap_app.backends import BackendConfig
 from cap_app.commands.common import appended_records, fail, load_for_command, read_jsonl_items
-from cap_app.config_args import add_dataclass_arguments, dataclass_from_args
-from cap_app.model import ModelConfig
-from cap_app.refine import SAMPLING_STRATEGIES, RefineConfig
+from cap_app.commands.config_args import add_dataclass_arguments, dataclass_from_args
+from cap_app.engine.refine import SAMPLING_STRATEGIES, RefineConfig
+from cap_app.models.loading import ModelConfig
 
 HELP = "Refine a chain-of-thought draft with a program: one (--question/--draft) or a JSONL batch (--input/--output)."
 
@@ -92,7 +92,7 @@ def _done_keys(path: Path) -> set[tuple[str, str]]:
 def _run_batch(args, config: RefineConfig, model) -> int:
     from tqdm import tqdm
 
-    from cap_app.refine import refine_batch
+    from cap_app.engine.refine import refine_batch
 
     output = Path(args.output)
     done = _done_keys(output)
@@ -134,7 +134,7 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as error:
         return fail(error, 2)
 
-    from cap_app.refine import InputError, validate_inputs
+    from cap_app.engine.refine import InputError, validate_inputs
 
     if not batch:
         try:
@@ -156,7 +156,7 @@ def main(args: argparse.Namespace) -> int:
 
 def _refine_one(args, config: RefineConfig, model):
     """Refine the single draft; on a terminal, show the program on stderr as it is written."""
-    from cap_app.refine import refine_stream
+    from cap_app.engine.refine import refine_stream
 
     live = sys.stderr.isatty() and not args.json
     for event in refine_stream(args.question, args.draft, gold=args.gold, config=config, model=model):

@@ -41,7 +41,7 @@ def main(args) -> int:
         return _ship(args.options)
     from trl import TrlParser
 
-    from cap_app.model import ModelLoadError
+    from cap_app.models.loading import ModelLoadError
     from cap_app.train.common import TrainingError
     from cap_app.train.config import CapDPOConfig, CapSFTConfig
 
@@ -71,7 +71,7 @@ def main(args) -> int:
 
 
 def _ship(options: list[str]) -> int:
-    from cap_app.model import DEFAULT_ADAPTER_DIR
+    from cap_app.models.loading import DEFAULT_ADAPTER_DIR
     from cap_app.train.common import TrainingError, ship_adapter
 
     parser = argparse.ArgumentParser(prog="python -m cap_app train ship")

@@ -7,7 +7,7 @@ python -m cap_app users remove bob
 
 A password is read from the terminal (not echoed) or from the first line of stdin, never from the
 command line, where other users of the machine and the shell history would see it. The file keeps
-only an argon2id hash of it (cap_app/accounts.py). Start the app with CAP_USERS pointing to the file.
+only an argon2id hash of it (cap_app/annotate/accounts.py). Start the app with CAP_USERS pointing to the file.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def read_password() -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    from cap_app import accounts
+    from cap_app.annotate import accounts
 
     try:
         path = accounts.users_path(args.file)

@@ -21,14 +21,14 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from cap_app import generate
-from cap_app.answers import answers_equal, extract_draft_answer
+from cap_app.backends import generation
+from cap_app.backends.generation import GenerationConfig
 from cap_app.data.corrupt import FINAL_STYLES, KINDS, corrupt, render_draft
 from cap_app.data.gsm8k_programs import Solution, UnsupportedSolution, parse_solution
-from cap_app.generate import GenerationConfig
-from cap_app.model import LoadedModel, ModelConfig, load_model
-from cap_app.program import extract_program
-from cap_app.prompts import format_draft_prompt, format_prompt, trl_row
+from cap_app.engine.answers import answers_equal, extract_draft_answer
+from cap_app.engine.program import extract_program
+from cap_app.engine.prompts import format_draft_prompt, format_prompt, trl_row
+from cap_app.models.loading import LoadedModel, ModelConfig, load_model
 
 ANNOTATIONS, SAMPLED = "annotations", "sampled"  # where a program (or a draft) comes from
 
@@ -322,16 +322,17 @@ def _sample(
                 draft_prompts = [format_draft_prompt(tokenizer, q.material.solution.question) for q in chunk]
                 config = _generation_config(cfg, n=cfg.sampled_drafts, seed=start, prose=True)
                 for question, generations in zip(
-                    chunk, generate.generate_batch(loaded, draft_prompts, config), strict=True
+                    chunk, generation.generate_batch(loaded, draft_prompts, config), strict=True
                 ):
-                    for generation in generations:
-                        _add_sampled_draft(question, generation.text, rng, report)
+                    for sampled in generations:
+                        _add_sampled_draft(question, sampled.text, rng, report)
             if cfg.sampled_programs:
                 prompts = [prompt for question in chunk for prompt in question.prompts]
                 texts = [format_prompt(tokenizer, p.meta["question"], p.meta["draft"]) for p in prompts]
                 config = _generation_config(cfg, n=cfg.sampled_programs, seed=start)
                 programs = [
-                    [extract_program(g.text) for g in group] for group in generate.generate_batch(loaded, texts, config)
+                    [extract_program(g.text) for g in group]
+                    for group in generation.generate_batch(loaded, texts, config)
                 ]
                 results = pool.map(_run, [program for group in programs for program in group])
                 for prompt, group in zip(prompts, programs, strict=True):

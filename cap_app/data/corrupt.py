@@ -15,8 +15,8 @@ import math
 import random
 import re
 
-from cap_app.arithmetic import ANNOTATION, evaluate, format_number, parse_number
 from cap_app.data.gsm8k_programs import Solution, Step, copy_expr, render
+from cap_app.engine.arithmetic import ANNOTATION, evaluate, format_number, parse_number
 
 KINDS = ("wrong_operation", "wrong_quantity", "dropped_quantity", "skipped_step", "arithmetic_slip")
 FINAL_STYLES = ("A: {}", "#### {}", "The answer is {}.")

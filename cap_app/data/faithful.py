@@ -13,10 +13,10 @@ import ast
 import dataclasses
 import re
 
-from cap_app.align import EQUATION_RE
-from cap_app.answers import extract_draft_answer, normalize_answer
-from cap_app.arithmetic import ANNOTATION, parse_number, python_arithmetic, same_number
 from cap_app.data.gsm8k_programs import annotation_span, step_name, unique_name
+from cap_app.engine.align import EQUATION_RE
+from cap_app.engine.answers import extract_draft_answer, normalize_answer
+from cap_app.engine.arithmetic import ANNOTATION, parse_number, python_arithmetic, same_number
 
 _ANSWER_LINE = re.compile(r"^\s*(?:A:|####|The answer is|Answer:)", re.IGNORECASE)
 

@@ -20,10 +20,10 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from cap_app.answers import answers_equal, extract_draft_answer
 from cap_app.data.corrupt import FINAL_STYLES
 from cap_app.data.faithful import computations, faithful_program
 from cap_app.data.variants import plain_draft, slip_draft
+from cap_app.engine.answers import answers_equal, extract_draft_answer
 
 KINDS = ("right", "plain", "slip", "plain_slip")
 

@@ -5,7 +5,7 @@ expressions refer to earlier steps and to the question's quantities by *name*, s
 reads like a worked solution (`clips_in_may = friends / 2`) instead of a calculator tape, and
 so a corruption of one step propagates to every step that uses it (see corrupt.py).
 
-Only arithmetic ASTs are ever evaluated here (cap_app.arithmetic; a step holds numbers, names,
+Only arithmetic ASTs are ever evaluated here (cap_app.engine.arithmetic; a step holds numbers, names,
 + - * / and parentheses); the programs themselves are verified in the sandbox by build.py.
 """
 
@@ -18,7 +18,7 @@ import keyword
 import math
 import re
 
-from cap_app.arithmetic import ANNOTATION, NUMBER, evaluate, format_number, parse_number
+from cap_app.engine.arithmetic import ANNOTATION, NUMBER, evaluate, format_number, parse_number
 
 FINAL_ANSWER = re.compile(r"\n?####\s*(.+?)\s*$")
 WORD = re.compile(r"[A-Za-z][A-Za-z']*")

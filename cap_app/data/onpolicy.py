@@ -22,8 +22,8 @@ import random
 from collections import Counter
 from pathlib import Path
 
-from cap_app.answers import answers_equal
-from cap_app.results import RefinementResult
+from cap_app.engine.answers import answers_equal
+from cap_app.engine.results import RefinementResult
 
 
 @dataclasses.dataclass
@@ -99,7 +99,7 @@ def _failure(candidate, gold: str) -> str | None:
 def build_pairs(cfg: OnPolicyPairsConfig) -> dict:
     """Write dpo.jsonl (faithful program over the model's wrong ones) and sft.jsonl (its right ones)."""
     from cap_app.data.build import dpo_row, sft_row
-    from cap_app.program import extract_program
+    from cap_app.engine.program import extract_program
 
     by_id = {row["meta"]["id"]: row for row in read_jsonl(cfg.sft)}
     report: Counter = Counter()

@@ -19,10 +19,10 @@ import random
 import re
 from pathlib import Path
 
-from cap_app.answers import answers_equal, extract_draft_answer
-from cap_app.arithmetic import ANNOTATION, NUMBER, evaluate_arithmetic, format_number, parse_number, same_number
 from cap_app.data.corrupt import _nearby
 from cap_app.data.faithful import Computation, computations
+from cap_app.engine.answers import answers_equal, extract_draft_answer
+from cap_app.engine.arithmetic import ANNOTATION, NUMBER, evaluate_arithmetic, format_number, parse_number, same_number
 
 _RESULT_BEFORE = re.compile(r"(?:=\s*\$?|>>)$")  # a number right after these is a stated result
 
@@ -151,7 +151,7 @@ def write_variants(source: Path, target: Path, *, kind: str, seed: int = 0, min_
     Each slip draws from its own generator seeded by (seed, line, source), so one item's slip
     does not depend on the others. A row keeps only the sources that got a slip, and rows without
     any are left out; `original` holds the draft each slip was made from."""
-    from cap_app.answers import normalize_answer
+    from cap_app.engine.answers import normalize_answer
 
     counts: dict[str, int] = {}
     rows_out = []

@@ -1,7 +1,7 @@
 """What SFT and DPO share: the base model, LoRA, the rows as trl text, resuming, the final adapter.
 
 The rows on disk are conversational (docs/data_formats.md); for training their prompt is
-re-rendered with `cap_app.prompts.format_prompt` and the model's own tokenizer, so training
+re-rendered with `cap_app.engine.prompts.format_prompt` and the model's own tokenizer, so training
 sees exactly the text that inference (refine.py) sends.
 """
 
@@ -13,7 +13,7 @@ import platform
 import time
 from pathlib import Path
 
-from cap_app.prompts import format_prompt
+from cap_app.engine.prompts import format_prompt
 
 FINAL_DIR = "final"
 
@@ -27,7 +27,7 @@ def load_base(model_name: str | None, dtype: str = "auto"):
     process that keeps freed memory for the training steps to come."""
     from peft import prepare_model_for_kbit_training
 
-    from cap_app.model import ModelConfig, load_model
+    from cap_app.models.loading import ModelConfig, load_model
 
     keep_freed_memory()
     loaded = load_model(ModelConfig(model=model_name, adapter="none", dtype=training_dtype(dtype)))

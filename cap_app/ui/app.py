@@ -1,6 +1,6 @@
 """The Gradio page: a Refine tab (question + draft -> streamed program, verdict, side-by-side view,
 trace, charts) and the annotator's tab when that module is present. Layout only: the handlers
-live in cap_app.ui.handlers, the rendering in cap_app.ui.views / cap_app.charts.
+live in cap_app.ui.refine_handlers, the rendering in cap_app.ui.views / cap_app.ui.charts.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import sys
 
 import gradio as gr
 
-from cap_app.refine import MAX_DRAFT_CHARS, MAX_QUESTION_CHARS, OVERRIDES, STRATEGIES
+from cap_app.engine.refine import MAX_DRAFT_CHARS, MAX_QUESTION_CHARS, OVERRIDES, STRATEGIES
 from cap_app.sandbox import sandbox_walls
 from cap_app.sandbox.walls import describe as describe_walls
-from cap_app.ui import handlers, stopping
+from cap_app.ui import refine_handlers, stopping
 from cap_app.ui.examples import load_examples
 from cap_app.ui.hosting import (
     CONCURRENCY_LIMIT,
@@ -51,7 +51,7 @@ def _refine_tab() -> None:
                 label="Gold answer (optional)",
                 max_lines=1,
                 elem_id="gold",
-                info=f"At most {handlers.MAX_GOLD_CHARS} characters.",
+                info=f"At most {refine_handlers.MAX_GOLD_CHARS} characters.",
             )
             with gr.Accordion("Settings", open=False, elem_id="settings"):
                 choices = model_choices()
@@ -65,22 +65,24 @@ def _refine_tab() -> None:
                 )
                 strategy = gr.Radio(
                     list(STRATEGIES),
-                    value=handlers.default_settings()["strategy"],
+                    value=refine_handlers.default_settings()["strategy"],
                     label="Strategy",
                     info="vote / cot+cap sample N programs; repair feeds errors back",
                 )
                 override = gr.Radio(
                     list(OVERRIDES),
-                    value=handlers.default_settings()["override"],
+                    value=refine_handlers.default_settings()["override"],
                     label="When the program's answer differs from the draft's",
                     info="located: it replaces the draft's only where the program shows the draft's mistake "
                     "(a wrong calculation, a left-out quantity); always: it replaces it (the paper's CaP)",
                     elem_id="override",
                 )
-                n = handlers.setting_slider("n", "N (programs for vote / cot+cap)")
-                temperature = handlers.setting_slider("temperature", "Temperature (vote / cot+cap sampling)")
-                max_new_tokens = handlers.setting_slider("max_new_tokens", "Max new tokens", elem_id="max-new-tokens")
-                time_limit = handlers.setting_slider("time_limit_s", "Time limit per program run (s)")
+                n = refine_handlers.setting_slider("n", "N (programs for vote / cot+cap)")
+                temperature = refine_handlers.setting_slider("temperature", "Temperature (vote / cot+cap sampling)")
+                max_new_tokens = refine_handlers.setting_slider(
+                    "max_new_tokens", "Max new tokens", elem_id="max-new-tokens"
+                )
+                time_limit = refine_handlers.setting_slider("time_limit_s", "Time limit per program run (s)")
             with gr.Row():
                 refine = gr.Button("Refine", variant="primary", elem_id="refine")
                 stop = gr.Button("Stop", variant="stop", elem_id="stop")
@@ -134,14 +136,14 @@ def _refine_tab() -> None:
     inputs = [question, draft, gold, model, strategy, n, temperature, max_new_tokens, time_limit, backend, override]
     gr.on(
         [refine.click, gold.submit],
-        handlers.refine_page,
+        refine_handlers.refine_page,
         inputs,
-        [outputs[name] for name in handlers.OUTPUTS],
+        [outputs[name] for name in refine_handlers.OUTPUTS],
         api_name="refine",
         concurrency_limit=CONCURRENCY_LIMIT,
         concurrency_id="generation",
     )
-    stop.click(handlers.stop_refinement, None, status, api_name="stop", queue=False)
+    stop.click(refine_handlers.stop_refinement, None, status, api_name="stop", queue=False)
 
 
 def build_demo() -> gr.Blocks:
@@ -152,8 +154,8 @@ def build_demo() -> gr.Blocks:
         gr.Markdown(f"# {TITLE}\n{INTRO}")
         with gr.Tab("Refine"):
             _refine_tab()
-        if importlib.util.find_spec("cap_app.ui.annotator_tab") is not None:
-            from cap_app.ui.annotator_tab import build_annotator_tab
+        if importlib.util.find_spec("cap_app.ui.annotate_tab") is not None:
+            from cap_app.ui.annotate_tab import build_annotator_tab
 
             with gr.Tab("Annotate"):
                 build_annotator_tab(demo)
@@ -165,18 +167,18 @@ def build_demo() -> gr.Blocks:
 def prepare_default_model():
     """Start loading the page's first model choice on the default backend, in the background, with
     the very settings a visitor's first Refine asks for, so that request joins this load
-    (cap_app.preparation); off with CAP_PREPARE=0."""
-    from cap_app import preparation
+    (cap_app.backends.preparation); off with CAP_PREPARE=0."""
+    from cap_app.backends import preparation
 
     if os.environ.get("CAP_PREPARE", "1") == "0":
         return None
-    return preparation.start(handlers.model_config(model_choices()[0]), handlers.backend_config("auto"))
+    return preparation.start(refine_handlers.model_config(model_choices()[0]), refine_handlers.backend_config("auto"))
 
 
 def _accounts(host: str):
     """Who may annotate depends on where the app listens; with a users file ($CAP_USERS) Gradio's own
-    login checks each account (cap_app.accounts)."""
-    from cap_app import accounts
+    login checks each account (cap_app.annotate.accounts)."""
+    from cap_app.annotate import accounts
 
     accounts.set_bind_host(host)
     return accounts.gradio_auth()

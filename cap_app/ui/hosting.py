@@ -23,7 +23,7 @@ CONCURRENCY_LIMIT = int(os.environ.get("CAP_CONCURRENCY", "4"))
 QUEUE_SIZE = int(os.environ.get("CAP_QUEUE_SIZE", "16"))  # waiting refinements before "busy, try again"
 GPU_SECONDS = int(os.environ.get("CAP_GPU_SECONDS", "120"))  # ZeroGPU time asked for per generation
 # What one visitor may ask for (the settings sliders use the same bounds): (low, high). The sliders
-# start at RefineConfig's defaults, as the CLI does (cap_app.ui.handlers.default_settings).
+# start at RefineConfig's defaults, as the CLI does (cap_app.ui.refine_handlers.default_settings).
 WEB_LIMITS = {"n": (1, 8), "temperature": (0.0, 1.5), "max_new_tokens": (16, 1024), "time_limit_s": (1, 30)}
 WEB_STEPS = {"n": 1, "temperature": 0.05, "max_new_tokens": 16, "time_limit_s": 1}  # the sliders' steps
 
@@ -44,19 +44,19 @@ def on_gpu(fn: F) -> F:
 def wrap_generation_for_zero_gpu() -> bool:
     """On ZeroGPU, put the engine's two generation functions (its only model calls) under spaces.GPU.
 
-    The engine calls them as `generate.generate_stream(...)`, so replacing the module attributes
+    The engine calls them as `generation.generate_stream(...)`, so replacing the module attributes
     covers every caller; the sandbox and everything else keep running on the CPU.
     """
     if not zero_gpu_enabled():
         return False
-    from cap_app import generate
+    from cap_app.backends import generation
 
     for name in ("generate_stream", "generate_batch"):
-        fn = getattr(generate, name)
+        fn = getattr(generation, name)
         if not getattr(fn, "_on_zero_gpu", False):
             wrapped = on_gpu(fn)
             wrapped._on_zero_gpu = True
-            setattr(generate, name, wrapped)
+            setattr(generation, name, wrapped)
     return True
 
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import html
 
-from cap_app.align import AlignedRow, ArithmeticCheck, DroppedQuantity, align_draft_to_program, line_diff
-from cap_app.answers import answers_equal
-from cap_app.results import Candidate, RefinementResult
+from cap_app.engine.align import AlignedRow, ArithmeticCheck, DroppedQuantity, align_draft_to_program, line_diff
+from cap_app.engine.answers import answers_equal
+from cap_app.engine.results import Candidate, RefinementResult
 
 TRACE_HEADERS = ["line", "code", "variables changed"]
 _E = html.escape

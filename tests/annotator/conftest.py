@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from cap_app.results import Candidate, RefinementResult
+from cap_app.annotate.store import Store
+from cap_app.engine.results import Candidate, RefinementResult
 from cap_app.sandbox.result import ExecResult, TraceStep
-from cap_app.store import Store
 
 QUESTION = (
     "Janet’s ducks lay 16 eggs per day. She eats three for breakfast every morning and bakes muffins for "

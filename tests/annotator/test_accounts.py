@@ -11,9 +11,9 @@ import sys
 import gradio as gr
 import pytest
 
-from cap_app import accounts
-from cap_app.store import Store
-from cap_app.ui import annotator_tab as tab
+from cap_app.annotate import accounts
+from cap_app.annotate.store import Store
+from cap_app.ui import annotate_tab as tab
 from tests.annotator.conftest import PASSWORD, as_user, make_result, write_jsonl
 from tests.helpers.paths import ROOT
 

@@ -8,9 +8,9 @@ import types
 import gradio as gr
 import pytest
 
-from cap_app.accounts import Identity
-from cap_app.ui import annotator_tab as tab
-from cap_app.ui.annotator_tab import VIEW
+from cap_app.annotate.accounts import Identity
+from cap_app.ui import annotate_tab as tab
+from cap_app.ui.annotate_tab import VIEW
 from tests.annotator.conftest import ACCOUNTS, QUESTION, as_user, make_result, write_jsonl
 
 

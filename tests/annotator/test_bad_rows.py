@@ -7,11 +7,11 @@ import csv
 
 import pytest
 
-from cap_app.accounts import Identity
-from cap_app.export import export
-from cap_app.item_files import BatchError, allowed_batch_path, load_batch
-from cap_app.ui import annotator_tab as tab
-from cap_app.ui.annotator_tab import VIEW
+from cap_app.annotate.accounts import Identity
+from cap_app.annotate.export import export
+from cap_app.annotate.item_files import BatchError, allowed_batch_path, load_batch
+from cap_app.ui import annotate_tab as tab
+from cap_app.ui.annotate_tab import VIEW
 from tests.annotator.conftest import RIGHT_PROGRAM, make_result, write_jsonl
 
 

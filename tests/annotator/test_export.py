@@ -7,10 +7,10 @@ import json
 
 import pytest
 
+from cap_app.annotate.export import cohen_kappa, export, summarize
+from cap_app.annotate.item_files import load_batch
 from cap_app.cli import main as cli_main
-from cap_app.export import cohen_kappa, export, summarize
-from cap_app.item_files import load_batch
-from cap_app.prompts import build_messages, format_completion, format_prompt
+from cap_app.engine.prompts import build_messages, format_completion, format_prompt
 from tests.annotator.conftest import DRAFT, QUESTION, RIGHT_PROGRAM, WRONG_PROGRAM, make_result, write_jsonl
 
 

@@ -14,9 +14,9 @@ import time
 
 import pytest
 
-from cap_app.item_files import load_batch
-from cap_app.store import StoreError
-from cap_app.ui import annotator_tab as tab
+from cap_app.annotate.item_files import load_batch
+from cap_app.annotate.store import StoreError
+from cap_app.ui import annotate_tab as tab
 from tests.annotator.conftest import RIGHT_PROGRAM, as_user, make_result, write_jsonl
 from tests.annotator.test_annotator_tab import loaded
 from tests.helpers.paths import ROOT
@@ -64,10 +64,10 @@ def test_no_item_or_refinement_of_an_unfinished_import_can_be_judged_or_opened(s
             "INSERT INTO batches (name, sha256, draft_key, item_count, errors, error_count, created_at, updated_at)"
             " VALUES ('half', 'x', 'draft', 0, '[]', 0, '', '')"
         ).lastrowid
-    from cap_app.store import NewItem
+    from cap_app.annotate.store import NewItem
 
     with store._transaction() as conn:
-        from cap_app.store import _insert_item
+        from cap_app.annotate.store import _insert_item
 
         _insert_item(conn, batch_id, 0, NewItem(1, "q?", "d", None, (make_result(RIGHT_PROGRAM, "18"),)))
         refinement_id = conn.execute("SELECT id FROM refinements").fetchone()[0]
@@ -86,8 +86,8 @@ def test_no_item_or_refinement_of_an_unfinished_import_can_be_judged_or_opened(s
 IMPORTER = """
 import sys, time
 from pathlib import Path
-from cap_app.item_files import parse_items
-from cap_app.store import Store
+from cap_app.annotate.item_files import parse_items
+from cap_app.annotate.store import Store
 
 db, path, sha, ready = sys.argv[1:]
 
@@ -140,7 +140,7 @@ def test_a_judgement_forged_during_an_import_then_a_sigkill_leave_the_file_loada
 
 def test_a_file_damaged_by_an_older_app_loads_at_once(store, batch_file):
     """Older versions let a judgement reach an unfinished import; such a file must still load."""
-    from cap_app.store import NewItem, _insert_item
+    from cap_app.annotate.store import NewItem, _insert_item
 
     sha = hashlib.sha256(batch_file.read_bytes()).hexdigest()
     with store._transaction() as conn:

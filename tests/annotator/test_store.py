@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from cap_app import store as store_module
-from cap_app.store import NewItem, Store, StoreError, default_db_path
+from cap_app.annotate import store as store_module
+from cap_app.annotate.store import NewItem, Store, StoreError, default_db_path
 from tests.annotator.conftest import DRAFT, QUESTION, RIGHT_PROGRAM, WRONG_PROGRAM, make_result
 
 

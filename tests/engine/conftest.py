@@ -2,16 +2,16 @@
 
 import pytest
 
-import cap_app.model
+import cap_app.models.loading
 
 
 @pytest.fixture(scope="session")
 def tiny_loaded(tiny_model_dir):
     """The tiny random Llama loaded in full precision (shared: loading is the slow part)."""
-    return cap_app.model.load_model(cap_app.model.ModelConfig(model=tiny_model_dir))
+    return cap_app.models.loading.load_model(cap_app.models.loading.ModelConfig(model=tiny_model_dir))
 
 
 @pytest.fixture
 def fresh_model_cache(monkeypatch):
     """get_model's process-wide cache, emptied for this test and restored after it."""
-    monkeypatch.setattr(cap_app.model, "_cached", None)
+    monkeypatch.setattr(cap_app.models.loading, "_cached", None)

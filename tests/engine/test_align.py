@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from cap_app.align import (
+from cap_app.engine.align import (
     align_draft_to_program,
     line_diff,
     located_mistake,

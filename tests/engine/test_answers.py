@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from cap_app.answers import answers_equal, extract_draft_answer, normalize_answer
+from cap_app.engine.answers import answers_equal, extract_draft_answer, normalize_answer
 from tests.helpers.paths import DRAFTS_DEV, TRAIN
 
 DRAFT_KEYS = ("6b_finetuning", "6b_verification", "175b_finetuning", "175b_verification")

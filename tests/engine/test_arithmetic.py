@@ -7,9 +7,10 @@ import ast
 
 import pytest
 
-from cap_app.align import numbers_in, split_draft
-from cap_app.answers import extract_draft_answer, normalize_answer
-from cap_app.arithmetic import (
+from cap_app.data.variants import plain_draft
+from cap_app.engine.align import numbers_in, split_draft
+from cap_app.engine.answers import extract_draft_answer, normalize_answer
+from cap_app.engine.arithmetic import (
     ANNOTATION,
     NUMBER,
     SIGNED_NUMBER,
@@ -20,7 +21,6 @@ from cap_app.arithmetic import (
     python_arithmetic,
     same_number,
 )
-from cap_app.data.variants import plain_draft
 
 
 def test_a_calculator_annotation_needs_an_equals_sign():

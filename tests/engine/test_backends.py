@@ -8,10 +8,10 @@ import pytest
 import cap_app.backends
 from cap_app.backends import BackendConfig, BackendError, get_backend, resolve_backend
 from cap_app.backends.base import RowSampler, Token, follow
+from cap_app.backends.generation import GenerationConfig
 from cap_app.commands.common import load_for_command
-from cap_app.generate import GenerationConfig
-from cap_app.model import ModelConfig
-from cap_app.refine import RefineConfig, refine, refine_stream
+from cap_app.engine.refine import RefineConfig, refine, refine_stream
+from cap_app.models.loading import ModelConfig
 
 PROGRAM = "```python\nprint(18)\n```"
 QUESTION = "Janet has 9 eggs and sells them at $2 each. How much does she make?"

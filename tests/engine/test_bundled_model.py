@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from cap_app.model import DEFAULT_MODEL_NAME, ModelConfig, get_model, load_model
-from cap_app.refine import RefineConfig, refine_stream
+from cap_app.engine.refine import RefineConfig, refine_stream
+from cap_app.models.loading import DEFAULT_MODEL_NAME, ModelConfig, get_model, load_model
 from tests.helpers.paths import DRAFTS_DEV
 
 
@@ -54,9 +54,9 @@ KEY = "175b_verification"
 def test_shipped_model_keeps_right_drafts_and_recomputes_a_slip(cap_cache_dir):
     import random
 
-    from cap_app.answers import answers_equal
     from cap_app.data.variants import slip_draft
-    from cap_app.refine import RefineItem, refine_batch
+    from cap_app.engine.answers import answers_equal
+    from cap_app.engine.refine import RefineItem, refine_batch
 
     rows = [json.loads(line) for line in DRAFTS_DEV.read_text().splitlines()]
     items = []

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cap_app.cli import main
-from cap_app.results import RefinementResult
+from cap_app.engine.results import RefinementResult
 from tests.helpers.paths import DRAFTS_DEV
 
 FAST = ["--max-new-tokens", "4", "--no-trace"]

@@ -11,8 +11,8 @@ import gguf
 import numpy as np
 import pytest
 
-from cap_app.gguf_export import _lora_merged_tensors, _merged_tensors, _plain_lora
-from cap_app.model import DEFAULT_ADAPTER_DIR, default_gguf_path
+from cap_app.models.gguf import _lora_merged_tensors, _merged_tensors, _plain_lora
+from cap_app.models.loading import DEFAULT_ADAPTER_DIR, default_gguf_path
 
 
 @pytest.mark.slow

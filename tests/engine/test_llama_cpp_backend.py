@@ -1,5 +1,5 @@
 """The llama.cpp backend on the offline default (the bundled SmolLM2 GGUF with the shipped CaP
-adapter merged in by `cap_app.gguf_export`), and the GGUF export itself: same prompt tokens and
+adapter merged in by `cap_app.models.gguf`), and the GGUF export itself: same prompt tokens and
 same greedy tokens as transformers, seeded samples (the same with one context or two, the rows of
 a call decoded together), the stops, cancel, closing, and the 8/4-bit files."""
 
@@ -9,6 +9,7 @@ import threading
 import pytest
 
 from cap_app.backends import BackendConfig, BackendError, get_backend
+from cap_app.backends.generation import GenerationConfig, generate_batch
 from cap_app.backends.llama_cpp import (
     SEQUENCES,
     THREADS,
@@ -18,11 +19,10 @@ from cap_app.backends.llama_cpp import (
     default_contexts,
 )
 from cap_app.cli import main
-from cap_app.generate import GenerationConfig, generate_batch
-from cap_app.gguf_export import cached_export, export_gguf
-from cap_app.model import DEFAULT_ADAPTER_DIR, ModelConfig, default_gguf_path, get_model
-from cap_app.prompts import build_messages, build_repair_messages, render_messages
-from cap_app.refine import RefineConfig, refine, refine_stream
+from cap_app.engine.prompts import build_messages, build_repair_messages, render_messages
+from cap_app.engine.refine import RefineConfig, refine, refine_stream
+from cap_app.models.gguf import cached_export, export_gguf
+from cap_app.models.loading import DEFAULT_ADAPTER_DIR, ModelConfig, default_gguf_path, get_model
 
 QUESTION = (
     "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
@@ -363,9 +363,9 @@ def test_a_process_that_abandons_a_stream_exits_cleanly(llama, cap_cache_dir):
     script = (
         "import sys\n"
         "from cap_app.backends import BackendConfig, get_backend\n"
-        "from cap_app.generate import GenerationConfig\n"
-        "from cap_app.model import ModelConfig\n"
-        "from cap_app.prompts import build_messages\n"
+        "from cap_app.backends.generation import GenerationConfig\n"
+        "from cap_app.models.loading import ModelConfig\n"
+        "from cap_app.engine.prompts import build_messages\n"
         "backend = get_backend(ModelConfig(), BackendConfig(backend='llama.cpp'))\n"
         f"conversation = build_messages({QUESTION!r}, {DRAFT!r})\n"
         "stream = backend.generate_stream([conversation], GenerationConfig(n=int(sys.argv[1]), max_new_tokens=120))\n"

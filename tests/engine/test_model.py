@@ -7,9 +7,9 @@ import threading
 import pytest
 import torch
 
-import cap_app.model
-from cap_app.generate import GenerationConfig, generate_batch
-from cap_app.model import ModelConfig, ModelLoadError, get_model, load_model
+import cap_app.models.loading
+from cap_app.backends.generation import GenerationConfig, generate_batch
+from cap_app.models.loading import ModelConfig, ModelLoadError, get_model, load_model
 from tests.helpers.tiny_model import make_tiny_model
 
 
@@ -74,7 +74,7 @@ def test_model_larger_than_memory_is_refused_before_loading_weights(tmp_path, ti
 def test_parameter_count_from_weight_headers_matches_the_loaded_model(tiny_model_dir):
     from transformers import AutoConfig
 
-    from cap_app.model import _parameter_count
+    from cap_app.models.loading import _parameter_count
 
     loaded = load_model(ModelConfig(model=str(tiny_model_dir)))
     params = {p.data_ptr(): p.numel() for p in loaded.model.parameters()}  # tied weights once
@@ -138,7 +138,7 @@ def test_the_projects_adapter_is_merged_once_and_later_loads_skip_peft(
 ):
     bundled = tmp_path / "bundled-adapter"
     shutil.copytree(lora_adapter_dir, bundled)
-    monkeypatch.setattr(cap_app.model, "DEFAULT_ADAPTER_DIR", bundled)
+    monkeypatch.setattr(cap_app.models.loading, "DEFAULT_ADAPTER_DIR", bundled)
     monkeypatch.setenv("CAP_CACHE_DIR", str(tmp_path / "cache"))
     merged_dir = tmp_path / "cache" / "merged"
     first = load_model(ModelConfig(model=tiny_model_dir, adapter=str(bundled)))
@@ -148,7 +148,7 @@ def test_the_projects_adapter_is_merged_once_and_later_loads_skip_peft(
         raise AssertionError("the adapter was applied again instead of read from the merged cache")
 
     with monkeypatch.context() as patched:
-        patched.setattr(cap_app.model, "_apply_adapter", no_peft)
+        patched.setattr(cap_app.models.loading, "_apply_adapter", no_peft)
         second = load_model(ModelConfig(model=tiny_model_dir, adapter=str(bundled)))
     assert second.adapter == str(bundled)
     assert torch.allclose(_logits(first), _logits(second), atol=1e-6)
@@ -188,24 +188,24 @@ def test_model_from_environment(tiny_model_dir, monkeypatch):
 
 def test_project_adapter_applies_to_the_offline_default_only(tmp_path, monkeypatch):
     (tmp_path / "adapter_config.json").write_text("{}")
-    monkeypatch.setattr(cap_app.model, "DEFAULT_ADAPTER_DIR", tmp_path)
-    assert cap_app.model.resolve_source(ModelConfig()).adapter == str(tmp_path)
-    assert cap_app.model.resolve_source(ModelConfig(adapter="none")).adapter is None
-    assert cap_app.model.resolve_source(ModelConfig(model="some/model")).adapter is None
+    monkeypatch.setattr(cap_app.models.loading, "DEFAULT_ADAPTER_DIR", tmp_path)
+    assert cap_app.models.loading.resolve_source(ModelConfig()).adapter == str(tmp_path)
+    assert cap_app.models.loading.resolve_source(ModelConfig(adapter="none")).adapter is None
+    assert cap_app.models.loading.resolve_source(ModelConfig(model="some/model")).adapter is None
 
 
 def test_offline_default_is_the_bundled_gguf_else_the_same_model_on_the_hub(monkeypatch):
-    bundled = cap_app.model.resolve_source(ModelConfig()).path
+    bundled = cap_app.models.loading.resolve_source(ModelConfig()).path
     assert bundled.endswith(".gguf")
-    monkeypatch.setattr(cap_app.model.importlib.util, "find_spec", lambda name: None)
-    source = cap_app.model.resolve_source(ModelConfig())
+    monkeypatch.setattr(cap_app.models.loading.importlib.util, "find_spec", lambda name: None)
+    source = cap_app.models.loading.resolve_source(ModelConfig())
     assert source.path == "HuggingFaceTB/SmolLM2-135M-Instruct" and source.name == "SmolLM2-135M-Instruct"
 
 
 def test_get_model_loads_once_for_concurrent_callers(tiny_model_dir, fresh_model_cache, monkeypatch):
     loads = []
-    real_load = cap_app.model.load_model
-    monkeypatch.setattr(cap_app.model, "load_model", lambda cfg: loads.append(cfg) or real_load(cfg))
+    real_load = cap_app.models.loading.load_model
+    monkeypatch.setattr(cap_app.models.loading, "load_model", lambda cfg: loads.append(cfg) or real_load(cfg))
     config = ModelConfig(model=tiny_model_dir)
     results = []
     threads = [threading.Thread(target=lambda: results.append(get_model(config))) for _ in range(4)]

@@ -13,13 +13,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from cap_app.backends.generation import GenerationConfig
 from cap_app.backends.llama_cpp import LlamaCppBackend
 from cap_app.backends.openai import OpenAIBackend
 from cap_app.cli import main
-from cap_app.generate import GenerationConfig
-from cap_app.gguf_export import cached_export
-from cap_app.model import DEFAULT_ADAPTER_DIR, default_gguf_path
-from cap_app.prompts import build_messages
+from cap_app.engine.prompts import build_messages
+from cap_app.models.gguf import cached_export
+from cap_app.models.loading import DEFAULT_ADAPTER_DIR, default_gguf_path
 from tests.helpers.paths import ROOT
 from tests.helpers.resumable_batch import ITEMS, refine_argv, write_items, written_ids
 
@@ -138,12 +138,12 @@ def test_the_server_writes_the_same_greedy_program_as_llama_cpp_in_process(serve
 def test_the_page_streams_a_refinement_through_the_operators_server(server, api_key, monkeypatch):
     """The app's Refine handler with the `openai` backend the operator named (CAP_BASE_URL): the
     reply grows in the code view as the server streams it, and the result names the served model."""
-    from cap_app.ui import handlers
+    from cap_app.ui import refine_handlers
 
     monkeypatch.setenv("CAP_BASE_URL", server.url)
     frames = [
-        dict(zip(handlers.OUTPUTS, frame, strict=True))
-        for frame in handlers.refine_page(
+        dict(zip(refine_handlers.OUTPUTS, frame, strict=True))
+        for frame in refine_handlers.refine_page(
             QUESTION,
             DRAFT,
             "72",
@@ -175,7 +175,7 @@ def test_a_draft_that_fills_the_servers_context_is_refined_and_told_so(server, m
     """Issue 25: llama_cpp.server (n_ctx 4,096 here) lowers max_tokens to what a long prompt leaves
     without a word; the program it cuts there is reported as cut by the context, in the settings'
     words, not as a program cut at a "Max new tokens" the visitor never chose."""
-    from cap_app.refine import RefineConfig, refine
+    from cap_app.engine.refine import RefineConfig, refine
 
     line = "In May 48 / 2 = 24, 48 + 24 = 72, 72 - 9 = 63.\n"  # numbers: ~2 characters a token
     local = LlamaCppBackend(model_file, name="local", contexts=1)

@@ -7,11 +7,11 @@ import json
 import pytest
 
 from cap_app.backends import BackendConfig, BackendError, get_backend
+from cap_app.backends.generation import GenerationConfig
 from cap_app.backends.openai import OpenAIBackend
 from cap_app.cli import main
-from cap_app.generate import GenerationConfig
-from cap_app.model import ModelConfig
-from cap_app.refine import RefineConfig, refine, refine_stream
+from cap_app.engine.refine import RefineConfig, refine, refine_stream
+from cap_app.models.loading import ModelConfig
 from tests.helpers.openai_stub import PROGRAM, OpenAIStub
 from tests.helpers.resumable_batch import refine_argv, write_items, written_ids
 

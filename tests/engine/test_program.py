@@ -2,7 +2,7 @@
 
 import pytest
 
-from cap_app.program import extract_program
+from cap_app.engine.program import extract_program
 
 FENCED = "Here is the program:\n```python\neggs = 16 - 3 - 4\nprint(eggs * 2)\n```\nIt prints 18."
 UNTAGGED_FENCE = "```\nx = 3\nprint(x)\n```"

@@ -6,11 +6,10 @@ import threading
 
 import pytest
 
-import cap_app.generate
+import cap_app.backends.generation
 from cap_app.backends.base import ContextError
-from cap_app.generate import Generation, StreamChunk
-from cap_app.model import LoadedModel
-from cap_app.refine import (
+from cap_app.backends.generation import Generation, StreamChunk
+from cap_app.engine.refine import (
     MAX_DRAFT_CHARS,
     MAX_QUESTION_CHARS,
     InputError,
@@ -23,6 +22,7 @@ from cap_app.refine import (
     refine_stream,
     validate_inputs,
 )
+from cap_app.models.loading import LoadedModel
 from tests.helpers.tiny_model import make_tiny_tokenizer
 
 QUESTION = (
@@ -37,7 +37,7 @@ PRINTS_NOTHING = "```python\neggs = 9\n```"
 
 
 class ScriptedGenerator:
-    """Stands in for cap_app.generate: returns scripted texts (with log-probs) in order and
+    """Stands in for cap_app.backends.generation: returns scripted texts (with log-probs) in order and
     records the prompts and settings it was called with."""
 
     def __init__(self, *script: tuple):  # (text, mean log-prob[, finish])
@@ -76,8 +76,8 @@ def scripted_model():
 
 def script(monkeypatch, *texts: tuple[str, float]) -> ScriptedGenerator:
     generator = ScriptedGenerator(*texts)
-    monkeypatch.setattr(cap_app.generate, "generate_batch", generator.generate_batch)
-    monkeypatch.setattr(cap_app.generate, "generate_stream", generator.generate_stream)
+    monkeypatch.setattr(cap_app.backends.generation, "generate_batch", generator.generate_batch)
+    monkeypatch.setattr(cap_app.backends.generation, "generate_stream", generator.generate_stream)
     return generator
 
 

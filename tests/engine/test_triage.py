@@ -10,7 +10,7 @@ import random
 import pytest
 
 from cap_app.cli import main
-from cap_app.triage import TRIAGE_ORDER, auroc, triage_key
+from cap_app.engine.triage import TRIAGE_ORDER, auroc, triage_key
 from tests.helpers.openai_stub import OpenAIStub
 
 

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from cap_app import generate
-from cap_app.answers import answers_equal
+from cap_app.backends import generation
+from cap_app.backends.generation import Generation
 from cap_app.cli import main as cli_main
 from cap_app.data.build import DataBuildConfig, build
 from cap_app.data.corrupt import KINDS, corrupt, render_draft
 from cap_app.data.gsm8k_programs import UnsupportedSolution, parse_solution
-from cap_app.generate import Generation
-from cap_app.program import extract_program
+from cap_app.engine.answers import answers_equal
+from cap_app.engine.program import extract_program
 from cap_app.sandbox import run_program
 from tests.helpers.paths import TRAIN
 
@@ -59,7 +59,7 @@ def test_annotations_become_named_assignments_that_print_the_answer():
 
 
 def test_question_quantities_are_named_by_their_own_phrase():
-    # the one number rule (cap_app.arithmetic.NUMBER) reads ".5" and leaves the comma after "17" out, so "17"
+    # the one number rule (cap_app.engine.arithmetic.NUMBER) reads ".5" and leaves the comma after "17" out, so "17"
     # is named by its own clause; the builder's old rule read "17," and named it after the next clause
     question = "Savannah collected 17, and Clayton collected 29. Each shell weighs .5 ounces."
     answer = "Together 17+29 = <<17+29=46>>46 shells.\nThey weigh 46*.5 = <<46*.5=23>>23 ounces.\n#### 23"
@@ -198,7 +198,7 @@ def scripted_generation(monkeypatch) -> list[tuple[int, int]]:
             )
         return groups
 
-    monkeypatch.setattr(generate, "generate_batch", fake_generate_batch)
+    monkeypatch.setattr(generation, "generate_batch", fake_generate_batch)
     return calls
 
 

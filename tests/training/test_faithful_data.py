@@ -7,11 +7,11 @@ import random
 
 import pytest
 
-from cap_app.answers import answers_equal, extract_draft_answer
 from cap_app.cli import main as cli_main
 from cap_app.data.faithful import computations, faithful_program
 from cap_app.data.faithful_build import FaithfulBuildConfig, build_faithful, copying_program, parse_kinds
 from cap_app.data.variants import plain_draft, slip_draft, write_variants
+from cap_app.engine.answers import answers_equal, extract_draft_answer
 from cap_app.sandbox import run_program
 from tests.helpers.paths import DRAFTS_DEV
 

@@ -9,8 +9,8 @@ import pytest
 from cap_app.cli import main as cli_main
 from cap_app.data.faithful_build import FaithfulBuildConfig, build_faithful
 from cap_app.data.onpolicy import OnPolicyPairsConfig, OnPolicyPromptsConfig, build_pairs, write_prompts
-from cap_app.program import extract_program
-from cap_app.results import Candidate, RefinementResult
+from cap_app.engine.program import extract_program
+from cap_app.engine.results import Candidate, RefinementResult
 from cap_app.sandbox import run_program
 
 

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from cap_app.model import DEFAULT_ADAPTER_DIR
+from cap_app.models.loading import DEFAULT_ADAPTER_DIR
 
 # SmolLM2-135M-Instruct's shape (its config.json), so the check needs no download or GGUF conversion.
 SMOLLM2_135M = dict(

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cap_app.cli import main as cli_main
-from cap_app.prompts import build_messages, format_completion
+from cap_app.engine.prompts import build_messages, format_completion
 
 pytestmark = pytest.mark.slow
 
@@ -95,7 +95,7 @@ def test_sft_loss_goes_down_and_writes_adapter_and_curve(sft_dir):
 def test_trained_adapter_loads_in_the_engine(sft_dir, tiny_model_dir):
     import torch
 
-    from cap_app.model import ModelConfig, load_model
+    from cap_app.models.loading import ModelConfig, load_model
 
     base = load_model(ModelConfig(model=tiny_model_dir, adapter="none"))
     tuned = load_model(ModelConfig(model=tiny_model_dir, adapter=str(sft_dir / "final")))
@@ -109,7 +109,7 @@ def test_ship_turns_a_checkpoint_into_a_float16_adapter_folder(sft_dir, tiny_mod
     import torch
     from safetensors.torch import load_file
 
-    from cap_app.model import ModelConfig, load_model
+    from cap_app.models.loading import ModelConfig, load_model
 
     target = tmp_path / "shipped"
     target.mkdir()

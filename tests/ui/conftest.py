@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cap_app.results import Candidate, RefinementResult
+from cap_app.engine.results import Candidate, RefinementResult
 from cap_app.sandbox.result import ExecResult, TraceStep
 
 JANET_QUESTION = (

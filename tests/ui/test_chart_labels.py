@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from cap_app.charts import candidates_figure
-from cap_app.results import Candidate
+from cap_app.engine.results import Candidate
 from cap_app.sandbox.result import ExecResult
+from cap_app.ui.charts import candidates_figure
 from tests.ui.test_served_app import CHROMIUM, CHROMIUM_ARGS
 
 

@@ -6,7 +6,10 @@ import dataclasses
 import json
 from collections import Counter
 
-from cap_app.charts import (
+from cap_app.annotate.export import ExportSummary
+from cap_app.engine.results import Candidate
+from cap_app.sandbox.result import ExecResult
+from cap_app.ui.charts import (
     CATEGORIES,
     NO_ANSWER,
     candidates_figure,
@@ -14,9 +17,6 @@ from cap_app.charts import (
     stage_times_figure,
     votes_figure,
 )
-from cap_app.export import ExportSummary
-from cap_app.results import Candidate
-from cap_app.sandbox.result import ExecResult
 
 
 def _vote_result(janet_result, *, gold="18"):

@@ -8,7 +8,7 @@ import gradio as gr
 import plotly.graph_objects as go
 import pytest
 
-from cap_app.ui import handlers
+from cap_app.ui import refine_handlers
 from cap_app.ui.examples import load_examples
 from tests.ui.conftest import JANET_DRAFT, JANET_QUESTION
 
@@ -26,8 +26,8 @@ def tiny_choice(tiny_model_dir, monkeypatch) -> str:
 
 
 def run(question, draft, gold="", model=None, request=None, **settings):
-    frames = handlers.refine_page(question, draft, gold, model, **{**SETTINGS, **settings}, request=request)
-    return [dict(zip(handlers.OUTPUTS, frame, strict=True)) for frame in frames]
+    frames = refine_handlers.refine_page(question, draft, gold, model, **{**SETTINGS, **settings}, request=request)
+    return [dict(zip(refine_handlers.OUTPUTS, frame, strict=True)) for frame in frames]
 
 
 def test_examples_are_real_gsm8k_cases_from_all_four_draft_models():
@@ -73,7 +73,7 @@ def test_a_refused_input_clears_the_previous_results(tiny_choice):
 
 
 def test_a_long_draft_is_refused_with_the_limit_not_cut_in_the_browser(tiny_choice):
-    from cap_app.refine import MAX_DRAFT_CHARS
+    from cap_app.engine.refine import MAX_DRAFT_CHARS
     from cap_app.ui.app import build_demo
 
     (frame,) = run(JANET_QUESTION, "x" * (MAX_DRAFT_CHARS + 1), model=tiny_choice)
@@ -89,12 +89,12 @@ def test_a_long_draft_is_refused_with_the_limit_not_cut_in_the_browser(tiny_choi
 def test_both_tabs_start_at_the_engines_defaults_within_the_web_limits():
     """One rule for the Refine tab, the Annotate tab and the CLI: RefineConfig's defaults (400 new
     tokens; the page used to start at 320) within WEB_LIMITS, and RefineConfig's strategies."""
-    from cap_app.refine import OVERRIDES, STRATEGIES, RefineConfig
+    from cap_app.engine.refine import OVERRIDES, STRATEGIES, RefineConfig
     from cap_app.ui.app import build_demo
     from cap_app.ui.hosting import WEB_LIMITS
 
-    defaults = handlers.default_settings()
-    assert handlers.refine_config(**defaults) == RefineConfig()  # what `python -m cap_app refine` runs with
+    defaults = refine_handlers.default_settings()
+    assert refine_handlers.refine_config(**defaults) == RefineConfig()  # what `python -m cap_app refine` runs with
     components = [c["props"] for c in build_demo().get_config_file()["components"]]
     names = {
         "N (programs for vote / cot+cap)": "n",
@@ -145,17 +145,17 @@ def test_prompt_injection_in_the_draft_is_harmless(tiny_choice):
 
 def test_stop_cancels_the_running_refinement(tiny_choice):
     request = gr.Request(session_hash="stop-test")
-    assert handlers.stop_refinement(request) == "Nothing to stop."
-    frames = handlers.refine_page(
+    assert refine_handlers.stop_refinement(request) == "Nothing to stop."
+    frames = refine_handlers.refine_page(
         JANET_QUESTION, JANET_DRAFT, "", tiny_choice, **{**SETTINGS, "max_new_tokens": 1000}, request=request
     )
     seen = []
     for frame in frames:
-        seen.append(dict(zip(handlers.OUTPUTS, frame, strict=True)))
+        seen.append(dict(zip(refine_handlers.OUTPUTS, frame, strict=True)))
         if isinstance(seen[-1]["code"], str) and seen[-1]["code"]:
-            assert handlers.stop_refinement(request) == "Stopping…"
+            assert refine_handlers.stop_refinement(request) == "Stopping…"
             break
-    rest = [dict(zip(handlers.OUTPUTS, frame, strict=True)) for frame in frames]
+    rest = [dict(zip(refine_handlers.OUTPUTS, frame, strict=True)) for frame in frames]
     assert rest and rest[-1]["status"].startswith("Stopped")
 
 
@@ -170,25 +170,25 @@ def test_vote_streams_every_program_and_shows_the_programs_chart(tiny_choice):
 
 
 def test_a_reply_without_a_program_is_shown_as_comments():
-    assert handlers.shown_program("print(1)", "```python\nprint(1)\n```") == "print(1)"
-    assert handlers.shown_program("", "I think 5\n<junk>") == (
+    assert refine_handlers.shown_program("print(1)", "```python\nprint(1)\n```") == "print(1)"
+    assert refine_handlers.shown_program("", "I think 5\n<junk>") == (
         "# No Python program found in the model's reply:\n# I think 5\n# <junk>"
     )
 
 
 def test_an_engine_failure_becomes_a_message_and_frees_the_stop_slot(tiny_choice, monkeypatch):
-    import cap_app.refine
+    import cap_app.engine.refine
 
     def broken_stream(*args, **kwargs):
         raise RuntimeError("sandbox pool exhausted\nTraceback (most recent call last): ...")
         yield  # a generator, like the real one
 
-    monkeypatch.setattr(cap_app.refine, "refine_stream", broken_stream)
+    monkeypatch.setattr(cap_app.engine.refine, "refine_stream", broken_stream)
     request = gr.Request(session_hash="failure-test")
     final = run(JANET_QUESTION, JANET_DRAFT, model=tiny_choice, request=request)[-1]
     assert "The refinement failed: sandbox pool exhausted" in final["verdict"]
     assert "Traceback" not in final["verdict"]
-    assert handlers.stop_refinement(request) == "Nothing to stop."
+    assert refine_handlers.stop_refinement(request) == "Nothing to stop."
 
 
 def test_the_page_streams_the_offline_model_through_llama_cpp(monkeypatch, cap_cache_dir):
@@ -220,12 +220,12 @@ def test_backends_are_the_offered_ones_and_the_server_is_the_operators(tiny_choi
     offered = "this server offers: auto, transformers, llama.cpp"
     assert f"Cannot refine: unknown backend &#x27;openai&#x27;; {offered}" in frame["verdict"]
     monkeypatch.setenv("CAP_BASE_URL", "http://127.0.0.1:9/v1")
-    assert handlers.backend_config("openai").base_url == "http://127.0.0.1:9/v1"
-    assert handlers.backend_config("llama.cpp").base_url is None
+    assert refine_handlers.backend_config("openai").base_url == "http://127.0.0.1:9/v1"
+    assert refine_handlers.backend_config("llama.cpp").base_url is None
 
 
 def _frames(frames) -> list[dict]:
-    return [dict(zip(handlers.OUTPUTS, frame, strict=True)) for frame in frames]
+    return [dict(zip(refine_handlers.OUTPUTS, frame, strict=True)) for frame in frames]
 
 
 def _served_by(stub, monkeypatch) -> dict:
@@ -252,12 +252,12 @@ def test_a_vote_streams_its_programs_without_fences_and_counts_all_n(monkeypatch
         assert frames[-1]["status"] == "Done."
 
         request = gr.Request(session_hash="vote-stop-test")
-        stopped = handlers.refine_page(
+        stopped = refine_handlers.refine_page(
             JANET_QUESTION, JANET_DRAFT, "", served["model"], **settings, backend_choice="openai", request=request
         )
-        for frame in map(lambda f: dict(zip(handlers.OUTPUTS, f, strict=True)), stopped):
+        for frame in map(lambda f: dict(zip(refine_handlers.OUTPUTS, f, strict=True)), stopped):
             if isinstance(frame["code"], str) and "print(" in frame["code"]:
-                assert handlers.stop_refinement(request) == "Stopping…"
+                assert refine_handlers.stop_refinement(request) == "Stopping…"
                 break
         last = _frames(stopped)[-1]
         assert last["status"] == "Stopped." and last["code"] and "```" not in last["code"]
@@ -284,14 +284,14 @@ def test_the_status_shows_the_prompt_being_read_and_its_time(monkeypatch):
         served = _served_by(stub, monkeypatch)
         stub.failures.append(2.5)
         request = gr.Request(session_hash="stop-while-reading")
-        stopped = handlers.refine_page(
+        stopped = refine_handlers.refine_page(
             JANET_QUESTION, JANET_DRAFT, "", served["model"], **SETTINGS, backend_choice="openai", request=request
         )
         statuses = []
         for frame in stopped:
-            statuses.append(dict(zip(handlers.OUTPUTS, frame, strict=True))["status"])
+            statuses.append(dict(zip(refine_handlers.OUTPUTS, frame, strict=True))["status"])
             if isinstance(statuses[-1], str) and statuses[-1].startswith("Reading"):
-                handlers.stop_refinement(request)
+                refine_handlers.stop_refinement(request)
     assert any(isinstance(s, str) and s.startswith("Stopping… Reading the question and draft") for s in statuses)
     assert statuses[-1] == "Stopped."
 
@@ -314,7 +314,7 @@ def test_a_draft_at_the_pages_limit_is_refined_by_llama_cpp(monkeypatch, cap_cac
     """Issue 25: a 7,600-character draft (the page takes 8,000) failed with "the prompt (3715 tokens)
     and --max-new-tokens 400 exceed the llama.cpp context of 4096 tokens". The context is now the
     model's (8,192 for SmolLM2), and a budget that does not fit is lowered and said so."""
-    from cap_app.refine import MAX_DRAFT_CHARS
+    from cap_app.engine.refine import MAX_DRAFT_CHARS
 
     monkeypatch.delenv("CAP_MODEL", raising=False)
     steps = [e.draft for e in load_examples()]

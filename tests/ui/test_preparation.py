@@ -10,10 +10,11 @@ import threading
 import pytest
 
 import cap_app.backends
-from cap_app import preparation
-from cap_app.model import ModelLoadError
+from cap_app.backends import preparation
+from cap_app.models import progress
+from cap_app.models.loading import ModelLoadError
 from cap_app.ui import app as ui_app
-from cap_app.ui import handlers
+from cap_app.ui import refine_handlers
 from tests.ui.conftest import JANET_DRAFT, JANET_QUESTION
 
 SETTINGS = dict(strategy="greedy", n=1, temperature=0.0, max_new_tokens=24, time_limit_s=5)
@@ -27,7 +28,7 @@ class SlowLoader:
 
     def __call__(self, model_cfg, backend_cfg=None):
         self.calls += 1
-        preparation.report("converting the bundled GGUF model")
+        progress.report("converting the bundled GGUF model")
         self.converting.set()
         assert self.release.wait(30)
         raise ModelLoadError("stand-in model: nothing to load")
@@ -37,7 +38,7 @@ class SlowLoader:
 def loader(monkeypatch):
     slow = SlowLoader()
     monkeypatch.setattr(cap_app.backends, "get_backend", slow)
-    monkeypatch.setattr(handlers, "PREPARATION_TICK_S", 0.01)
+    monkeypatch.setattr(refine_handlers, "PREPARATION_TICK_S", 0.01)
     monkeypatch.setenv("CAP_PREPARE", "1")
     monkeypatch.delenv("CAP_MODEL", raising=False)
     yield slow
@@ -49,10 +50,12 @@ def loader(monkeypatch):
 def test_a_visitor_during_the_preparation_joins_it_and_sees_its_step_and_time(loader):
     started = ui_app.prepare_default_model()  # what launch() does before serving
     assert loader.converting.wait(30)
-    frames = handlers.refine_page(JANET_QUESTION, JANET_DRAFT, "", handlers.DEFAULT_MODEL_CHOICE, **SETTINGS)
+    frames = refine_handlers.refine_page(
+        JANET_QUESTION, JANET_DRAFT, "", refine_handlers.DEFAULT_MODEL_CHOICE, **SETTINGS
+    )
     statuses = []
     for frame in frames:
-        status = dict(zip(handlers.OUTPUTS, frame, strict=True))["status"]
+        status = dict(zip(refine_handlers.OUTPUTS, frame, strict=True))["status"]
         statuses.append(status)
         if len(statuses) == 3:
             loader.release.set()
@@ -60,19 +63,19 @@ def test_a_visitor_during_the_preparation_joins_it_and_sees_its_step_and_time(lo
     assert shown, statuses
     assert loader.calls == 1, "the visitor's refinement waited for the app's preparation, it did not load again"
     assert started.done.is_set()
-    last = dict(zip(handlers.OUTPUTS, frame, strict=True))
+    last = dict(zip(refine_handlers.OUTPUTS, frame, strict=True))
     assert "The model could not be loaded: stand-in model" in last["verdict"]
 
 
 def test_stop_while_waiting_for_the_model_stops_the_wait(loader):
     request = type("Request", (), {"session_hash": "waiting-visitor"})()
-    frames = handlers.refine_page(
-        JANET_QUESTION, JANET_DRAFT, "", handlers.DEFAULT_MODEL_CHOICE, **SETTINGS, request=request
+    frames = refine_handlers.refine_page(
+        JANET_QUESTION, JANET_DRAFT, "", refine_handlers.DEFAULT_MODEL_CHOICE, **SETTINGS, request=request
     )
     next(frames)
     assert loader.converting.wait(30)
-    assert handlers.stop_refinement(request) == "Stopping…"
-    rest = [dict(zip(handlers.OUTPUTS, frame, strict=True))["status"] for frame in frames]
+    assert refine_handlers.stop_refinement(request) == "Stopping…"
+    rest = [dict(zip(refine_handlers.OUTPUTS, frame, strict=True))["status"] for frame in frames]
     assert rest[-1] == "Stopped."
 
 
@@ -83,10 +86,10 @@ def test_preparation_can_be_turned_off(loader, monkeypatch):
 
 def test_a_finished_preparation_is_not_reused_for_a_later_load(loader):
     loader.release.set()
-    first = preparation.load(handlers.model_config("default"), handlers.backend_config("auto"))
+    first = preparation.load(refine_handlers.model_config("default"), refine_handlers.backend_config("auto"))
     with pytest.raises(ModelLoadError):
         first.result(30)
-    second = preparation.load(handlers.model_config("default"), handlers.backend_config("auto"))
+    second = preparation.load(refine_handlers.model_config("default"), refine_handlers.backend_config("auto"))
     assert second is not first  # a failed or finished load is not the answer to the next request
     with pytest.raises(ModelLoadError):
         second.result(30)

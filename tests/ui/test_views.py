@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
+from cap_app.annotate.export import judged_program
 from cap_app.commands.refine import format_result
-from cap_app.export import judged_program
-from cap_app.results import Candidate
+from cap_app.engine.results import Candidate
 from cap_app.sandbox.result import ExecResult, TraceStep
 from cap_app.ui.views import (
     execution_text,

@@ -16,10 +16,10 @@ from collections.abc import Iterator
 
 import gradio as gr
 
-from cap_app.charts import candidates_figure, stage_times_figure, votes_figure
-from cap_app.program import streamed_program
-from cap_app.refine import RefineConfig
+from cap_app.engine.program import streamed_program
+from cap_app.engine.refine import RefineConfig
 from cap_app.ui import views
+from cap_app.ui.charts import candidates_figure, stage_times_figure, votes_figure
 from cap_app.ui.hosting import DEFAULT_MODEL_CHOICE, WEB_LIMITS, WEB_STEPS, backend_choices, model_choices
 
 OUTPUTS = ("status", "code", "verdict", "side_by_side", "trace", "stdout", "votes", "times", "candidates")
@@ -82,7 +82,7 @@ def _cleared(status: str, verdict: str = "") -> tuple:
 
 def model_config(choice: str):
     """The ModelConfig for a model picked in a page; only the operator's choices are accepted."""
-    from cap_app.model import ModelConfig
+    from cap_app.models.loading import ModelConfig
 
     if choice not in model_choices():
         raise ValueError(f"unknown model {choice!r}; this server offers: {', '.join(model_choices())}")
@@ -182,7 +182,7 @@ def refine_page(
     request: gr.Request | None = None,
 ) -> Iterator[tuple]:
     """Refine button: stream the program into the code view, then show verdict, alignment, trace, charts."""
-    from cap_app.refine import InputError, validate_inputs
+    from cap_app.engine.refine import InputError, validate_inputs
 
     try:
         validate_inputs(question, draft)
@@ -207,11 +207,10 @@ def refine_page(
 
 
 def _run_refinement(question, draft, gold, config, model_cfg, backend_cfg, cancel: threading.Event) -> Iterator[tuple]:
-    from cap_app import preparation
-    from cap_app.backends import BackendError
+    from cap_app.backends import BackendError, preparation
     from cap_app.backends.base import ContextError
-    from cap_app.model import ModelLoadError
-    from cap_app.refine import refine_stream
+    from cap_app.engine.refine import refine_stream
+    from cap_app.models.loading import ModelLoadError
 
     loading = preparation.load(model_cfg, backend_cfg)  # joins the app's own preparation while it runs
     yield _cleared(loading.status())

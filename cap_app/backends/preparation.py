@@ -2,10 +2,10 @@
 
 On an empty model cache (a Space after a restart, a fresh container) the offline default is
 converted from the bundled GGUF, merged with the CaP adapter and written as a llama.cpp file once
-(`cap_app.model`, `cap_app.gguf_export`): tens of seconds. The app starts that at launch in a
+(`cap_app.models.loading`, `cap_app.models.gguf`): tens of seconds. The app starts that at launch in a
 thread (`start`), so the page is usable meanwhile, and a visitor who clicks Refine before it is
 done joins the same load and sees its phase and time (`Loading.status`) instead of a bare
-"Loading". The loaders name their long steps with `report`. `python -m cap_app prepare` runs the
+"Loading". The loaders name their long steps with `cap_app.models.progress.report`. `python -m cap_app prepare` runs the
 same load to the end (the Docker image does it at build time, so its first visitor waits for nothing).
 """
 
@@ -16,21 +16,13 @@ import logging
 import threading
 import time
 
+from cap_app import backends
+from cap_app.models import progress
+
 logger = logging.getLogger(__name__)
-_local = threading.local()  # the Loading whose thread this is, if any
 _lock = threading.Lock()
 _loads: dict[tuple, Loading] = {}
 LOADING = "loading the model"  # the step until a loader names another
-
-
-def report(phase: str) -> None:
-    """A loader starts a long step (e.g. "converting the bundled GGUF model"); recorded for the
-    Loading running in this thread, if any, and passed to its listener (the prepare command prints it)."""
-    loading = getattr(_local, "loading", None)
-    if loading is not None:
-        loading.phase, loading.phase_started = phase, time.monotonic()
-        if loading.listener is not None:
-            loading.listener(phase)
 
 
 class Loading:
@@ -49,20 +41,23 @@ class Loading:
         self.thread.start()
 
     def _run(self) -> None:
-        from cap_app.backends import get_backend
-
-        _local.loading = self
         try:
-            self._backend = get_backend(self.model_cfg, self.backend_cfg)
+            with progress.reporting_to(self._on_phase):
+                self._backend = backends.get_backend(self.model_cfg, self.backend_cfg)
         except BaseException as error:  # handed to whoever waits for the result
             self._error = error
         finally:
-            _local.loading = None
             self.finished = time.monotonic()
             self.done.set()
             with _lock:  # forget it: a finished load must not keep a model the backends have let go
                 for key in [key for key, loading in _loads.items() if loading is self]:
                     del _loads[key]
+
+    def _on_phase(self, phase: str) -> None:
+        """The loader starts a long step: recorded, and passed to the listener (the prepare command prints it)."""
+        self.phase, self.phase_started = phase, time.monotonic()
+        if self.listener is not None:
+            self.listener(phase)
 
     def result(self, timeout: float | None = None):
         """The backend once loaded; raises what the load raised (ModelLoadError, BackendError...)."""

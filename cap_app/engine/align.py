@@ -16,8 +16,8 @@ import dataclasses
 import difflib
 import re
 
-from cap_app.answers import extract_draft_answer
-from cap_app.arithmetic import ANNOTATION, NUMBER, evaluate_arithmetic, format_number, parse_number, same_number
+from cap_app.engine.answers import extract_draft_answer
+from cap_app.engine.arithmetic import ANNOTATION, NUMBER, evaluate_arithmetic, format_number, parse_number, same_number
 from cap_app.sandbox.result import ExecResult
 
 # an equation written in prose: operands (numbers, maybe $, %, parentheses) joined by operators, "=", a result

@@ -22,8 +22,8 @@ import os
 import uuid
 from pathlib import Path
 
-from cap_app.model import cache_dir
-from cap_app.preparation import report
+from cap_app.models.loading import cache_dir
+from cap_app.models.progress import report
 
 TYPES = ("f16", "q8_0", "q4_0")
 ARCHITECTURES = ("llama",)
@@ -121,7 +121,7 @@ def _merged_tensors(base_gguf: Path, adapter: str | None, reader) -> dict:
     import gguf
     import torch
 
-    from cap_app.model import ModelConfig, load_model
+    from cap_app.models.loading import ModelConfig, load_model
 
     loaded = load_model(
         ModelConfig(model=str(base_gguf), adapter=adapter or "none", device="cpu", quantization="none", dtype="float32")
@@ -177,7 +177,7 @@ def _lora_merged_tensors(reader, adapter: str) -> dict | None:
     """The base GGUF's weights with a plain LoRA adapter merged in, computed from the file itself: each
     tensor de-quantised by the `gguf` package as transformers does it, and `B @ A * scaling` added in
     float32 with torch as PEFT's merge adds it (permuted to llama.cpp's q/k layout). Seconds, where
-    loading the GGUF into transformers first takes about 30 (cap_app/preparation.py: the first visitor of a
+    loading the GGUF into transformers first takes about 30 (cap_app/backends/preparation.py: the first visitor of a
     fresh Space waits for this). None when the adapter is not plain LoRA or names a weight the base
     lacks: `_merged_tensors` then merges through transformers."""
     scaling = _plain_lora(adapter)

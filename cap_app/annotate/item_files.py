@@ -23,9 +23,9 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from cap_app.refine import DRAFT_KEYS, InputError, RefineItem, item_from_record, validate_inputs
-from cap_app.results import RefinementResult
-from cap_app.store import Batch, NewItem, Store, result_from_json
+from cap_app.annotate.store import Batch, NewItem, Store, result_from_json
+from cap_app.engine.refine import DRAFT_KEYS, InputError, RefineItem, item_from_record, validate_inputs
+from cap_app.engine.results import RefinementResult
 
 MAX_LINE_BYTES = 1 << 20  # one row; longer lines are reported, not read into memory
 _RESULT_FIELDS = {f.name for f in dataclasses.fields(RefinementResult)}

@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING
 
 import plotly.graph_objects as go
 
-from cap_app.answers import answers_equal
-from cap_app.results import RefinementResult
-from cap_app.store import CORRECT_CHOICES
+from cap_app.annotate.store import CORRECT_CHOICES
+from cap_app.engine.answers import answers_equal
+from cap_app.engine.results import RefinementResult
 
 if TYPE_CHECKING:
-    from cap_app.export import ExportSummary
+    from cap_app.annotate.export import ExportSummary
 
 NO_ANSWER = "(no answer)"
 CUT_OFF = "(cut off)"

@@ -3,12 +3,12 @@
 Every judgement is written to the store the moment a choice is made (a radio click, a step
 number or note left) - there is no save button to forget - and the page says "Saved" only once
 the store has committed it, showing the form as stored. Who judges is the request's signed-in
-identity (cap_app.accounts), never a name typed on the page; every handler checks it and its
+identity (cap_app.annotate.accounts), never a name typed on the page; every handler checks it and its
 role before it reads or writes anything, whether the page or an API client calls it.
 
 The handlers are plain module-level functions taking the Store first (bound by `_bind` when
 wired), then the components' values, then the request (and the Hugging Face profile on a Space),
-so tests drive them without a browser; they call cap_app.store / item_files / export / accounts
+so tests drive them without a browser; they call cap_app.annotate.store / item_files / export / accounts
 and the shared views, and hold no logic of their own. Item views return tuples in the order of
 `VIEW`.
 """
@@ -28,13 +28,13 @@ from pathlib import Path
 
 import gradio as gr
 
-from cap_app import accounts, export, item_files
-from cap_app.accounts import Identity, Refused
-from cap_app.align import split_draft
-from cap_app.charts import label_counts_figure, votes_figure
-from cap_app.refine import STRATEGIES
-from cap_app.store import CORRECT_CHOICES, VS_DRAFT_CHOICES, Store, StoreError
-from cap_app.ui import handlers, views
+from cap_app.annotate import accounts, export, item_files
+from cap_app.annotate.accounts import Identity, Refused
+from cap_app.annotate.store import CORRECT_CHOICES, VS_DRAFT_CHOICES, Store, StoreError
+from cap_app.engine.align import split_draft
+from cap_app.engine.refine import STRATEGIES
+from cap_app.ui import refine_handlers, views
+from cap_app.ui.charts import label_counts_figure, votes_figure
 from cap_app.ui.hosting import CONCURRENCY_LIMIT, model_choices, storage_notice
 from cap_app.ui.views import TRACE_HEADERS
 
@@ -718,8 +718,8 @@ def run_refinement(
 ) -> tuple:
     """Run (or re-run) the engine on the current item; the result is kept as one more refinement."""
     from cap_app.backends import BackendError, get_backend
-    from cap_app.model import ModelLoadError
-    from cap_app.refine import InputError, refine
+    from cap_app.engine.refine import InputError, refine
+    from cap_app.models.loading import ModelLoadError
 
     try:
         who = _who(request, profile)
@@ -729,10 +729,10 @@ def run_refinement(
         return _safe_view(store, state, who, _error("Load a batch first."))
     try:
         item = store.item_at(state["batch"], state["position"])
-        config = handlers.refine_config(
-            **dict(handlers.default_settings(), strategy=strategy, max_new_tokens=max_new_tokens)
+        config = refine_handlers.refine_config(
+            **dict(refine_handlers.default_settings(), strategy=strategy, max_new_tokens=max_new_tokens)
         )
-        model = get_backend(handlers.model_config(model_choice), handlers.backend_config("auto"))
+        model = get_backend(refine_handlers.model_config(model_choice), refine_handlers.backend_config("auto"))
         result = refine(item.question, item.draft, gold=item.gold, config=config, model=model)
         store.add_refinement(item.id, result, "run")
     except (InputError, ModelLoadError, BackendError, ValueError) as error:
@@ -895,9 +895,9 @@ def build_annotator_tab(demo: gr.Blocks, store: Store | None = None) -> None:
                 with gr.Row():
                     model = gr.Dropdown(model_choices(), value=model_choices()[0], label="Model")
                     strategy = gr.Dropdown(
-                        list(STRATEGIES), value=handlers.default_settings()["strategy"], label="Strategy"
+                        list(STRATEGIES), value=refine_handlers.default_settings()["strategy"], label="Strategy"
                     )
-                    max_new_tokens = handlers.setting_slider("max_new_tokens", "Max new tokens")
+                    max_new_tokens = refine_handlers.setting_slider("max_new_tokens", "Max new tokens")
                 run = gr.Button("Run refinement (r)", elem_id="cap-ann-run")
         verdict = gr.HTML(elem_id="cap-ann-verdict")
         with gr.Group():

@@ -25,15 +25,15 @@ import unicodedata
 from collections.abc import Iterable, Iterator
 from typing import Literal
 
-from cap_app.align import located_mistake
-from cap_app.answers import answers_equal, extract_draft_answer, normalize_answer
 from cap_app.backends import Backend, as_backend
 from cap_app.backends.base import PromptSize, budget_note, fit_to_context
-from cap_app.generate import Generation, GenerationConfig
-from cap_app.model import LoadedModel, get_model
-from cap_app.program import extract_program
-from cap_app.prompts import build_messages, build_repair_messages
-from cap_app.results import Candidate, RefinementResult, Verdict
+from cap_app.backends.generation import Generation, GenerationConfig
+from cap_app.engine.align import located_mistake
+from cap_app.engine.answers import answers_equal, extract_draft_answer, normalize_answer
+from cap_app.engine.program import extract_program
+from cap_app.engine.prompts import build_messages, build_repair_messages
+from cap_app.engine.results import Candidate, RefinementResult, Verdict
+from cap_app.models.loading import LoadedModel, get_model
 from cap_app.sandbox.config import SandboxConfig
 from cap_app.sandbox.result import ExecResult
 

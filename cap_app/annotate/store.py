@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cap_app.results import RefinementResult
+from cap_app.engine.results import RefinementResult
 
 CORRECT_CHOICES = ("yes", "no", "unsure")
 VS_DRAFT_CHOICES = ("better", "same", "worse")
@@ -86,7 +86,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     (
         # Audit: where a judgement came from. `annotator` is the signed-in account since version 2
-        # (cap_app/accounts.py); origin is 'page' or 'api', and '' for rows written before.
+        # (cap_app/annotate/accounts.py); origin is 'page' or 'api', and '' for rows written before.
         "ALTER TABLE judgements ADD COLUMN origin TEXT NOT NULL DEFAULT ''",
     ),
 )
@@ -476,7 +476,7 @@ class Store:
 
         Fields not given keep their current value, read inside the same transaction: a click on one
         field never resets another that a click just before it stored. `annotator` is the signed-in
-        identity (cap_app.accounts), `origin` where the call came from. Returns the current judgement
+        identity (cap_app.annotate.accounts), `origin` where the call came from. Returns the current judgement
         (None for an empty form with nothing recorded before)."""
         annotator = _clean_annotator(annotator)
         if origin not in ORIGINS:

@@ -25,7 +25,7 @@ import weakref
 from collections.abc import Iterator, Sequence
 from typing import Literal
 
-from cap_app.model import LoadedModel
+from cap_app.models.loading import LoadedModel
 
 FinishReason = Literal["program_end", "eos", "repetition", "length", "cancelled"]
 FENCE = "```"

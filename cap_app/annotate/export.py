@@ -3,7 +3,7 @@ agreement summary.
 
 The paper's second stage trains on correct vs incorrect programs for the same (question,
 draft); that is exactly a DPO pair here: a program judged correct against one judged wrong.
-Prompts and completions come from cap_app.prompts, the same text the engine and SFT use. By
+Prompts and completions come from cap_app.engine.prompts, the same text the engine and SFT use. By
 default the prompt is the conversational form (the CaP messages), which trl renders with the
 chat template of whichever model it trains, and rows carry the `meta` that
 `python -m cap_app train dpo` reads (docs/data_formats.md); with a tokenizer the prompt is that
@@ -27,9 +27,9 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from cap_app.prompts import trl_row
-from cap_app.results import RefinementResult
-from cap_app.store import CORRECT_CHOICES, JudgedRow, Store
+from cap_app.annotate.store import CORRECT_CHOICES, JudgedRow, Store
+from cap_app.engine.prompts import trl_row
+from cap_app.engine.results import RefinementResult
 
 FORMATS = ("dpo", "kto", "csv")
 CSV_COLUMNS = (

@@ -13,7 +13,7 @@ import logging
 import re
 from decimal import Decimal, InvalidOperation
 
-from cap_app.arithmetic import ANNOTATION, SIGNED_NUMBER, words_as_digits
+from cap_app.engine.arithmetic import ANNOTATION, SIGNED_NUMBER, words_as_digits
 
 _NUMBER = SIGNED_NUMBER.pattern
 _FRACTION_RE = re.compile(rf"^({_NUMBER})\s*/\s*({_NUMBER})$")

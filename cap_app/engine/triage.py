@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from cap_app.results import RefinementResult
+from cap_app.engine.results import RefinementResult
 
 TRIAGE_ORDER = ("disagrees", "unconfirmed", "no_answer", "agrees")
 TRIAGE_EXPLANATION = (
