@@ -4,5 +4,3 @@ Data flows one way: input -> prompt -> generation -> program -> sandbox -> answe
 verdict/alignment -> view. Each stage is its own module; the UI and the CLI call the same
 functions.
 """
-
-__version__ = "0.1.0"

@@ -115,7 +115,7 @@ def _wrong_quantity(solution, steps, index, rng) -> Corruption | None:
     leaf = rng.choice(leaves)
     old = solution.quantities[leaf.id] if isinstance(leaf, ast.Name) else leaf.value
     others = [v for v in solution.quantities.values() if not math.isclose(v, old)]
-    new = rng.choice(others) if others and rng.random() < 0.5 else _nearby(old, rng)
+    new = rng.choice(others) if others and rng.random() < 0.5 else nearby_wrong_number(old, rng)
     _replace(steps[index], leaf, ast.Constant(value=new))
     return Corruption("wrong_quantity", steps)
 
@@ -148,13 +148,13 @@ def _skipped_step(solution, steps, index, rng) -> Corruption | None:
 
 def _arithmetic_slip(solution, steps, index, rng) -> Corruption | None:
     true_value = evaluate(steps[index].expr, solution.values())
-    slipped = _nearby(true_value, rng)
+    slipped = nearby_wrong_number(true_value, rng)
     shown = {steps[index].name: steps[index].expr}
     steps[index] = dataclasses.replace(steps[index], expr=ast.Constant(value=slipped))
     return Corruption("arithmetic_slip", steps, shown=shown)
 
 
-def _nearby(value: float, rng: random.Random) -> float:
+def nearby_wrong_number(value: float, rng: random.Random) -> float:
     """A plausible wrong number: off by one or ten, ten times off, or two digits swapped."""
     digits = format_number(value)
     swap = re.fullmatch(r"\d*(\d)(\d)\d*", digits)

@@ -19,7 +19,7 @@ import random
 import re
 from pathlib import Path
 
-from cap_app.data.corrupt import _nearby
+from cap_app.data.corrupt import nearby_wrong_number
 from cap_app.data.faithful import Computation, computations
 from cap_app.engine.answers import answers_equal, extract_draft_answer
 from cap_app.engine.arithmetic import ANNOTATION, NUMBER, evaluate_arithmetic, format_number, parse_number, same_number
@@ -47,7 +47,7 @@ def slip_draft(
         stated = steps[index].stated_value
         if stated is None:
             continue
-        propagated = _propagate(draft, steps, index, _nearby(stated, rng))
+        propagated = _propagate(draft, steps, index, nearby_wrong_number(stated, rng))
         if propagated is None:
             continue
         slipped, changed = propagated

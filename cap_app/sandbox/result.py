@@ -1,4 +1,5 @@
-"""What one sandboxed run of a program produced (the `run_program` contract in design.md)."""
+"""What one sandboxed run of a program produced: `run_program`'s result, the one shape the engine,
+`python -m cap_app exec` and the trace views read."""
 
 from __future__ import annotations
 
