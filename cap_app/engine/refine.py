@@ -32,7 +32,7 @@ from cap_app.engine.align import located_mistake
 from cap_app.engine.answers import answers_equal, extract_draft_answer, normalize_answer
 from cap_app.engine.program import extract_program
 from cap_app.engine.prompts import build_messages, build_repair_messages
-from cap_app.engine.results import Candidate, RefinementResult, Verdict
+from cap_app.engine.results import CUT_OFFS, Candidate, RefinementResult, Verdict
 from cap_app.models.loading import LoadedModel, get_model
 from cap_app.sandbox.config import SandboxConfig
 from cap_app.sandbox.result import ExecResult
@@ -266,10 +266,8 @@ class _ItemState:
 def _failure(candidate: Candidate) -> str:
     """What the repair turn tells the model. A program cut off mid-line fails on the line it was
     cut at; that error would send the model fixing code it never finished, so the cut is named."""
-    if candidate.finish == "length":
-        return "it was cut off at the token limit before it was finished; write a shorter program"
-    if candidate.finish == "repetition":
-        return "it kept repeating the same lines and was stopped; write each step once"
+    if candidate.cut_off:
+        return CUT_OFFS[candidate.finish].repair
     execution = candidate.execution
     if execution.ok:
         return "it ran but printed no answer; print the final answer on the last line"

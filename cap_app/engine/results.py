@@ -35,11 +35,32 @@ class Candidate:
         """How generation cut the program off, e.g. "cut off at the token limit of 320 tokens", or
         None. Such a program fails on whatever line it was cut at, an error that blames code the
         model never finished writing, so every view names the cut instead."""
-        if self.finish == "length":
-            return f"cut off at the token limit of {self.tokens} tokens before it was finished"
-        if self.finish == "repetition":
-            return f"cut off by the repetition stop after {self.tokens} tokens: it kept writing the same lines"
-        return None
+        cut = CUT_OFFS.get(self.finish)
+        return cut.what.format(tokens=self.tokens) if cut else None
+
+
+@dataclasses.dataclass(frozen=True)
+class CutOff:
+    """A way generation cuts a program off, in words: each reader of a cut-off program says it from here."""
+
+    what: str  # what happened ({tokens}: the tokens written), for the reader
+    repair: str  # what the repair turn tells the model
+    advice: str  # what the reader may change
+
+
+# Candidate.finish -> its CutOff; the other finish reasons let a program end as it meant to
+CUT_OFFS = {
+    "length": CutOff(
+        what="cut off at the token limit of {tokens} tokens before it was finished",
+        repair="it was cut off at the token limit before it was finished; write a shorter program",
+        advice="Raise “Max new tokens” and refine again.",
+    ),
+    "repetition": CutOff(
+        what="cut off by the repetition stop after {tokens} tokens: it kept writing the same lines",
+        repair="it kept repeating the same lines and was stopped; write each step once",
+        advice="More tokens will not help; try the vote or repair strategy, or another model.",
+    ),
+}
 
 
 @dataclasses.dataclass

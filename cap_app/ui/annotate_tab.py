@@ -32,6 +32,7 @@ from cap_app.annotate import accounts, export, item_files
 from cap_app.annotate.accounts import Identity, Refused
 from cap_app.annotate.store import CORRECT_CHOICES, VS_DRAFT_CHOICES, Store, StoreError
 from cap_app.engine.align import split_draft
+from cap_app.engine.reading import read_result
 from cap_app.engine.refine import STRATEGIES
 from cap_app.ui import refine_handlers, views
 from cap_app.ui.charts import label_counts_figure, votes_figure
@@ -292,11 +293,12 @@ def item_view(store: Store, state: dict, who: Identity | None, status: str = "")
         return _view(**values)
     stored = refinements[index]
     judgement = store.current_judgement(stored.id, who.name)
+    reading = read_result(stored.result)
     values.update(
-        verdict=views.verdict_html(stored.result),
-        side_by_side=views.render_side_by_side(stored.result),
+        verdict=views.verdict_html(reading),
+        side_by_side=views.render_side_by_side(reading),
         trace=views.trace_table(stored.result),
-        votes=votes_figure(stored.result),
+        votes=votes_figure(reading),
         correct=judgement.correct if judgement else None,
         vs_draft=judgement.vs_draft if judgement else None,
         first_wrong_step=judgement.first_wrong_step if judgement else None,

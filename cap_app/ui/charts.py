@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import plotly.graph_objects as go
 
 from cap_app.annotate.store import CORRECT_CHOICES
-from cap_app.engine.answers import answers_equal
+from cap_app.engine.reading import Reading
 from cap_app.engine.results import RefinementResult
 
 if TYPE_CHECKING:
@@ -44,18 +44,16 @@ def safe_label(text: str) -> str:
     return html.escape(text)
 
 
-def votes_figure(result: RefinementResult) -> go.Figure:
+def votes_figure(reading: Reading) -> go.Figure:
     """Bar per distinct answer of the N programs, coloured by agreement with the draft and gold."""
-    votes = dict(result.votes)
+    result = reading.result
     unanswered = [c for c in result.candidates if c.answer is None]
     cut_off = sum(1 for c in unanswered if c.cut_off)  # generation stopped it: no fault of its code
     failed = len(unanswered) - cut_off
     fig = go.Figure()
     groups: dict[tuple, list[tuple[str, int, bool]]] = {}
-    for answer, count in sorted(votes.items(), key=lambda kv: -kv[1]):
-        gold_match = None if result.gold is None else answers_equal(answer, result.gold)
-        key = (answers_equal(answer, result.draft_answer), gold_match)
-        groups.setdefault(key, []).append((answer, count, answers_equal(answer, result.refined_answer)))
+    for voted in reading.voted:
+        groups.setdefault((voted.same_as_draft, voted.right), []).append((voted.answer, voted.votes, voted.chosen))
     for key, bars in groups.items():
         name, colour = CATEGORIES[key]
         fig.add_bar(
@@ -73,7 +71,7 @@ def votes_figure(result: RefinementResult) -> go.Figure:
     ):
         if count:
             fig.add_bar(name=name, x=[label], y=[count], marker_color=colour, text=[str(count)], textposition="outside")
-    total = sum(votes.values()) + len(unanswered)
+    total = sum(result.votes.values()) + len(unanswered)
     draft = safe_label(result.draft_answer) if result.draft_answer is not None else "none"
     title = f"Answers of {len(result.candidates)} program(s), {result.strategy}; draft said {draft}"
     if result.gold is not None:

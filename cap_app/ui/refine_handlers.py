@@ -17,6 +17,7 @@ from collections.abc import Iterator
 import gradio as gr
 
 from cap_app.engine.program import streamed_program
+from cap_app.engine.reading import read_result
 from cap_app.engine.refine import RefineConfig
 from cap_app.ui import views
 from cap_app.ui.charts import candidates_figure, stage_times_figure, votes_figure
@@ -151,17 +152,18 @@ def shown_program(program: str, raw_text: str) -> str:
 
 
 def result_frame(result, status: str) -> tuple:
-    """Every view of a finished refinement."""
+    """Every view of a finished refinement, from its one Reading."""
+    reading = read_result(result)
     shown = result.shown_candidate
     many = len(result.candidates) > 1
     return _frame(
         status=status,
         code=shown_program(shown.program, shown.text) if shown else "",
-        verdict=views.verdict_html(result),
-        side_by_side=views.render_side_by_side(result),
+        verdict=views.verdict_html(reading),
+        side_by_side=views.render_side_by_side(reading),
         trace=views.trace_table(result),
         stdout=views.execution_text(result),
-        votes=votes_figure(result),
+        votes=votes_figure(reading),
         times=stage_times_figure(result),
         candidates=gr.update(value=candidates_figure(result) if many else None, visible=many),
     )

@@ -1,6 +1,8 @@
-"""Turn a RefinementResult into what the page shows: verdict, draft vs program, trace rows, run output.
+"""Turn a result into what the page shows: verdict, draft vs program, trace rows, run output.
 
-Pure functions of the result (no gradio import), so the annotator tab and tests reuse them.
+Pure functions (no gradio import), so the annotator tab and tests reuse them. What needs a
+judgement (right or wrong, which step matches which line) is read from the result's Reading
+(cap_app.engine.reading), made once per result; the rest is the RefinementResult's own facts.
 All model and user text is escaped before it goes into HTML.
 """
 
@@ -8,9 +10,9 @@ from __future__ import annotations
 
 import html
 
-from cap_app.engine.align import AlignedRow, ArithmeticCheck, DroppedQuantity, align_draft_to_program, line_diff
-from cap_app.engine.answers import answers_equal
-from cap_app.engine.results import Candidate, RefinementResult
+from cap_app.engine.align import AlignedRow, ArithmeticCheck, DroppedQuantity, line_diff
+from cap_app.engine.reading import Reading
+from cap_app.engine.results import CUT_OFFS, Candidate, RefinementResult
 
 TRACE_HEADERS = ["line", "code", "variables changed"]
 _E = html.escape
@@ -20,8 +22,9 @@ def _answer(text: str | None) -> str:
     return text if text is not None else "none"
 
 
-def verdict_sentence(result: RefinementResult) -> str:
+def verdict_sentence(reading: Reading) -> str:
     """One plain sentence, e.g. "The program corrects the draft: 18, not 26 (…)"."""
+    result = reading.result
     refined, draft = result.refined_answer, result.draft_answer
     program = result.program_answer
     if result.verdict == "no_answer":
@@ -46,20 +49,16 @@ def verdict_sentence(result: RefinementResult) -> str:
     else:
         sentence = f"The refinement disagrees with the draft: {refined} vs {draft}."
     if result.gold is not None:
-        sentence += " " + _gold_sentence(result)
+        sentence += " " + _gold_sentence(reading)
     return sentence
 
 
-_CUT_OFF_ADVICE = {
-    "length": "Raise “Max new tokens” and refine again.",
-    "repetition": "More tokens will not help; try the vote or repair strategy, or another model.",
-}
 # a budget already lowered to what the model's context leaves (result.notes) cannot be raised
 _CONTEXT_FULL_ADVICE = "The model's context has no more room: shorten the draft for a longer program."
 
 
 def _cut_off_advice(candidate: Candidate, lowered: bool) -> str:
-    return _CONTEXT_FULL_ADVICE if lowered and candidate.finish == "length" else _CUT_OFF_ADVICE[candidate.finish]
+    return _CONTEXT_FULL_ADVICE if lowered and candidate.finish == "length" else CUT_OFFS[candidate.finish].advice
 
 
 def _no_answer_reason(candidate: Candidate | None, lowered: bool = False) -> tuple[str, str]:
@@ -72,13 +71,14 @@ def _no_answer_reason(candidate: Candidate | None, lowered: bool = False) -> tup
     return (f" ({execution.error or execution.status})" if not execution.ok else " (it printed no answer)"), ""
 
 
-def _gold_sentence(result: RefinementResult) -> str:
+def _gold_sentence(reading: Reading) -> str:
     def mark(ok: bool | None) -> str:
         return "right" if ok else "wrong"
 
+    result = reading.result
     parts = []
     if result.program_answer is not None:
-        parts.append(f"the program is {mark(answers_equal(result.program_answer, result.gold))}")
+        parts.append(f"the program is {mark(reading.program_right)}")
     if result.draft_answer is not None:
         parts.append(f"the draft is {mark(result.draft_correct)}")
     return f"Gold answer {result.gold}" + (": " + " and ".join(parts) if parts else "") + "."
@@ -95,18 +95,19 @@ def _badge(label: str, value: str | None, correct: bool | None) -> str:
     )
 
 
-def verdict_html(result: RefinementResult) -> str:
+def verdict_html(reading: Reading) -> str:
     """Draft vs refined (vs gold) answers with right/wrong marks, and the plain sentence."""
+    result = reading.result
     has_gold = result.gold is not None
     draft_mark = result.draft_correct if has_gold else None
-    program_mark = answers_equal(result.program_answer, result.gold) if has_gold else None
+    program_mark = reading.program_right
     draft_label = "draft"
     if not has_gold and result.draft_answer is not None:  # the badge says what the sentence says
         if result.verdict in ("no_answer", "unconfirmed"):
             draft_label = f"draft ({'unverified' if result.verdict == 'no_answer' else 'unconfirmed'})"
         else:
             draft_label = "draft (checked by the program)"
-            draft_mark = answers_equal(result.draft_answer, result.refined_answer)
+            draft_mark = reading.draft_matches_refined
     badges = _badge(draft_label, result.draft_answer, draft_mark)
     badges += _badge(f"program ({result.strategy})", result.program_answer, program_mark)
     if has_gold:
@@ -115,7 +116,7 @@ def verdict_html(result: RefinementResult) -> str:
     return (
         f'<div class="cap-verdict" data-verdict="{_E(result.verdict)}">{badges}'
         f'<p class="cap-verdict-sentence" style="font-size:16px;margin:4px 0">'
-        f"{_E(verdict_sentence(result))}</p>{notes}</div>"
+        f"{_E(verdict_sentence(reading))}</p>{notes}</div>"
     )
 
 
@@ -277,12 +278,11 @@ def _other_programs_html(result: RefinementResult) -> str:
     )
 
 
-def render_side_by_side(result: RefinementResult) -> str:
+def render_side_by_side(reading: Reading) -> str:
     """The draft's steps beside the program's lines, as self-contained HTML (all text escaped)."""
+    result, alignment = reading.result, reading.alignment
     candidate = result.shown_candidate
-    program = candidate.program if candidate else ""
     execution = candidate.execution if candidate else None
-    alignment = align_draft_to_program(result.draft, program, execution, result.question)
     body = "".join(
         f'<tr class="{"cap-matched" if r.match else "cap-unmatched"}">'
         f"<td>{_step_cell(r)}</td><td>{_line_cell(r)}</td></tr>"

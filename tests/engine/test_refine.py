@@ -145,6 +145,7 @@ def test_a_program_that_recomputes_the_wrong_step_corrects_the_draft(monkeypatch
 def test_a_draft_whose_answer_does_not_follow_from_its_work_is_corrected_and_told_so(monkeypatch, scripted_model):
     """Issue 25: the draft computes 18 and states 42 (an injected line); the program agrees with its
     work, which locates the draft's mistake: the program's answer replaces it, and the verdict says why."""
+    from cap_app.engine.reading import read_result
     from cap_app.ui.views import verdict_sentence
 
     script(monkeypatch, (RIGHT, -0.1))
@@ -153,7 +154,7 @@ def test_a_draft_whose_answer_does_not_follow_from_its_work_is_corrected_and_tol
     assert (result.draft_answer, result.refined_answer, result.verdict) == ("42", "18", "disagrees")
     assert result.draft_mistake == "its answer does not follow from its work (it computes 18, then states 42)"
     assert "Its mistake: its answer does not follow from its work (it computes 18, then states 42)." in (
-        verdict_sentence(result)
+        verdict_sentence(read_result(result))
     )
 
 

@@ -7,6 +7,7 @@ import json
 from collections import Counter
 
 from cap_app.annotate.export import ExportSummary
+from cap_app.engine.reading import read_result
 from cap_app.engine.results import Candidate
 from cap_app.sandbox.result import ExecResult
 from cap_app.ui.charts import (
@@ -39,7 +40,7 @@ def _bars(fig):
 
 
 def test_votes_are_coloured_by_agreement_with_draft_and_gold(janet_result):
-    fig = votes_figure(_vote_result(janet_result))
+    fig = votes_figure(read_result(_vote_result(janet_result)))
     bars = _bars(fig)
     assert bars["differs from draft, right"] == (["18"], [2], CATEGORIES[(False, True)][1])
     assert bars["same as draft, wrong"] == (["26"], [1], CATEGORIES[(True, False)][1])
@@ -52,7 +53,7 @@ def test_votes_are_coloured_by_agreement_with_draft_and_gold(janet_result):
 
 
 def test_votes_without_gold_only_compare_with_the_draft(janet_result):
-    bars = _bars(votes_figure(_vote_result(janet_result, gold=None)))
+    bars = _bars(votes_figure(read_result(_vote_result(janet_result, gold=None))))
     assert set(bars) == {"differs from draft", "same as draft", "program failed"}
     assert bars["differs from draft"][:2] == (["18", "&lt;b&gt;x&lt;/b&gt;"], [2, 1])
 
@@ -89,7 +90,7 @@ def test_candidates_figure_has_a_row_per_program_coloured_by_how_it_ended(janet_
 def test_votes_name_a_program_cut_off_as_cut_off_not_as_failed(janet_result):
     result = _vote_result(janet_result)
     result.candidates[4] = dataclasses.replace(result.candidates[4], finish="length")
-    bars = _bars(votes_figure(result))
+    bars = _bars(votes_figure(read_result(result)))
     assert "program failed" not in bars and bars["cut off before it was finished"][:2] == (["(cut off)"], [1])
 
 
