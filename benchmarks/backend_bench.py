@@ -35,7 +35,7 @@ from benchmarks.common import DRAFTS_DEV, ROOT, write_json
 COLD_START = (
     "import sys, time\n"
     "from cap_app.backends import BackendConfig, get_backend\n"
-    "from cap_app.backends.generation import GenerationConfig\n"
+    "from cap_app.backends.base import GenerationConfig\n"
     "from cap_app.models.loading import ModelConfig\n"
     "from cap_app.engine.prompts import build_messages\n"
     "backend = get_backend(ModelConfig(), BackendConfig(backend='llama.cpp')); ready = time.time()\n"
@@ -53,7 +53,7 @@ def _items(count: int):
 
 def single_stream(backends: dict, conversation, tokens: int, repeats: int) -> dict:
     """Median tokens/s of each backend's stream, greedy, the stop rules off (EOS still ends a program)."""
-    from cap_app.backends.generation import GenerationConfig
+    from cap_app.backends.base import GenerationConfig
 
     config = GenerationConfig(max_new_tokens=tokens, stop_at_program_end=False, stop_on_repetition=False)
     rates: dict[str, list[float]] = {name: [] for name in backends}

@@ -49,7 +49,8 @@ def streaming_vs_bare(loaded, prompt: str, tokens: int, repeats: int) -> dict:
     (thread, queue, incremental decoding, the stop and log-prob hooks)."""
     from transformers import GenerationConfig as HFGenerationConfig
 
-    from cap_app.backends.generation import GenerationConfig, generate_stream
+    from cap_app.backends.base import GenerationConfig
+    from cap_app.backends.transformers import generate_stream
 
     inputs = loaded.tokenizer([prompt], return_tensors="pt", add_special_tokens=False)
     config = GenerationConfig(max_new_tokens=tokens, stop_at_program_end=False, stop_on_repetition=False)
@@ -100,7 +101,8 @@ def streaming_vs_bare(loaded, prompt: str, tokens: int, repeats: int) -> dict:
 
 def batched_vs_sequential(loaded, prompt: str, tokens: int, n: int = 8) -> dict:
     """N sampled programs in one batch vs the same N one at a time (same lengths: no early stop)."""
-    from cap_app.backends.generation import GenerationConfig, generate_batch
+    from cap_app.backends.base import GenerationConfig
+    from cap_app.backends.transformers import generate_batch
 
     config = GenerationConfig(
         max_new_tokens=tokens, temperature=0.7, n=n, batch_size=n, stop_at_program_end=False, stop_on_repetition=False
@@ -165,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     load_model(ModelConfig())  # fill the conversion and merge caches: their one-off cost is not measured
     loaded = load_model(ModelConfig(adapter="none"))
     prompt = _prompt(loaded.tokenizer)
-    from cap_app.backends.generation import GenerationConfig, generate_batch
+    from cap_app.backends.base import GenerationConfig
+    from cap_app.backends.transformers import generate_batch
 
     generate_batch(loaded, [prompt], GenerationConfig(max_new_tokens=8))  # warm-up: first-call costs aside
     figures = {

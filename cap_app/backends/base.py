@@ -1,29 +1,173 @@
-"""What the engine asks of a generation backend, and the sampling loop the one-sequence-at-a-time
-backends (llama.cpp, OpenAI-compatible servers) share.
+"""What the engine asks of a generation backend: the contract every backend keeps, the stop rules
+they all apply, and the loops the backends share.
 
 A backend takes chat conversations (lists of {"role", "content"} messages, as
 `cap_app.engine.prompts.build_messages` makes them), not prompt text: a remote server applies its own
-model's chat template, a local one the template its weights ship with. It returns the same
-`Generation` / `StreamChunk` values as `cap_app.backends.generation`, so refine.py does not care which one
-runs: N samples per conversation (sample i of the whole call seeded with `seed + i`), text
-streamed per row, the program-end and repetition stops (`generate.stop_reason`), EOS, the
-token limit, cancel, and the mean log-prob of the chosen tokens for vote tie-breaks.
+model's chat template, a local one the template its weights ship with. It returns `Generation` /
+`StreamChunk` values, so refine.py does not care which one runs: N samples per conversation (sample i
+of the whole call seeded with `seed + i`), text streamed per row, the program-end and repetition
+stops (`stop_reason`), EOS, the token limit, cancel, and the mean log-prob of the chosen tokens for
+vote tie-breaks. A stream is sampled in a thread of its own (`stream_in_thread`); the
+one-sequence-at-a-time backends (llama.cpp, OpenAI-compatible servers) share the row loop `RowSampler`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import queue
+import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol
+from typing import Literal, Protocol
 
-from cap_app.backends.generation import AnyEvent, Generation, GenerationConfig, StreamChunk, stop_reason
+FinishReason = Literal["program_end", "eos", "repetition", "length", "cancelled"]
+FENCE = "```"
+REPEATS_TO_STOP = 3  # a block of lines written this many times in a row is a loop, not a program
+LONGEST_REPEATED_BLOCK = 4  # lines
+# `eggs_5 = eggs_4 + 4`, `eggs_6 = eggs_5 + 4`, ...: a line of one shape (numbers aside) written this
+# many times in a row is a counting loop; a GSM8K program never needs that many.
+COUNTING_LINES_TO_STOP = 6
+_DIGITS = re.compile(r"\d+")
+
+
+@dataclasses.dataclass
+class GenerationConfig:
+    temperature: float = dataclasses.field(default=0.0, metadata={"help": "sampling temperature; 0 = greedy decoding"})
+    top_p: float = dataclasses.field(
+        default=0.95, metadata={"help": "nucleus sampling: keep the smallest token set with this probability mass"}
+    )
+    max_new_tokens: int = dataclasses.field(
+        default=400, metadata={"help": "stop a program after this many generated tokens"}
+    )
+    seed: int | None = dataclasses.field(
+        default=0, metadata={"help": "random seed for sampling (same seed, same samples)"}
+    )
+    n: int = dataclasses.field(default=1, metadata={"help": "samples per prompt"})
+    batch_size: int = dataclasses.field(
+        default=8, metadata={"help": "most sequences generated together in one forward batch"}
+    )
+    stop_at_program_end: bool = dataclasses.field(
+        default=True, metadata={"help": "stop as soon as the ```python block is closed"}
+    )
+    stop_on_repetition: bool = dataclasses.field(
+        default=True,
+        metadata={
+            "help": f"stop a program whose last 1-{LONGEST_REPEATED_BLOCK} lines repeat "
+            f"{REPEATS_TO_STOP} times in a row"
+        },
+    )
+
+    def __post_init__(self):
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ValueError("temperature must be >= 0 and top_p in (0, 1]")
+        if self.max_new_tokens < 1 or self.n < 1 or self.batch_size < 1:
+            raise ValueError("max_new_tokens, n and batch_size must be at least 1")
+
+
+@dataclasses.dataclass
+class Generation:
+    """One generated continuation."""
+
+    text: str
+    prompt_tokens: int | None  # None: not known (a server's stream cut at the program's end)
+    new_tokens: int
+    mean_logprob: float | None
+    finish: FinishReason
+    token_ids: list[int] = dataclasses.field(default_factory=list, repr=False)  # the generated tokens
+    # set by a backend that lowered max_new_tokens itself to fit the model's `context` (tokens), which
+    # its server told only by refusing the request (openai); None otherwise
+    token_limit: int | None = None
+    context: int | None = None
+
+
+@dataclasses.dataclass
+class StreamChunk:
+    """New text of one row (`row` counts prompts x samples in order) and how many tokens that row
+    has generated so far; the last chunk has `row == -1` and carries all `generations`, grouped
+    per prompt like `generate_batch`."""
+
+    row: int
+    text: str
+    generations: list[list[Generation]] | None = None
+    tokens: int = 0
+
+
+def repeats_in_tail(text: str) -> bool:
+    """True when the text's last complete lines are one block of 1-4 non-blank lines written
+    `REPEATS_TO_STOP` times in a row, or `COUNTING_LINES_TO_STOP` lines that differ only in their
+    numbers: the model is looping and will until the token limit."""
+    lines = text.split("\n")[:-1]  # complete lines only
+    tail = lines[-COUNTING_LINES_TO_STOP:]
+    if len(tail) == COUNTING_LINES_TO_STOP and tail[-1].strip() and len({_DIGITS.sub("#", line) for line in tail}) == 1:
+        return True
+    for size in range(1, LONGEST_REPEATED_BLOCK + 1):
+        span = size * REPEATS_TO_STOP
+        if len(lines) < span:
+            break
+        block = lines[-size:]
+        if any(line.strip() for line in block) and all(
+            lines[-(k + 1) * size : len(lines) - k * size] == block for k in range(1, REPEATS_TO_STOP)
+        ):
+            return True
+    return False
+
+
+def stop_reason(text: str, config: GenerationConfig) -> FinishReason | None:
+    """Why a program whose generated text so far is `text` is finished before EOS or the token
+    limit: its ```python block is closed, or it is looping. Every backend asks this one rule."""
+    if config.stop_at_program_end and text.count(FENCE) >= 2:
+        return "program_end"
+    if config.stop_on_repetition and repeats_in_tail(text):
+        return "repetition"
+    return None
+
 
 Conversation = list[dict[str, str]]
 # (row, new text, tokens so far) -> None: how a sampler reports streamed text
 Emit = Callable[[int, str, int], None]
+
+
+class AnyEvent:
+    """Set when either the consumer went away or the caller cancelled (is_set is all a stop rule needs)."""
+
+    def __init__(self, *events: threading.Event | None):
+        self.events = [e for e in events if e is not None]
+
+    def is_set(self) -> bool:
+        return any(e.is_set() for e in self.events)
+
+
+def stream_in_thread(
+    sample: Callable[[AnyEvent, Emit], list[list[Generation]]], cancel: threading.Event | None, *, name: str
+) -> Iterator[StreamChunk]:
+    """The stream of every backend: `sample(cancel, emit)` runs in a thread of its own and reports each
+    row's new text through `emit`; its text is yielded as written, then one chunk with what it returned.
+    The thread's error is raised here, and a consumer that stops reading (closes the generator)
+    sets the `cancel` it samples with, so the sampling stops too."""
+    out: queue.Queue = queue.Queue()
+    stop = threading.Event()
+    done, results, failure = object(), [], []
+
+    def work():
+        try:
+            results.append(sample(AnyEvent(stop, cancel), lambda row, text, tokens: out.put((row, text, tokens))))
+        except BaseException as error:  # re-raised in the consumer's thread
+            failure.append(error)
+        finally:
+            out.put(done)
+
+    thread = threading.Thread(target=work, name=name, daemon=True)
+    thread.start()
+    try:
+        while (item := out.get()) is not done:
+            yield StreamChunk(row=item[0], text=item[1], tokens=item[2])
+    finally:
+        stop.set()  # the consumer went away: stop sampling
+    thread.join()
+    if failure:
+        raise failure[0]
+    yield StreamChunk(row=-1, text="", generations=results[0])
 
 
 class BackendError(RuntimeError):
@@ -184,6 +328,11 @@ def follow(
     return follower.generation()
 
 
+def per_conversation(generations: list[Generation], n: int) -> list[list[Generation]]:
+    """The generations of the rows (n per conversation, in order) grouped per conversation."""
+    return [generations[i : i + n] for i in range(0, len(generations), n)]
+
+
 def sample_seeds(
     conversations: Sequence[Conversation], config: GenerationConfig
 ) -> list[tuple[Conversation, int | None]]:
@@ -216,35 +365,14 @@ class RowSampler:
         raise NotImplementedError
 
     def generate_batch(self, conversations, config, *, cancel=None):
-        return self._group(self._run(conversations, config, cancel, None), config)
+        return per_conversation(self._run(conversations, config, cancel, None), config.n)
 
     def generate_stream(self, conversations, config, *, cancel=None):
-        out: queue.Queue = queue.Queue()
-        stop = threading.Event()
-        watched = AnyEvent(stop, cancel)
-        done, results, failure = object(), [], []
-
-        def work():
-            try:
-                results.extend(
-                    self._run(conversations, config, watched, lambda row, text, tokens: out.put((row, text, tokens)))
-                )
-            except BaseException as error:  # re-raised in the consumer's thread
-                failure.append(error)
-            finally:
-                out.put(done)
-
-        thread = threading.Thread(target=work, name=f"cap-{self.name}", daemon=True)
-        thread.start()
-        try:
-            while (item := out.get()) is not done:
-                yield StreamChunk(row=item[0], text=item[1], tokens=item[2])
-        finally:
-            stop.set()  # the consumer went away: stop sampling
-        thread.join()
-        if failure:
-            raise failure[0]
-        yield StreamChunk(row=-1, text="", generations=self._group(results, config))
+        yield from stream_in_thread(
+            lambda watched, emit: per_conversation(self._run(conversations, config, watched, emit), config.n),
+            cancel,
+            name=f"cap-{self.name}",
+        )
 
     def _run(self, conversations, config: GenerationConfig, cancel, emit: Emit | None) -> list[Generation]:
         rows = sample_seeds(conversations, config)
@@ -268,7 +396,3 @@ class RowSampler:
             raise
         finally:
             pool.shutdown(cancel_futures=True)
-
-    @staticmethod
-    def _group(generations: list[Generation], config: GenerationConfig) -> list[list[Generation]]:
-        return [generations[i : i + config.n] for i in range(0, len(generations), config.n)]

@@ -55,8 +55,17 @@ from typing import Any
 
 import numpy as np
 
-from cap_app.backends.base import BackendError, Follower, PromptSize, RowSampler, Token, follow, sample_seeds
-from cap_app.backends.generation import AnyEvent, Generation
+from cap_app.backends.base import (
+    AnyEvent,
+    BackendError,
+    Follower,
+    Generation,
+    PromptSize,
+    RowSampler,
+    Token,
+    follow,
+    sample_seeds,
+)
 
 # The most tokens a context holds (prompt and program): the model's trained context up to this. Every
 # context's cells are allocated when it is made (23 KB a token for the offline default, 190 MB at
@@ -173,10 +182,10 @@ class _PromptThreads:
 @dataclasses.dataclass(eq=False)
 class _Prompt:
     """A conversation's prompt, evaluated by the context that decodes its first group (the lead)
-    and copied from there into the contexts of its `followers` other groups."""
+    and copied from there into the contexts of its `copies` other groups."""
 
     tokens: list[int]
-    followers: int = 0
+    copies: int = 0
     ready: threading.Event = dataclasses.field(default_factory=threading.Event)  # set when the lead is done, or failed
     cells: bytes | None = None  # sequence 0 of the lead's context once the prompt is in it
     first: np.ndarray | None = None  # the logits after the prompt's last token
@@ -187,6 +196,31 @@ class _Prompt:
             if cancel.is_set():
                 return False
         return True
+
+
+def from_settings(model_cfg, backend_cfg) -> LlamaCppBackend:
+    """The registry's factory: the settings' .gguf file, merged once with their adapter (if any)."""
+    from cap_app.models.loading import resolve_source
+
+    source = resolve_source(model_cfg)
+    path = Path(source.path).expanduser()
+    if path.suffix != ".gguf":
+        raise BackendError(
+            f"the llama.cpp backend needs a .gguf model file; '{source.name}' is not one "
+            "(use --backend transformers, or write one with `python -m cap_app gguf`)"
+        )
+    if not path.is_file():
+        raise BackendError(f"model '{source.name}' not found: no such file")
+    name = source.name
+    if source.adapter:
+        from cap_app.models.gguf import ExportError, cached_export
+
+        try:
+            path = cached_export(path, source.adapter)
+        except ExportError as error:
+            raise BackendError(f"cannot merge adapter '{source.adapter}' for llama.cpp: {error}") from None
+        name += f" + {Path(source.adapter).name}"
+    return LlamaCppBackend(path, name=name, contexts=backend_cfg.contexts)
 
 
 class LlamaCppBackend(RowSampler):
@@ -206,7 +240,7 @@ class LlamaCppBackend(RowSampler):
         self.context_tokens = context_tokens(path)
 
         def load():
-            with _weight_repacking(not _cpu_has_amx()):
+            with weight_repacking(not cpu_has_amx()):
                 return llama_cpp.Llama(
                     model_path=str(path),
                     n_ctx=self.context_tokens,
@@ -281,15 +315,15 @@ class LlamaCppBackend(RowSampler):
         # one), never with another conversation's: its samples do not depend on the others'. The
         # contexts decode their groups (g, g + workers, ...) at once, each in its own thread. A
         # conversation's first group evaluates its prompt (the lead), its others copy it; a lead
-        # comes before its followers in every worker's order, so no worker waits for a later group.
+        # comes before its copies in every worker's order, so no worker waits for a later group.
         most = -(-config.n // len(shared))
         groups = []
         for index, tokens in enumerate(prompts):
             split = _groups(len(tokens), config, self.context_tokens, most)
-            prompt = _Prompt(tokens, followers=len(split) - 1)
+            prompt = _Prompt(tokens, copies=len(split) - 1)
             groups += [(prompt, [index * config.n + row for row in group], i == 0) for i, group in enumerate(split)]
         workers = min(len(shared), len(groups))
-        # the lead of a lone conversation evaluates its prompt with its followers' threads (they wait
+        # the lead of a lone conversation evaluates its prompt with its copies' threads (they wait
         # for it) and any other idle ones
         spare = self._hold(THREADS * workers)
         prompt_threads = self.prompt_threads.choose(THREADS * workers + spare if len(prompts) == 1 else THREADS)
@@ -316,7 +350,7 @@ class LlamaCppBackend(RowSampler):
                         continue
                     finally:
                         if lead:
-                            prompt.ready.set()  # also when it failed: the followers then evaluate it themselves
+                            prompt.ready.set()  # also when it failed: the copies then evaluate it themselves
                     generations.append(
                         self._decode_together(shared[worker], llm, prompt.tokens, first, seeded, config, watched, emit)
                     )
@@ -367,7 +401,7 @@ class LlamaCppBackend(RowSampler):
             return self.shared
 
     def _take_prompt(self, shared: _Shared, llm, prompt: _Prompt, lead: bool, threads: int, cancel) -> np.ndarray:
-        """Sequence 0 of `shared` holding `prompt`, evaluated (the lead, or a follower whose lead
+        """Sequence 0 of `shared` holding `prompt`, evaluated (the lead, or another group whose lead
         failed) or copied from the lead; the logits after its last token. _Cancelled when `cancel`
         is set between two of its batches (Stop during a long prompt)."""
         from llama_cpp import llama_cpp as library
@@ -393,7 +427,7 @@ class LlamaCppBackend(RowSampler):
                     self._step(shared, [(token, start + i, 0) for i, token in enumerate(chunk)], outputs=False)
             self._step(shared, [(tokens[-1], len(tokens) - 1, 0)])
             first = _logits(library, ctx, 0, llm.n_vocab())
-            if lead and prompt.followers:
+            if lead and prompt.copies:
                 cells = (ctypes.c_uint8 * library.llama_state_seq_get_size(ctx, 0))()
                 written = library.llama_state_seq_get_data(ctx, cells, len(cells), 0)
                 prompt.cells, prompt.first = bytes(cells)[:written], first
@@ -617,7 +651,7 @@ def _choose(logits: np.ndarray, config, rng: np.random.Generator) -> tuple[int, 
     return token, float(logprobs[token])
 
 
-def _cpu_has_amx() -> bool:
+def cpu_has_amx() -> bool:
     try:
         return "amx_int8" in Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -625,7 +659,7 @@ def _cpu_has_amx() -> bool:
 
 
 @contextlib.contextmanager
-def _weight_repacking(enabled: bool):
+def weight_repacking(enabled: bool):
     """Load with or without llama.cpp's extra weight buffers (repacked for AMX / AVX kernels).
 
     On CPUs with AMX (Intel Sapphire Rapids and later, common in clouds) llama.cpp with its extra

@@ -2,7 +2,7 @@
 (`python -m llama_cpp.server ARGS`, same arguments), made safe on CPUs with AMX.
 
 llama.cpp's AMX weight buffers crash the server on its first real prompt on such CPUs (see
-`llama_cpp._weight_repacking`), and the server has no option to avoid them; this runs it with
+`llama_cpp.weight_repacking`), and the server has no option to avoid them; this runs it with
 them off there, and unchanged elsewhere.
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import runpy
 
-from cap_app.backends.llama_cpp import _cpu_has_amx, _weight_repacking
+from cap_app.backends.llama_cpp import cpu_has_amx, weight_repacking
 
 if __name__ == "__main__":
-    with _weight_repacking(not _cpu_has_amx()):
+    with weight_repacking(not cpu_has_amx()):
         runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)

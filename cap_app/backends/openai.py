@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -73,6 +74,22 @@ def _context_refusal(detail: str) -> PromptSize | None:
         if match := wording.search(detail):
             return PromptSize(int(match["prompt"]), int(match["context"]))
     return None
+
+
+def from_settings(model_cfg, backend_cfg) -> OpenAIBackend:
+    """The registry's factory: the server the settings name, its model as the server has it."""
+    if not backend_cfg.base_url:
+        raise BackendError("the openai backend needs --base-url, e.g. http://127.0.0.1:8000/v1")
+    if model_cfg.adapter:
+        raise BackendError("--adapter does not apply to the openai backend: the server's model is used as it is")
+    return OpenAIBackend(
+        backend_cfg.base_url,
+        model_cfg.model,
+        api_key=os.environ.get("CAP_API_KEY"),
+        concurrency=backend_cfg.concurrency,
+        timeout_s=backend_cfg.request_timeout_s,
+        retries=backend_cfg.retries,
+    )
 
 
 class OpenAIBackend(RowSampler):

@@ -21,8 +21,8 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from cap_app.backends import generation
-from cap_app.backends.generation import GenerationConfig
+from cap_app.backends import transformers
+from cap_app.backends.base import GenerationConfig
 from cap_app.data.corrupt import FINAL_STYLES, KINDS, corrupt, render_draft
 from cap_app.data.gsm8k_programs import Solution, UnsupportedSolution, parse_solution
 from cap_app.engine.answers import answers_equal, extract_draft_answer
@@ -322,7 +322,7 @@ def _sample(
                 draft_prompts = [format_draft_prompt(tokenizer, q.material.solution.question) for q in chunk]
                 config = _generation_config(cfg, n=cfg.sampled_drafts, seed=start, prose=True)
                 for question, generations in zip(
-                    chunk, generation.generate_batch(loaded, draft_prompts, config), strict=True
+                    chunk, transformers.generate_batch(loaded, draft_prompts, config), strict=True
                 ):
                     for sampled in generations:
                         _add_sampled_draft(question, sampled.text, rng, report)
@@ -332,7 +332,7 @@ def _sample(
                 config = _generation_config(cfg, n=cfg.sampled_programs, seed=start)
                 programs = [
                     [extract_program(g.text) for g in group]
-                    for group in generation.generate_batch(loaded, texts, config)
+                    for group in transformers.generate_batch(loaded, texts, config)
                 ]
                 results = pool.map(_run, [program for group in programs for program in group])
                 for prompt, group in zip(prompts, programs, strict=True):

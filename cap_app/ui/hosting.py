@@ -42,34 +42,32 @@ def on_gpu(fn: F) -> F:
 
 
 def wrap_generation_for_zero_gpu() -> bool:
-    """On ZeroGPU, put the engine's two generation functions (its only model calls) under spaces.GPU.
+    """On ZeroGPU, put the transformers backend's two generation functions (its only model calls) under spaces.GPU.
 
-    The engine calls them as `generation.generate_stream(...)`, so replacing the module attributes
+    The backend calls them as `cap_app.backends.transformers` module attributes, so replacing those
     covers every caller; the sandbox and everything else keep running on the CPU.
     """
     if not zero_gpu_enabled():
         return False
-    from cap_app.backends import generation
+    from cap_app.backends import transformers
 
     for name in ("generate_stream", "generate_batch"):
-        fn = getattr(generation, name)
+        fn = getattr(transformers, name)
         if not getattr(fn, "_on_zero_gpu", False):
             wrapped = on_gpu(fn)
             wrapped._on_zero_gpu = True
-            setattr(generation, name, wrapped)
+            setattr(transformers, name, wrapped)
     return True
 
 
 def backend_choices() -> list[str]:
     """Backends a visitor may pick: `auto` ($CAP_BACKEND, else the fastest this machine has for
-    the model), the in-process ones installed, and `openai` only when the operator named a server
-    in $CAP_BASE_URL (a visitor never chooses where requests go)."""
-    choices = ["auto", "transformers"]
-    if importlib.util.find_spec("llama_cpp") is not None:
-        choices.append("llama.cpp")
-    if os.environ.get("CAP_BASE_URL"):
-        choices.append("openai")
-    return choices
+    the model) and those that can run here (`BackendEntry.available`): a server's only when the
+    operator named one in $CAP_BASE_URL (a visitor never chooses where requests go)."""
+    from cap_app.backends.registry import AUTO, REGISTRY
+
+    base_url = os.environ.get("CAP_BASE_URL")
+    return [AUTO, *(name for name, entry in REGISTRY.items() if entry.available(base_url))]
 
 
 def model_choices() -> list[str]:

@@ -5,10 +5,9 @@ import threading
 
 import pytest
 
-import cap_app.backends
+import cap_app.backends.registry
 from cap_app.backends import BackendConfig, BackendError, get_backend, resolve_backend
-from cap_app.backends.base import RowSampler, Token, follow
-from cap_app.backends.generation import GenerationConfig
+from cap_app.backends.base import GenerationConfig, RowSampler, Token, follow
 from cap_app.commands.common import load_for_command
 from cap_app.engine.refine import RefineConfig, refine, refine_stream
 from cap_app.models.loading import ModelConfig
@@ -103,10 +102,10 @@ def test_stream_yields_each_rows_text_then_all_generations():
 
 
 def test_the_engine_votes_and_cancels_through_a_backend():
-    result = refine(QUESTION, "A: 18", config=RefineConfig(strategy="vote", n=3, seed=18), model=Scripted())
+    result = refine(QUESTION, "A: 18", config=RefineConfig(strategy="vote", n=3, seed=18), backend=Scripted())
     assert result.votes == {"18": 1, "19": 1, "20": 1} and result.model == "scripted"
     cancel = threading.Event()
-    events = refine_stream(QUESTION, "A: 18", model=Scripted(), cancel=cancel)
+    events = refine_stream(QUESTION, "A: 18", backend=Scripted(), cancel=cancel)
     assert next(events).kind == "prompt"
     first = next(events)
     cancel.set()
@@ -115,11 +114,11 @@ def test_the_engine_votes_and_cancels_through_a_backend():
 
 def test_auto_picks_by_environment_url_and_model_file(monkeypatch, tiny_model_dir):
     monkeypatch.delenv("CAP_BACKEND", raising=False)
-    monkeypatch.setattr(cap_app.backends, "_has_cuda", lambda: False)
+    monkeypatch.setattr(cap_app.backends.registry, "has_cuda", lambda: False)
     assert resolve_backend(ModelConfig(), BackendConfig()) == "llama.cpp"  # the offline default is a .gguf
     assert resolve_backend(ModelConfig(model=tiny_model_dir), BackendConfig()) == "transformers"
     assert resolve_backend(ModelConfig(), BackendConfig(base_url="http://127.0.0.1:1/v1")) == "openai"
-    monkeypatch.setattr(cap_app.backends, "_has_cuda", lambda: True)
+    monkeypatch.setattr(cap_app.backends.registry, "has_cuda", lambda: True)
     assert resolve_backend(ModelConfig(), BackendConfig()) == "transformers"
     monkeypatch.setenv("CAP_BACKEND", "openai")
     assert resolve_backend(ModelConfig(), BackendConfig()) == "openai"

@@ -5,13 +5,8 @@ import threading
 import pytest
 import torch
 
-from cap_app.backends.generation import (
-    GenerationConfig,
-    _stopping_and_recording,
-    generate_batch,
-    generate_stream,
-    repeats_in_tail,
-)
+from cap_app.backends.base import GenerationConfig, repeats_in_tail
+from cap_app.backends.transformers import _stopping_and_recording, generate_batch, generate_stream
 
 PROMPTS = ["x = 1", "a much longer prompt, so the batch needs left padding"]
 

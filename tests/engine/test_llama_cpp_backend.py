@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from cap_app.backends import BackendConfig, BackendError, get_backend
-from cap_app.backends.generation import GenerationConfig, generate_batch
+from cap_app.backends.base import GenerationConfig
 from cap_app.backends.llama_cpp import (
     SEQUENCES,
     THREADS,
@@ -18,6 +18,7 @@ from cap_app.backends.llama_cpp import (
     _PromptThreads,
     default_contexts,
 )
+from cap_app.backends.transformers import generate_batch
 from cap_app.cli import main
 from cap_app.engine.prompts import build_messages, build_repair_messages, render_messages
 from cap_app.engine.refine import RefineConfig, refine, refine_stream
@@ -60,7 +61,7 @@ def two_contexts(model_file):
 
 
 def test_the_offline_default_refines_through_llama_cpp(llama):
-    result = refine(QUESTION, DRAFT, config=RefineConfig(max_new_tokens=200), model=llama)
+    result = refine(QUESTION, DRAFT, config=RefineConfig(max_new_tokens=200), backend=llama)
     assert result.model == "SmolLM2-135M-Instruct + smollm2-cap"
     [candidate] = result.candidates
     assert candidate.finish == "program_end" and candidate.program and candidate.logprob < 0
@@ -91,7 +92,7 @@ def test_stream_matches_the_generations_and_stops_at_the_limit(llama):
 
 def test_cancel_stops_a_stream(llama):
     cancel = threading.Event()
-    events = refine_stream(QUESTION, DRAFT, config=RefineConfig(max_new_tokens=300), model=llama, cancel=cancel)
+    events = refine_stream(QUESTION, DRAFT, config=RefineConfig(max_new_tokens=300), backend=llama, cancel=cancel)
     next(events)
     cancel.set()
     rest = list(events)
@@ -104,7 +105,7 @@ def test_two_contexts_vote_with_the_samples_of_one(one_context, two_contexts):
     equal but for the last digits of batched numbers), and the very same again on a rerun."""
     config = RefineConfig(strategy="vote", n=4, seed=3, max_new_tokens=160)
     one, two, again = (
-        refine(QUESTION, DRAFT, config=config, model=backend) for backend in (one_context, two_contexts, two_contexts)
+        refine(QUESTION, DRAFT, config=config, backend=backend) for backend in (one_context, two_contexts, two_contexts)
     )
     assert [c.text for c in two.candidates] == [c.text for c in one.candidates]
     assert [c.logprob for c in two.candidates] == pytest.approx([c.logprob for c in one.candidates], abs=1e-2)
@@ -178,7 +179,7 @@ def test_the_rows_of_a_call_decode_together(two_contexts):
 def test_a_vote_over_two_contexts_evaluates_its_prompt_once(two_contexts, monkeypatch):
     """The context of a conversation's first group evaluates its prompt and the other gets a copy of
     its cells: one prompt batch for both, the same samples as when each evaluates the prompt itself.
-    A lead that fails fails the call; its follower does not wait for it forever."""
+    A lead that fails fails the call; its other groups do not wait for it forever."""
     question = "A box holds 12 pens. How many pens are in 7 boxes?"
     conversation = build_messages(question, "7 x 12 = 84 pens.\nA: 84")
     prompt = two_contexts.prompt_tokens(conversation)
@@ -289,7 +290,7 @@ def test_a_lone_sample_evaluates_its_prompt_with_the_idle_threads(two_contexts, 
 def test_cancel_stops_a_vote_on_two_contexts(two_contexts):
     cancel = threading.Event()
     config = RefineConfig(strategy="vote", n=4, max_new_tokens=300)
-    events = refine_stream(QUESTION, DRAFT, config=config, model=two_contexts, cancel=cancel)
+    events = refine_stream(QUESTION, DRAFT, config=config, backend=two_contexts, cancel=cancel)
     next(events)
     cancel.set()
     rest = list(events)  # the rows stop at their next token
@@ -343,7 +344,9 @@ def test_the_export_command_writes_a_4_bit_file_llama_cpp_runs(tmp_path, capsys)
     output = tmp_path / "cap.q4_0.gguf"
     assert main(["gguf", "--output", str(output), "--type", "q4_0"]) == 0
     assert capsys.readouterr().out.startswith(f"wrote {output} (SmolLM2-135M-Instruct + smollm2-cap, q4_0, ")
-    result = refine(QUESTION, DRAFT, config=RefineConfig(max_new_tokens=200), model=LlamaCppBackend(output, name="q4"))
+    result = refine(
+        QUESTION, DRAFT, config=RefineConfig(max_new_tokens=200), backend=LlamaCppBackend(output, name="q4")
+    )
     assert result.candidates[0].finish == "program_end" and "print" in result.program
 
 
@@ -363,7 +366,7 @@ def test_a_process_that_abandons_a_stream_exits_cleanly(llama, cap_cache_dir):
     script = (
         "import sys\n"
         "from cap_app.backends import BackendConfig, get_backend\n"
-        "from cap_app.backends.generation import GenerationConfig\n"
+        "from cap_app.backends.base import GenerationConfig\n"
         "from cap_app.models.loading import ModelConfig\n"
         "from cap_app.engine.prompts import build_messages\n"
         "backend = get_backend(ModelConfig(), BackendConfig(backend='llama.cpp'))\n"
@@ -383,17 +386,17 @@ def test_a_process_that_abandons_a_stream_exits_cleanly(llama, cap_cache_dir):
         assert done.stdout.strip() == "1"
 
 
-def test_weight_repacking_can_be_turned_off_for_one_load_only():
+def testweight_repacking_can_be_turned_off_for_one_load_only():
     """AMX CPUs load without llama.cpp's extra weight buffers (they crash on a prompt there); the
     default parameters are restored after the load, for other models in the process."""
     from llama_cpp import llama_cpp as library
 
-    from cap_app.backends.llama_cpp import _weight_repacking
+    from cap_app.backends.llama_cpp import weight_repacking
 
     assert library.llama_model_default_params().use_extra_bufts
-    with _weight_repacking(False):
+    with weight_repacking(False):
         assert not library.llama_model_default_params().use_extra_bufts
-    with _weight_repacking(True):
+    with weight_repacking(True):
         assert library.llama_model_default_params().use_extra_bufts
     assert library.llama_model_default_params().use_extra_bufts
 

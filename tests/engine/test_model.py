@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import cap_app.models.loading
-from cap_app.backends.generation import GenerationConfig, generate_batch
+from cap_app.backends.base import GenerationConfig
+from cap_app.backends.transformers import generate_batch
 from cap_app.models.loading import ModelConfig, ModelLoadError, get_model, load_model
 from tests.helpers.tiny_model import make_tiny_model
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cap_app.backends.generation import GenerationConfig
+from cap_app.backends.base import GenerationConfig
 from cap_app.backends.llama_cpp import LlamaCppBackend
 from cap_app.backends.openai import OpenAIBackend
 from cap_app.cli import main
@@ -186,7 +186,7 @@ def test_a_draft_that_fills_the_servers_context_is_refined_and_told_so(server, m
     local.close()
     draft = line * ((4096 - 40 - base) // per_line + 1) + "A: 72"  # leaves ~40 tokens: too few for a program
     remote = OpenAIBackend(server.url, "cap", api_key=KEY, concurrency=1, timeout_s=120, retries=0)
-    result = refine(QUESTION, draft, config=RefineConfig(max_new_tokens=400), model=remote)
+    result = refine(QUESTION, draft, config=RefineConfig(max_new_tokens=400), backend=remote)
     [candidate] = result.candidates
     assert len(draft) < 8000 and candidate.finish == "length" and candidate.tokens < 400
     assert result.notes == [  # (this server sends no usage: the prompt's tokens are not known here)

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from cap_app.backends import BackendConfig, BackendError, get_backend
-from cap_app.backends.generation import GenerationConfig
+from cap_app.backends.base import GenerationConfig
 from cap_app.backends.openai import OpenAIBackend
 from cap_app.cli import main
 from cap_app.engine.refine import RefineConfig, refine, refine_stream
@@ -32,12 +32,12 @@ def no_backoff(monkeypatch):
 
 def test_a_refinement_through_the_server_streams_and_votes():
     with OpenAIStub() as stub:
-        events = list(refine_stream(QUESTION, DRAFT, model=backend(stub)))
+        events = list(refine_stream(QUESTION, DRAFT, backend=backend(stub)))
         result = events[-1].result
         assert "".join(e.text for e in events if e.kind == "token") == PROGRAM.replace("18", "0")
         assert result.program_answer == "0" and result.model == f"cap @ {stub.url}"
         assert result.candidates[0].logprob == pytest.approx(-0.25) and result.candidates[0].finish == "program_end"
-        voted = refine(QUESTION, DRAFT, config=RefineConfig(strategy="vote", n=3, seed=5), model=backend(stub))
+        voted = refine(QUESTION, DRAFT, config=RefineConfig(strategy="vote", n=3, seed=5), backend=backend(stub))
         assert voted.votes == {"5": 1, "6": 1, "7": 1}  # one request per sample, seeded seed + row
         sent = stub.requests[-1]
         assert sent["model"] == "cap" and sent["stream"] is True and sent["messages"][0]["role"] == "system"
@@ -48,12 +48,12 @@ def test_prompt_tokens_are_the_servers_count_where_it_finished_the_sample():
     here at the program's end never gets its usage: unknown (None), not 0, in the result too."""
     ended = "```python\nprint(18)\n"  # no closing fence: the server's EOS ends it
     with OpenAIStub(text=ended) as stub:
-        result = refine(QUESTION, DRAFT, model=backend(stub))
+        result = refine(QUESTION, DRAFT, backend=backend(stub))
         assert result.candidates[0].finish == "eos" and result.program_answer == "0"
         assert stub.requests[-1]["stream_options"] == {"include_usage": True}
         assert result.prompt_tokens == OpenAIStub.usage(stub.requests[-1], "")["prompt_tokens"] > 0
     with OpenAIStub() as stub:
-        result = refine(QUESTION, DRAFT, model=backend(stub))
+        result = refine(QUESTION, DRAFT, backend=backend(stub))
         assert result.candidates[0].finish == "program_end" and result.prompt_tokens is None
         assert json.loads(json.dumps(result.to_dict()))["prompt_tokens"] is None
 
@@ -158,7 +158,7 @@ def test_a_prompt_too_long_for_the_servers_context_gets_the_budget_left_and_says
     """Issue 25: a server that refuses prompt + max_tokens over its context (vLLM's wording) is asked
     again with what its own numbers leave, and the result says "Max new tokens" was lowered."""
     with OpenAIStub(context=700) as stub:
-        result = refine(QUESTION, DRAFT, config=RefineConfig(max_new_tokens=400), model=backend(stub))
+        result = refine(QUESTION, DRAFT, config=RefineConfig(max_new_tokens=400), backend=backend(stub))
         asked = [request["max_tokens"] for request in stub.requests]
     prompt = asked[1] and 700 - asked[1]
     assert asked[0] == 400 and 32 <= asked[1] < 400
@@ -167,4 +167,4 @@ def test_a_prompt_too_long_for_the_servers_context_gets_the_budget_left_and_says
         f"and the question and draft take {prompt}."
     ]
     with OpenAIStub(context=300) as stub, pytest.raises(BackendError, match="shorten the draft"):
-        refine(QUESTION, DRAFT, model=backend(stub))
+        refine(QUESTION, DRAFT, backend=backend(stub))

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from cap_app.backends import generation
-from cap_app.backends.generation import Generation
+from cap_app.backends import transformers
+from cap_app.backends.base import Generation
 from cap_app.cli import main as cli_main
 from cap_app.data.build import DataBuildConfig, build
 from cap_app.data.corrupt import KINDS, corrupt, render_draft
@@ -198,7 +198,7 @@ def scripted_generation(monkeypatch) -> list[tuple[int, int]]:
             )
         return groups
 
-    monkeypatch.setattr(generation, "generate_batch", fake_generate_batch)
+    monkeypatch.setattr(transformers, "generate_batch", fake_generate_batch)
     return calls
 
 

@@ -58,20 +58,20 @@ def test_backend_choices_offer_a_server_only_when_the_operator_names_one(monkeyp
 
 
 def test_zero_gpu_wraps_only_the_engine_generation_functions(monkeypatch, tmp_path):
-    from cap_app.backends import generation
+    from cap_app.backends import transformers
 
     (tmp_path / "spaces.py").write_text(FAKE_SPACES)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "spaces", raising=False)
     for name in ("generate_stream", "generate_batch"):
-        monkeypatch.setattr(generation, name, getattr(generation, name))  # restored after the test
+        monkeypatch.setattr(transformers, name, getattr(transformers, name))  # restored after the test
     monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
     assert hosting.wrap_generation_for_zero_gpu() is False
     monkeypatch.setenv("SPACES_ZERO_GPU", "true")
     assert hosting.wrap_generation_for_zero_gpu() is True
     assert hosting.wrap_generation_for_zero_gpu() is True  # idempotent
     assert (
-        generation.generate_stream.zero_gpu_duration
-        == generation.generate_batch.zero_gpu_duration
+        transformers.generate_stream.zero_gpu_duration
+        == transformers.generate_batch.zero_gpu_duration
         == hosting.GPU_SECONDS
     )
