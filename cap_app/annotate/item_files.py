@@ -3,7 +3,7 @@ loaded into the store as a batch (the store's word for a loaded file).
 
 Files are untrusted and may be large: they are read row by row (never whole), every bad row is
 reported with its line number and skipped, and the good rows go straight into the store. A row
-is read as the engine reads a record (refine.item_from_record: `question`; the draft as `draft`
+is read as the engine reads a record (inputs.item_from_record: `question`; the draft as `draft`
 or under a named draft source such as `6b_finetuning` holding `{"solution": ...}`; an optional
 gold answer under `gold`, `ground_truth` or `answer`), so every loaded item can be refined. A
 line written by `python -m cap_app refine --input ... --output ...` is a RefinementResult and
@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from cap_app.annotate.store import Batch, NewItem, Store, result_from_json
-from cap_app.engine.refine import DRAFT_KEYS, InputError, RefineItem, item_from_record, validate_inputs
+from cap_app.engine.inputs import DRAFT_KEYS, InputError, RefineItem, item_from_record, validate_inputs
 from cap_app.engine.results import RefinementResult
 
 MAX_LINE_BYTES = 1 << 20  # one row; longer lines are reported, not read into memory
@@ -231,7 +231,7 @@ def _csv_rows(fh, errors: list[tuple[int, str]]) -> Iterator[tuple[int, dict]]:
 
 def _item(row: dict, draft_key: str, line: int) -> NewItem:
     """One item from one row: a precomputed RefinementResult, or what the engine reads from a record
-    (refine.item_from_record), so every loaded item can be refined. The annotator's extras: a plain
+    (inputs.item_from_record), so every loaded item can be refined. The annotator's extras: a plain
     row needs a draft to judge (an empty cell is a missing draft), and texts are stored stripped."""
     try:
         if "candidates" in row:

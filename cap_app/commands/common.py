@@ -19,7 +19,7 @@ def fail(message: object, status: int) -> int:
 
 def read_jsonl_items(path: str, *, draft_key: str = "draft"):
     """(line number, RefineItem, record) for good lines and (line number, None, error) for bad ones."""
-    from cap_app.engine.refine import InputError, item_from_record
+    from cap_app.engine.inputs import InputError, item_from_record
 
     with open(path, encoding="utf-8", errors="replace") as handle:
         for number, line in enumerate(handle, start=1):

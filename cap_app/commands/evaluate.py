@@ -34,8 +34,9 @@ from cap_app.backends import BackendConfig
 from cap_app.commands.common import appended_records, fail, load_for_command, read_jsonl_items
 from cap_app.commands.config_args import add_dataclass_arguments, dataclass_from_args
 from cap_app.engine.answers import answers_equal
-from cap_app.engine.refine import STRATEGIES, RefineConfig
+from cap_app.engine.refine import RefineConfig
 from cap_app.engine.results import RefinementResult
+from cap_app.engine.strategies import STRATEGIES
 from cap_app.engine.triage import flag_quality, format_flag_quality
 from cap_app.models.loading import ModelConfig
 
@@ -72,7 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--strategy",
         nargs="+",
-        choices=STRATEGIES,
+        choices=tuple(STRATEGIES),
         default=["greedy"],
         dest="strategies",
         help="one or more strategies to compare (default: greedy)",
@@ -206,7 +207,7 @@ def _resume(sidecar: Path, run: dict) -> dict[tuple, list] | None:
     return done
 
 
-def _strategy_results(keyed, config: RefineConfig, model, done: dict[tuple, list], partial) -> list:
+def _strategy_results(keyed, config: RefineConfig, backend, done: dict[tuple, list], partial) -> list:
     """One strategy's result for every item, in input order: those in `done`, and the rest refined now,
     each appended to `partial` (the open sidecar) as it finishes so that a rerun after a crash keeps it."""
     from tqdm import tqdm
@@ -216,7 +217,7 @@ def _strategy_results(keyed, config: RefineConfig, model, done: dict[tuple, list
     # a list per key: the same item may appear twice, and then has two results
     results = [(done.get((config.strategy, key, i.question, i.draft)) or [None]).pop(0) for key, i in keyed]
     todo = [index for index, result in enumerate(results) if result is None]
-    refined = refine_batch([keyed[index][1] for index in todo], config, model)
+    refined = refine_batch([keyed[index][1] for index in todo], config, backend)
     progress = tqdm(
         refined,
         initial=len(results) - len(todo),
@@ -245,14 +246,14 @@ def main(args: argparse.Namespace) -> int:
     if not keyed:
         return fail(f"no usable items in {args.input}", 2)
 
-    model = load_for_command(args)
-    if model is None:
+    backend = load_for_command(args)
+    if backend is None:
         return 1
     run = {
         "input": args.input,
         "draft_keys": args.draft_keys,
-        "model": model.description,
-        "backend": model.name,
+        "model": backend.description,
+        "backend": backend.name,
         "config": {s: dataclasses.asdict(c) for s, c in configs.items()},
     }
     sidecar = Path(f"{args.report}.partial.jsonl")
@@ -267,7 +268,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"resuming: {sum(map(len, done.values()))} results from {sidecar}", file=sys.stderr)
     try:
         with sidecar.open("a", encoding="utf-8") as partial:
-            by_strategy = {s: _strategy_results(keyed, config, model, done, partial) for s, config in configs.items()}
+            by_strategy = {s: _strategy_results(keyed, config, backend, done, partial) for s, config in configs.items()}
     except RuntimeError as error:  # the sandbox could not start (SandboxUnavailable), the server was lost...
         return fail(str(error).splitlines()[0], 1)
     summary, per_item = (

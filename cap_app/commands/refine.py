@@ -26,7 +26,8 @@ from pathlib import Path
 from cap_app.backends import BackendConfig
 from cap_app.commands.common import appended_records, fail, load_for_command, read_jsonl_items
 from cap_app.commands.config_args import add_dataclass_arguments, dataclass_from_args
-from cap_app.engine.refine import SAMPLING_STRATEGIES, RefineConfig
+from cap_app.engine.refine import RefineConfig
+from cap_app.engine.strategies import STRATEGIES
 from cap_app.models.loading import ModelConfig
 
 HELP = "Refine a chain-of-thought draft with a program: one (--question/--draft) or a JSONL batch (--input/--output)."
@@ -61,7 +62,7 @@ def format_result(result) -> str:
         if candidate.cut_off and candidate.answer is None:
             outcome += f" (the program was {candidate.cut_off})"
         lines.append(f"  -> {execution.status} in {execution.duration_ms:.0f} ms: {outcome}")
-    if len(result.votes) > 1 or result.strategy in SAMPLING_STRATEGIES:
+    if len(result.votes) > 1 or STRATEGIES[result.strategy].samples:
         lines.append("votes:          " + (", ".join(f"{a} x{n}" for a, n in result.votes.items()) or "(none)"))
     lines.append(f"program answer: {result.program_answer if result.program_answer is not None else '(none)'}")
     lines.append(f"refined answer: {result.refined_answer if result.refined_answer is not None else '(none)'}")
@@ -89,7 +90,7 @@ def _done_keys(path: Path) -> set[tuple[str, str]]:
     return keys
 
 
-def _run_batch(args, config: RefineConfig, model) -> int:
+def _run_batch(args, config: RefineConfig, backend) -> int:
     from tqdm import tqdm
 
     from cap_app.engine.refine import refine_batch
@@ -112,7 +113,7 @@ def _run_batch(args, config: RefineConfig, model) -> int:
         open(output, "a", encoding="utf-8") as out,
         tqdm(total=len(todo), desc="refine", unit="item", file=sys.stderr) as progress,
     ):
-        for item_id, result in zip(ids, refine_batch(todo, config, model), strict=True):
+        for item_id, result in zip(ids, refine_batch(todo, config, backend), strict=True):
             record = result.to_dict() | ({"id": item_id} if item_id is not None else {})
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
             out.flush()
@@ -134,32 +135,32 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as error:
         return fail(error, 2)
 
-    from cap_app.engine.refine import InputError, validate_inputs
+    from cap_app.engine.inputs import InputError, validate_inputs
 
     if not batch:
         try:
             validate_inputs(args.question, args.draft)
         except InputError as error:
             return fail(error, 2)
-    model = load_for_command(args)
-    if model is None:
+    backend = load_for_command(args)
+    if backend is None:
         return 1
     try:
         if batch:
-            return _run_batch(args, config, model)
-        result = _refine_one(args, config, model)
+            return _run_batch(args, config, backend)
+        result = _refine_one(args, config, backend)
     except RuntimeError as error:  # the sandbox could not start (SandboxUnavailable) and the like
         return fail(str(error).splitlines()[0], 1)
     print(json.dumps(result.to_dict(), ensure_ascii=False) if args.json else format_result(result))
     return 0
 
 
-def _refine_one(args, config: RefineConfig, model):
+def _refine_one(args, config: RefineConfig, backend):
     """Refine the single draft; on a terminal, show the program on stderr as it is written."""
     from cap_app.engine.refine import refine_stream
 
     live = sys.stderr.isatty() and not args.json
-    for event in refine_stream(args.question, args.draft, gold=args.gold, config=config, model=model):
+    for event in refine_stream(args.question, args.draft, gold=args.gold, config=config, backend=backend):
         if event.kind == "token" and live:
             sys.stderr.write(event.text)
             sys.stderr.flush()

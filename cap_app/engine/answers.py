@@ -23,7 +23,7 @@ _ANSWER_IS = re.compile(r"(?:final answer|the answer) is[:\s]*([^\n]+)", re.IGNO
 # "... which is twelve apples. Final answer: twelve": a final answer stated inside a line
 _FINAL_INLINE = re.compile(r"\b(?:final answer|answer)\s*:\s*([^\n]+)", re.IGNORECASE)
 _SAFE_FOR_MATH_VERIFY = re.compile(r"^[-\d.,/ \\{}a-z()^*+]{1,40}$")
-_MAX_ANSWER_CHARS = 100
+MAX_ANSWER_CHARS = 100  # a final answer, not an essay: the longest answer kept or accepted as gold
 _SHORT_ANSWER_CHARS = 20  # "two", "two apples": an answer, whose lone small number words are numbers
 
 # math-verify warns once per process that its signal timeout is off; we bound inputs instead.
@@ -106,7 +106,7 @@ def normalize_answer(answer: str | None) -> str | None:
     numbers = SIGNED_NUMBER.findall(tail) or SIGNED_NUMBER.findall(text)
     if numbers:
         return _canonical_number(numbers[-1])
-    return text[:_MAX_ANSWER_CHARS]
+    return text[:MAX_ANSWER_CHARS]
 
 
 def answers_equal(a: str | None, b: str | None) -> bool:

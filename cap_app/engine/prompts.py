@@ -63,11 +63,6 @@ def format_prompt(tokenizer, question: str, draft: str) -> str:
     return render_messages(tokenizer, build_messages(question, draft))
 
 
-def format_repair_prompt(tokenizer, question: str, draft: str, attempts: list[tuple[str, str]]) -> str:
-    """The prompt for another try after failed attempts (see build_repair_messages)."""
-    return render_messages(tokenizer, build_repair_messages(question, draft, attempts))
-
-
 def format_draft_prompt(tokenizer, question: str) -> str:
     """A plain chain-of-thought prompt: the model writes a prose draft of its own, the kind of
     answer CaP refines (`data build` samples such drafts when given a model)."""

@@ -1,13 +1,8 @@
 """Refine a (question, draft) pair: generate program(s), run them in the sandbox, pick an answer.
 
-Strategies (`RefineConfig.strategy`):
-- `greedy`: one program, greedy decoding.
-- `vote`: N sampled programs are run; the majority answer wins, ties broken by the programs'
-  mean token log-prob.
-- `cot+cap`: as `vote`, and the draft's own answer counts as one more vote (a tie between the
-  draft alone and programs goes to the programs).
-- `repair`: one greedy program; when it fails (error, timeout, no answer), the error goes back to
-  the model as the next chat turn, for up to `repair_rounds` more tries.
+The strategies (`RefineConfig.strategy`: greedy, vote, cot+cap, repair) and the override rule
+are listed with their meaning in cap_app.engine.strategies; inputs are checked by
+cap_app.engine.inputs.
 
 `refine_stream` yields events while it works (the app streams the program as it is written),
 `refine_batch` batches generation across items (the CLI), and `refine` is one batched item. The
@@ -21,32 +16,21 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-import unicodedata
 from collections.abc import Iterable, Iterator
 from typing import Literal
 
 from cap_app.backends import Backend, as_backend
-from cap_app.backends.base import PromptSize, budget_note, fit_to_context
-from cap_app.backends.generation import Generation, GenerationConfig
+from cap_app.backends.base import Generation, GenerationConfig, PromptSize, budget_note, fit_to_context
 from cap_app.engine.align import located_mistake
 from cap_app.engine.answers import answers_equal, extract_draft_answer, normalize_answer
+from cap_app.engine.inputs import RefineItem, validate_inputs
 from cap_app.engine.program import extract_program
 from cap_app.engine.prompts import build_messages, build_repair_messages
 from cap_app.engine.results import CUT_OFFS, Candidate, RefinementResult, Verdict
+from cap_app.engine.strategies import OVERRIDE_HELP, OVERRIDES, STRATEGIES, STRATEGY_HELP
 from cap_app.models.loading import LoadedModel, get_model
 from cap_app.sandbox.config import SandboxConfig
 from cap_app.sandbox.result import ExecResult
-
-STRATEGIES = ("greedy", "vote", "cot+cap", "repair")
-OVERRIDES = ("located", "always")  # when a program's answer replaces the draft's (RefineConfig.override)
-SAMPLING_STRATEGIES = ("vote", "cot+cap")  # N sampled programs and a vote
-MAX_QUESTION_CHARS = 4000
-MAX_DRAFT_CHARS = 8000
-_ALLOWED_CONTROL = {"\n", "\r", "\t"}
-
-
-class InputError(ValueError):
-    """A question or draft that cannot be refined; the message says why, in one line."""
 
 
 @dataclasses.dataclass
@@ -55,9 +39,8 @@ class RefineConfig:
     strategy: str = dataclasses.field(
         default="greedy",
         metadata={
-            "help": "greedy: one program; vote: majority of N sampled programs; cot+cap: vote with the "
-            "draft's answer as one more vote; repair: feed errors back to the model",
-            "choices": STRATEGIES,
+            "help": STRATEGY_HELP,
+            "choices": tuple(STRATEGIES),
         },
     )
     n: int = dataclasses.field(default=4, metadata={"help": "programs sampled by vote and cot+cap"})
@@ -67,12 +50,8 @@ class RefineConfig:
     override: str = dataclasses.field(
         default="located",
         metadata={
-            "help": "located: a program's answer replaces a draft's other answer only when the program "
-            "recomputes a calculation the draft got wrong or uses a quantity the draft left out; otherwise "
-            "the draft's answer stands, unconfirmed "
-            "(or unverified when no program answers). always: a program's answer always replaces the "
-            "draft's (the paper's CaP)",
-            "choices": OVERRIDES,
+            "help": OVERRIDE_HELP,
+            "choices": tuple(OVERRIDES),
         },
     )
     # How to sample (greedy and repair always decode greedily)
@@ -106,25 +85,19 @@ class RefineConfig:
         return SandboxConfig(timeout_s=self.timeout_s, memory_mb=self.memory_mb, trace=trace)
 
     @property
-    def samples(self) -> bool:
-        return self.strategy in SAMPLING_STRATEGIES
+    def is_sampling(self) -> bool:
+        """Whether N programs are sampled and voted on (else one greedy program per try)."""
+        return STRATEGIES[self.strategy].samples
 
     def generation_config(self) -> GenerationConfig:
         return GenerationConfig(
-            temperature=self.temperature if self.samples else 0.0,
+            temperature=self.temperature if self.is_sampling else 0.0,
             top_p=self.top_p,
             max_new_tokens=self.max_new_tokens,
             seed=self.seed,
-            n=self.n if self.samples else 1,
+            n=self.n if self.is_sampling else 1,
             batch_size=self.batch_size,
         )
-
-
-@dataclasses.dataclass
-class RefineItem:
-    question: str
-    draft: str
-    gold: str | None = None
 
 
 @dataclasses.dataclass
@@ -143,60 +116,6 @@ class RefineEvent:
     tokens: int = 0
     outcome: Candidate | None = None
     limit: int = 0  # `prompt`: the token budget of its programs ("Max new tokens", or less to fit the context)
-
-
-def validate_inputs(question: object, draft: object) -> None:
-    """Raise InputError unless question and draft are text that can be refined (the draft may be empty)."""
-    for name, value, limit in (("question", question, MAX_QUESTION_CHARS), ("draft", draft, MAX_DRAFT_CHARS)):
-        if not isinstance(value, str):
-            raise InputError(f"the {name} must be text")
-        if len(value) > limit:
-            raise InputError(f"the {name} is too long ({len(value):,} characters; the limit is {limit:,})")
-        if any(unicodedata.category(c) in ("Cc", "Cs", "Co") and c not in _ALLOWED_CONTROL for c in value):
-            raise InputError(f"the {name} contains control characters; paste plain text")
-    if not question.strip():
-        raise InputError("the question is empty")
-
-
-GOLD_KEYS = ("gold", "ground_truth", "answer")
-DRAFT_KEYS = ("draft", "6b_finetuning", "6b_verification", "175b_finetuning", "175b_verification")  # data/gsm8k's
-
-
-def item_from_record(record: object, *, draft_key: str = "draft") -> RefineItem:
-    """A RefineItem from one JSONL or CSV record, the one reader of input files (the CLI's and the
-    annotator's): `question`, the draft under `draft_key` (text, or an object with a `solution` as in
-    data/gsm8k/model_drafts_dev.jsonl; it may be empty; `draft_key="none"` means no draft), and the
-    gold answer (gold_answer). Raises InputError for a record validate_inputs would refuse."""
-    if not isinstance(record, dict):
-        raise InputError("expected a JSON object")
-    if "question" not in record:
-        raise InputError("missing 'question'")
-    draft = "" if draft_key == "none" else record.get(draft_key)
-    if isinstance(draft, dict):
-        draft = draft.get("solution")
-    if draft is None:
-        others = sorted(
-            k
-            for k, v in record.items()
-            if k != draft_key and (k in DRAFT_KEYS or isinstance(v, dict) and "solution" in v)
-        )
-        hint = f" (drafts in this record: {', '.join(others)}; choose one as the draft key)" if others else ""
-        raise InputError(f"missing '{draft_key}'{hint}")
-    item = RefineItem(record["question"], draft, gold_answer(record))
-    validate_inputs(item.question, item.draft)
-    return item
-
-
-def gold_answer(record: dict) -> str | None:
-    """The gold answer of a record: the first of GOLD_KEYS holding a number or non-blank text; from
-    text, its final answer (`#### 18`, `A: 18`), else the text itself, cut at 100 characters."""
-    for key in GOLD_KEYS:
-        value = record.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-        if isinstance(value, str) and value.strip():
-            return extract_draft_answer(value) or value.strip()[:100]
-    return None
 
 
 class _ItemState:
@@ -222,6 +141,11 @@ class _ItemState:
         if note and note not in self.notes:
             self.notes.append(note)
 
+    def generated(self, generations: list[Generation], config: GenerationConfig) -> None:
+        """Book a round's generations: their prompt tokens, and the budget a backend lowered itself."""
+        self.count_prompt_tokens(generations)
+        self.check_limits(generations, config)
+
     def check_limits(self, generations: list[Generation], config: GenerationConfig) -> None:
         """A backend that learns the context only from its server (openai: a refusal, or a program
         stopped short) lowered the budget itself; say so as `fitted` does."""
@@ -245,7 +169,15 @@ class _ItemState:
 
     def needs_repair(self, config: RefineConfig) -> bool:
         rounds_done = len(self.candidates) - 1
-        return config.strategy == "repair" and self.candidates[-1].answer is None and rounds_done < config.repair_rounds
+        repairs = STRATEGIES[config.strategy].repairs
+        return repairs and self.candidates[-1].answer is None and rounds_done < config.repair_rounds
+
+    def run(self, generation: Generation, program: str, config: RefineConfig, round_: int) -> int:
+        """Run `program` (pulled out of `generation`) in the sandbox, timed, and keep it; its index."""
+        began = time.perf_counter()
+        execution = _run(program, config)
+        self.timings["execute"] += _ms_since(began)
+        return self.add(generation, program, execution, round_)
 
     def add(self, generation: Generation, program: str, execution: ExecResult, round_: int) -> int:
         self.candidates.append(
@@ -294,7 +226,7 @@ def _count_votes(state: _ItemState, draft_answer: str | None, strategy: str):
     for index, candidate in enumerate(state.candidates):
         if candidate.answer is not None:
             group_for(candidate.answer)["members"].append(index)
-    if strategy == "cot+cap" and draft_answer is not None:
+    if STRATEGIES[strategy].draft_votes and draft_answer is not None:
         group_for(draft_answer)["draft"] = True
     if not groups:
         return {}, None, None
@@ -339,7 +271,7 @@ def _without_traces(candidates: list[Candidate]) -> list[Candidate]:
 def _result(state: _ItemState, config: RefineConfig, model_name: str) -> RefinementResult:
     item = state.item
     draft_answer = extract_draft_answer(item.draft)
-    if config.samples:
+    if config.is_sampling:
         votes, chosen, answer = _count_votes(state, draft_answer, config.strategy)
     else:
         answered = [i for i, c in enumerate(state.candidates) if c.answer is not None]
@@ -375,8 +307,13 @@ def _ms_since(start: float) -> float:
     return (time.perf_counter() - start) * 1000
 
 
+def _backend(backend: Backend | LoadedModel | None) -> Backend:
+    """The backend to generate with: the one given (a loaded model is wrapped), else the default model's."""
+    return as_backend(backend or get_model())
+
+
 def refine_batch(
-    items: Iterable[RefineItem], config: RefineConfig | None = None, model: Backend | LoadedModel | None = None
+    items: Iterable[RefineItem], config: RefineConfig | None = None, backend: Backend | LoadedModel | None = None
 ) -> Iterator[RefinementResult]:
     """Refine many items, yielding results in input order as each group finishes.
 
@@ -384,7 +321,7 @@ def refine_batch(
     time is shared equally among its items in `timings_ms`. Each item must pass validate_inputs.
     """
     config = config or RefineConfig()
-    backend = as_backend(model or get_model())
+    backend = _backend(backend)
     generation_config = config.generation_config()
     per_group = max(1, config.batch_size // generation_config.n)
     items = list(items)
@@ -405,13 +342,9 @@ def refine_batch(
                 share = _ms_since(began) / len(members)
                 for state, generations in zip(members, groups, strict=True):
                     state.timings["generate"] += share
-                    state.count_prompt_tokens(generations)
-                    state.check_limits(generations, fitted)
+                    state.generated(generations, fitted)
                     for generation in generations:
-                        began = time.perf_counter()
-                        program = extract_program(generation.text)
-                        state.add(generation, program, _run(program, config), round_)
-                        state.timings["execute"] += _ms_since(began)
+                        state.run(generation, extract_program(generation.text), config, round_)
             pending = [s for s in pending if s.needs_repair(config)]
             round_ += 1
         yield from (_result(state, config, backend.description) for state in states)
@@ -423,11 +356,10 @@ def refine(
     *,
     gold: str | None = None,
     config: RefineConfig | None = None,
-    model: Backend | LoadedModel | None = None,
+    backend: Backend | LoadedModel | None = None,
 ) -> RefinementResult:
     """Refine one draft (raises InputError for unusable input)."""
-    validate_inputs(question, draft)
-    return next(refine_batch([RefineItem(question, draft, gold)], config, model))
+    return next(refine_batch([RefineItem(question, draft, gold)], config, backend))
 
 
 def refine_stream(
@@ -436,7 +368,7 @@ def refine_stream(
     *,
     gold: str | None = None,
     config: RefineConfig | None = None,
-    model: Backend | LoadedModel | None = None,
+    backend: Backend | LoadedModel | None = None,
     cancel: threading.Event | None = None,
 ) -> Iterator[RefineEvent]:
     """Refine one draft, yielding RefineEvents as programs are written and run.
@@ -445,7 +377,7 @@ def refine_stream(
     """
     validate_inputs(question, draft)
     config = config or RefineConfig()
-    backend = as_backend(model or get_model())
+    backend = _backend(backend)
     generation_config = config.generation_config()
     state, round_ = _ItemState(RefineItem(question, draft, gold)), 0
     state.timings = {"prompt": 0.0, **state.timings}
@@ -465,16 +397,13 @@ def refine_stream(
         state.timings["generate"] += _ms_since(began)
         if cancel is not None and cancel.is_set():
             return
-        state.count_prompt_tokens(generations)
-        state.check_limits(generations, fitted)
+        state.generated(generations, fitted)
         for generation in generations:
             program = extract_program(generation.text)
             yield RefineEvent("program", len(state.candidates), program)
-            began = time.perf_counter()
-            execution = _run(program, config)
-            state.timings["execute"] += _ms_since(began)
-            index = state.add(generation, program, execution, round_)
-            yield RefineEvent("executed", index, execution.stdout, execution=execution, outcome=state.candidates[index])
+            index = state.run(generation, program, config, round_)
+            outcome = state.candidates[index]
+            yield RefineEvent("executed", index, outcome.execution.stdout, execution=outcome.execution, outcome=outcome)
         if not state.needs_repair(config):
             break
         round_ += 1

@@ -8,7 +8,6 @@ Each yield is a full tuple in the order of `OUTPUTS`; `gr.skip()` leaves a compo
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import time
@@ -18,13 +17,11 @@ import gradio as gr
 
 from cap_app.engine.program import streamed_program
 from cap_app.engine.reading import read_result
-from cap_app.engine.refine import RefineConfig
 from cap_app.ui import views
 from cap_app.ui.charts import candidates_figure, stage_times_figure, votes_figure
-from cap_app.ui.hosting import DEFAULT_MODEL_CHOICE, WEB_LIMITS, WEB_STEPS, backend_choices, model_choices
+from cap_app.ui.settings import backend_config, model_config, refine_config
 
 OUTPUTS = ("status", "code", "verdict", "side_by_side", "trace", "stdout", "votes", "times", "candidates")
-MAX_GOLD_CHARS = 100  # a final answer, not an essay
 PREPARATION_TICK_S = 1.0  # how often a visitor waiting for the model sees its step and time
 STREAM_INTERVAL_S = 0.1  # at most ~10 code-view updates a second: the browser, not the model, is the limit
 
@@ -81,68 +78,6 @@ def _cleared(status: str, verdict: str = "") -> tuple:
     )
 
 
-def model_config(choice: str):
-    """The ModelConfig for a model picked in a page; only the operator's choices are accepted."""
-    from cap_app.models.loading import ModelConfig
-
-    if choice not in model_choices():
-        raise ValueError(f"unknown model {choice!r}; this server offers: {', '.join(model_choices())}")
-    return ModelConfig(model=None if choice == DEFAULT_MODEL_CHOICE else choice)
-
-
-def backend_config(choice: str):
-    """The BackendConfig for a backend picked in a page: only the offered ones, and the operator's server."""
-    from cap_app.backends import BackendConfig
-
-    if choice not in backend_choices():
-        raise ValueError(f"unknown backend {choice!r}; this server offers: {', '.join(backend_choices())}")
-    base_url = os.environ.get("CAP_BASE_URL") if choice in ("auto", "openai") else None
-    return BackendConfig(backend=choice, base_url=base_url)
-
-
-def refine_config(
-    strategy: str, n: float, temperature: float, max_new_tokens: float, time_limit_s: float, override: str = "located"
-):
-    """The settings panel as the engine's RefineConfig (which checks its own ranges, as for the CLI),
-    within the bounds a public server grants one visitor (the API can send any number)."""
-    for name, value in (
-        ("n", n),
-        ("temperature", temperature),
-        ("max_new_tokens", max_new_tokens),
-        ("time_limit_s", time_limit_s),
-    ):
-        low, high = WEB_LIMITS[name]
-        if not low <= float(value) <= high:
-            raise ValueError(f"{name} must be between {low} and {high} on this server")
-    return RefineConfig(
-        strategy=strategy,
-        n=int(n),
-        temperature=float(temperature),
-        max_new_tokens=int(max_new_tokens),
-        timeout_s=float(time_limit_s),
-        override=override,
-    )
-
-
-def default_settings() -> dict:
-    """`refine_config`'s arguments at RefineConfig's defaults: every page starts where the CLI does,
-    so a page refines as the CLI and the evaluations do."""
-    config = RefineConfig()
-    return {
-        "strategy": config.strategy,
-        "n": config.n,
-        "temperature": config.temperature,
-        "max_new_tokens": config.max_new_tokens,
-        "time_limit_s": config.timeout_s,
-        "override": config.override,
-    }
-
-
-def setting_slider(name: str, label: str, **kwargs) -> gr.Slider:
-    """The slider for setting `name`: the range a visitor is granted, starting at the default."""
-    return gr.Slider(*WEB_LIMITS[name], value=default_settings()[name], step=WEB_STEPS[name], label=label, **kwargs)
-
-
 def shown_program(program: str, raw_text: str) -> str:
     """The program, or, when none could be pulled out, the model's reply as comments (so it is visible)."""
     if program.strip():
@@ -184,12 +119,10 @@ def refine_page(
     request: gr.Request | None = None,
 ) -> Iterator[tuple]:
     """Refine button: stream the program into the code view, then show verdict, alignment, trace, charts."""
-    from cap_app.engine.refine import InputError, validate_inputs
+    from cap_app.engine.inputs import InputError, validate_inputs
 
     try:
-        validate_inputs(question, draft)
-        if gold is not None and (not isinstance(gold, str) or len(gold) > MAX_GOLD_CHARS):
-            raise InputError(f"the gold answer must be text of at most {MAX_GOLD_CHARS} characters")
+        validate_inputs(question, draft, gold)  # here, before a model loads: a refusal is instant
         config = refine_config(strategy, n, temperature, max_new_tokens, time_limit_s, override)
         model_cfg = model_config(model_choice)
         backend_cfg = backend_config(backend_choice)
@@ -222,12 +155,12 @@ def _run_refinement(question, draft, gold, config, model_cfg, backend_cfg, cance
             return
         yield _frame(status=loading.status())
     try:
-        model = loading.result()
+        backend = loading.result()
     except (ModelLoadError, BackendError) as error:
         yield _frame(status="", verdict=views.message_html(f"The model could not be loaded: {error}", "error"))
         return
     programs = config.generation_config().n
-    yield _frame(status=f"Writing {_programs(programs)} with {model.description}…")
+    yield _frame(status=f"Writing {_programs(programs)} with {backend.description}…")
     gold = (gold or "").strip() or None
     raw: dict[int, str] = {}  # what the model wrote, per program
     finished: dict[int, str] = {}  # the programs pulled out of it, once written
@@ -235,7 +168,7 @@ def _run_refinement(question, draft, gold, config, model_cfg, backend_cfg, cance
     last_update, began = 0.0, time.monotonic()
     reading: tuple[float, int, str] | None = None  # (since, prompt tokens, note) while the model reads
     read_s, limit = 0.0, config.max_new_tokens
-    events = refine_stream(question, draft, gold=gold, config=config, model=model, cancel=cancel)
+    events = refine_stream(question, draft, gold=gold, config=config, backend=backend, cancel=cancel)
     try:
         for event in _with_ticks(events, TICK_S):
             now = time.monotonic()
@@ -243,7 +176,7 @@ def _run_refinement(question, draft, gold, config, model_cfg, backend_cfg, cance
                 if event is not None:
                     reading, limit = (now, event.tokens, event.text), event.limit
                 if reading is not None:
-                    status = reading_status(model.description, reading[1], now - reading[0], reading[2])
+                    status = reading_status(backend.description, reading[1], now - reading[0], reading[2])
                     # Stop takes effect at the prompt's next batch (llama.cpp) or its first token
                     yield _frame(status=f"Stopping… {status}" if cancel.is_set() else status)
                 continue
@@ -256,7 +189,7 @@ def _run_refinement(question, draft, gold, config, model_cfg, backend_cfg, cance
                     last_update = now
                     yield _frame(
                         code=_programs_text(raw, finished),
-                        status=writing_status(model.description, tokens, limit, now - began, programs, read_s),
+                        status=writing_status(backend.description, tokens, limit, now - began, programs, read_s),
                     )
             elif event.kind == "program":
                 finished[event.candidate] = shown_program(event.text, raw.get(event.candidate, ""))

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from cap_app.annotate.item_files import MAX_LINE_BYTES, BatchError, allowed_batch_path, load_batch
-from cap_app.engine.refine import MAX_DRAFT_CHARS
+from cap_app.engine.inputs import MAX_DRAFT_CHARS
 from tests.annotator.conftest import QUESTION, RIGHT_PROGRAM, WRONG_PROGRAM, write_jsonl
 from tests.helpers.paths import DRAFTS_DEV
 

@@ -6,22 +6,18 @@ import threading
 
 import pytest
 
-import cap_app.backends.generation
-from cap_app.backends.base import ContextError
-from cap_app.backends.generation import Generation, StreamChunk
-from cap_app.engine.refine import (
+import cap_app.backends.transformers
+from cap_app.backends.base import ContextError, Generation, StreamChunk
+from cap_app.engine.inputs import (
     MAX_DRAFT_CHARS,
     MAX_QUESTION_CHARS,
     InputError,
-    RefineConfig,
     RefineItem,
     gold_answer,
     item_from_record,
-    refine,
-    refine_batch,
-    refine_stream,
     validate_inputs,
 )
+from cap_app.engine.refine import RefineConfig, refine, refine_batch, refine_stream
 from cap_app.models.loading import LoadedModel
 from tests.helpers.tiny_model import make_tiny_tokenizer
 
@@ -37,7 +33,7 @@ PRINTS_NOTHING = "```python\neggs = 9\n```"
 
 
 class ScriptedGenerator:
-    """Stands in for cap_app.backends.generation: returns scripted texts (with log-probs) in order and
+    """Stands in for cap_app.backends.transformers: returns scripted texts (with log-probs) in order and
     records the prompts and settings it was called with."""
 
     def __init__(self, *script: tuple):  # (text, mean log-prob[, finish])
@@ -76,14 +72,14 @@ def scripted_model():
 
 def script(monkeypatch, *texts: tuple[str, float]) -> ScriptedGenerator:
     generator = ScriptedGenerator(*texts)
-    monkeypatch.setattr(cap_app.backends.generation, "generate_batch", generator.generate_batch)
-    monkeypatch.setattr(cap_app.backends.generation, "generate_stream", generator.generate_stream)
+    monkeypatch.setattr(cap_app.backends.transformers, "generate_batch", generator.generate_batch)
+    monkeypatch.setattr(cap_app.backends.transformers, "generate_stream", generator.generate_stream)
     return generator
 
 
 def test_greedy_corrects_a_wrong_draft(monkeypatch, scripted_model):
     generator = script(monkeypatch, (RIGHT, -0.1))
-    result = refine(QUESTION, WRONG_DRAFT, gold="#### 18", model=scripted_model)
+    result = refine(QUESTION, WRONG_DRAFT, gold="#### 18", backend=scripted_model)
     assert (result.draft_answer, result.refined_answer, result.verdict) == ("26", "18", "disagrees")
     assert (result.gold, result.draft_correct, result.refined_correct) == ("18", False, True)
     assert result.chosen == 0 and result.program == "eggs = 16 - 3 - 4\nprint(eggs * 2)"
@@ -98,8 +94,8 @@ def test_greedy_corrects_a_wrong_draft(monkeypatch, scripted_model):
 
 def test_greedy_agrees_with_a_right_draft_and_reports_a_failed_program(monkeypatch, scripted_model):
     script(monkeypatch, (RIGHT, -0.1), (CRASHES, -0.1))
-    assert refine(QUESTION, "A: 18", model=scripted_model).verdict == "agrees"
-    failed = refine(QUESTION, "A: 18", model=scripted_model)
+    assert refine(QUESTION, "A: 18", backend=scripted_model).verdict == "agrees"
+    failed = refine(QUESTION, "A: 18", backend=scripted_model)
     # no program answered: the draft's answer stands, unverified
     assert (failed.verdict, failed.refined_answer, failed.program_answer, failed.chosen) == (
         "no_answer",
@@ -119,24 +115,24 @@ MISREADS = "```python\neggs = 16 - 3 - 4\nprint(eggs * 3)\n```"
 
 def test_a_program_that_misreads_a_right_draft_leaves_its_answer_standing(monkeypatch, scripted_model):
     script(monkeypatch, (MISREADS, -0.1), (MISREADS, -0.1), (CRASHES, -0.1))
-    kept = refine(QUESTION, RIGHT_DRAFT, gold="18", model=scripted_model)
+    kept = refine(QUESTION, RIGHT_DRAFT, gold="18", backend=scripted_model)
     assert (kept.program_answer, kept.refined_answer, kept.verdict) == ("27", "18", "unconfirmed")
     assert kept.refined_correct and kept.draft_mistake is None
     # the paper's rule: the program's answer wins whenever one runs, and none when none does
     always = RefineConfig(override="always")
-    replaced = refine(QUESTION, RIGHT_DRAFT, gold="18", config=always, model=scripted_model)
+    replaced = refine(QUESTION, RIGHT_DRAFT, gold="18", config=always, backend=scripted_model)
     assert (replaced.refined_answer, replaced.verdict, replaced.refined_correct) == ("27", "disagrees", False)
-    failed = refine(QUESTION, RIGHT_DRAFT, config=always, model=scripted_model)
+    failed = refine(QUESTION, RIGHT_DRAFT, config=always, backend=scripted_model)
     assert (failed.verdict, failed.refined_answer) == ("no_answer", None)
 
 
 def test_a_program_that_recomputes_the_wrong_step_corrects_the_draft(monkeypatch, scripted_model):
     script(monkeypatch, (RIGHT, -0.1), (RIGHT, -0.1))
-    fixed = refine(QUESTION, SLIP_DRAFT, gold="18", model=scripted_model)
+    fixed = refine(QUESTION, SLIP_DRAFT, gold="18", backend=scripted_model)
     assert (fixed.refined_answer, fixed.verdict, fixed.refined_correct) == ("18", "disagrees", True)
     assert fixed.draft_mistake == "16 - 3 - 4 = 10, but it is 9"
     # the draft that forgot the 4 muffins: its arithmetic is right, but the program uses what it left out
-    forgot = refine(QUESTION, WRONG_DRAFT, gold="18", config=RefineConfig(trace=False), model=scripted_model)
+    forgot = refine(QUESTION, WRONG_DRAFT, gold="18", config=RefineConfig(trace=False), backend=scripted_model)
     assert (forgot.refined_answer, forgot.verdict) == ("18", "disagrees")
     assert forgot.draft_mistake.startswith("it never uses the question's 4")
     assert forgot.candidates[0].execution.trace == []  # read for the decision, not kept when not asked for
@@ -150,7 +146,7 @@ def test_a_draft_whose_answer_does_not_follow_from_its_work_is_corrected_and_tol
 
     script(monkeypatch, (RIGHT, -0.1))
     contradicts = RIGHT_DRAFT.replace("A: 18", "A: 42")
-    result = refine(QUESTION, contradicts, gold="18", model=scripted_model)
+    result = refine(QUESTION, contradicts, gold="18", backend=scripted_model)
     assert (result.draft_answer, result.refined_answer, result.verdict) == ("42", "18", "disagrees")
     assert result.draft_mistake == "its answer does not follow from its work (it computes 18, then states 42)"
     assert "Its mistake: its answer does not follow from its work (it computes 18, then states 42)." in (
@@ -163,7 +159,7 @@ def test_vote_takes_the_majority_answer(monkeypatch, scripted_model):
         monkeypatch, (WRONG, -0.1), (RIGHT, -0.9), (RIGHT.replace("eggs", "left"), -0.5), (CRASHES, -0.01)
     )
     result = refine(
-        QUESTION, WRONG_DRAFT, config=RefineConfig(strategy="vote", n=4, temperature=0.8), model=scripted_model
+        QUESTION, WRONG_DRAFT, config=RefineConfig(strategy="vote", n=4, temperature=0.8), backend=scripted_model
     )
     assert result.votes == {"26": 1, "18": 2} and result.refined_answer == "18"
     assert result.chosen == 2  # the more likely of the two programs that printed 18
@@ -173,13 +169,13 @@ def test_vote_takes_the_majority_answer(monkeypatch, scripted_model):
 
 def test_vote_counts_equivalent_answers_together(monkeypatch, scripted_model):
     script(monkeypatch, ("```python\nprint(18.0)\n```", -0.5), (RIGHT, -0.4), (TWENTY, -0.1))
-    result = refine(QUESTION, WRONG_DRAFT, config=RefineConfig(strategy="vote", n=3), model=scripted_model)
+    result = refine(QUESTION, WRONG_DRAFT, config=RefineConfig(strategy="vote", n=3), backend=scripted_model)
     assert result.votes == {"18": 2, "20": 1} and result.refined_answer == "18"
 
 
 def test_vote_tie_goes_to_the_higher_log_prob(monkeypatch, scripted_model):
     script(monkeypatch, (RIGHT, -0.9), (TWENTY, -0.2))
-    result = refine(QUESTION, WRONG_DRAFT, config=RefineConfig(strategy="vote", n=2), model=scripted_model)
+    result = refine(QUESTION, WRONG_DRAFT, config=RefineConfig(strategy="vote", n=2), backend=scripted_model)
     assert (result.program_answer, result.chosen) == ("20", 1)
     # print(20) shows nothing wrong in the draft, so the draft's answer stands
     assert (result.refined_answer, result.verdict) == ("26", "unconfirmed")
@@ -187,27 +183,27 @@ def test_vote_tie_goes_to_the_higher_log_prob(monkeypatch, scripted_model):
 
 def test_cot_cap_counts_the_draft_as_a_vote(monkeypatch, scripted_model):
     script(monkeypatch, (RIGHT, -0.1), (WRONG, -0.5), (TWENTY, -0.3))
-    result = refine(QUESTION, WRONG_DRAFT, config=RefineConfig(strategy="cot+cap", n=3), model=scripted_model)
+    result = refine(QUESTION, WRONG_DRAFT, config=RefineConfig(strategy="cot+cap", n=3), backend=scripted_model)
     assert result.votes == {"18": 1, "26": 2, "20": 1}
     assert (result.refined_answer, result.chosen, result.verdict) == ("26", 1, "agrees")
 
 
 def test_cot_cap_tie_between_draft_alone_and_a_program_goes_to_the_program(monkeypatch, scripted_model):
     script(monkeypatch, (RIGHT, -2.0))
-    result = refine(QUESTION, WRONG_DRAFT, config=RefineConfig(strategy="cot+cap", n=1), model=scripted_model)
+    result = refine(QUESTION, WRONG_DRAFT, config=RefineConfig(strategy="cot+cap", n=1), backend=scripted_model)
     assert result.votes == {"18": 1, "26": 1} and result.refined_answer == "18"
 
 
 def test_cot_cap_falls_back_to_the_draft_when_no_program_runs(monkeypatch, scripted_model):
     script(monkeypatch, (CRASHES, -0.1), (CRASHES, -0.1))
-    result = refine(QUESTION, WRONG_DRAFT, config=RefineConfig(strategy="cot+cap", n=2), model=scripted_model)
+    result = refine(QUESTION, WRONG_DRAFT, config=RefineConfig(strategy="cot+cap", n=2), backend=scripted_model)
     assert (result.refined_answer, result.chosen, result.votes) == ("26", None, {"26": 1})
 
 
 def test_repair_feeds_the_error_back_until_a_program_runs(monkeypatch, scripted_model):
     generator = script(monkeypatch, (CRASHES, -0.1), (PRINTS_NOTHING, -0.1), (RIGHT, -0.1))
     result = refine(
-        QUESTION, WRONG_DRAFT, config=RefineConfig(strategy="repair", repair_rounds=3), model=scripted_model
+        QUESTION, WRONG_DRAFT, config=RefineConfig(strategy="repair", repair_rounds=3), backend=scripted_model
     )
     assert [c.round for c in result.candidates] == [0, 1, 2]
     assert (result.chosen, result.refined_answer) == (2, "18")
@@ -220,7 +216,7 @@ def test_repair_names_the_cut_not_the_broken_line_of_a_cut_off_program(monkeypat
     cut = "```python\neggs = 16 - 3 - 4\nprint(eg"
     generator = script(monkeypatch, (cut, -0.1, "length"), (cut, -0.1, "repetition"), (RIGHT, -0.1))
     result = refine(
-        QUESTION, WRONG_DRAFT, config=RefineConfig(strategy="repair", repair_rounds=3), model=scripted_model
+        QUESTION, WRONG_DRAFT, config=RefineConfig(strategy="repair", repair_rounds=3), backend=scripted_model
     )
     assert result.refined_answer == "18"
     first_repair, second_repair = generator.calls[1][0][0], generator.calls[2][0][0]
@@ -231,7 +227,7 @@ def test_repair_names_the_cut_not_the_broken_line_of_a_cut_off_program(monkeypat
 def test_repair_gives_up_after_its_rounds(monkeypatch, scripted_model):
     generator = script(monkeypatch, *[(CRASHES, -0.1)] * 3)
     result = refine(
-        QUESTION, WRONG_DRAFT, config=RefineConfig(strategy="repair", repair_rounds=2), model=scripted_model
+        QUESTION, WRONG_DRAFT, config=RefineConfig(strategy="repair", repair_rounds=2), backend=scripted_model
     )
     assert len(result.candidates) == 3 and result.verdict == "no_answer" and not generator.script
 
@@ -255,7 +251,9 @@ def test_batch_repairs_only_the_items_that_failed(monkeypatch, scripted_model):
 
 def test_stream_reports_tokens_program_execution_then_the_result(monkeypatch, scripted_model):
     script(monkeypatch, (RIGHT, -0.1), (TWENTY, -0.2))
-    events = list(refine_stream(QUESTION, WRONG_DRAFT, config=RefineConfig(strategy="vote", n=2), model=scripted_model))
+    events = list(
+        refine_stream(QUESTION, WRONG_DRAFT, config=RefineConfig(strategy="vote", n=2), backend=scripted_model)
+    )
     kinds = [e.kind for e in events]
     assert kinds[-1] == "done" and kinds.count("done") == 1
     assert kinds.index("program") > max(i for i, k in enumerate(kinds) if k == "token")
@@ -269,7 +267,7 @@ def test_stream_reports_tokens_program_execution_then_the_result(monkeypatch, sc
 
 def test_stream_repair_numbers_candidates_across_rounds(monkeypatch, scripted_model):
     script(monkeypatch, (CRASHES, -0.1), (RIGHT, -0.1))
-    events = list(refine_stream(QUESTION, WRONG_DRAFT, config=RefineConfig(strategy="repair"), model=scripted_model))
+    events = list(refine_stream(QUESTION, WRONG_DRAFT, config=RefineConfig(strategy="repair"), backend=scripted_model))
     assert [e.candidate for e in events if e.kind == "program"] == [0, 1]
     assert {e.candidate for e in events if e.kind == "token"} == {0, 1}
     assert events[-1].result.refined_answer == "18"
@@ -279,7 +277,7 @@ def test_cancelled_stream_ends_without_a_result(monkeypatch, scripted_model):
     script(monkeypatch, (RIGHT, -0.1))
     cancel = threading.Event()
     events = []
-    for event in refine_stream(QUESTION, WRONG_DRAFT, model=scripted_model, cancel=cancel):
+    for event in refine_stream(QUESTION, WRONG_DRAFT, backend=scripted_model, cancel=cancel):
         events.append(event)
         if event.kind == "token":
             cancel.set()
@@ -314,7 +312,7 @@ def test_unusable_input_is_refused_with_a_clear_message(question, draft, message
 )
 def test_ordinary_input_is_refined_as_given(monkeypatch, scripted_model, question, draft):
     generator = script(monkeypatch, (TWENTY, -0.1))
-    result = refine(question, draft, model=scripted_model)
+    result = refine(question, draft, backend=scripted_model)
     assert (result.question, result.draft, result.refined_answer) == (question, draft, "20")
     (prompt,) = generator.calls[0][0]
     assert question.strip() in prompt and draft.strip() in prompt
@@ -367,7 +365,7 @@ def test_stream_says_when_the_model_starts_reading_the_prompt_and_times_it(monke
     """Issue 25: the seconds before the first token are the prompt's; the stream says a prompt is being
     read (and of how many tokens, for the page's status), and the result times that stage apart."""
     script(monkeypatch, (RIGHT, -0.1))
-    events = list(refine_stream(QUESTION, WRONG_DRAFT, model=scripted_model))
+    events = list(refine_stream(QUESTION, WRONG_DRAFT, backend=scripted_model))
     assert events[0].kind == "prompt" and events[0].limit == RefineConfig().max_new_tokens
     assert events[0].tokens > len(WRONG_DRAFT)  # the tiny tokenizer: a token per byte of the chat prompt
     assert events[1].kind == "token"
@@ -380,7 +378,7 @@ def test_a_long_draft_gets_the_token_budget_its_context_leaves_and_is_told_so(ti
     settings' words; one that leaves no room is refused with the reason."""
     config = RefineConfig(max_new_tokens=400)
     long_draft = "She has 16 - 3 = 13 eggs left. " * 48 + "\nA: 26"  # ~1,500 characters
-    result = refine(QUESTION, long_draft, config=config, model=tiny_loaded)
+    result = refine(QUESTION, long_draft, config=config, backend=tiny_loaded)
     [candidate] = result.candidates
     left = 2048 - result.prompt_tokens
     assert 32 <= left < 400 and candidate.tokens == left and candidate.finish == "length"
@@ -389,4 +387,4 @@ def test_a_long_draft_gets_the_token_budget_its_context_leaves_and_is_told_so(ti
         f"and the question and draft take {result.prompt_tokens:,}."
     ]
     with pytest.raises(ContextError, match=r"leaves less than 32 for a program: shorten the draft"):
-        refine(QUESTION, "x" * 2040, config=config, model=tiny_loaded)
+        refine(QUESTION, "x" * 2040, config=config, backend=tiny_loaded)

@@ -8,7 +8,7 @@ import gradio as gr
 import plotly.graph_objects as go
 import pytest
 
-from cap_app.ui import refine_handlers
+from cap_app.ui import refine_handlers, settings
 from cap_app.ui.examples import load_examples
 from tests.ui.conftest import JANET_DRAFT, JANET_QUESTION
 
@@ -73,7 +73,7 @@ def test_a_refused_input_clears_the_previous_results(tiny_choice):
 
 
 def test_a_long_draft_is_refused_with_the_limit_not_cut_in_the_browser(tiny_choice):
-    from cap_app.engine.refine import MAX_DRAFT_CHARS
+    from cap_app.engine.inputs import MAX_DRAFT_CHARS
     from cap_app.ui.app import build_demo
 
     (frame,) = run(JANET_QUESTION, "x" * (MAX_DRAFT_CHARS + 1), model=tiny_choice)
@@ -89,12 +89,13 @@ def test_a_long_draft_is_refused_with_the_limit_not_cut_in_the_browser(tiny_choi
 def test_both_tabs_start_at_the_engines_defaults_within_the_web_limits():
     """One rule for the Refine tab, the Annotate tab and the CLI: RefineConfig's defaults (400 new
     tokens; the page used to start at 320) within WEB_LIMITS, and RefineConfig's strategies."""
-    from cap_app.engine.refine import OVERRIDES, STRATEGIES, RefineConfig
+    from cap_app.engine.refine import RefineConfig
+    from cap_app.engine.strategies import OVERRIDES, STRATEGIES
     from cap_app.ui.app import build_demo
     from cap_app.ui.hosting import WEB_LIMITS
 
-    defaults = refine_handlers.default_settings()
-    assert refine_handlers.refine_config(**defaults) == RefineConfig()  # what `python -m cap_app refine` runs with
+    defaults = settings.default_settings()
+    assert settings.refine_config(**defaults) == RefineConfig()  # what `python -m cap_app refine` runs with
     components = [c["props"] for c in build_demo().get_config_file()["components"]]
     names = {
         "N (programs for vote / cot+cap)": "n",
@@ -220,8 +221,8 @@ def test_backends_are_the_offered_ones_and_the_server_is_the_operators(tiny_choi
     offered = "this server offers: auto, transformers, llama.cpp"
     assert f"Cannot refine: unknown backend &#x27;openai&#x27;; {offered}" in frame["verdict"]
     monkeypatch.setenv("CAP_BASE_URL", "http://127.0.0.1:9/v1")
-    assert refine_handlers.backend_config("openai").base_url == "http://127.0.0.1:9/v1"
-    assert refine_handlers.backend_config("llama.cpp").base_url is None
+    assert settings.backend_config("openai").base_url == "http://127.0.0.1:9/v1"
+    assert settings.backend_config("llama.cpp").base_url is None
 
 
 def _frames(frames) -> list[dict]:
@@ -314,7 +315,7 @@ def test_a_draft_at_the_pages_limit_is_refined_by_llama_cpp(monkeypatch, cap_cac
     """Issue 25: a 7,600-character draft (the page takes 8,000) failed with "the prompt (3715 tokens)
     and --max-new-tokens 400 exceed the llama.cpp context of 4096 tokens". The context is now the
     model's (8,192 for SmolLM2), and a budget that does not fit is lowered and said so."""
-    from cap_app.engine.refine import MAX_DRAFT_CHARS
+    from cap_app.engine.inputs import MAX_DRAFT_CHARS
 
     monkeypatch.delenv("CAP_MODEL", raising=False)
     steps = [e.draft for e in load_examples()]

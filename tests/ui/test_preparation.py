@@ -14,7 +14,7 @@ from cap_app.backends import preparation
 from cap_app.models import progress
 from cap_app.models.loading import ModelLoadError
 from cap_app.ui import app as ui_app
-from cap_app.ui import refine_handlers
+from cap_app.ui import hosting, refine_handlers, settings
 from tests.ui.conftest import JANET_DRAFT, JANET_QUESTION
 
 SETTINGS = dict(strategy="greedy", n=1, temperature=0.0, max_new_tokens=24, time_limit_s=5)
@@ -50,9 +50,7 @@ def loader(monkeypatch):
 def test_a_visitor_during_the_preparation_joins_it_and_sees_its_step_and_time(loader):
     started = ui_app.prepare_default_model()  # what launch() does before serving
     assert loader.converting.wait(30)
-    frames = refine_handlers.refine_page(
-        JANET_QUESTION, JANET_DRAFT, "", refine_handlers.DEFAULT_MODEL_CHOICE, **SETTINGS
-    )
+    frames = refine_handlers.refine_page(JANET_QUESTION, JANET_DRAFT, "", hosting.DEFAULT_MODEL_CHOICE, **SETTINGS)
     statuses = []
     for frame in frames:
         status = dict(zip(refine_handlers.OUTPUTS, frame, strict=True))["status"]
@@ -70,7 +68,7 @@ def test_a_visitor_during_the_preparation_joins_it_and_sees_its_step_and_time(lo
 def test_stop_while_waiting_for_the_model_stops_the_wait(loader):
     request = type("Request", (), {"session_hash": "waiting-visitor"})()
     frames = refine_handlers.refine_page(
-        JANET_QUESTION, JANET_DRAFT, "", refine_handlers.DEFAULT_MODEL_CHOICE, **SETTINGS, request=request
+        JANET_QUESTION, JANET_DRAFT, "", hosting.DEFAULT_MODEL_CHOICE, **SETTINGS, request=request
     )
     next(frames)
     assert loader.converting.wait(30)
@@ -86,10 +84,10 @@ def test_preparation_can_be_turned_off(loader, monkeypatch):
 
 def test_a_finished_preparation_is_not_reused_for_a_later_load(loader):
     loader.release.set()
-    first = preparation.load(refine_handlers.model_config("default"), refine_handlers.backend_config("auto"))
+    first = preparation.load(settings.model_config("default"), settings.backend_config("auto"))
     with pytest.raises(ModelLoadError):
         first.result(30)
-    second = preparation.load(refine_handlers.model_config("default"), refine_handlers.backend_config("auto"))
+    second = preparation.load(settings.model_config("default"), settings.backend_config("auto"))
     assert second is not first  # a failed or finished load is not the answer to the next request
     with pytest.raises(ModelLoadError):
         second.result(30)
