@@ -45,6 +45,10 @@ class Reading:
 
 def read_result(result: RefinementResult) -> Reading:
     """The Reading of `result`: compute once per result, render as often as needed."""
+    shown = result.shown_candidate
+    alignment = align_draft_to_program(
+        result.draft, shown.program if shown else "", shown.execution if shown else None, result.question
+    )
     gold = result.gold
 
     def right(answer: str | None) -> bool | None:
@@ -60,10 +64,6 @@ def read_result(result: RefinementResult) -> Reading:
         )
         for answer, count in sorted(result.votes.items(), key=lambda kv: -kv[1])
     ]
-    shown = result.shown_candidate
-    alignment = align_draft_to_program(
-        result.draft, shown.program if shown else "", shown.execution if shown else None, result.question
-    )
     return Reading(
         result=result,
         program_right=right(result.program_answer),

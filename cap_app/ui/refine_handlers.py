@@ -88,12 +88,13 @@ def shown_program(program: str, raw_text: str) -> str:
 
 def result_frame(result, status: str) -> tuple:
     """Every view of a finished refinement, from its one Reading."""
-    reading = read_result(result)
     shown = result.shown_candidate
+    code = shown_program(shown.program, shown.text) if shown else ""
+    reading = read_result(result)
     many = len(result.candidates) > 1
     return _frame(
         status=status,
-        code=shown_program(shown.program, shown.text) if shown else "",
+        code=code,
         verdict=views.verdict_html(reading),
         side_by_side=views.render_side_by_side(reading),
         trace=views.trace_table(result),
