@@ -22,7 +22,7 @@ import os
 import uuid
 from pathlib import Path
 
-from cap_app.models.loading import cache_dir
+from cap_app.models.loading import NO_ADAPTER, cache_dir
 from cap_app.models.progress import report
 
 TYPES = ("f16", "q8_0", "q4_0")
@@ -124,7 +124,9 @@ def _merged_tensors(base_gguf: Path, adapter: str | None, reader) -> dict:
     from cap_app.models.loading import ModelConfig, load_model
 
     loaded = load_model(
-        ModelConfig(model=str(base_gguf), adapter=adapter or "none", device="cpu", quantization="none", dtype="float32")
+        ModelConfig(
+            model=str(base_gguf), adapter=adapter or NO_ADAPTER, device="cpu", quantization="none", dtype="float32"
+        )
     )
     config = loaded.model.config
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)

@@ -31,6 +31,7 @@ DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 # carries it, so every install made from it has the bundled file) and the Hub is reachable.
 DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEFAULT_ADAPTER_DIR = Path(__file__).parents[1] / "adapters" / "smollm2-cap"
+NO_ADAPTER = "none"  # an adapter setting meaning the model alone, without even the default adapter
 QUANTIZATIONS = ("auto", "4bit", "8bit", "none")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -211,6 +212,22 @@ def _save_merged(target: Path, model, tokenizer) -> None:
             shutil.rmtree(stale, ignore_errors=True)
 
 
+def adapter_or_none(adapter: str | None) -> str | None:
+    """The adapter a setting names; None for none (unset, or NO_ADAPTER in any case)."""
+    return None if not adapter or adapter.lower() == NO_ADAPTER else adapter
+
+
+def _default_adapter() -> Path:
+    """This project's CaP adapter, which the offline default always wears: a missing one is an
+    error, not a quiet fall back to the base model (whose answers differ)."""
+    if not (DEFAULT_ADAPTER_DIR / "adapter_config.json").is_file():
+        raise ModelLoadError(
+            f"the offline default's CaP adapter is missing: no {DEFAULT_ADAPTER_DIR / 'adapter_config.json'} "
+            f"(reinstall the app, or pass --adapter {NO_ADAPTER} for the base model alone)"
+        )
+    return DEFAULT_ADAPTER_DIR
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelSource:
     """Which model and adapter a config resolves to: what the backends, the GGUF export and the loader share."""
@@ -226,10 +243,9 @@ def resolve_source(cfg: ModelConfig) -> ModelSource:
     requested = cfg.model or os.environ.get("CAP_MODEL") or None
     is_default = requested is None
     adapter = cfg.adapter or os.environ.get("CAP_ADAPTER") or None
-    if adapter is None and is_default and (DEFAULT_ADAPTER_DIR / "adapter_config.json").exists():
-        adapter = str(DEFAULT_ADAPTER_DIR)
-    if adapter and adapter.lower() == "none":
-        adapter = None
+    if adapter is None and is_default:
+        adapter = str(_default_adapter())
+    adapter = adapter_or_none(adapter)
     if is_default:
         gguf = default_gguf_path()
         return ModelSource(DEFAULT_MODEL_NAME, str(gguf) if gguf else DEFAULT_HUB_ID, adapter, True)

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from cap_app.engine.prompts import format_prompt
+from cap_app.models.loading import NO_ADAPTER, ModelConfig, adapter_or_none, load_model
 
 FINAL_DIR = "final"
 
@@ -27,10 +28,8 @@ def load_base(model_name: str | None, dtype: str = "auto"):
     process that keeps freed memory for the training steps to come."""
     from peft import prepare_model_for_kbit_training
 
-    from cap_app.models.loading import ModelConfig, load_model
-
     keep_freed_memory()
-    loaded = load_model(ModelConfig(model=model_name, adapter="none", dtype=training_dtype(dtype)))
+    loaded = load_model(ModelConfig(model=model_name, adapter=NO_ADAPTER, dtype=training_dtype(dtype)))
     model = loaded.model
     if loaded.quantization in ("4bit", "8bit"):
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
@@ -110,7 +109,7 @@ def lora_config(cfg, model):
 def adapted(model, cfg, adapter: str | None, role: str):
     """The model with `adapter` loaded to train further (peft keeps its LoRA shape and casts its
     weights to float32), else a fresh LoRA as cfg says; returns (model, peft_config for trl)."""
-    if not adapter or adapter.lower() == "none":
+    if adapter_or_none(adapter) is None:
         return model, lora_config(cfg, model)
     from peft import PeftModel
 

@@ -195,6 +195,14 @@ def test_project_adapter_applies_to_the_offline_default_only(tmp_path, monkeypat
     assert cap_app.models.loading.resolve_source(ModelConfig(model="some/model")).adapter is None
 
 
+def test_a_missing_default_adapter_is_a_clear_error_not_the_base_model(tmp_path, monkeypatch):
+    monkeypatch.setattr(cap_app.models.loading, "DEFAULT_ADAPTER_DIR", tmp_path / "smollm2-cap")
+    with pytest.raises(ModelLoadError, match=r"^the offline default's CaP adapter is missing: .*--adapter none"):
+        cap_app.models.loading.resolve_source(ModelConfig())
+    assert cap_app.models.loading.resolve_source(ModelConfig(adapter="none")).adapter is None
+    assert cap_app.models.loading.resolve_source(ModelConfig(model="some/model")).adapter is None
+
+
 def test_offline_default_is_the_bundled_gguf_else_the_same_model_on_the_hub(monkeypatch):
     bundled = cap_app.models.loading.resolve_source(ModelConfig()).path
     assert bundled.endswith(".gguf")
