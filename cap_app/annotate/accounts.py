@@ -35,7 +35,8 @@ from pathlib import Path
 ROLES = ("annotator", "admin")
 MIN_PASSWORD_CHARS = 8
 MAX_PASSWORD_CHARS = 1024
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,79}")
+MAX_NAME_CHARS = 80  # of any annotator's name: an account's, the local one, and what the store keeps
+NAME_PATTERN = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._@-]{{0,{MAX_NAME_CHARS - 1}}}")
 USERS_FILE_VERSION = 1
 SETUP_HINT = (
     "Annotating here needs accounts, so nothing is stored: on a Hugging Face Space add `hf_oauth: true` to the "
@@ -111,13 +112,18 @@ def access_mode() -> str:
     return "closed"
 
 
+def normal_name(name: str | None) -> str:
+    """A name as judgements are stored under it: whitespace runs made one space, none at the ends."""
+    return " ".join((name or "").split())
+
+
 def local_name() -> str:
     """The name a local, account-less session stores judgements under: $CAP_LOCAL_NAME, else the OS user."""
-    configured = " ".join(os.environ.get("CAP_LOCAL_NAME", "").split())
+    configured = normal_name(os.environ.get("CAP_LOCAL_NAME"))
     if configured:
-        return configured[:80]
+        return configured[:MAX_NAME_CHARS]
     try:
-        return getpass.getuser()[:80] or "local"
+        return getpass.getuser()[:MAX_NAME_CHARS] or "local"
     except (KeyError, OSError):
         return "local"
 
@@ -208,7 +214,8 @@ def users_path(path: str | os.PathLike | None = None) -> Path:
 def check_name(name: str) -> str:
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         raise AccountError(
-            "An account name is 1 to 80 letters, digits, '.', '_', '@' or '-', starting with a letter or digit."
+            f"An account name is 1 to {MAX_NAME_CHARS} letters, digits, '.', '_', '@' or '-', "
+            "starting with a letter or digit."
         )
     return name
 

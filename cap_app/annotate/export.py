@@ -24,14 +24,14 @@ import os
 import tempfile
 import unicodedata
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import TextIO
 
 from cap_app.annotate.store import CORRECT_CHOICES, JudgedRow, Store
 from cap_app.engine.prompts import trl_row
 from cap_app.engine.results import RefinementResult
 
-FORMATS = ("dpo", "kto", "csv")
 CSV_COLUMNS = (
     "batch",
     "item",
@@ -61,43 +61,6 @@ CSV_NUMERIC_COLUMNS = ("item", "line", "refinement_id", "first_wrong_step")  # i
 # after any invisible (format) characters or spaces in front, such as U+FEFF or U+200B, which some
 # spreadsheets drop before reading the formula.
 _SPREADSHEET_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-# What an export with no rows lacked, and what to do about it.
-_WHY_EMPTY = {
-    "dpo": (
-        "A DPO pair needs one question + draft with a program judged correct (yes) and another judged "
-        "wrong (no): run another refinement of such an item and judge both programs."
-    ),
-    "kto": (
-        "A KTO row needs a program judged yes or no (unsure and conflicting judgements are left out): "
-        "judge some refinements."
-    ),
-    "csv": "Nobody has judged a refinement yet.",
-}
-
-
-@dataclasses.dataclass
-class ExportConfig:
-    db: str | None = dataclasses.field(
-        default=None,
-        metadata={
-            "help": "annotation database (default: $CAP_DB_PATH, /data/annotations.db on Spaces, else ./annotations.db)"
-        },
-    )
-    format: str = dataclasses.field(
-        default="dpo",
-        metadata={
-            "help": "dpo: {prompt, chosen, rejected}; kto: {prompt, completion, label}; csv: every current judgement",
-            "choices": FORMATS,
-        },
-    )
-    output: str = dataclasses.field(default="", metadata={"help": "file to write, JSONL or CSV (required)"})
-    tokenizer: str | None = dataclasses.field(
-        default=None,
-        metadata={
-            "help": "local tokenizer folder: write prompts as its exact chat-template text "
-            "instead of conversational messages"
-        },
-    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,7 +105,7 @@ class ExportSummary:
         lines = []
         if self.output:
             where = self.output if full_path else Path(self.output).name
-            why = f". {_WHY_EMPTY[self.format]}" if not self.rows_written else ""
+            why = f". {FORMATS[self.format].why_empty}" if not self.rows_written else ""
             rows = f"{self.rows_written} row" + ("" if self.rows_written == 1 else "s")
             lines.append(f"wrote {rows} to {where}{why}")
         lines.append(
@@ -336,8 +299,96 @@ def summarize(store: Store) -> ExportSummary:
     )
 
 
+def write_csv(store: Store, fh: TextIO, tokenizer=None) -> int:
+    """Every current judgement, one row each (`tokenizer` unused: a CSV holds no prompts); returns the rows written."""
+    writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS)
+    writer.writeheader()
+    written = 0
+    for row in store.current_judgements():
+        writer.writerow(csv_row(row))
+        written += 1
+    return written
+
+
+def write_dpo(store: Store, fh: TextIO, tokenizer=None) -> int:
+    return _write_jsonl(dpo_rows(labeled_programs(store.current_judgements())[0], tokenizer), fh)
+
+
+def write_kto(store: Store, fh: TextIO, tokenizer=None) -> int:
+    return _write_jsonl(kto_rows(labeled_programs(store.current_judgements())[0], tokenizer), fh)
+
+
+def _write_jsonl(rows: Iterable[dict], fh: TextIO) -> int:
+    written = 0
+    for row in rows:
+        fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        written += 1
+    return written
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportFormat:
+    """One export format, as the page's buttons and the CLI's --format read it. `write(store, file,
+    tokenizer)` writes the rows to an open text file and returns how many it wrote."""
+
+    label: str  # the page's button
+    suffix: str  # of the file written for the page
+    contents: str  # what a row holds (the CLI's help)
+    why_empty: str  # what an export with no rows lacked, and what to do about it
+    write: Callable[[Store, TextIO, object], int]
+
+
+# A new format: one write_* function and one entry here.
+FORMATS: dict[str, ExportFormat] = {
+    "dpo": ExportFormat(
+        "DPO pairs (JSONL)",
+        "jsonl",
+        "{prompt, chosen, rejected}",
+        "A DPO pair needs one question + draft with a program judged correct (yes) and another judged "
+        "wrong (no): run another refinement of such an item and judge both programs.",
+        write_dpo,
+    ),
+    "kto": ExportFormat(
+        "KTO rows (JSONL)",
+        "jsonl",
+        "{prompt, completion, label}",
+        "A KTO row needs a program judged yes or no (unsure and conflicting judgements are left out): "
+        "judge some refinements.",
+        write_kto,
+    ),
+    "csv": ExportFormat(
+        "All judgements (CSV)", "csv", "every current judgement", "Nobody has judged a refinement yet.", write_csv
+    ),
+}
+
+
+@dataclasses.dataclass
+class ExportConfig:
+    db: str | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "annotation database (default: $CAP_DB_PATH, /data/annotations.db on Spaces, else ./annotations.db)"
+        },
+    )
+    format: str = dataclasses.field(
+        default="dpo",
+        metadata={
+            "help": "; ".join(f"{name}: {fmt.contents}" for name, fmt in FORMATS.items()),
+            "choices": tuple(FORMATS),
+        },
+    )
+    output: str = dataclasses.field(default="", metadata={"help": "file to write, JSONL or CSV (required)"})
+    tokenizer: str | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "local tokenizer folder: write prompts as its exact chat-template text "
+            "instead of conversational messages"
+        },
+    )
+
+
 def export(store: Store, fmt: str, output: str | os.PathLike, *, tokenizer=None) -> ExportSummary:
-    """Write `fmt` (dpo, kto or csv) to `output` atomically and return the summary."""
+    """Write `fmt` (a name in FORMATS) to `output` atomically and return the summary."""
     if fmt not in FORMATS:
         raise ValueError(f"Unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}.")
     summary = summarize(store)
@@ -347,18 +398,7 @@ def export(store: Store, fmt: str, output: str | os.PathLike, *, tokenizer=None)
     fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            if fmt == "csv":
-                writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS)
-                writer.writeheader()
-                for row in store.current_judgements():
-                    writer.writerow(csv_row(row))
-                    summary.rows_written += 1
-            else:
-                labeled = labeled_programs(store.current_judgements())[0]
-                rows = dpo_rows(labeled, tokenizer) if fmt == "dpo" else kto_rows(labeled, tokenizer)
-                for row in rows:
-                    fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-                    summary.rows_written += 1
+            summary.rows_written = FORMATS[fmt].write(store, fh, tokenizer)
         os.replace(tmp, output)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

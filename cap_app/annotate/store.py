@@ -25,12 +25,13 @@ from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+from cap_app.annotate.accounts import MAX_NAME_CHARS, normal_name
 from cap_app.engine.results import RefinementResult
 
+# The judgement form's values: the page's radios and keyboard shortcuts, the exports and the charts read these.
 CORRECT_CHOICES = ("yes", "no", "unsure")
 VS_DRAFT_CHOICES = ("better", "same", "worse")
-MAX_ANNOTATOR_CHARS = 80
-MAX_NOTE_CHARS = 5000
+MAX_NOTE_CHARS = 5000  # the page's note field stops typing here too
 SPACES_DATA_DIR = "/data"  # Hugging Face Spaces persistent storage
 IMPORT_WAIT_S = 600.0  # how long a load waits for other sessions' imports before giving up
 
@@ -46,7 +47,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             errors TEXT NOT NULL,  -- JSON list of [line, message], first few only
             error_count INTEGER NOT NULL,
             created_at TEXT NOT NULL,
-            updated_at TEXT NOT NULL,  -- unused since imports take a file lock (kept: the schema only grows)
+            updated_at TEXT NOT NULL,  -- when the import finished (the import started at created_at)
             complete INTEGER NOT NULL DEFAULT 0,  -- hidden until every row is in
             UNIQUE (sha256, draft_key)
         )""",
@@ -184,9 +185,9 @@ def _now() -> str:
 def check_annotator(annotator: str | None) -> str:
     """The name as stored (whitespace runs made one space); "" when none is given, which is fine for
     looking, not for judging. StoreError when it is too long to store."""
-    name = " ".join((annotator or "").split())
-    if len(name) > MAX_ANNOTATOR_CHARS:
-        raise StoreError(f"Annotator name is longer than {MAX_ANNOTATOR_CHARS} characters.")
+    name = normal_name(annotator)
+    if len(name) > MAX_NAME_CHARS:
+        raise StoreError(f"Annotator name is longer than {MAX_NAME_CHARS} characters.")
     return name
 
 
@@ -323,7 +324,7 @@ class Store:
                 batch_id = conn.execute(
                     "INSERT INTO batches (name, sha256, draft_key, item_count, errors, error_count, created_at,"
                     " updated_at) VALUES (?, ?, ?, 0, '[]', 0, ?, ?)",
-                    (name, sha256, draft_key, _now(), _now()),
+                    (name, sha256, draft_key, _now(), ""),  # updated_at: set when the import finishes
                 ).lastrowid
             try:
                 return self._fill_batch(batch_id, items, errors, chunk_rows, max_stored_errors), True
@@ -348,8 +349,9 @@ class Store:
                     count += _insert_item(conn, batch_id, count, item)
         with self._transaction() as conn:
             conn.execute(
-                "UPDATE batches SET item_count = ?, errors = ?, error_count = ?, complete = 1 WHERE id = ?",
-                (count, json.dumps(errors[:max_stored_errors]), len(errors), batch_id),
+                "UPDATE batches SET item_count = ?, errors = ?, error_count = ?, complete = 1, updated_at = ?"
+                " WHERE id = ?",
+                (count, json.dumps(errors[:max_stored_errors]), len(errors), _now(), batch_id),
             )
             return _batch(conn.execute("SELECT * FROM batches WHERE id = ?", (batch_id,)).fetchone())
 

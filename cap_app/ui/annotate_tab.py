@@ -1,71 +1,37 @@
-"""The Annotate tab: load a batch, inspect each refinement, judge it, export training data.
+"""The Annotate tab's layout: load a batch, inspect each refinement, judge it, export training data.
 
-Every judgement is written to the store the moment a choice is made (a radio click, a step
-number or note left) - there is no save button to forget - and the page says "Saved" only once
-the store has committed it, showing the form as stored. Who judges is the request's signed-in
-identity (cap_app.annotate.accounts), never a name typed on the page; every handler checks it and its
-role before it reads or writes anything, whether the page or an API client calls it.
-
-The handlers are plain module-level functions taking the Store first (bound by `_bind` when
-wired), then the components' values, then the request (and the Hugging Face profile on a Space),
-so tests drive them without a browser; they call cap_app.annotate.store / item_files / export / accounts
-and the shared views, and hold no logic of their own. Item views return tuples in the order of
-`VIEW`.
+The components and their wiring only; what each event does is cap_app.ui.annotate_handlers. The
+page's own scripts live here too: the keyboard shortcuts, and the numbering that keeps judgements
+made at any speed in key order.
 """
 
 from __future__ import annotations
 
-import collections
-import contextlib
-import html
 import inspect
 import json
-import tempfile
-import threading
-import time
+import types
 import typing
-from pathlib import Path
 
 import gradio as gr
 
-from cap_app.annotate import accounts, export, item_files
-from cap_app.annotate.accounts import Identity, Refused
-from cap_app.annotate.store import CORRECT_CHOICES, VS_DRAFT_CHOICES, Store, StoreError
-from cap_app.engine.align import split_draft
-from cap_app.engine.reading import read_result
-from cap_app.engine.refine import STRATEGIES
-from cap_app.ui import refine_handlers, views
-from cap_app.ui.charts import label_counts_figure, votes_figure
+from cap_app.annotate import accounts, item_files
+from cap_app.annotate.export import FORMATS
+from cap_app.annotate.store import CORRECT_CHOICES, MAX_NOTE_CHARS, VS_DRAFT_CHOICES, Store
+from cap_app.engine.strategies import STRATEGIES
+from cap_app.ui import annotate_handlers as handlers
+from cap_app.ui import settings
+from cap_app.ui.annotate_handlers import PAGE_SIZE, VIEW
 from cap_app.ui.hosting import CONCURRENCY_LIMIT, model_choices, storage_notice
 from cap_app.ui.views import TRACE_HEADERS
 
-VIEW = (
-    "state",
-    "progress",
-    "position",
-    "question",
-    "draft",
-    "refinement",
-    "verdict",
-    "side_by_side",
-    "trace",
-    "votes",
-    "correct",
-    "vs_draft",
-    "first_wrong_step",
-    "note",
-    "status",
-    "shown",  # the state as the page has it: a judgement names the item it was made on
-)
-FORM_FIELDS = ("correct", "vs_draft", "first_wrong_step", "note")  # each saved by its own event
-JUDGED = ("status", "progress", "stored")  # what a judgement event returns
-PAGE_SIZE = 20
-EXPORT_BUTTONS = (("dpo", "DPO pairs (JSONL)"), ("kto", "KTO rows (JSONL)"), ("csv", "All judgements (CSV)"))
-WRAPPED = "white-space: pre-wrap; overflow-wrap: anywhere"
 PAGE_HEADERS = ["#", "question", "refinements", "judged by you"]
+# The judging keys: one per value of the store's choices, in their order, and the radios they click.
+JUDGING_KEYS = {
+    "correct": ("refinement correct", CORRECT_CHOICES, ("y", "n", "u"), "cap-ann-correct"),
+    "vs_draft": ("vs draft", VS_DRAFT_CHOICES, ("b", "s", "w"), "cap-ann-vs"),
+}
 SHORTCUTS = (
-    ("y / n / u", "refinement correct: yes / no / unsure"),
-    ("b / s / w", "vs draft: better / same / worse"),
+    *((" / ".join(keys), f"{what}: {' / '.join(values)}") for what, values, keys, _ in JUDGING_KEYS.values()),
     ("j / k", "next / previous item"),
     ("g", "next unjudged"),
     ("z", "undo your last change"),
@@ -80,10 +46,8 @@ SHORTCUTS_JS = """
 if (!window.capAnnotatorKeys) {
   window.capAnnotatorKeys = true;
   window.capAnnChosen = window.capAnnChosen || {};
-  const radios = {
-    y: ['correct', 'yes'], n: ['correct', 'no'], u: ['correct', 'unsure'],
-    b: ['vs_draft', 'better'], s: ['vs_draft', 'same'], w: ['vs_draft', 'worse'],
-  };
+  const radios = RADIOS;
+  const boxes = BOXES;
   const buttons = {
     j: '#cap-ann-next', k: '#cap-ann-prev', g: '#cap-ann-unjudged', z: '#cap-ann-undo', r: '#cap-ann-run',
   };
@@ -100,8 +64,7 @@ if (!window.capAnnotatorKeys) {
     if (typing || !tab || tab.offsetParent === null) return;
     if (event.key in radios) {
       const [field, value] = radios[event.key];
-      const box = field === 'correct' ? '#cap-ann-correct' : '#cap-ann-vs';
-      const control = document.querySelector(`${box} input[value="${value}"]`);
+      const control = document.querySelector(`#${boxes[field]} input[value="${value}"]`);
       if (!control) return;
       event.preventDefault();
       if (control.checked) return;
@@ -117,6 +80,16 @@ if (!window.capAnnotatorKeys) {
   });
 }
 """
+SHORTCUTS_JS = SHORTCUTS_JS.replace(
+    "RADIOS",
+    json.dumps(
+        {
+            key: [field, value]
+            for field, (_, values, keys, _) in JUDGING_KEYS.items()
+            for key, value in zip(keys, values, strict=True)
+        }
+    ),
+).replace("BOXES", json.dumps({field: box for field, (*_, box) in JUDGING_KEYS.items()}))
 # Runs in the browser before a judgement or an undo is sent: the value a key chose and the key's
 # number (a mouse click queues nothing: it sends the component's value and the next number). The
 # server runs a session's numbered calls in that order (SessionOrder).
@@ -149,681 +122,6 @@ SHOW_STORED_JS = """
 """
 
 
-class SessionOrder:
-    """Runs each page session's numbered calls (judgements and undo, numbered in key order by the
-    page) one after the other in that order, whatever order they arrive in; calls of different
-    sessions, and unnumbered ones (API clients), run at once. A number that never arrives holds the
-    next one up for at most `wait_s`."""
-
-    def __init__(self, wait_s: float = 5.0, sessions: int = 10_000):
-        self.wait_s, self.sessions = wait_s, sessions
-        self._done: collections.OrderedDict[str, int] = collections.OrderedDict()
-        self._changed = threading.Condition()
-
-    @contextlib.contextmanager
-    def turn(self, session: str | None, number: str | int | None):
-        try:
-            number = int(number or 0)
-        except (TypeError, ValueError):
-            number = 0
-        if not session or number <= 0:
-            yield
-            return
-        deadline = time.monotonic() + self.wait_s
-        with self._changed:
-            while self._done.get(session, 0) < number - 1 and (left := deadline - time.monotonic()) > 0:
-                self._changed.wait(left)
-        try:
-            yield
-        finally:
-            with self._changed:
-                self._done[session] = max(self._done.get(session, 0), number)
-                self._done.move_to_end(session)
-                while len(self._done) > self.sessions:
-                    self._done.popitem(last=False)
-                self._changed.notify_all()
-
-
-SESSION_ORDER = SessionOrder()
-
-
-def _session(request: gr.Request | None) -> str | None:
-    return getattr(request, "session_hash", None) if request is not None else None
-
-
-def new_state(batch_id: int | None = None, position: int = 0, refinement: int = 0) -> dict:
-    """What one browser session is looking at."""
-    return {"batch": batch_id, "position": position, "refinement": refinement}
-
-
-SHOWN_REFUSED = (
-    "Refused: the page named an item this session does not have open; nothing was saved. "
-    "Reopen the item (or reload the page) and judge it again."
-)
-
-
-def _shown_state(store: Store, state: dict, shown: str | None) -> dict:
-    """The item a judgement is of: the one the page says it showed (`shown`, sent with the click, so a
-    key pressed right after it cannot move the judgement to another item), checked against the
-    store and this session's own state, which the browser cannot touch. No `shown` ("null", as API
-    callers send by default) means the session's state. StoreError when `shown` is anything but an
-    item and refinement of a complete batch this session has open."""
-    if shown in (None, "", "null"):
-        return state
-    try:
-        value = json.loads(shown)
-    except ValueError:
-        raise StoreError(SHOWN_REFUSED) from None
-    if not isinstance(value, dict) or set(value) != {"batch", "position", "refinement"}:
-        raise StoreError(SHOWN_REFUSED)
-    batch, position, refinement = value["batch"], value["position"], value["refinement"]
-    if type(batch) is not int or batch != state.get("batch"):
-        raise StoreError(SHOWN_REFUSED)
-    if not all(type(x) is int and x >= 0 for x in (position, refinement)):
-        raise StoreError(SHOWN_REFUSED)
-    try:
-        item = store.item_at(batch, position)  # complete batches only
-    except StoreError:
-        raise StoreError(SHOWN_REFUSED) from None
-    if refinement >= max(len(store.refinements(item.id)), 1):
-        raise StoreError(SHOWN_REFUSED)
-    return new_state(batch, position, refinement)
-
-
-def _who(request: gr.Request | None, profile: gr.OAuthProfile | None) -> Identity:
-    return accounts.identify(request, profile)
-
-
-def access_html(request: gr.Request, profile: gr.OAuthProfile | None = None) -> str:
-    """The line at the top of the tab: who judgements are stored as here, or why nothing is stored."""
-    try:
-        accounts.identify(request, profile)
-        kind = "info"
-    except Refused:  # not signed in, not allowed, or nothing can be stored here
-        kind = "warning"
-    return views.message_html(accounts.describe_access(request, profile), kind)
-
-
-def progress_html(store: Store, batch_id: int | None, who: Identity | None) -> str:
-    if batch_id is None or who is None:
-        return views.message_html("Load a batch (or pick one loaded before) to start.")
-    judged, total = store.progress(batch_id, who.name)
-    percent = 100 * judged / total if total else 0
-    return (
-        f'<div class="cap-ann-progress"><progress value="{judged}" max="{total}" style="width:100%"></progress>'
-        f'<div><span class="cap-ann-judged">{judged}</span> / <span class="cap-ann-total">{total}</span> '
-        f"judged by {html.escape(who.name)} ({percent:.0f}%)</div></div>"
-    )
-
-
-def draft_html(draft: str) -> str:
-    """The draft as numbered steps: the numbers "first wrong step" refers to."""
-    steps = "".join(f'<li value="{s.index + 1}">{html.escape(s.text)}</li>' for s in split_draft(draft))
-    return f'<ol class="cap-ann-draft">{steps}</ol>'
-
-
-def item_view(store: Store, state: dict, who: Identity | None, status: str = "") -> tuple:
-    """Every component of the item panel for `state`, as a tuple in the order of VIEW; the form
-    shows `who`'s own current judgement, nobody else's."""
-    batch_id = state.get("batch")
-    if batch_id is None or who is None:
-        return _view(state=state, progress=progress_html(store, None, who), status=status)
-    item = store.item_at(batch_id, state["position"])
-    refinements = store.refinements(item.id)
-    index = min(max(state.get("refinement", 0), 0), max(len(refinements) - 1, 0))
-    state = new_state(batch_id, item.position, index)
-    gold = f'<p class="cap-ann-gold"><b>Gold answer:</b> {html.escape(item.gold)}</p>' if item.gold else ""
-    values = dict(
-        state=state,
-        progress=progress_html(store, batch_id, who),
-        position=item.position + 1,
-        question=(
-            f'<p class="cap-ann-question"><b>Question</b> (item {item.position + 1}, line {item.line}): '
-            f"{html.escape(item.question)}</p>{gold}"
-        ),
-        draft=draft_html(item.draft),
-        refinement=gr.update(
-            choices=[(_refinement_label(i, r), i) for i, r in enumerate(refinements)],
-            value=index if refinements else None,
-        ),
-        status=status,
-    )
-    if not refinements:
-        values["verdict"] = views.message_html("No refinement yet: press Run refinement (r).")
-        return _view(**values)
-    stored = refinements[index]
-    judgement = store.current_judgement(stored.id, who.name)
-    reading = read_result(stored.result)
-    values.update(
-        verdict=views.verdict_html(reading),
-        side_by_side=views.render_side_by_side(reading),
-        trace=views.trace_table(stored.result),
-        votes=votes_figure(reading),
-        correct=judgement.correct if judgement else None,
-        vs_draft=judgement.vs_draft if judgement else None,
-        first_wrong_step=judgement.first_wrong_step if judgement else None,
-        note=judgement.note if judgement else "",
-    )
-    return _view(**values)
-
-
-def _view(**values) -> tuple:
-    defaults = dict(
-        position=None,
-        question="",
-        draft="",
-        refinement=gr.update(choices=[], value=None),
-        verdict="",
-        side_by_side="",
-        trace=[],
-        votes=None,
-        correct=None,
-        vs_draft=None,
-        first_wrong_step=None,
-        note="",
-        status="",
-    )
-    defaults.update(values)
-    defaults["shown"] = json.dumps(defaults["state"])
-    return tuple(defaults[name] for name in VIEW)
-
-
-def _refinement_label(index: int, stored) -> str:
-    result = stored.result
-    return f"{index + 1}: {result.strategy}, answer {result.program_answer or 'none'} ({stored.source})"
-
-
-def _error(message: str) -> str:
-    return views.message_html(message, "warning")
-
-
-def _safe_view(store: Store, state: dict, who: Identity | None, status: str = "") -> tuple:
-    try:
-        return item_view(store, state, who, status)
-    except StoreError as error:
-        return item_view(store, new_state(), who, _error(str(error)))
-
-
-def _refused_view(state: dict, refused: Exception) -> tuple:
-    """A refused call: nothing of the batch is shown, the session keeps its place, the page says why."""
-    return _view(state=state, progress="", status=_error(str(refused)))
-
-
-def batch_choices(store: Store) -> list[tuple[str, int]]:
-    return [
-        (f"{b.name} ({item_files.items_text(b.item_count)}, {b.created_at[:16].replace('T', ' ')})", b.id)
-        for b in store.list_batches()
-    ]
-
-
-def refresh_batches(store: Store, state: dict, request: gr.Request, profile: gr.OAuthProfile | None = None):
-    """The batch list, for signed-in annotators only."""
-    try:
-        _who(request, profile)
-    except Refused:
-        return gr.update(choices=[], value=None)
-    return gr.update(choices=batch_choices(store), value=state.get("batch"))
-
-
-NO_BATCH = "No batch is open: pick one in Batch above, or load a file."
-
-
-class OpenBatches:
-    """The batch and item each annotator has open, by store and name, kept in the server's memory (the
-    newest of the account's sessions) so that a reloaded page reopens them (reopen); at most `size`
-    annotators, the least recent forgotten first. A restart of the server forgets them."""
-
-    def __init__(self, size: int = 10_000):
-        self.size = size
-        self._open: collections.OrderedDict[tuple[str, str], dict] = collections.OrderedDict()
-        self._lock = threading.Lock()
-
-    def set(self, store: Store, name: str, state: dict) -> None:
-        key = (str(store.path), name)
-        with self._lock:
-            if state.get("batch") is None:
-                self._open.pop(key, None)
-                return
-            self._open[key] = {"batch": state["batch"], "position": state.get("position", 0)}
-            self._open.move_to_end(key)
-            while len(self._open) > self.size:
-                self._open.popitem(last=False)
-
-    def get(self, store: Store, name: str) -> dict | None:
-        with self._lock:
-            return self._open.get((str(store.path), name))
-
-
-OPEN_BATCHES = OpenBatches()
-
-
-def remember(store: Store, state: dict, request: gr.Request, profile: gr.OAuthProfile | None = None) -> None:
-    """The session's state changed: keep the batch and item it has open for the account (OPEN_BATCHES)."""
-    try:
-        who = _who(request, profile)
-    except Refused:
-        return
-    if isinstance(state, dict):
-        OPEN_BATCHES.set(store, who.name, state)
-
-
-def reopen(store: Store, state: dict, request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple:
-    """The page's load: the batch list, and the batch and item the account had open before a reload
-    (OPEN_BATCHES). Returns the batch dropdown and the view; the view is left as it is when nothing is
-    reopened (a batch since deleted, or none open)."""
-    skip = tuple(gr.skip() for _ in VIEW)
-    try:
-        who = _who(request, profile)
-    except Refused:
-        return gr.update(choices=[], value=None), *skip
-    choices = batch_choices(store)
-    remembered = OPEN_BATCHES.get(store, who.name) or {}
-    try:
-        batch = store.batch(remembered["batch"])
-    except (KeyError, StoreError):
-        return gr.update(choices=choices, value=None), *skip
-    position = remembered.get("position", 0)
-    if not 0 <= position < batch.item_count:
-        position = _first_unjudged(store, batch.id, who)
-    message = views.message_html(f"Reopened {batch.name}, where you were before the page was reloaded.")
-    return gr.update(choices=choices, value=batch.id), *_safe_view(store, new_state(batch.id, position), who, message)
-
-
-def load_file(
-    store: Store,
-    state: dict,
-    upload: str | None,
-    path: str,
-    draft_key: str,
-    request: gr.Request,
-    profile: gr.OAuthProfile | None = None,
-) -> tuple:
-    """Load button: an uploaded file (any annotator) or a path on the server (admins only, within the
-    allowed folders) becomes a batch; the report says which of the two was loaded. Both at once is
-    refused (on the page, choosing a file clears the path and typing a path clears the upload)."""
-    try:
-        who = _who(request, profile)
-        if upload and (path or "").strip():
-            raise item_files.BatchError(
-                "Both a file in Upload and a path are given, so nothing was loaded: clear one of them."
-            )
-        if upload:
-            source, name, origin = Path(upload), Path(upload).name, "the uploaded file"
-        elif (path or "").strip():
-            accounts.require_admin(who, "load files on the server by path (upload the file instead)")
-            source = item_files.allowed_batch_path(path.strip())
-            name, origin = source.name, "the path on the server"
-        else:
-            raise item_files.BatchError("Choose a file to upload or enter a path.")
-        report = item_files.load_batch(store, source, draft_key=draft_key, name=name)
-    except (item_files.BatchError, StoreError, Refused) as error:
-        return (gr.skip(), _error(str(error)), *(gr.skip() for _ in VIEW))
-    opened = new_state(report.batch.id, _first_unjudged(store, report.batch.id, who))
-    return (
-        gr.update(choices=batch_choices(store), value=report.batch.id),
-        f"Loaded {origin}. {report.summary()}",
-        *_safe_view(store, opened, who),
-    )
-
-
-def _cleared_path() -> str:
-    return ""
-
-
-def _cleared_upload(path: str):
-    """A path typed clears the upload; the path emptied (as choosing a file does) leaves it."""
-    return None if (path or "").strip() else gr.skip()
-
-
-def _first_unjudged(store: Store, batch_id: int, who: Identity) -> int:
-    position = store.next_unjudged(batch_id, who.name, -1)
-    return 0 if position is None else position
-
-
-def open_batch(
-    store: Store, state: dict, batch_id: int | None, request: gr.Request, profile: gr.OAuthProfile | None = None
-) -> tuple:
-    """The Batch dropdown: open a batch at its first unjudged item. The browser also sends the
-    dropdown's value when it merely loses focus: then the page is left exactly as it is (a view
-    sent now could arrive after a judgement's reply and show an older form)."""
-    if batch_id is not None and batch_id == state.get("batch"):
-        return tuple(gr.skip() for _ in VIEW)
-    try:
-        who = _who(request, profile)
-    except Refused as refused:
-        return _refused_view(state, refused)
-    if batch_id is None:
-        return _safe_view(store, new_state(), who)
-    if type(batch_id) is not int:
-        return _safe_view(store, state, who, _error(f"No batch {batch_id}."))
-    try:
-        position = _first_unjudged(store, store.batch(batch_id).id, who)
-    except StoreError as error:
-        return _safe_view(store, state, who, _error(str(error)))
-    return _safe_view(store, new_state(batch_id, position), who)
-
-
-def _caller_in_a_batch(
-    store: Store, state: dict, request: gr.Request | None, profile: gr.OAuthProfile | None
-) -> tuple[Identity | None, tuple | None]:
-    """The signed-in caller of a handler that acts in the open batch, and the view to return at
-    once when they may not act or no batch is open (None when they may go on)."""
-    try:
-        who = _who(request, profile)
-    except Refused as refused:
-        return None, _refused_view(state, refused)
-    if state.get("batch") is None:
-        return who, _safe_view(store, state, who, _error(NO_BATCH))
-    return who, None
-
-
-def go_to(
-    store: Store, state: dict, number: float | None, request: gr.Request, profile: gr.OAuthProfile | None = None
-) -> tuple:
-    """The item-number box: jump to item `number` (1-based)."""
-    who, refused = _caller_in_a_batch(store, state, request, profile)
-    if refused is not None:
-        return refused
-    try:
-        total = store.batch(state["batch"]).item_count
-        wanted = _whole_number(number, "item number")
-        position = min(max(1 if wanted is None else int(wanted), 1), total) - 1
-    except (StoreError, ValueError, OverflowError) as error:
-        return _safe_view(store, state, who, _error(str(error)))
-    return _safe_view(store, new_state(state["batch"], position), who)
-
-
-def _whole_number(value, what: str) -> int | float | None:
-    """A number typed in a text field (or sent as a number by an API client): None when empty; a
-    whole number as an int; any other number as it is, for the caller to refuse in its own words."""
-    if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
-        return value
-    text = str(value).strip()
-    if not text:
-        return None
-    try:
-        number = float(text)
-    except ValueError:
-        raise StoreError(f"The {what} must be a number, not {text[:20]!r}.") from None
-    return int(number) if number.is_integer() else number
-
-
-def step(store: Store, state: dict, request: gr.Request, profile: gr.OAuthProfile | None = None, *, delta: int):
-    who, refused = _caller_in_a_batch(store, state, request, profile)
-    if refused is not None:
-        return refused
-    try:
-        total = store.batch(state["batch"]).item_count
-    except StoreError as error:
-        return _safe_view(store, new_state(), who, _error(str(error)))
-    return _safe_view(store, new_state(state["batch"], (state["position"] + delta) % total), who)
-
-
-def next_unjudged(store: Store, state: dict, request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple:
-    who, refused = _caller_in_a_batch(store, state, request, profile)
-    if refused is not None:
-        return refused
-    position = store.next_unjudged(state["batch"], who.name, state["position"])
-    if position is None:
-        return _safe_view(store, state, who, views.message_html("Every item of this batch is judged."))
-    return _safe_view(store, new_state(state["batch"], position), who)
-
-
-def choose_refinement(
-    store: Store, state: dict, index: int | None, request: gr.Request, profile: gr.OAuthProfile | None = None
-) -> tuple:
-    try:
-        who = _who(request, profile)
-    except Refused as refused:
-        return _refused_view(state, refused)
-    index = index if type(index) is int and index >= 0 else 0
-    return _safe_view(store, {**state, "refinement": index}, who)
-
-
-def _form_text(judgement) -> str:
-    """The stored form in words, as the status line shows it after each save."""
-    if judgement is None:
-        return "nothing"
-    parts = [
-        f"correct: {judgement.correct or '-'}",
-        f"vs draft: {judgement.vs_draft or '-'}",
-        f"first wrong step: {judgement.first_wrong_step or '-'}",
-    ]
-    if judgement.note:
-        parts.append("note saved")
-    return ", ".join(parts)
-
-
-def _reply(status: str, progress: str, shown_state: dict, judgement) -> tuple:
-    """What a judgement returns, in the order of JUDGED: the status and progress, and the same with the
-    stored form for the page (SHOW_STORED_JS), tagged with the item it is of and a stamp in the
-    store's order, so that the page shows the newest whatever order replies arrive in."""
-    stored = {
-        "shown": json.dumps(shown_state),
-        "correct": judgement.correct if judgement else None,
-        "vs_draft": judgement.vs_draft if judgement else None,
-        "status": status,
-        "progress": progress,
-        "stamp": time.time_ns(),  # survives a restart of the server, unlike a monotonic clock
-    }
-    return status, progress, json.dumps(stored)
-
-
-def record_judgement(
-    store: Store,
-    state: dict,
-    value,
-    shown: str,
-    request: gr.Request,
-    profile: gr.OAuthProfile | None = None,
-    number: str | None = None,
-    *,
-    field: str,
-) -> tuple:
-    """One change of the judgement form (`field` set to `value`): stored at once with the fields not
-    changed kept as stored, so clicks on two fields in quick succession are both kept, in order.
-    Returns (status, progress, stored form) in the order of JUDGED; "Saved" only once the store has
-    committed it, and the radios then show the stored form. `number` orders a page session's calls
-    (SessionOrder; Gradio passes the request and profile before it). When refused, nothing is stored and the
-    radios go back to what is stored (if anything); typed fields keep what was typed, so nothing typed
-    is lost. The judgement is of the item the page showed (`shown`, sent with the click, checked)."""
-    if field not in FORM_FIELDS:
-        raise ValueError(f"unknown form field {field!r}")
-    with SESSION_ORDER.turn(_session(request), number):
-        return _record(store, state, value, shown, request, profile, field)
-
-
-def _record(store: Store, state: dict, value, shown: str, request, profile, field: str) -> tuple:
-    try:
-        who = _who(request, profile)
-    except Refused as refused:
-        return _reply(_error(str(refused)), "", new_state(), None)
-    judged_state = state
-    try:
-        judged_state = _shown_state(store, state, shown)
-        if judged_state.get("batch") is None:
-            raise StoreError("Load a batch first.")
-        item = store.item_at(judged_state["batch"], judged_state["position"])
-        refinements = store.refinements(item.id)
-        if not refinements:
-            raise StoreError("There is no refinement to judge yet: run one first.")
-        if field == "first_wrong_step":
-            value = _whole_number(value, "first wrong step")  # None, an int or a float from here
-            steps = len(split_draft(item.draft))
-            if value is not None and value > steps:
-                raise StoreError(f"The draft has {steps} steps; the first wrong step cannot be {value:g}.")
-        refinement = refinements[min(judged_state.get("refinement", 0), len(refinements) - 1)]
-        judgement = store.judge(refinement.id, who.name, origin=who.origin, **{field: value})
-    except StoreError as error:
-        current = _current_of(store, judged_state, who)
-        return _reply(_error(str(error)), progress_html(store, state.get("batch"), who), judged_state, current)
-    progress = progress_html(store, state["batch"], who)
-    if judgement is None:  # an empty form left untouched: nothing to save
-        return _reply("", progress, judged_state, None)
-    saved = (
-        f"Saved: item {item.position + 1}, refinement {refinements.index(refinement) + 1} as {who.name}: "
-        f"{_form_text(judgement)} ({judgement.created_at[11:19]} UTC)."
-    )
-    return _reply(views.message_html(saved), progress, judged_state, judgement)
-
-
-def _current_of(store: Store, state: dict, who: Identity):
-    """`who`'s stored judgement of the refinement `state` names, if it names one."""
-    try:
-        item = store.item_at(state["batch"], state["position"])
-        refinements = store.refinements(item.id)
-        return store.current_judgement(refinements[min(state.get("refinement", 0), len(refinements) - 1)].id, who.name)
-    except (StoreError, KeyError, TypeError, IndexError):
-        return None
-
-
-def undo(
-    store: Store,
-    state: dict,
-    request: gr.Request,
-    profile: gr.OAuthProfile | None = None,
-    number: str | None = None,
-) -> tuple:
-    """Undo: withdraw the caller's own newest change and show the item it was about. Each click or
-    typed field saves a snapshot of the form, so undo steps back one of those, not a whole judgement.
-    In key order with the session's judgements (`number`, see SessionOrder)."""
-    with SESSION_ORDER.turn(_session(request), number):
-        return _undo(store, state, request, profile)
-
-
-def _undo(store: Store, state: dict, request, profile) -> tuple:
-    try:
-        who = _who(request, profile)
-    except Refused as refused:
-        return _refused_view(state, refused)
-    try:
-        undone = store.undo_last(who.name)
-    except StoreError as error:
-        return _safe_view(store, state, who, _error(str(error)))
-    if undone is None:
-        return _safe_view(store, state, who, views.message_html("Nothing to undo."))
-    refinement = store.refinement(undone.refinement_id)
-    item = store.item(refinement.item_id)
-    index = [r.id for r in store.refinements(item.id)].index(refinement.id)
-    message = f"Undid your change to item {item.position + 1} made at {undone.created_at[11:19]} UTC."
-    return _safe_view(store, new_state(item.batch_id, item.position, index), who, views.message_html(message))
-
-
-def run_refinement(
-    store: Store,
-    state: dict,
-    model_choice: str,
-    strategy: str,
-    max_new_tokens: float,
-    request: gr.Request,
-    profile: gr.OAuthProfile | None = None,
-) -> tuple:
-    """Run (or re-run) the engine on the current item; the result is kept as one more refinement."""
-    from cap_app.backends import BackendError, get_backend
-    from cap_app.engine.refine import InputError, refine
-    from cap_app.models.loading import ModelLoadError
-
-    try:
-        who = _who(request, profile)
-    except Refused as refused:
-        return _refused_view(state, refused)
-    if state.get("batch") is None:
-        return _safe_view(store, state, who, _error("Load a batch first."))
-    try:
-        item = store.item_at(state["batch"], state["position"])
-        config = refine_handlers.refine_config(
-            **dict(refine_handlers.default_settings(), strategy=strategy, max_new_tokens=max_new_tokens)
-        )
-        model = get_backend(refine_handlers.model_config(model_choice), refine_handlers.backend_config("auto"))
-        result = refine(item.question, item.draft, gold=item.gold, config=config, model=model)
-        store.add_refinement(item.id, result, "run")
-    except (InputError, ModelLoadError, BackendError, ValueError) as error:
-        return _safe_view(store, state, who, _error(f"The refinement could not run: {error}"))
-    index = len(store.refinements(item.id)) - 1
-    return _safe_view(
-        store,
-        new_state(state["batch"], item.position, index),
-        who,
-        views.message_html("Refinement added: judge it below."),
-    )
-
-
-def items_page(
-    store: Store, state: dict, page: float | None, request: gr.Request, profile: gr.OAuthProfile | None = None
-) -> list[list]:
-    """One page of the batch's items for the overview table, with the caller's own progress."""
-    try:
-        who = _who(request, profile)
-    except Refused:
-        return []
-    if state.get("batch") is None:
-        return []
-    try:
-        page = max(int(page or 1), 1)
-    except (ValueError, OverflowError):
-        page = 1
-    rows = store.items_page(state["batch"], who.name, (page - 1) * PAGE_SIZE, PAGE_SIZE)
-    return [[item.position + 1, _shorten(item.question), n, "yes" if judged else ""] for item, n, judged in rows]
-
-
-def _shorten(text: str, limit: int = 120) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def open_from_table(
-    store: Store,
-    state: dict,
-    page: float | None,
-    evt: gr.SelectData,
-    request: gr.Request,
-    profile: gr.OAuthProfile | None = None,
-) -> tuple:
-    row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
-    try:
-        number = (max(int(page or 1), 1) - 1) * PAGE_SIZE + int(row) + 1
-    except (TypeError, ValueError, OverflowError):
-        number = 1
-    return go_to(store, state, number, request, profile)
-
-
-def export_download(store: Store, request: gr.Request, profile: gr.OAuthProfile | None = None, *, fmt: str):
-    """Export buttons (admins only: an export holds everyone's judgements and notes): the file to
-    download (none when empty), the summary with agreement and, for an empty export, why it is
-    empty; the label chart."""
-    try:
-        accounts.require_admin(_who(request, profile), "export judgements or see everyone's agreement")
-    except Refused as refused:
-        return None, _error(str(refused)), None
-    folder = Path(tempfile.mkdtemp(prefix="cap-export-"))
-    suffix = "csv" if fmt == "csv" else "jsonl"
-    summary = export.export(store, fmt, folder / f"cap-{fmt}.{suffix}")
-    return (
-        summary.output if summary.rows_written else None,
-        # pre-wrap: the reason an export is empty is one long line, wrapped to the box like the rest
-        f'<pre class="cap-ann-export-text" style="{WRAPPED}">{html.escape(summary.text(full_path=False))}</pre>',
-        label_counts_figure(summary) if summary.annotators else None,  # no judgement: no empty axes
-    )
-
-
-def delete_batch(
-    store: Store, state: dict, confirm: str, request: gr.Request, profile: gr.OAuthProfile | None = None
-) -> tuple:
-    """Admins only: delete the open batch with every judgement of it, once its name is typed to confirm."""
-    try:
-        who = _who(request, profile)
-        accounts.require_admin(who, "delete batches")
-        if state.get("batch") is None:
-            raise StoreError("Open the batch to delete first.")
-        batch = store.batch(state["batch"])
-        if (confirm or "").strip() != batch.name:
-            raise StoreError(f"Type the batch's name ({batch.name}) to confirm; nothing was deleted.")
-        store.delete_batch(batch.id)
-    except (Refused, StoreError) as error:
-        return gr.skip(), *_refused_view(state, error)
-    message = views.message_html(f"Deleted batch {batch.name} and every judgement of it.")
-    return gr.update(choices=batch_choices(store), value=None), *item_view(store, new_state(), who, message)
-
-
 def _bind(fn, store: Store, **fixed):
     """`fn` with the store (and fixed keyword arguments) filled in, as a real function whose signature
     and annotations are fn's remaining ones, so that Gradio passes it the request, the OAuth profile
@@ -844,168 +142,239 @@ def _bind(fn, store: Store, **fixed):
 def build_annotator_tab(demo: gr.Blocks, store: Store | None = None) -> None:
     """Lay out the Annotate tab inside `demo` (and a Tab) and wire its events."""
     store = store or Store()
-    bind = _bind
-    state = gr.State(new_state())
+    state = gr.State(handlers.new_state())
     with gr.Column(elem_id="cap-annotator"):
-        gr.Markdown(
-            "Judge refinements in bulk. Every choice is saved the moment you make it. Shortcuts: "
-            + "; ".join(f"**{keys}** {what}" for keys, what in SHORTCUTS)
-            + "."
-        )
-        gr.Markdown(storage_notice(store.path), elem_id="cap-ann-storage")  # empty unless a restart loses them
-        if accounts.oauth_configured():
-            gr.LoginButton(elem_id="cap-ann-login")
-        access = gr.HTML(elem_id="cap-ann-access")
-        batch = gr.Dropdown([], value=None, label="Batch", elem_id="cap-ann-batch")
-        with gr.Accordion("Load a batch (JSONL or CSV)", open=True):
-            with gr.Row():
-                # Choosing a file logs "warning: Method not implemented." twice in the browser console:
-                # Gradio's own, not ours (issue 25 item 9). Its upload progress bar (UploadProgress, in
-                # gradio 6.31's assets/src-COXhnU3J.js) reads /gradio_api/upload_progress through the
-                # client's EventSource stand-in (readable_stream, assets/index-DphvyggB.js line 4, whose
-                # `close: () => { console.warn("Method not implemented.") }`), and closes it twice: on
-                # the "done" message (`u?.close(), a.ondone?.()`) and again when it is destroyed. The
-                # upload itself completes; nothing of ours takes part, so it is left as it is.
-                upload = gr.File(
-                    label="Upload", file_types=[".jsonl", ".json", ".csv"], type="filepath", elem_id="cap-ann-upload"
-                )
-                with gr.Column():
-                    path = gr.Textbox(label="...or a path on the server (admins)", max_lines=1, elem_id="cap-ann-path")
-                    draft_key = gr.Dropdown(list(item_files.DRAFT_KEYS), value="draft", label="Draft field")
-                    load = gr.Button("Load", elem_id="cap-ann-load")
-            report = gr.Markdown(elem_id="cap-ann-report")
-        progress = gr.HTML(progress_html(store, None, None), elem_id="cap-ann-progress")
-        with gr.Row():
-            prev_button = gr.Button("◀ Previous (k)", elem_id="cap-ann-prev")
-            # A text box, as is the step field: Gradio's number field shows an empty value as 0 (its
-            # Number component sets `value ??= 0`), and 0 is neither an item nor a step. go_to reads
-            # and clamps the item number; _step_number and the store check the step, with messages.
-            position = gr.Textbox(label="Item", max_lines=1, elem_id="cap-ann-position")
-            next_button = gr.Button("Next (j) ▶", elem_id="cap-ann-next")
-            unjudged_button = gr.Button("Next unjudged (g)", elem_id="cap-ann-unjudged")
-            undo_button = gr.Button("Undo last change (z)", elem_id="cap-ann-undo")
-        status = gr.HTML(elem_id="cap-ann-status")
-        shown = gr.Textbox("null", visible=False, elem_id="cap-ann-shown")
-        # The stored form of the last judgement, for SHOW_STORED_JS; in the DOM, so its change event runs.
-        stored = gr.Textbox("", visible="hidden", elem_id="cap-ann-stored")
-        number = gr.Textbox("", visible=False, elem_id="cap-ann-number")  # set by NUMBERED_JS as each call is sent
-        question = gr.HTML(elem_id="cap-ann-question")
-        draft = gr.HTML(label="Draft steps", elem_id="cap-ann-draft")
-        with gr.Row():
-            refinement = gr.Radio([], label="Refinement", elem_id="cap-ann-refinement")
-            with gr.Column():
-                with gr.Row():
-                    model = gr.Dropdown(model_choices(), value=model_choices()[0], label="Model")
-                    strategy = gr.Dropdown(
-                        list(STRATEGIES), value=refine_handlers.default_settings()["strategy"], label="Strategy"
-                    )
-                    max_new_tokens = refine_handlers.setting_slider("max_new_tokens", "Max new tokens")
-                run = gr.Button("Run refinement (r)", elem_id="cap-ann-run")
-        verdict = gr.HTML(elem_id="cap-ann-verdict")
-        with gr.Group():
-            with gr.Row():
-                correct = gr.Radio(list(CORRECT_CHOICES), label="Refinement correct?", elem_id="cap-ann-correct")
-                vs_draft = gr.Radio(list(VS_DRAFT_CHOICES), label="Compared to the draft", elem_id="cap-ann-vs")
-                first_wrong_step = gr.Textbox(
-                    label="First wrong step of the draft (empty: none)", max_lines=1, elem_id="cap-ann-step"
-                )
-            note = gr.Textbox(
-                label="Note (saved when you leave the field or press Enter)",
-                max_lines=3,
-                max_length=5000,
-                elem_id="cap-ann-note",
-            )
-        side_by_side = gr.HTML(elem_id="cap-ann-side-by-side")
-        with gr.Row():
-            trace = gr.Dataframe(headers=TRACE_HEADERS, label="Trace", interactive=False, wrap=True)
-            votes = gr.Plot(label="Answer votes")
-        with gr.Accordion("All items", open=False):
-            page = gr.Number(value=1, precision=0, minimum=1, label=f"Page ({PAGE_SIZE} items each)")
-            table = gr.Dataframe(headers=PAGE_HEADERS, interactive=False, wrap=True, elem_id="cap-ann-items")
-        with gr.Accordion("Admin: export, agreement, delete", open=False):
-            with gr.Row():
-                export_buttons = {
-                    fmt: gr.Button(label, elem_id=f"cap-ann-export-{fmt}") for fmt, label in EXPORT_BUTTONS
-                }
-            download = gr.File(label="Download", interactive=False)
-            summary = gr.HTML(elem_id="cap-ann-export-summary")
-            chart = gr.Plot(label="Labels per annotator")
-            with gr.Row():
-                confirm = gr.Textbox(label="Type the open batch's name to delete it", max_lines=1)
-                delete = gr.Button("Delete this batch and its judgements", variant="stop", elem_id="cap-ann-delete")
+        tab = types.SimpleNamespace(state=state, **_header(store))
+        vars(tab).update(_loader())
+        vars(tab).update(_navigation(store))
+        vars(tab).update(_item_and_runner())
+        vars(tab).update(_judgement_form())
+        vars(tab).update(_result_panels())
+        vars(tab).update(_items_table())
+        vars(tab).update(_admin_panel())
         gr.HTML("", js_on_load=SHORTCUTS_JS, elem_id="cap-ann-shortcuts")
+    view = [getattr(tab, name) for name in VIEW]
+    _wire_batches(demo, store, tab, view)
+    _wire_navigation(store, tab, view)
+    _wire_judgements(store, tab)
+    _wire_admin(store, tab, view)
 
-    view = [
-        state,
-        progress,
-        position,
-        question,
-        draft,
-        refinement,
-        verdict,
-        side_by_side,
-        trace,
-        votes,
-        correct,
-        vs_draft,
-        first_wrong_step,
-        note,
-        status,
-        shown,
-    ]
-    db = dict(concurrency_limit=None)  # SQLite serialises writers itself
-    # Judgements and undo: every click is sent (even while an earlier one is pending), numbered in key
-    # order, and run in that order per session (SessionOrder), so keys pressed at any speed are each
-    # stored, in order.
-    ordered = dict(concurrency_limit=None, trigger_mode="multiple")
-    demo.load(access_html, None, access, **db)
-    demo.load(bind(reopen, store), [state], [batch, *view], **db)  # a reload reopens the batch
-    state.change(bind(remember, store), [state], None, api_visibility="private", **db)
-    load.click(bind(load_file, store), [state, upload, path, draft_key], [batch, report, *view], **db)
+
+def _header(store: Store) -> dict:
+    gr.Markdown(
+        "Judge refinements in bulk. Every choice is saved the moment you make it. Shortcuts: "
+        + "; ".join(f"**{keys}** {what}" for keys, what in SHORTCUTS)
+        + "."
+    )
+    gr.Markdown(storage_notice(store.path), elem_id="cap-ann-storage")  # empty unless a restart loses them
+    if accounts.oauth_configured():
+        gr.LoginButton(elem_id="cap-ann-login")
+    return dict(access=gr.HTML(elem_id="cap-ann-access"))
+
+
+def _loader() -> dict:
+    """The batch list and the Load accordion: an upload or a path on the server."""
+    batch = gr.Dropdown([], value=None, label="Batch", elem_id="cap-ann-batch")
+    with gr.Accordion("Load a batch (JSONL or CSV)", open=True):
+        with gr.Row():
+            # Choosing a file logs "warning: Method not implemented." twice in the browser console:
+            # Gradio's own, not ours (issue 25 item 9). Its upload progress bar (UploadProgress, in
+            # gradio 6.31's assets/src-COXhnU3J.js) reads /gradio_api/upload_progress through the
+            # client's EventSource stand-in (readable_stream, assets/index-DphvyggB.js line 4, whose
+            # `close: () => { console.warn("Method not implemented.") }`), and closes it twice: on
+            # the "done" message (`u?.close(), a.ondone?.()`) and again when it is destroyed. The
+            # upload itself completes; nothing of ours takes part, so it is left as it is.
+            upload = gr.File(
+                label="Upload", file_types=[".jsonl", ".json", ".csv"], type="filepath", elem_id="cap-ann-upload"
+            )
+            with gr.Column():
+                path = gr.Textbox(label="...or a path on the server (admins)", max_lines=1, elem_id="cap-ann-path")
+                draft_key = gr.Dropdown(list(item_files.DRAFT_KEYS), value="draft", label="Draft field")
+                load = gr.Button("Load", elem_id="cap-ann-load")
+        report = gr.Markdown(elem_id="cap-ann-report")
+    return dict(batch=batch, upload=upload, path=path, draft_key=draft_key, load=load, report=report)
+
+
+def _navigation(store: Store) -> dict:
+    """Progress, the item buttons, the status line and the hidden fields that tag each judgement."""
+    progress = gr.HTML(handlers.progress_html(store, None, None), elem_id="cap-ann-progress")
+    with gr.Row():
+        prev_button = gr.Button("◀ Previous (k)", elem_id="cap-ann-prev")
+        # A text box, as is the step field: Gradio's number field shows an empty value as 0 (its
+        # Number component sets `value ??= 0`), and 0 is neither an item nor a step. go_to reads
+        # and clamps the item number; the handlers and the store check the step, with messages.
+        position = gr.Textbox(label="Item", max_lines=1, elem_id="cap-ann-position")
+        next_button = gr.Button("Next (j) ▶", elem_id="cap-ann-next")
+        unjudged_button = gr.Button("Next unjudged (g)", elem_id="cap-ann-unjudged")
+        undo_button = gr.Button("Undo last change (z)", elem_id="cap-ann-undo")
+    return dict(
+        progress=progress,
+        prev_button=prev_button,
+        position=position,
+        next_button=next_button,
+        unjudged_button=unjudged_button,
+        undo_button=undo_button,
+        status=gr.HTML(elem_id="cap-ann-status"),
+        shown=gr.Textbox("null", visible=False, elem_id="cap-ann-shown"),
+        # The stored form of the last judgement, for SHOW_STORED_JS; in the DOM, so its change event runs.
+        stored=gr.Textbox("", visible="hidden", elem_id="cap-ann-stored"),
+        number=gr.Textbox("", visible=False, elem_id="cap-ann-number"),  # set by NUMBERED_JS as each call is sent
+    )
+
+
+def _item_and_runner() -> dict:
+    """The question, the draft's numbered steps, the refinements and the controls that run one more."""
+    question = gr.HTML(elem_id="cap-ann-question")
+    draft = gr.HTML(label="Draft steps", elem_id="cap-ann-draft")
+    with gr.Row():
+        refinement = gr.Radio([], label="Refinement", elem_id="cap-ann-refinement")
+        with gr.Column():
+            with gr.Row():
+                model = gr.Dropdown(model_choices(), value=model_choices()[0], label="Model")
+                strategy = gr.Dropdown(
+                    list(STRATEGIES), value=settings.default_settings()["strategy"], label="Strategy"
+                )
+                max_new_tokens = settings.setting_slider("max_new_tokens", "Max new tokens")
+            run = gr.Button("Run refinement (r)", elem_id="cap-ann-run")
+    verdict = gr.HTML(elem_id="cap-ann-verdict")
+    return dict(
+        question=question,
+        draft=draft,
+        refinement=refinement,
+        model=model,
+        strategy=strategy,
+        max_new_tokens=max_new_tokens,
+        run=run,
+        verdict=verdict,
+    )
+
+
+def _judgement_form() -> dict:
+    with gr.Group():
+        with gr.Row():
+            correct = gr.Radio(list(CORRECT_CHOICES), label="Refinement correct?", elem_id="cap-ann-correct")
+            vs_draft = gr.Radio(list(VS_DRAFT_CHOICES), label="Compared to the draft", elem_id="cap-ann-vs")
+            first_wrong_step = gr.Textbox(
+                label="First wrong step of the draft (empty: none)", max_lines=1, elem_id="cap-ann-step"
+            )
+        note = gr.Textbox(
+            label="Note (saved when you leave the field or press Enter)",
+            max_lines=3,
+            max_length=MAX_NOTE_CHARS,
+            elem_id="cap-ann-note",
+        )
+    return dict(correct=correct, vs_draft=vs_draft, first_wrong_step=first_wrong_step, note=note)
+
+
+def _result_panels() -> dict:
+    side_by_side = gr.HTML(elem_id="cap-ann-side-by-side")
+    with gr.Row():
+        trace = gr.Dataframe(headers=TRACE_HEADERS, label="Trace", interactive=False, wrap=True)
+        votes = gr.Plot(label="Answer votes")
+    return dict(side_by_side=side_by_side, trace=trace, votes=votes)
+
+
+def _items_table() -> dict:
+    with gr.Accordion("All items", open=False):
+        page = gr.Number(value=1, precision=0, minimum=1, label=f"Page ({PAGE_SIZE} items each)")
+        table = gr.Dataframe(headers=PAGE_HEADERS, interactive=False, wrap=True, elem_id="cap-ann-items")
+    return dict(page=page, table=table)
+
+
+def _admin_panel() -> dict:
+    """Export (one button per format of cap_app.annotate.export.FORMATS), agreement, delete."""
+    with gr.Accordion("Admin: export, agreement, delete", open=False):
+        with gr.Row():
+            export_buttons = {
+                name: gr.Button(fmt.label, elem_id=f"cap-ann-export-{name}") for name, fmt in FORMATS.items()
+            }
+        download = gr.File(label="Download", interactive=False)
+        summary = gr.HTML(elem_id="cap-ann-export-summary")
+        chart = gr.Plot(label="Labels per annotator")
+        with gr.Row():
+            confirm = gr.Textbox(label="Type the open batch's name to delete it", max_lines=1)
+            delete = gr.Button("Delete this batch and its judgements", variant="stop", elem_id="cap-ann-delete")
+    return dict(
+        export_buttons=export_buttons, download=download, summary=summary, chart=chart, confirm=confirm, delete=delete
+    )
+
+
+DB = dict(concurrency_limit=None)  # SQLite serialises writers itself
+# Judgements and undo: every click is sent (even while an earlier one is pending), numbered in key
+# order, and run in that order per session (SessionOrder), so keys pressed at any speed are each
+# stored, in order.
+ORDERED = dict(concurrency_limit=None, trigger_mode="multiple")
+
+
+def _wire_batches(demo: gr.Blocks, store: Store, tab, view: list) -> None:
+    """Sign-in line, reload, the batch list and the Load button."""
+    demo.load(handlers.access_html, None, tab.access, **DB)
+    demo.load(_bind(handlers.reopen, store), [tab.state], [tab.batch, *view], **DB)  # a reload reopens the batch
+    tab.state.change(_bind(handlers.remember, store), [tab.state], None, api_visibility="private", **DB)
+    tab.load.click(
+        _bind(handlers.load_file, store),
+        [tab.state, tab.upload, tab.path, tab.draft_key],
+        [tab.batch, tab.report, *view],
+        **DB,
+    )
     # The Load button reads one source: choosing a file clears the path, typing a path clears the upload
     # (in the browser only), so what Load reads is what was touched last.
     # (A js-only event returning null leaves Gradio's File showing its file, so these go to the server.)
     quiet = dict(api_visibility="private", queue=False, trigger_mode="always_last")
-    upload.upload(_cleared_path, None, path, **quiet)
-    path.change(_cleared_upload, [path], upload, **quiet)
-    batch.focus(bind(refresh_batches, store), [state], batch, **db)
-    batch.input(bind(open_batch, store), [state, batch], view, **db)
-    position.submit(bind(go_to, store), [state, position], view, **db)
-    prev_button.click(bind(step, store, delta=-1), [state], view, **db)
-    next_button.click(bind(step, store, delta=1), [state], view, **db)
-    unjudged_button.click(bind(next_unjudged, store), [state], view, **db)
-    undo_button.click(bind(undo, store), [state, number], view, js=NUMBERED_JS.replace("QUEUE", '"undo"'), **ordered)
-    refinement.input(bind(choose_refinement, store), [state, refinement], view, **db)
-    run.click(
-        bind(run_refinement, store),
-        [state, model, strategy, max_new_tokens],
+    tab.upload.upload(handlers.cleared_path, None, tab.path, **quiet)
+    tab.path.change(handlers.cleared_upload, [tab.path], tab.upload, **quiet)
+    tab.batch.focus(_bind(handlers.refresh_batches, store), [tab.state], tab.batch, **DB)
+    tab.batch.input(_bind(handlers.open_batch, store), [tab.state, tab.batch], view, **DB)
+
+
+def _wire_navigation(store: Store, tab, view: list) -> None:
+    """Moving between items and refinements, running one more, undo and the items table."""
+    state = tab.state
+    tab.position.submit(_bind(handlers.go_to, store), [state, tab.position], view, **DB)
+    tab.prev_button.click(_bind(handlers.step, store, delta=-1), [state], view, **DB)
+    tab.next_button.click(_bind(handlers.step, store, delta=1), [state], view, **DB)
+    tab.unjudged_button.click(_bind(handlers.next_unjudged, store), [state], view, **DB)
+    tab.undo_button.click(
+        _bind(handlers.undo, store), [state, tab.number], view, js=NUMBERED_JS.replace("QUEUE", '"undo"'), **ORDERED
+    )
+    tab.refinement.input(_bind(handlers.choose_refinement, store), [state, tab.refinement], view, **DB)
+    tab.run.click(
+        _bind(handlers.run_refinement, store),
+        [state, tab.model, tab.strategy, tab.max_new_tokens],
         view,
         concurrency_limit=CONCURRENCY_LIMIT,
         concurrency_id="generation",
     )
+    for event in (tab.page.submit, state.change):
+        event(_bind(handlers.items_page, store), [state, tab.page], tab.table, **DB)
+    tab.table.select(_bind(handlers.open_from_table, store), [state, tab.page], view, **DB)
+
+
+def _wire_judgements(store: Store, tab) -> None:
+    """Each form field is saved by its own events, numbered in key order; the newest reply is shown."""
     events = {
-        "correct": [correct.input],
-        "vs_draft": [vs_draft.input],
-        "first_wrong_step": [first_wrong_step.submit, first_wrong_step.blur],
-        "note": [note.submit, note.blur],
+        "correct": [tab.correct.input],
+        "vs_draft": [tab.vs_draft.input],
+        "first_wrong_step": [tab.first_wrong_step.submit, tab.first_wrong_step.blur],
+        "note": [tab.note.submit, tab.note.blur],
     }
-    components = {"correct": correct, "vs_draft": vs_draft, "first_wrong_step": first_wrong_step, "note": note}
     for field, triggers in events.items():
         judged = gr.on(
             triggers,
-            bind(record_judgement, store, field=field),
-            [state, components[field], shown, number],
-            [status, progress, stored],
+            _bind(handlers.record_judgement, store, field=field),
+            [tab.state, getattr(tab, field), tab.shown, tab.number],
+            [getattr(tab, name) for name in handlers.JUDGED],
             js=NUMBERED_JS.replace("QUEUE", json.dumps(field)),
-            **ordered,
+            **ORDERED,
         )
-        judged.then(bind(items_page, store), [state, page], table, **db)
-    watched = [correct, vs_draft, status, progress]
-    stored.change(None, [stored, shown, *watched], watched, js=SHOW_STORED_JS)
-    for event in (page.submit, state.change):
-        event(bind(items_page, store), [state, page], table, **db)
+        judged.then(_bind(handlers.items_page, store), [tab.state, tab.page], tab.table, **DB)
+    watched = [tab.correct, tab.vs_draft, tab.status, tab.progress]
+    tab.stored.change(None, [tab.stored, tab.shown, *watched], watched, js=SHOW_STORED_JS)
 
-    table.select(bind(open_from_table, store), [state, page], view, **db)
-    for fmt, button in export_buttons.items():
-        button.click(bind(export_download, store, fmt=fmt), None, [download, summary, chart], **db)
-    delete.click(bind(delete_batch, store), [state, confirm], [batch, *view], **db)
+
+def _wire_admin(store: Store, tab, view: list) -> None:
+    for fmt, button in tab.export_buttons.items():
+        button.click(
+            _bind(handlers.export_download, store, fmt=fmt), None, [tab.download, tab.summary, tab.chart], **DB
+        )
+    tab.delete.click(_bind(handlers.delete_batch, store), [tab.state, tab.confirm], [tab.batch, *view], **DB)

@@ -13,7 +13,8 @@ import pytest
 
 from cap_app.annotate import accounts
 from cap_app.annotate.store import Store
-from cap_app.ui import annotate_tab as tab
+from cap_app.ui import annotate_handlers as handlers
+from cap_app.ui.annotate_tab import build_annotator_tab
 from tests.annotator.conftest import PASSWORD, as_user, make_result, write_jsonl
 from tests.helpers.paths import ROOT
 
@@ -25,13 +26,13 @@ def batch_file(tmp_path):
 
 
 def opened(store, batch_file, name="ann") -> dict:
-    _, report, *values = tab.load_file(store, tab.new_state(), str(batch_file), "", "draft", as_user(name))
+    _, report, *values = handlers.load_file(store, handlers.new_state(), str(batch_file), "", "draft", as_user(name))
     assert "loaded" in report, report
-    return dict(zip(tab.VIEW, values, strict=True))
+    return dict(zip(handlers.VIEW, values, strict=True))
 
 
 def judge(store, page, name, field, value, origin="page") -> str:
-    return tab.record_judgement(store, page["state"], value, page["shown"], as_user(name, origin), field=field)[0]
+    return handlers.record_judgement(store, page["state"], value, page["shown"], as_user(name, origin), field=field)[0]
 
 
 def all_judgements(store) -> list[tuple]:
@@ -45,12 +46,12 @@ def test_another_annotator_can_neither_read_nor_overwrite_nor_undo_your_judgemen
     ann, bob = opened(store, batch_file, "ann"), opened(store, batch_file, "bob")
     assert "Saved" in judge(store, ann, "ann", "correct", "no")
     seen_by_bob = dict(
-        zip(tab.VIEW, tab.item_view(store, bob["state"], accounts.identify(as_user("bob"))), strict=True)
+        zip(handlers.VIEW, handlers.item_view(store, bob["state"], accounts.identify(as_user("bob"))), strict=True)
     )
     assert seen_by_bob["correct"] is None  # bob sees his own form, empty
     assert "as bob" in judge(store, bob, "bob", "correct", "yes", origin="api")
     for _ in range(3):
-        tab.undo(store, bob["state"], as_user("bob"))
+        handlers.undo(store, bob["state"], as_user("bob"))
     rows = all_judgements(store)
     assert ("ann", "no", None, "page", None) in rows  # ann's judgement: untouched, current
     assert [row[:4] for row in rows if row[0] == "bob"] == [("bob", "yes", None, "api")] and rows[-1][4] is not None
@@ -61,7 +62,7 @@ def test_another_annotator_can_neither_read_nor_overwrite_nor_undo_your_judgemen
 def test_no_endpoint_takes_a_name_from_the_caller(store):
     """The identity is the request's: nothing the page or an API client sends can name an annotator."""
     with gr.Blocks() as demo:
-        tab.build_annotator_tab(demo, store)
+        build_annotator_tab(demo, store)
     config = demo.get_config_file()
     props = {c["id"]: c["props"] for c in config["components"]}
     for dependency in config["dependencies"]:
@@ -76,7 +77,7 @@ def test_export_is_refused_to_anyone_but_an_admin(store, batch_file, caller):
     page = opened(store, batch_file)
     judge(store, page, "ann", "correct", "yes")
     for fmt in ("csv", "kto", "dpo"):
-        path, summary, chart = tab.export_download(store, as_user(caller), fmt=fmt)
+        path, summary, chart = handlers.export_download(store, as_user(caller), fmt=fmt)
         assert path is None and chart is None  # no file, no chart of everyone's labels
         assert "kappa" not in summary and "current judgements" not in summary  # no summary of anyone's
         assert any(word in summary for word in ("Only an admin", "Sign in", "no longer exists"))
@@ -86,7 +87,7 @@ def test_an_admin_export_names_who_judged_and_from_where(store, batch_file, tmp_
     page = opened(store, batch_file)
     judge(store, page, "ann", "correct", "yes")
     judge(store, opened(store, batch_file, "bob"), "bob", "correct", "yes", origin="api")
-    path, summary, _ = tab.export_download(store, as_user("boss"), fmt="csv")
+    path, summary, _ = handlers.export_download(store, as_user("boss"), fmt="csv")
     with open(path, newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     assert [(r["annotator"], r["origin"], r["correct"]) for r in rows] == [
@@ -94,38 +95,38 @@ def test_an_admin_export_names_who_judged_and_from_where(store, batch_file, tmp_
         ("bob", "api", "yes"),
     ]
     assert "Cohen" in summary
-    path, _, _ = tab.export_download(store, as_user("boss"), fmt="kto")
+    path, _, _ = handlers.export_download(store, as_user("boss"), fmt="kto")
     assert json.loads(open(path).readline())["meta"]["judged_by"] == ["ann (page)", "bob (api)"]
 
 
 def test_only_an_admin_loads_a_server_path_or_deletes_a_batch(store, batch_file, monkeypatch):
     monkeypatch.setenv("CAP_BATCH_DIRS", str(batch_file.parent))
-    _, report, *rest = tab.load_file(store, tab.new_state(), None, str(batch_file), "draft", as_user("ann"))
+    _, report, *rest = handlers.load_file(store, handlers.new_state(), None, str(batch_file), "draft", as_user("ann"))
     assert "Only an admin may load files on the server" in report and store.list_batches() == []
     page = opened(store, batch_file, "ann")  # an upload is any annotator's
     judge(store, page, "ann", "correct", "no")
-    refused = tab.delete_batch(store, page["state"], "batch.jsonl", as_user("ann"))
+    refused = handlers.delete_batch(store, page["state"], "batch.jsonl", as_user("ann"))
     assert "Only an admin may delete batches" in refused[-2] and len(store.list_batches()) == 1
-    assert "Type the batch" in tab.delete_batch(store, page["state"], "", as_user("boss"))[-2]
-    deleted = tab.delete_batch(store, page["state"], "batch.jsonl", as_user("boss"))
+    assert "Type the batch" in handlers.delete_batch(store, page["state"], "", as_user("boss"))[-2]
+    deleted = handlers.delete_batch(store, page["state"], "batch.jsonl", as_user("boss"))
     assert "Deleted batch batch.jsonl" in deleted[-2] and store.list_batches() == [] and all_judgements(store) == []
 
 
 def test_a_caller_who_is_not_signed_in_gets_nothing_and_changes_nothing(store, batch_file):
     page = opened(store, batch_file)
     nobody = as_user(None)
-    assert tab.refresh_batches(store, page["state"], nobody)["choices"] == []
-    assert "Sign in" in tab.load_file(store, tab.new_state(), str(batch_file), "", "draft", nobody)[1]
+    assert handlers.refresh_batches(store, page["state"], nobody)["choices"] == []
+    assert "Sign in" in handlers.load_file(store, handlers.new_state(), str(batch_file), "", "draft", nobody)[1]
     for values in (
-        tab.step(store, page["state"], nobody, delta=1),
-        tab.go_to(store, page["state"], 2, nobody),
-        tab.next_unjudged(store, page["state"], nobody),
-        tab.undo(store, page["state"], nobody),
+        handlers.step(store, page["state"], nobody, delta=1),
+        handlers.go_to(store, page["state"], 2, nobody),
+        handlers.next_unjudged(store, page["state"], nobody),
+        handlers.undo(store, page["state"], nobody),
     ):
-        shown = dict(zip(tab.VIEW, values, strict=True))
+        shown = dict(zip(handlers.VIEW, values, strict=True))
         assert "Sign in" in shown["status"] and shown["question"] == "" and shown["state"] == page["state"]
-    assert "Sign in" in tab.record_judgement(store, page["state"], "yes", "null", nobody, field="correct")[0]
-    assert tab.items_page(store, page["state"], 1, nobody) == []
+    assert "Sign in" in handlers.record_judgement(store, page["state"], "yes", "null", nobody, field="correct")[0]
+    assert handlers.items_page(store, page["state"], 1, nobody) == []
     assert all_judgements(store) == []
 
 
@@ -142,8 +143,8 @@ def test_local_use_without_accounts_stores_under_the_local_name(store, batch_fil
     accounts.set_bind_host("127.0.0.1")
     page = opened(store, batch_file, None)
     assert "as me" in judge(store, page, None, "correct", "yes")
-    assert "Local use without accounts" in tab.access_html(as_user(None))
-    assert "stored under the local name me" in tab.access_html(as_user(None))
+    assert "Local use without accounts" in handlers.access_html(as_user(None))
+    assert "stored under the local name me" in handlers.access_html(as_user(None))
 
 
 @pytest.mark.parametrize("where", ["0.0.0.0", "space"])
@@ -158,11 +159,12 @@ def test_reachable_from_elsewhere_without_accounts_the_tab_stores_nothing_and_sa
     else:
         accounts.set_bind_host(where)
     try:
-        message = tab.record_judgement(store, page["state"], "yes", "null", as_user("ann"), field="correct")[0]
+        message = handlers.record_judgement(store, page["state"], "yes", "null", as_user("ann"), field="correct")[0]
         assert "nothing is stored" in message and "CAP_USERS" in message and "hf_oauth" in message
-        assert "nothing is stored" in tab.access_html(as_user(None))
+        assert "nothing is stored" in handlers.access_html(as_user(None))
         assert (
-            "nothing is stored" in tab.load_file(store, tab.new_state(), str(batch_file), "", "draft", as_user(None))[1]
+            "nothing is stored"
+            in handlers.load_file(store, handlers.new_state(), str(batch_file), "", "draft", as_user(None))[1]
         )
         assert all_judgements(store) == []
     finally:
@@ -194,7 +196,7 @@ def test_on_a_space_the_hugging_face_account_and_the_allow_lists_decide(store, b
     monkeypatch.setenv("CAP_ANNOTATORS", "")
     assert accounts.identify(request, profile("mallory")).role == "annotator"  # empty list: anyone signed in
     with gr.Blocks() as demo:
-        tab.build_annotator_tab(demo, store)
+        build_annotator_tab(demo, store)
     ids = [c["props"].get("elem_id") for c in demo.get_config_file()["components"]]
     assert "cap-ann-login" in ids and demo.expects_oauth  # the Sign in with Hugging Face button, OAuth routes on
 

@@ -10,8 +10,8 @@ import pytest
 from cap_app.annotate.accounts import Identity
 from cap_app.annotate.export import export
 from cap_app.annotate.item_files import BatchError, allowed_batch_path, load_batch
-from cap_app.ui import annotate_tab as tab
-from cap_app.ui.annotate_tab import VIEW
+from cap_app.ui import annotate_handlers as handlers
+from cap_app.ui.annotate_handlers import VIEW
 from tests.annotator.conftest import RIGHT_PROGRAM, make_result, write_jsonl
 
 
@@ -39,7 +39,9 @@ def test_numeric_answer_fields_load_as_text_and_the_item_shows(store, tmp_path):
         assert (item.gold, result.gold, result.draft_answer) == (gold, gold, "26")
         assert (result.refined_answer, result.program_answer, result.candidates[0].execution.answer) == (answer,) * 3
         ann = Identity("ann", "annotator", "page")
-        shown = dict(zip(VIEW, tab.item_view(store, tab.new_state(report.batch.id, position), ann), strict=True))
+        shown = dict(
+            zip(VIEW, handlers.item_view(store, handlers.new_state(report.batch.id, position), ann), strict=True)
+        )
         assert "Gold answer:</b> " + gold in shown["question"] and shown["verdict"]
 
 

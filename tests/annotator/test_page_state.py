@@ -16,7 +16,7 @@ import pytest
 
 from cap_app.annotate.item_files import load_batch
 from cap_app.annotate.store import StoreError
-from cap_app.ui import annotate_tab as tab
+from cap_app.ui import annotate_handlers as handlers
 from tests.annotator.conftest import RIGHT_PROGRAM, as_user, make_result, write_jsonl
 from tests.annotator.test_annotator_tab import loaded
 from tests.helpers.paths import ROOT
@@ -49,11 +49,11 @@ def test_a_forged_shown_state_is_refused_and_changes_nothing(store, batch_file, 
         json.dumps({"batch": None, "position": 0, "refinement": 0}),
     ]
     for shown_value in forged:
-        values = tab.record_judgement(store, state, "yes", shown_value, as_user("ann"), field="correct")
+        values = handlers.record_judgement(store, state, "yes", shown_value, as_user("ann"), field="correct")
         assert "Saved" not in values[0] and "refused" in values[0].lower(), (shown_value, values[0])
         assert json.loads(values[2])["correct"] is None  # the radio shows what is stored: nothing
     assert judgements(store) == []
-    honest = tab.record_judgement(store, state, "yes", shown["shown"], as_user("ann"), field="correct")
+    honest = handlers.record_judgement(store, state, "yes", shown["shown"], as_user("ann"), field="correct")
     assert "Saved: item 1" in honest[0]
 
 
@@ -71,14 +71,16 @@ def test_no_item_or_refinement_of_an_unfinished_import_can_be_judged_or_opened(s
 
         _insert_item(conn, batch_id, 0, NewItem(1, "q?", "d", None, (make_result(RIGHT_PROGRAM, "18"),)))
         refinement_id = conn.execute("SELECT id FROM refinements").fetchone()[0]
-    state = tab.new_state(batch_id)
-    values = tab.record_judgement(store, state, "yes", json.dumps(state), as_user("ann"), field="correct")
+    state = handlers.new_state(batch_id)
+    values = handlers.record_judgement(store, state, "yes", json.dumps(state), as_user("ann"), field="correct")
     assert "Saved" not in values[0]
     with pytest.raises(StoreError):
         store.judge(refinement_id, "ann", correct="yes")
     with pytest.raises(StoreError):
         store.item_at(batch_id, 0)
-    opened = dict(zip(tab.VIEW, tab.open_batch(store, tab.new_state(), batch_id, as_user("ann")), strict=True))
+    opened = dict(
+        zip(handlers.VIEW, handlers.open_batch(store, handlers.new_state(), batch_id, as_user("ann")), strict=True)
+    )
     assert opened["state"]["batch"] is None and opened["question"] == ""
     assert judgements(store) == []
 
@@ -124,9 +126,9 @@ def test_a_judgement_forged_during_an_import_then_a_sigkill_leave_the_file_loada
         forged = json.dumps({"batch": batch_id, "position": 0, "refinement": 0})
         assert (
             "Saved"
-            not in tab.record_judgement(store, tab.new_state(batch_id), "no", forged, as_user("ann"), field="correct")[
-                0
-            ]
+            not in handlers.record_judgement(
+                store, handlers.new_state(batch_id), "no", forged, as_user("ann"), field="correct"
+            )[0]
         )
         with pytest.raises(StoreError):
             store.judge(refinement_id, "ann", correct="no")
@@ -159,7 +161,7 @@ def test_a_file_damaged_by_an_older_app_loads_at_once(store, batch_file):
 
 
 def test_a_sessions_numbered_calls_run_in_key_order_whatever_order_they_arrive_in():
-    order = tab.SessionOrder(wait_s=60)
+    order = handlers.SessionOrder(wait_s=60)
     ran: list[str] = []
 
     def call(session: str, number: int) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from cap_app.annotate.store import Store
-from cap_app.ui.annotate_tab import VIEW
+from cap_app.ui.annotate_handlers import VIEW
 from tests.annotator.conftest import PASSWORD, RIGHT_PROGRAM, make_result, write_jsonl, write_users
 from tests.helpers.paths import ROOT
 

@@ -1,0 +1,734 @@
+"""What each event of the Annotate tab does (the layout and wiring are cap_app.ui.annotate_tab).
+
+Every judgement is written to the store the moment a choice is made (a radio click, a step
+number or note left) - there is no save button to forget - and the page says "Saved" only once
+the store has committed it, showing the form as stored. Who judges is the request's signed-in
+identity (cap_app.annotate.accounts), never a name typed on the page; every handler checks it and its
+role before it reads or writes anything, whether the page or an API client calls it.
+
+The handlers are plain module-level functions taking the Store first (bound when wired), then the
+components' values, then the request (and the Hugging Face profile on a Space), so tests drive them
+without a browser; they call cap_app.annotate.store / item_files / export / accounts and the shared
+views, and hold no logic of their own. Item views return tuples in the order of `VIEW`.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import html
+import json
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import gradio as gr
+
+from cap_app.annotate import accounts, export, item_files
+from cap_app.annotate.accounts import Identity, Refused
+from cap_app.annotate.store import Store, StoreError
+from cap_app.engine.align import DraftStep, split_draft
+from cap_app.engine.reading import read_result
+from cap_app.ui import settings, views
+from cap_app.ui.charts import label_counts_figure, votes_figure
+
+VIEW = (
+    "state",
+    "progress",
+    "position",
+    "question",
+    "draft",
+    "refinement",
+    "verdict",
+    "side_by_side",
+    "trace",
+    "votes",
+    "correct",
+    "vs_draft",
+    "first_wrong_step",
+    "note",
+    "status",
+    "shown",  # the state as the page has it: a judgement names the item it was made on
+)
+FORM_FIELDS = ("correct", "vs_draft", "first_wrong_step", "note")  # each saved by its own event
+JUDGED = ("status", "progress", "stored")  # what a judgement event returns
+PAGE_SIZE = 20
+WRAPPED = "white-space: pre-wrap; overflow-wrap: anywhere"
+
+
+class SessionOrder:
+    """Runs each page session's numbered calls (judgements and undo, numbered in key order by the
+    page) one after the other in that order, whatever order they arrive in; calls of different
+    sessions, and unnumbered ones (API clients), run at once. A number that never arrives holds the
+    next one up for at most `wait_s`."""
+
+    def __init__(self, wait_s: float = 5.0, sessions: int = 10_000):
+        self.wait_s, self.sessions = wait_s, sessions
+        self._done: collections.OrderedDict[str, int] = collections.OrderedDict()
+        self._changed = threading.Condition()
+
+    @contextlib.contextmanager
+    def turn(self, session: str | None, number: str | int | None):
+        try:
+            number = int(number or 0)
+        except (TypeError, ValueError):
+            number = 0
+        if not session or number <= 0:
+            yield
+            return
+        deadline = time.monotonic() + self.wait_s
+        with self._changed:
+            while self._done.get(session, 0) < number - 1 and (left := deadline - time.monotonic()) > 0:
+                self._changed.wait(left)
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._done[session] = max(self._done.get(session, 0), number)
+                self._done.move_to_end(session)
+                while len(self._done) > self.sessions:
+                    self._done.popitem(last=False)
+                self._changed.notify_all()
+
+
+SESSION_ORDER = SessionOrder()
+
+
+def _session(request: gr.Request | None) -> str | None:
+    return getattr(request, "session_hash", None) if request is not None else None
+
+
+def new_state(batch_id: int | None = None, position: int = 0, refinement: int = 0) -> dict:
+    """What one browser session is looking at."""
+    return {"batch": batch_id, "position": position, "refinement": refinement}
+
+
+SHOWN_REFUSED = (
+    "Refused: the page named an item this session does not have open; nothing was saved. "
+    "Reopen the item (or reload the page) and judge it again."
+)
+
+
+def _shown_state(store: Store, state: dict, shown: str | None) -> dict:
+    """The item a judgement is of: the one the page says it showed (`shown`, sent with the click, so a
+    key pressed right after it cannot move the judgement to another item), checked against the
+    store and this session's own state, which the browser cannot touch. No `shown` ("null", as API
+    callers send by default) means the session's state. StoreError when `shown` is anything but an
+    item and refinement of a complete batch this session has open."""
+    if shown in (None, "", "null"):
+        return state
+    try:
+        value = json.loads(shown)
+    except ValueError:
+        raise StoreError(SHOWN_REFUSED) from None
+    if not isinstance(value, dict) or set(value) != {"batch", "position", "refinement"}:
+        raise StoreError(SHOWN_REFUSED)
+    batch, position, refinement = value["batch"], value["position"], value["refinement"]
+    if type(batch) is not int or batch != state.get("batch"):
+        raise StoreError(SHOWN_REFUSED)
+    if not all(type(x) is int and x >= 0 for x in (position, refinement)):
+        raise StoreError(SHOWN_REFUSED)
+    try:
+        item = store.item_at(batch, position)  # complete batches only
+    except StoreError:
+        raise StoreError(SHOWN_REFUSED) from None
+    if refinement >= max(len(store.refinements(item.id)), 1):
+        raise StoreError(SHOWN_REFUSED)
+    return new_state(batch, position, refinement)
+
+
+def _who(request: gr.Request | None, profile: gr.OAuthProfile | None) -> Identity:
+    return accounts.identify(request, profile)
+
+
+def access_html(request: gr.Request, profile: gr.OAuthProfile | None = None) -> str:
+    """The line at the top of the tab: who judgements are stored as here, or why nothing is stored."""
+    try:
+        accounts.identify(request, profile)
+        kind = "info"
+    except Refused:  # not signed in, not allowed, or nothing can be stored here
+        kind = "warning"
+    return views.message_html(accounts.describe_access(request, profile), kind)
+
+
+def progress_html(store: Store, batch_id: int | None, who: Identity | None) -> str:
+    if batch_id is None or who is None:
+        return views.message_html("Load a batch (or pick one loaded before) to start.")
+    judged, total = store.progress(batch_id, who.name)
+    percent = 100 * judged / total if total else 0
+    return (
+        f'<div class="cap-ann-progress"><progress value="{judged}" max="{total}" style="width:100%"></progress>'
+        f'<div><span class="cap-ann-judged">{judged}</span> / <span class="cap-ann-total">{total}</span> '
+        f"judged by {html.escape(who.name)} ({percent:.0f}%)</div></div>"
+    )
+
+
+def draft_html(steps: list[DraftStep]) -> str:
+    """The draft as numbered steps: the numbers "first wrong step" refers to."""
+    items = "".join(f'<li value="{s.index + 1}">{html.escape(s.text)}</li>' for s in steps)
+    return f'<ol class="cap-ann-draft">{items}</ol>'
+
+
+def item_view(store: Store, state: dict, who: Identity | None, status: str = "") -> tuple:
+    """Every component of the item panel for `state`, as a tuple in the order of VIEW; the form
+    shows `who`'s own current judgement, nobody else's."""
+    batch_id = state.get("batch")
+    if batch_id is None or who is None:
+        return _view(state=state, progress=progress_html(store, None, who), status=status)
+    item = store.item_at(batch_id, state["position"])
+    refinements = store.refinements(item.id)
+    index = min(max(state.get("refinement", 0), 0), max(len(refinements) - 1, 0))
+    state = new_state(batch_id, item.position, index)
+    gold = f'<p class="cap-ann-gold"><b>Gold answer:</b> {html.escape(item.gold)}</p>' if item.gold else ""
+    values = dict(
+        state=state,
+        progress=progress_html(store, batch_id, who),
+        position=item.position + 1,
+        question=(
+            f'<p class="cap-ann-question"><b>Question</b> (item {item.position + 1}, line {item.line}): '
+            f"{html.escape(item.question)}</p>{gold}"
+        ),
+        refinement=gr.update(
+            choices=[(_refinement_label(i, r), i) for i, r in enumerate(refinements)],
+            value=index if refinements else None,
+        ),
+        status=status,
+    )
+    if not refinements:  # nothing read yet: the draft's steps alone
+        values["draft"] = draft_html(split_draft(item.draft))
+        values["verdict"] = views.message_html("No refinement yet: press Run refinement (r).")
+        return _view(**values)
+    stored = refinements[index]
+    judgement = store.current_judgement(stored.id, who.name)
+    reading = read_result(stored.result)
+    values.update(
+        draft=draft_html(reading.draft_steps),
+        verdict=views.verdict_html(reading),
+        side_by_side=views.render_side_by_side(reading),
+        trace=views.trace_table(stored.result),
+        votes=votes_figure(reading),
+        correct=judgement.correct if judgement else None,
+        vs_draft=judgement.vs_draft if judgement else None,
+        first_wrong_step=judgement.first_wrong_step if judgement else None,
+        note=judgement.note if judgement else "",
+    )
+    return _view(**values)
+
+
+def _view(**values) -> tuple:
+    defaults = dict(
+        position=None,
+        question="",
+        draft="",
+        refinement=gr.update(choices=[], value=None),
+        verdict="",
+        side_by_side="",
+        trace=[],
+        votes=None,
+        correct=None,
+        vs_draft=None,
+        first_wrong_step=None,
+        note="",
+        status="",
+    )
+    defaults.update(values)
+    defaults["shown"] = json.dumps(defaults["state"])
+    return tuple(defaults[name] for name in VIEW)
+
+
+def _refinement_label(index: int, stored) -> str:
+    result = stored.result
+    return f"{index + 1}: {result.strategy}, answer {result.program_answer or 'none'} ({stored.source})"
+
+
+def _error(message: str) -> str:
+    return views.message_html(message, "warning")
+
+
+def _safe_view(store: Store, state: dict, who: Identity | None, status: str = "") -> tuple:
+    try:
+        return item_view(store, state, who, status)
+    except StoreError as error:
+        return item_view(store, new_state(), who, _error(str(error)))
+
+
+def _refused_view(state: dict, refused: Exception) -> tuple:
+    """A refused call: nothing of the batch is shown, the session keeps its place, the page says why."""
+    return _view(state=state, progress="", status=_error(str(refused)))
+
+
+def batch_choices(store: Store) -> list[tuple[str, int]]:
+    return [
+        (f"{b.name} ({item_files.items_text(b.item_count)}, {b.created_at[:16].replace('T', ' ')})", b.id)
+        for b in store.list_batches()
+    ]
+
+
+def refresh_batches(store: Store, state: dict, request: gr.Request, profile: gr.OAuthProfile | None = None):
+    """The batch list, for signed-in annotators only."""
+    try:
+        _who(request, profile)
+    except Refused:
+        return gr.update(choices=[], value=None)
+    return gr.update(choices=batch_choices(store), value=state.get("batch"))
+
+
+NO_BATCH = "No batch is open: pick one in Batch above, or load a file."
+
+
+class OpenBatches:
+    """The batch and item each annotator has open, by store and name, kept in the server's memory (the
+    newest of the account's sessions) so that a reloaded page reopens them (reopen); at most `size`
+    annotators, the least recent forgotten first. A restart of the server forgets them."""
+
+    def __init__(self, size: int = 10_000):
+        self.size = size
+        self._open: collections.OrderedDict[tuple[str, str], dict] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def set(self, store: Store, name: str, state: dict) -> None:
+        key = (str(store.path), name)
+        with self._lock:
+            if state.get("batch") is None:
+                self._open.pop(key, None)
+                return
+            self._open[key] = {"batch": state["batch"], "position": state.get("position", 0)}
+            self._open.move_to_end(key)
+            while len(self._open) > self.size:
+                self._open.popitem(last=False)
+
+    def get(self, store: Store, name: str) -> dict | None:
+        with self._lock:
+            return self._open.get((str(store.path), name))
+
+
+OPEN_BATCHES = OpenBatches()
+
+
+def remember(store: Store, state: dict, request: gr.Request, profile: gr.OAuthProfile | None = None) -> None:
+    """The session's state changed: keep the batch and item it has open for the account (OPEN_BATCHES)."""
+    try:
+        who = _who(request, profile)
+    except Refused:
+        return
+    if isinstance(state, dict):
+        OPEN_BATCHES.set(store, who.name, state)
+
+
+def reopen(store: Store, state: dict, request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple:
+    """The page's load: the batch list, and the batch and item the account had open before a reload
+    (OPEN_BATCHES). Returns the batch dropdown and the view; the view is left as it is when nothing is
+    reopened (a batch since deleted, or none open)."""
+    skip = tuple(gr.skip() for _ in VIEW)
+    try:
+        who = _who(request, profile)
+    except Refused:
+        return gr.update(choices=[], value=None), *skip
+    choices = batch_choices(store)
+    remembered = OPEN_BATCHES.get(store, who.name) or {}
+    try:
+        batch = store.batch(remembered["batch"])
+    except (KeyError, StoreError):
+        return gr.update(choices=choices, value=None), *skip
+    position = remembered.get("position", 0)
+    if not 0 <= position < batch.item_count:
+        position = _first_unjudged(store, batch.id, who)
+    message = views.message_html(f"Reopened {batch.name}, where you were before the page was reloaded.")
+    return gr.update(choices=choices, value=batch.id), *_safe_view(store, new_state(batch.id, position), who, message)
+
+
+def load_file(
+    store: Store,
+    state: dict,
+    upload: str | None,
+    path: str,
+    draft_key: str,
+    request: gr.Request,
+    profile: gr.OAuthProfile | None = None,
+) -> tuple:
+    """Load button: an uploaded file (any annotator) or a path on the server (admins only, within the
+    allowed folders) becomes a batch; the report says which of the two was loaded. Both at once is
+    refused (on the page, choosing a file clears the path and typing a path clears the upload)."""
+    try:
+        who = _who(request, profile)
+        if upload and (path or "").strip():
+            raise item_files.BatchError(
+                "Both a file in Upload and a path are given, so nothing was loaded: clear one of them."
+            )
+        if upload:
+            source, name, origin = Path(upload), Path(upload).name, "the uploaded file"
+        elif (path or "").strip():
+            accounts.require_admin(who, "load files on the server by path (upload the file instead)")
+            source = item_files.allowed_batch_path(path.strip())
+            name, origin = source.name, "the path on the server"
+        else:
+            raise item_files.BatchError("Choose a file to upload or enter a path.")
+        report = item_files.load_batch(store, source, draft_key=draft_key, name=name)
+    except (item_files.BatchError, StoreError, Refused) as error:
+        return (gr.skip(), _error(str(error)), *(gr.skip() for _ in VIEW))
+    opened = new_state(report.batch.id, _first_unjudged(store, report.batch.id, who))
+    return (
+        gr.update(choices=batch_choices(store), value=report.batch.id),
+        f"Loaded {origin}. {report.summary()}",
+        *_safe_view(store, opened, who),
+    )
+
+
+def cleared_path() -> str:
+    """A file chosen clears the path: Load reads what was touched last."""
+    return ""
+
+
+def cleared_upload(path: str):
+    """A path typed clears the upload; the path emptied (as choosing a file does) leaves it."""
+    return None if (path or "").strip() else gr.skip()
+
+
+def _first_unjudged(store: Store, batch_id: int, who: Identity) -> int:
+    position = store.next_unjudged(batch_id, who.name, -1)
+    return 0 if position is None else position
+
+
+def open_batch(
+    store: Store, state: dict, batch_id: int | None, request: gr.Request, profile: gr.OAuthProfile | None = None
+) -> tuple:
+    """The Batch dropdown: open a batch at its first unjudged item. The browser also sends the
+    dropdown's value when it merely loses focus: then the page is left exactly as it is (a view
+    sent now could arrive after a judgement's reply and show an older form)."""
+    if batch_id is not None and batch_id == state.get("batch"):
+        return tuple(gr.skip() for _ in VIEW)
+    try:
+        who = _who(request, profile)
+    except Refused as refused:
+        return _refused_view(state, refused)
+    if batch_id is None:
+        return _safe_view(store, new_state(), who)
+    if type(batch_id) is not int:
+        return _safe_view(store, state, who, _error(f"No batch {batch_id}."))
+    try:
+        position = _first_unjudged(store, store.batch(batch_id).id, who)
+    except StoreError as error:
+        return _safe_view(store, state, who, _error(str(error)))
+    return _safe_view(store, new_state(batch_id, position), who)
+
+
+def _caller_in_a_batch(
+    store: Store, state: dict, request: gr.Request | None, profile: gr.OAuthProfile | None
+) -> tuple[Identity | None, tuple | None]:
+    """The signed-in caller of a handler that acts in the open batch, and the view to return at
+    once when they may not act or no batch is open (None when they may go on)."""
+    try:
+        who = _who(request, profile)
+    except Refused as refused:
+        return None, _refused_view(state, refused)
+    if state.get("batch") is None:
+        return who, _safe_view(store, state, who, _error(NO_BATCH))
+    return who, None
+
+
+def go_to(
+    store: Store, state: dict, number: float | None, request: gr.Request, profile: gr.OAuthProfile | None = None
+) -> tuple:
+    """The item-number box: jump to item `number` (1-based)."""
+    who, refused = _caller_in_a_batch(store, state, request, profile)
+    if refused is not None:
+        return refused
+    try:
+        total = store.batch(state["batch"]).item_count
+        wanted = _whole_number(number, "item number")
+        position = min(max(1 if wanted is None else int(wanted), 1), total) - 1
+    except (StoreError, ValueError, OverflowError) as error:
+        return _safe_view(store, state, who, _error(str(error)))
+    return _safe_view(store, new_state(state["batch"], position), who)
+
+
+def _whole_number(value, what: str) -> int | float | None:
+    """A number typed in a text field (or sent as a number by an API client): None when empty; a
+    whole number as an int; any other number as it is, for the caller to refuse in its own words."""
+    if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+        return value
+    text = str(value).strip()
+    if not text:
+        return None
+    try:
+        number = float(text)
+    except ValueError:
+        raise StoreError(f"The {what} must be a number, not {text[:20]!r}.") from None
+    return int(number) if number.is_integer() else number
+
+
+def step(store: Store, state: dict, request: gr.Request, profile: gr.OAuthProfile | None = None, *, delta: int):
+    who, refused = _caller_in_a_batch(store, state, request, profile)
+    if refused is not None:
+        return refused
+    try:
+        total = store.batch(state["batch"]).item_count
+    except StoreError as error:
+        return _safe_view(store, new_state(), who, _error(str(error)))
+    return _safe_view(store, new_state(state["batch"], (state["position"] + delta) % total), who)
+
+
+def next_unjudged(store: Store, state: dict, request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple:
+    who, refused = _caller_in_a_batch(store, state, request, profile)
+    if refused is not None:
+        return refused
+    position = store.next_unjudged(state["batch"], who.name, state["position"])
+    if position is None:
+        return _safe_view(store, state, who, views.message_html("Every item of this batch is judged."))
+    return _safe_view(store, new_state(state["batch"], position), who)
+
+
+def choose_refinement(
+    store: Store, state: dict, index: int | None, request: gr.Request, profile: gr.OAuthProfile | None = None
+) -> tuple:
+    try:
+        who = _who(request, profile)
+    except Refused as refused:
+        return _refused_view(state, refused)
+    index = index if type(index) is int and index >= 0 else 0
+    return _safe_view(store, {**state, "refinement": index}, who)
+
+
+def _form_text(judgement) -> str:
+    """The stored form in words, as the status line shows it after each save."""
+    if judgement is None:
+        return "nothing"
+    parts = [
+        f"correct: {judgement.correct or '-'}",
+        f"vs draft: {judgement.vs_draft or '-'}",
+        f"first wrong step: {judgement.first_wrong_step or '-'}",
+    ]
+    if judgement.note:
+        parts.append("note saved")
+    return ", ".join(parts)
+
+
+def _reply(status: str, progress: str, shown_state: dict, judgement) -> tuple:
+    """What a judgement returns, in the order of JUDGED: the status and progress, and the same with the
+    stored form for the page (SHOW_STORED_JS), tagged with the item it is of and a stamp in the
+    store's order, so that the page shows the newest whatever order replies arrive in."""
+    stored = {
+        "shown": json.dumps(shown_state),
+        "correct": judgement.correct if judgement else None,
+        "vs_draft": judgement.vs_draft if judgement else None,
+        "status": status,
+        "progress": progress,
+        "stamp": time.time_ns(),  # survives a restart of the server, unlike a monotonic clock
+    }
+    return status, progress, json.dumps(stored)
+
+
+def record_judgement(
+    store: Store,
+    state: dict,
+    value,
+    shown: str,
+    request: gr.Request,
+    profile: gr.OAuthProfile | None = None,
+    number: str | None = None,
+    *,
+    field: str,
+) -> tuple:
+    """One change of the judgement form (`field` set to `value`): stored at once with the fields not
+    changed kept as stored, so clicks on two fields in quick succession are both kept, in order.
+    Returns (status, progress, stored form) in the order of JUDGED; "Saved" only once the store has
+    committed it, and the radios then show the stored form. `number` orders a page session's calls
+    (SessionOrder; Gradio passes the request and profile before it). When refused, nothing is stored and the
+    radios go back to what is stored (if anything); typed fields keep what was typed, so nothing typed
+    is lost. The judgement is of the item the page showed (`shown`, sent with the click, checked)."""
+    if field not in FORM_FIELDS:
+        raise ValueError(f"unknown form field {field!r}")
+    with SESSION_ORDER.turn(_session(request), number):
+        return _record(store, state, value, shown, request, profile, field)
+
+
+def _record(store: Store, state: dict, value, shown: str, request, profile, field: str) -> tuple:
+    try:
+        who = _who(request, profile)
+    except Refused as refused:
+        return _reply(_error(str(refused)), "", new_state(), None)
+    judged_state = state
+    try:
+        judged_state = _shown_state(store, state, shown)
+        if judged_state.get("batch") is None:
+            raise StoreError("Load a batch first.")
+        item = store.item_at(judged_state["batch"], judged_state["position"])
+        refinements = store.refinements(item.id)
+        if not refinements:
+            raise StoreError("There is no refinement to judge yet: run one first.")
+        refinement = refinements[min(judged_state.get("refinement", 0), len(refinements) - 1)]
+        if field == "first_wrong_step":
+            value = _whole_number(value, "first wrong step")  # None, an int or a float from here
+            steps = len(read_result(refinement.result).draft_steps)  # as the page numbers them
+            if value is not None and value > steps:
+                raise StoreError(f"The draft has {steps} steps; the first wrong step cannot be {value:g}.")
+        judgement = store.judge(refinement.id, who.name, origin=who.origin, **{field: value})
+    except StoreError as error:
+        current = _current_of(store, judged_state, who)
+        return _reply(_error(str(error)), progress_html(store, state.get("batch"), who), judged_state, current)
+    progress = progress_html(store, state["batch"], who)
+    if judgement is None:  # an empty form left untouched: nothing to save
+        return _reply("", progress, judged_state, None)
+    saved = (
+        f"Saved: item {item.position + 1}, refinement {refinements.index(refinement) + 1} as {who.name}: "
+        f"{_form_text(judgement)} ({judgement.created_at[11:19]} UTC)."
+    )
+    return _reply(views.message_html(saved), progress, judged_state, judgement)
+
+
+def _current_of(store: Store, state: dict, who: Identity):
+    """`who`'s stored judgement of the refinement `state` names, if it names one."""
+    try:
+        item = store.item_at(state["batch"], state["position"])
+        refinements = store.refinements(item.id)
+        return store.current_judgement(refinements[min(state.get("refinement", 0), len(refinements) - 1)].id, who.name)
+    except (StoreError, KeyError, TypeError, IndexError):
+        return None
+
+
+def undo(
+    store: Store,
+    state: dict,
+    request: gr.Request,
+    profile: gr.OAuthProfile | None = None,
+    number: str | None = None,
+) -> tuple:
+    """Undo: withdraw the caller's own newest change and show the item it was about. Each click or
+    typed field saves a snapshot of the form, so undo steps back one of those, not a whole judgement.
+    In key order with the session's judgements (`number`, see SessionOrder)."""
+    with SESSION_ORDER.turn(_session(request), number):
+        return _undo(store, state, request, profile)
+
+
+def _undo(store: Store, state: dict, request, profile) -> tuple:
+    try:
+        who = _who(request, profile)
+    except Refused as refused:
+        return _refused_view(state, refused)
+    try:
+        undone = store.undo_last(who.name)
+    except StoreError as error:
+        return _safe_view(store, state, who, _error(str(error)))
+    if undone is None:
+        return _safe_view(store, state, who, views.message_html("Nothing to undo."))
+    refinement = store.refinement(undone.refinement_id)
+    item = store.item(refinement.item_id)
+    index = [r.id for r in store.refinements(item.id)].index(refinement.id)
+    message = f"Undid your change to item {item.position + 1} made at {undone.created_at[11:19]} UTC."
+    return _safe_view(store, new_state(item.batch_id, item.position, index), who, views.message_html(message))
+
+
+def run_refinement(
+    store: Store,
+    state: dict,
+    model_choice: str,
+    strategy: str,
+    max_new_tokens: float,
+    request: gr.Request,
+    profile: gr.OAuthProfile | None = None,
+) -> tuple:
+    """Run (or re-run) the engine on the current item; the result is kept as one more refinement."""
+    from cap_app.backends import BackendError, get_backend
+    from cap_app.engine.inputs import InputError
+    from cap_app.engine.refine import refine
+    from cap_app.models.loading import ModelLoadError
+
+    try:
+        who = _who(request, profile)
+    except Refused as refused:
+        return _refused_view(state, refused)
+    if state.get("batch") is None:
+        return _safe_view(store, state, who, _error("Load a batch first."))
+    try:
+        item = store.item_at(state["batch"], state["position"])
+        config = settings.refine_config(
+            **dict(settings.default_settings(), strategy=strategy, max_new_tokens=max_new_tokens)
+        )
+        model = get_backend(settings.model_config(model_choice), settings.backend_config("auto"))
+        result = refine(item.question, item.draft, gold=item.gold, config=config, backend=model)
+        store.add_refinement(item.id, result, "run")
+    except (InputError, ModelLoadError, BackendError, ValueError) as error:
+        return _safe_view(store, state, who, _error(f"The refinement could not run: {error}"))
+    index = len(store.refinements(item.id)) - 1
+    return _safe_view(
+        store,
+        new_state(state["batch"], item.position, index),
+        who,
+        views.message_html("Refinement added: judge it below."),
+    )
+
+
+def items_page(
+    store: Store, state: dict, page: float | None, request: gr.Request, profile: gr.OAuthProfile | None = None
+) -> list[list]:
+    """One page of the batch's items for the overview table, with the caller's own progress."""
+    try:
+        who = _who(request, profile)
+    except Refused:
+        return []
+    if state.get("batch") is None:
+        return []
+    try:
+        page = max(int(page or 1), 1)
+    except (ValueError, OverflowError):
+        page = 1
+    rows = store.items_page(state["batch"], who.name, (page - 1) * PAGE_SIZE, PAGE_SIZE)
+    return [[item.position + 1, _shorten(item.question), n, "yes" if judged else ""] for item, n, judged in rows]
+
+
+def _shorten(text: str, limit: int = 120) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def open_from_table(
+    store: Store,
+    state: dict,
+    page: float | None,
+    evt: gr.SelectData,
+    request: gr.Request,
+    profile: gr.OAuthProfile | None = None,
+) -> tuple:
+    row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+    try:
+        number = (max(int(page or 1), 1) - 1) * PAGE_SIZE + int(row) + 1
+    except (TypeError, ValueError, OverflowError):
+        number = 1
+    return go_to(store, state, number, request, profile)
+
+
+def export_download(store: Store, request: gr.Request, profile: gr.OAuthProfile | None = None, *, fmt: str):
+    """Export buttons (admins only: an export holds everyone's judgements and notes): the file to
+    download (none when empty), the summary with agreement and, for an empty export, why it is
+    empty; the label chart."""
+    try:
+        accounts.require_admin(_who(request, profile), "export judgements or see everyone's agreement")
+    except Refused as refused:
+        return None, _error(str(refused)), None
+    folder = Path(tempfile.mkdtemp(prefix="cap-export-"))
+    summary = export.export(store, fmt, folder / f"cap-{fmt}.{export.FORMATS[fmt].suffix}")
+    return (
+        summary.output if summary.rows_written else None,
+        # pre-wrap: the reason an export is empty is one long line, wrapped to the box like the rest
+        f'<pre class="cap-ann-export-text" style="{WRAPPED}">{html.escape(summary.text(full_path=False))}</pre>',
+        label_counts_figure(summary) if summary.annotators else None,  # no judgement: no empty axes
+    )
+
+
+def delete_batch(
+    store: Store, state: dict, confirm: str, request: gr.Request, profile: gr.OAuthProfile | None = None
+) -> tuple:
+    """Admins only: delete the open batch with every judgement of it, once its name is typed to confirm."""
+    try:
+        who = _who(request, profile)
+        accounts.require_admin(who, "delete batches")
+        if state.get("batch") is None:
+            raise StoreError("Open the batch to delete first.")
+        batch = store.batch(state["batch"])
+        if (confirm or "").strip() != batch.name:
+            raise StoreError(f"Type the batch's name ({batch.name}) to confirm; nothing was deleted.")
+        store.delete_batch(batch.id)
+    except (Refused, StoreError) as error:
+        return gr.skip(), *_refused_view(state, error)
+    message = views.message_html(f"Deleted batch {batch.name} and every judgement of it.")
+    return gr.update(choices=batch_choices(store), value=None), *item_view(store, new_state(), who, message)
