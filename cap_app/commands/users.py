@@ -16,6 +16,7 @@ import argparse
 import getpass
 import sys
 
+from cap_app.annotate.accounts import ROLES
 from cap_app.commands.common import fail
 
 HELP = "add, remove or list the accounts that may annotate (the users file, $CAP_USERS)"
@@ -24,7 +25,7 @@ HELP = "add, remove or list the accounts that may annotate (the users file, $CAP
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices=("add", "remove", "list"), help="what to do")
     parser.add_argument("name", nargs="?", help="the account name (add, remove)")
-    parser.add_argument("--role", choices=("annotator", "admin"), default="annotator", help="role of an added account")
+    parser.add_argument("--role", choices=ROLES, default="annotator", help="role of an added account")
     parser.add_argument("--file", default=None, help="the users file (default: $CAP_USERS)")
 
 
