@@ -236,7 +236,7 @@ class Backend(Protocol):
     def generate_stream(
         self, conversations: Sequence[Conversation], config: GenerationConfig, *, cancel: threading.Event | None = None
     ) -> Iterator[StreamChunk]:
-        """As `cap_app.backends.generation.generate_stream`: text per row as written, then one chunk with all."""
+        """Text per row as written, then one chunk with all the generations (`stream_in_thread`)."""
 
     def prompt_size(self, conversation: Conversation) -> PromptSize:
         """How many tokens the conversation's prompt takes of how large a context (`fit_to_context`)."""
