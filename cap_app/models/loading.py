@@ -56,7 +56,7 @@ class ModelConfig:
     adapter: str | None = dataclasses.field(
         default=None,
         metadata={
-            "help": "PEFT adapter folder or Hub id to apply; 'none' for no adapter; default: $CAP_ADAPTER, "
+            "help": f"PEFT adapter folder or Hub id to apply; '{NO_ADAPTER}' for no adapter; default: $CAP_ADAPTER, "
             "else this project's CaP adapter when the offline default model is used"
         },
     )
