@@ -21,7 +21,7 @@ def test_bundled_model_converts_once_and_streams_a_refinement(cap_cache_dir, fre
     draft = row["6b_finetuning"]["solution"]  # a wrong draft: 26 instead of 18
     events = list(
         refine_stream(
-            row["question"], draft, gold=row["ground_truth"], config=RefineConfig(max_new_tokens=128), model=loaded
+            row["question"], draft, gold=row["ground_truth"], config=RefineConfig(max_new_tokens=128), backend=loaded
         )
     )
     result = events[-1].result
