@@ -45,7 +45,7 @@ COLD_START = (
 
 
 def _items(count: int):
-    from cap_app.engine.refine import RefineItem
+    from cap_app.engine.inputs import RefineItem
 
     rows = [json.loads(line) for line in DRAFTS_DEV.read_text().splitlines()]
     return [RefineItem(r["question"], r["6b_finetuning"]["solution"]) for r in rows[:count]]

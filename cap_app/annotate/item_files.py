@@ -23,9 +23,9 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from cap_app.annotate.store import Batch, NewItem, Store, result_from_json
-from cap_app.engine.inputs import DRAFT_KEYS, InputError, RefineItem, item_from_record, validate_inputs
-from cap_app.engine.results import RefinementResult
+from cap_app.annotate.store import Batch, NewItem, Store
+from cap_app.engine.inputs import DRAFT_KEYS, InputError, RefineItem, item_from_record
+from cap_app.engine.results import RefinementResult, result_from_json
 
 MAX_LINE_BYTES = 1 << 20  # one row; longer lines are reported, not read into memory
 _RESULT_FIELDS = {f.name for f in dataclasses.fields(RefinementResult)}
@@ -236,7 +236,6 @@ def _item(row: dict, draft_key: str, line: int) -> NewItem:
     try:
         if "candidates" in row:
             result = _refinement(row)
-            validate_inputs(result.question, result.draft)
             item, refinements = RefineItem(result.question, result.draft, result.gold), (result,)
         else:
             item, refinements = item_from_record(row, draft_key=draft_key), ()

@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from cap_app.annotate.accounts import MAX_NAME_CHARS, normal_name
-from cap_app.engine.results import RefinementResult
+from cap_app.engine.results import RefinementResult, result_from_json
 
 # The judgement form's values: the page's radios and keyboard shortcuts, the exports and the charts read these.
 CORRECT_CHOICES = ("yes", "no", "unsure")
@@ -687,37 +687,3 @@ def _refinement(row: sqlite3.Row) -> StoredRefinement:
 
 # Answer fields of a RefinementResult line: text to every view, but a hand-made or foreign file may
 # hold JSON numbers there (18, -7, -Infinity), which the views and answer checks cannot read.
-_RESULT_TEXT_FIELDS = ("gold", "draft_answer", "refined_answer", "draft_mistake")
-_CANDIDATE_TEXT_FIELDS = ("answer",)
-
-
-def _as_text(value: object, field: str) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
-    raise ValueError(f"'{field}' must be text or a number")
-
-
-def result_from_json(data: dict) -> RefinementResult:
-    """A RefinementResult from its JSON form, answer fields given as numbers read as text (so a row
-    loads and shows, and the CSV guards it like any text). ValueError/TypeError/KeyError when it is
-    not a result at all."""
-    data = dict(data)
-    for field in _RESULT_TEXT_FIELDS:
-        if field in data:
-            data[field] = _as_text(data[field], field)
-    candidates = []
-    for candidate in data.get("candidates") or []:
-        if not isinstance(candidate, dict) or not isinstance(candidate.get("execution"), dict):
-            raise TypeError("a candidate is not an object with an execution")
-        candidate = {**candidate, "execution": dict(candidate["execution"])}
-        for field in _CANDIDATE_TEXT_FIELDS:
-            if field in candidate:
-                candidate[field] = _as_text(candidate[field], field)
-            if field in candidate["execution"]:
-                candidate["execution"][field] = _as_text(candidate["execution"][field], field)
-        candidates.append(candidate)
-    data["candidates"] = candidates
-    data["votes"] = {str(k): v for k, v in (data.get("votes") or {}).items()}
-    return RefinementResult.from_dict(data)

@@ -36,7 +36,7 @@ from cap_app.backends.base import (
     stop_reason,
     stream_in_thread,
 )
-from cap_app.engine.prompts import render_messages
+from cap_app.models.chat_template import render_messages
 from cap_app.models.loading import LoadedModel, get_model
 
 _newline_tokens: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -135,11 +135,12 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as error:
         return fail(error, 2)
 
-    from cap_app.engine.inputs import InputError, validate_inputs
+    from cap_app.engine.inputs import InputError, RefineItem
 
+    item = None
     if not batch:
         try:
-            validate_inputs(args.question, args.draft)
+            item = RefineItem(args.question, args.draft, args.gold)
         except InputError as error:
             return fail(error, 2)
     backend = load_for_command(args)
@@ -148,19 +149,19 @@ def main(args: argparse.Namespace) -> int:
     try:
         if batch:
             return _run_batch(args, config, backend)
-        result = _refine_one(args, config, backend)
+        result = _refine_one(item, args, config, backend)
     except RuntimeError as error:  # the sandbox could not start (SandboxUnavailable) and the like
         return fail(str(error).splitlines()[0], 1)
     print(json.dumps(result.to_dict(), ensure_ascii=False) if args.json else format_result(result))
     return 0
 
 
-def _refine_one(args, config: RefineConfig, backend):
+def _refine_one(item, args, config: RefineConfig, backend):
     """Refine the single draft; on a terminal, show the program on stderr as it is written."""
     from cap_app.engine.refine import refine_stream
 
     live = sys.stderr.isatty() and not args.json
-    for event in refine_stream(args.question, args.draft, gold=args.gold, config=config, backend=backend):
+    for event in refine_stream(item, config=config, backend=backend):
         if event.kind == "token" and live:
             sys.stderr.write(event.text)
             sys.stderr.flush()

@@ -1,8 +1,9 @@
 """What may be refined: a question, a draft and a gold answer, their limits, and the one check of them.
 
-Every way in (the page, the CLI, the annotator's item files, the library calls) checks its input
-with `validate_inputs` before anything is loaded or generated, and shows its InputError as is.
-Input files are read by one reader, `item_from_record`.
+A RefineItem is checked when it is made (`validate_inputs`), so every way in (the page, the CLI,
+the annotator's item files, the library calls) checks its input once, before anything is loaded or
+generated, and shows the InputError as is; the engine takes items and never checks again. Input
+files are read by one reader, `item_from_record`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from cap_app.engine.answers import MAX_ANSWER_CHARS, extract_draft_answer
 
 MAX_QUESTION_CHARS = 4000
 MAX_DRAFT_CHARS = 8000
+MAX_GOLD_CHARS = MAX_DRAFT_CHARS  # a final answer, or a worked solution (GSM8K's answer field) ending in one
 _ALLOWED_CONTROL = {"\n", "\r", "\t"}
 GOLD_KEYS = ("gold", "ground_truth", "answer")
 DRAFT_KEYS = ("draft", "6b_finetuning", "6b_verification", "175b_finetuning", "175b_verification")  # data/gsm8k's
@@ -23,16 +25,22 @@ class InputError(ValueError):
     """A question or draft that cannot be refined; the message says why, in one line."""
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class RefineItem:
+    """A question, its draft and (optionally) its gold answer, checked: an item that exists can be refined."""
+
     question: str
     draft: str
     gold: str | None = None
 
+    def __post_init__(self):
+        validate_inputs(self.question, self.draft, self.gold)
+
 
 def validate_inputs(question: object, draft: object, gold: object = None) -> None:
     """Raise InputError unless question and draft are text that can be refined (the draft may be
-    empty) and the gold answer, when given, is a final answer's text."""
+    empty) and the gold answer, when given, is text no longer than a draft: a final answer, or a
+    worked solution (GSM8K's answer field) whose final answer the engine reads."""
     for name, value, limit in (("question", question, MAX_QUESTION_CHARS), ("draft", draft, MAX_DRAFT_CHARS)):
         if not isinstance(value, str):
             raise InputError(f"the {name} must be text")
@@ -42,8 +50,8 @@ def validate_inputs(question: object, draft: object, gold: object = None) -> Non
             raise InputError(f"the {name} contains control characters; paste plain text")
     if not question.strip():
         raise InputError("the question is empty")
-    if gold is not None and (not isinstance(gold, str) or len(gold) > MAX_ANSWER_CHARS):
-        raise InputError(f"the gold answer must be text of at most {MAX_ANSWER_CHARS} characters")
+    if gold is not None and (not isinstance(gold, str) or len(gold) > MAX_GOLD_CHARS):
+        raise InputError(f"the gold answer must be text of at most {MAX_GOLD_CHARS:,} characters")
 
 
 def item_from_record(record: object, *, draft_key: str = "draft") -> RefineItem:
@@ -66,9 +74,7 @@ def item_from_record(record: object, *, draft_key: str = "draft") -> RefineItem:
         )
         hint = f" (drafts in this record: {', '.join(others)}; choose one as the draft key)" if others else ""
         raise InputError(f"missing '{draft_key}'{hint}")
-    item = RefineItem(record["question"], draft, gold_answer(record))
-    validate_inputs(item.question, item.draft)
-    return item
+    return RefineItem(record["question"], draft, gold_answer(record))
 
 
 def gold_answer(record: dict) -> str | None:

@@ -8,6 +8,8 @@ is data, not instructions.
 
 from __future__ import annotations
 
+from cap_app.models.chat_template import render_messages
+
 # Short on purpose: every token of the prompt is paid for in every training step and every
 # generation, and a small CPU model trains ~1.2x faster per row without the longer wording.
 SYSTEM_PROMPT = (
@@ -49,13 +51,6 @@ def build_repair_messages(question: str, draft: str, attempts: list[tuple[str, s
         messages.append({"role": "assistant", "content": format_completion(program)})
         messages.append({"role": "user", "content": REPAIR_TEMPLATE.format(error=error)})
     return messages
-
-
-def render_messages(tokenizer, messages: list[dict[str, str]]) -> str:
-    """Messages as prompt text: the chat template when the tokenizer has one, plain text otherwise."""
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return "\n\n".join(m["content"] for m in messages) + "\n\nProgram:\n"
 
 
 def format_prompt(tokenizer, question: str, draft: str) -> str:

@@ -23,7 +23,7 @@ from cap_app.backends import Backend, as_backend
 from cap_app.backends.base import Generation, GenerationConfig, PromptSize, budget_note, fit_to_context
 from cap_app.engine.align import located_mistake
 from cap_app.engine.answers import answers_equal, extract_draft_answer, normalize_answer
-from cap_app.engine.inputs import RefineItem, validate_inputs
+from cap_app.engine.inputs import RefineItem
 from cap_app.engine.program import extract_program
 from cap_app.engine.prompts import build_messages, build_repair_messages
 from cap_app.engine.results import CUT_OFFS, Candidate, RefinementResult, Verdict
@@ -318,15 +318,13 @@ def refine_batch(
     """Refine many items, yielding results in input order as each group finishes.
 
     Items are generated together, `config.batch_size` sequences at a time; a group's generation
-    time is shared equally among its items in `timings_ms`. Each item must pass validate_inputs.
+    time is shared equally among its items in `timings_ms`. Items are checked when made (RefineItem).
     """
     config = config or RefineConfig()
     backend = _backend(backend)
     generation_config = config.generation_config()
     per_group = max(1, config.batch_size // generation_config.n)
     items = list(items)
-    for item in items:
-        validate_inputs(item.question, item.draft)
     for start in range(0, len(items), per_group):
         states = [_ItemState(item) for item in items[start : start + per_group]]
         pending, round_ = states, 0
@@ -363,10 +361,8 @@ def refine(
 
 
 def refine_stream(
-    question: str,
-    draft: str,
+    item: RefineItem,
     *,
-    gold: str | None = None,
     config: RefineConfig | None = None,
     backend: Backend | LoadedModel | None = None,
     cancel: threading.Event | None = None,
@@ -375,11 +371,10 @@ def refine_stream(
 
     When `cancel` is set, generation stops at the next token and the stream ends without `done`.
     """
-    validate_inputs(question, draft)
     config = config or RefineConfig()
     backend = _backend(backend)
     generation_config = config.generation_config()
-    state, round_ = _ItemState(RefineItem(question, draft, gold)), 0
+    state, round_ = _ItemState(item), 0
     state.timings = {"prompt": 0.0, **state.timings}
     while True:
         first = len(state.candidates)

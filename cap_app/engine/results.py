@@ -118,3 +118,40 @@ class RefinementResult:
             Candidate(**{**c, "execution": ExecResult.from_dict(c["execution"])}) for c in data["candidates"]
         ]
         return cls(**data)
+
+
+_RESULT_TEXT_FIELDS = ("gold", "draft_answer", "refined_answer", "draft_mistake")
+_CANDIDATE_TEXT_FIELDS = ("answer",)
+
+
+def _as_text(value: object, field: str) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise ValueError(f"'{field}' must be text or a number")
+
+
+def result_from_json(data: dict) -> RefinementResult:
+    """A RefinementResult from JSON that someone else wrote (a stored row, an uploaded item file):
+    answer fields given as numbers are read as text (so a row loads and shows, and a CSV export
+    guards it like any text); `from_dict` reads only what this app wrote. ValueError/TypeError/KeyError when it is
+    not a result at all."""
+    data = dict(data)
+    for field in _RESULT_TEXT_FIELDS:
+        if field in data:
+            data[field] = _as_text(data[field], field)
+    candidates = []
+    for candidate in data.get("candidates") or []:
+        if not isinstance(candidate, dict) or not isinstance(candidate.get("execution"), dict):
+            raise TypeError("a candidate is not an object with an execution")
+        candidate = {**candidate, "execution": dict(candidate["execution"])}
+        for field in _CANDIDATE_TEXT_FIELDS:
+            if field in candidate:
+                candidate[field] = _as_text(candidate[field], field)
+            if field in candidate["execution"]:
+                candidate["execution"][field] = _as_text(candidate["execution"][field], field)
+        candidates.append(candidate)
+    data["candidates"] = candidates
+    data["votes"] = {str(k): v for k, v in (data.get("votes") or {}).items()}
+    return RefinementResult.from_dict(data)

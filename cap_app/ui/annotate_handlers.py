@@ -14,12 +14,9 @@ views, and hold no logic of their own. Item views return tuples in the order of 
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import html
 import json
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -31,6 +28,7 @@ from cap_app.annotate.store import Store, StoreError
 from cap_app.engine.align import DraftStep, split_draft
 from cap_app.engine.reading import read_result
 from cap_app.ui import settings, views
+from cap_app.ui.annotate_sessions import OPEN_BATCHES, SESSION_ORDER
 from cap_app.ui.charts import label_counts_figure, votes_figure
 
 VIEW = (
@@ -55,44 +53,6 @@ FORM_FIELDS = ("correct", "vs_draft", "first_wrong_step", "note")  # each saved 
 JUDGED = ("status", "progress", "stored")  # what a judgement event returns
 PAGE_SIZE = 20
 WRAPPED = "white-space: pre-wrap; overflow-wrap: anywhere"
-
-
-class SessionOrder:
-    """Runs each page session's numbered calls (judgements and undo, numbered in key order by the
-    page) one after the other in that order, whatever order they arrive in; calls of different
-    sessions, and unnumbered ones (API clients), run at once. A number that never arrives holds the
-    next one up for at most `wait_s`."""
-
-    def __init__(self, wait_s: float = 5.0, sessions: int = 10_000):
-        self.wait_s, self.sessions = wait_s, sessions
-        self._done: collections.OrderedDict[str, int] = collections.OrderedDict()
-        self._changed = threading.Condition()
-
-    @contextlib.contextmanager
-    def turn(self, session: str | None, number: str | int | None):
-        try:
-            number = int(number or 0)
-        except (TypeError, ValueError):
-            number = 0
-        if not session or number <= 0:
-            yield
-            return
-        deadline = time.monotonic() + self.wait_s
-        with self._changed:
-            while self._done.get(session, 0) < number - 1 and (left := deadline - time.monotonic()) > 0:
-                self._changed.wait(left)
-        try:
-            yield
-        finally:
-            with self._changed:
-                self._done[session] = max(self._done.get(session, 0), number)
-                self._done.move_to_end(session)
-                while len(self._done) > self.sessions:
-                    self._done.popitem(last=False)
-                self._changed.notify_all()
-
-
-SESSION_ORDER = SessionOrder()
 
 
 def _session(request: gr.Request | None) -> str | None:
@@ -275,35 +235,6 @@ def refresh_batches(store: Store, state: dict, request: gr.Request, profile: gr.
 
 
 NO_BATCH = "No batch is open: pick one in Batch above, or load a file."
-
-
-class OpenBatches:
-    """The batch and item each annotator has open, by store and name, kept in the server's memory (the
-    newest of the account's sessions) so that a reloaded page reopens them (reopen); at most `size`
-    annotators, the least recent forgotten first. A restart of the server forgets them."""
-
-    def __init__(self, size: int = 10_000):
-        self.size = size
-        self._open: collections.OrderedDict[tuple[str, str], dict] = collections.OrderedDict()
-        self._lock = threading.Lock()
-
-    def set(self, store: Store, name: str, state: dict) -> None:
-        key = (str(store.path), name)
-        with self._lock:
-            if state.get("batch") is None:
-                self._open.pop(key, None)
-                return
-            self._open[key] = {"batch": state["batch"], "position": state.get("position", 0)}
-            self._open.move_to_end(key)
-            while len(self._open) > self.size:
-                self._open.popitem(last=False)
-
-    def get(self, store: Store, name: str) -> dict | None:
-        with self._lock:
-            return self._open.get((str(store.path), name))
-
-
-OPEN_BATCHES = OpenBatches()
 
 
 def remember(store: Store, state: dict, request: gr.Request, profile: gr.OAuthProfile | None = None) -> None:

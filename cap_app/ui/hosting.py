@@ -23,7 +23,7 @@ CONCURRENCY_LIMIT = int(os.environ.get("CAP_CONCURRENCY", "4"))
 QUEUE_SIZE = int(os.environ.get("CAP_QUEUE_SIZE", "16"))  # waiting refinements before "busy, try again"
 GPU_SECONDS = int(os.environ.get("CAP_GPU_SECONDS", "120"))  # ZeroGPU time asked for per generation
 # What one visitor may ask for (the settings sliders use the same bounds): (low, high). The sliders
-# start at RefineConfig's defaults, as the CLI does (cap_app.ui.refine_handlers.default_settings).
+# start at RefineConfig's defaults, as the CLI does (cap_app.ui.settings.default_settings).
 WEB_LIMITS = {"n": (1, 8), "temperature": (0.0, 1.5), "max_new_tokens": (16, 1024), "time_limit_s": (1, 30)}
 WEB_STEPS = {"n": 1, "temperature": 0.05, "max_new_tokens": 16, "time_limit_s": 1}  # the sliders' steps
 

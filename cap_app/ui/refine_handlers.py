@@ -120,10 +120,10 @@ def refine_page(
     request: gr.Request | None = None,
 ) -> Iterator[tuple]:
     """Refine button: stream the program into the code view, then show verdict, alignment, trace, charts."""
-    from cap_app.engine.inputs import InputError, validate_inputs
+    from cap_app.engine.inputs import InputError, RefineItem
 
     try:
-        validate_inputs(question, draft, gold)  # here, before a model loads: a refusal is instant
+        item = RefineItem(question, draft, (gold or "").strip() or None)  # checked before a model loads
         config = refine_config(strategy, n, temperature, max_new_tokens, time_limit_s, override)
         model_cfg = model_config(model_choice)
         backend_cfg = backend_config(backend_choice)
@@ -132,7 +132,7 @@ def refine_page(
         return
     cancel = _cancel_event(request)
     try:
-        yield from _run_refinement(question, draft, gold, config, model_cfg, backend_cfg, cancel)
+        yield from _run_refinement(item, config, model_cfg, backend_cfg, cancel)
     except Exception as error:  # an engine failure must reach the visitor as a message, not a traceback
         logger.exception("refinement failed")
         detail = str(error).splitlines()[0] if str(error) else type(error).__name__
@@ -142,7 +142,7 @@ def refine_page(
         _forget_cancel_event(request, cancel)
 
 
-def _run_refinement(question, draft, gold, config, model_cfg, backend_cfg, cancel: threading.Event) -> Iterator[tuple]:
+def _run_refinement(item, config, model_cfg, backend_cfg, cancel: threading.Event) -> Iterator[tuple]:
     from cap_app.backends import BackendError, preparation
     from cap_app.backends.base import ContextError
     from cap_app.engine.refine import refine_stream
@@ -162,14 +162,13 @@ def _run_refinement(question, draft, gold, config, model_cfg, backend_cfg, cance
         return
     programs = config.generation_config().n
     yield _frame(status=f"Writing {_programs(programs)} with {backend.description}…")
-    gold = (gold or "").strip() or None
     raw: dict[int, str] = {}  # what the model wrote, per program
     finished: dict[int, str] = {}  # the programs pulled out of it, once written
     tokens: dict[int, int] = {}
     last_update, began = 0.0, time.monotonic()
     reading: tuple[float, int, str] | None = None  # (since, prompt tokens, note) while the model reads
     read_s, limit = 0.0, config.max_new_tokens
-    events = refine_stream(question, draft, gold=gold, config=config, backend=backend, cancel=cancel)
+    events = refine_stream(item, config=config, backend=backend, cancel=cancel)
     try:
         for event in _with_ticks(events, TICK_S):
             now = time.monotonic()

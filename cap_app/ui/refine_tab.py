@@ -6,8 +6,7 @@ from __future__ import annotations
 import gradio as gr
 
 from cap_app.backends.registry import AUTO_HELP
-from cap_app.engine.answers import MAX_ANSWER_CHARS
-from cap_app.engine.inputs import MAX_DRAFT_CHARS, MAX_QUESTION_CHARS
+from cap_app.engine.inputs import MAX_DRAFT_CHARS, MAX_GOLD_CHARS, MAX_QUESTION_CHARS
 from cap_app.engine.strategies import OVERRIDE_HELP, OVERRIDES, STRATEGIES, STRATEGY_HELP
 from cap_app.ui import refine_handlers
 from cap_app.ui.examples import load_examples
@@ -35,7 +34,7 @@ def build_refine_tab(demo: gr.Blocks) -> None:
                 label="Gold answer (optional)",
                 max_lines=1,
                 elem_id="gold",
-                info=f"At most {MAX_ANSWER_CHARS} characters.",
+                info=f"The final answer, or a worked solution ending in it; at most {MAX_GOLD_CHARS:,} characters.",
             )
             with gr.Accordion("Settings", open=False, elem_id="settings"):
                 choices = model_choices()

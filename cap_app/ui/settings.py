@@ -2,6 +2,8 @@
 
 A page builds the same RefineConfig, ModelConfig and BackendConfig the CLI builds, starting at the
 engine's defaults and within the bounds a public server grants one visitor (cap_app.ui.hosting).
+The page's "time_limit_s" is RefineConfig.timeout_s under the name the Gradio API has always
+published (API clients send it by that name); it is translated here and nowhere else.
 """
 
 from __future__ import annotations

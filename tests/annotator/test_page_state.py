@@ -17,6 +17,7 @@ import pytest
 from cap_app.annotate.item_files import load_batch
 from cap_app.annotate.store import StoreError
 from cap_app.ui import annotate_handlers as handlers
+from cap_app.ui.annotate_sessions import SessionOrder
 from tests.annotator.conftest import RIGHT_PROGRAM, as_user, make_result, write_jsonl
 from tests.annotator.test_annotator_tab import loaded
 from tests.helpers.paths import ROOT
@@ -161,7 +162,7 @@ def test_a_file_damaged_by_an_older_app_loads_at_once(store, batch_file):
 
 
 def test_a_sessions_numbered_calls_run_in_key_order_whatever_order_they_arrive_in():
-    order = handlers.SessionOrder(wait_s=60)
+    order = SessionOrder(wait_s=60)
     ran: list[str] = []
 
     def call(session: str, number: int) -> None:

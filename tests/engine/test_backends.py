@@ -9,6 +9,7 @@ import cap_app.backends.registry
 from cap_app.backends import BackendConfig, BackendError, get_backend, resolve_backend
 from cap_app.backends.base import GenerationConfig, RowSampler, Token, follow
 from cap_app.commands.common import load_for_command
+from cap_app.engine.inputs import RefineItem
 from cap_app.engine.refine import RefineConfig, refine, refine_stream
 from cap_app.models.loading import ModelConfig
 
@@ -105,7 +106,7 @@ def test_the_engine_votes_and_cancels_through_a_backend():
     result = refine(QUESTION, "A: 18", config=RefineConfig(strategy="vote", n=3, seed=18), backend=Scripted())
     assert result.votes == {"18": 1, "19": 1, "20": 1} and result.model == "scripted"
     cancel = threading.Event()
-    events = refine_stream(QUESTION, "A: 18", backend=Scripted(), cancel=cancel)
+    events = refine_stream(RefineItem(QUESTION, "A: 18"), backend=Scripted(), cancel=cancel)
     assert next(events).kind == "prompt"
     first = next(events)
     cancel.set()

@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from cap_app.engine.inputs import RefineItem
 from cap_app.engine.refine import RefineConfig, refine_stream
 from cap_app.models.loading import DEFAULT_MODEL_NAME, ModelConfig, get_model, load_model
 from tests.helpers.paths import DRAFTS_DEV
@@ -21,7 +22,9 @@ def test_bundled_model_converts_once_and_streams_a_refinement(cap_cache_dir, fre
     draft = row["6b_finetuning"]["solution"]  # a wrong draft: 26 instead of 18
     events = list(
         refine_stream(
-            row["question"], draft, gold=row["ground_truth"], config=RefineConfig(max_new_tokens=128), backend=loaded
+            RefineItem(row["question"], draft, row["ground_truth"]),
+            config=RefineConfig(max_new_tokens=128),
+            backend=loaded,
         )
     )
     result = events[-1].result
@@ -56,7 +59,7 @@ def test_shipped_model_keeps_right_drafts_and_recomputes_a_slip(cap_cache_dir):
 
     from cap_app.data.variants import slip_draft
     from cap_app.engine.answers import answers_equal
-    from cap_app.engine.refine import RefineItem, refine_batch
+    from cap_app.engine.refine import refine_batch
 
     rows = [json.loads(line) for line in DRAFTS_DEV.read_text().splitlines()]
     items = []

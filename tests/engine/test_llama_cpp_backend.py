@@ -20,8 +20,10 @@ from cap_app.backends.llama_cpp import (
 )
 from cap_app.backends.transformers import generate_batch
 from cap_app.cli import main
-from cap_app.engine.prompts import build_messages, build_repair_messages, render_messages
+from cap_app.engine.inputs import RefineItem
+from cap_app.engine.prompts import build_messages, build_repair_messages
 from cap_app.engine.refine import RefineConfig, refine, refine_stream
+from cap_app.models.chat_template import render_messages
 from cap_app.models.gguf import cached_export, export_gguf
 from cap_app.models.loading import DEFAULT_ADAPTER_DIR, ModelConfig, default_gguf_path, get_model
 
@@ -92,7 +94,9 @@ def test_stream_matches_the_generations_and_stops_at_the_limit(llama):
 
 def test_cancel_stops_a_stream(llama):
     cancel = threading.Event()
-    events = refine_stream(QUESTION, DRAFT, config=RefineConfig(max_new_tokens=300), backend=llama, cancel=cancel)
+    events = refine_stream(
+        RefineItem(QUESTION, DRAFT), config=RefineConfig(max_new_tokens=300), backend=llama, cancel=cancel
+    )
     next(events)
     cancel.set()
     rest = list(events)
@@ -290,7 +294,7 @@ def test_a_lone_sample_evaluates_its_prompt_with_the_idle_threads(two_contexts, 
 def test_cancel_stops_a_vote_on_two_contexts(two_contexts):
     cancel = threading.Event()
     config = RefineConfig(strategy="vote", n=4, max_new_tokens=300)
-    events = refine_stream(QUESTION, DRAFT, config=config, backend=two_contexts, cancel=cancel)
+    events = refine_stream(RefineItem(QUESTION, DRAFT), config=config, backend=two_contexts, cancel=cancel)
     next(events)
     cancel.set()
     rest = list(events)  # the rows stop at their next token

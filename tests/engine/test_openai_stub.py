@@ -10,6 +10,7 @@ from cap_app.backends import BackendConfig, BackendError, get_backend
 from cap_app.backends.base import GenerationConfig
 from cap_app.backends.openai import OpenAIBackend
 from cap_app.cli import main
+from cap_app.engine.inputs import RefineItem
 from cap_app.engine.refine import RefineConfig, refine, refine_stream
 from cap_app.models.loading import ModelConfig
 from tests.helpers.openai_stub import PROGRAM, OpenAIStub
@@ -32,7 +33,7 @@ def no_backoff(monkeypatch):
 
 def test_a_refinement_through_the_server_streams_and_votes():
     with OpenAIStub() as stub:
-        events = list(refine_stream(QUESTION, DRAFT, backend=backend(stub)))
+        events = list(refine_stream(RefineItem(QUESTION, DRAFT), backend=backend(stub)))
         result = events[-1].result
         assert "".join(e.text for e in events if e.kind == "token") == PROGRAM.replace("18", "0")
         assert result.program_answer == "0" and result.model == f"cap @ {stub.url}"

@@ -252,7 +252,9 @@ def test_batch_repairs_only_the_items_that_failed(monkeypatch, scripted_model):
 def test_stream_reports_tokens_program_execution_then_the_result(monkeypatch, scripted_model):
     script(monkeypatch, (RIGHT, -0.1), (TWENTY, -0.2))
     events = list(
-        refine_stream(QUESTION, WRONG_DRAFT, config=RefineConfig(strategy="vote", n=2), backend=scripted_model)
+        refine_stream(
+            RefineItem(QUESTION, WRONG_DRAFT), config=RefineConfig(strategy="vote", n=2), backend=scripted_model
+        )
     )
     kinds = [e.kind for e in events]
     assert kinds[-1] == "done" and kinds.count("done") == 1
@@ -267,7 +269,9 @@ def test_stream_reports_tokens_program_execution_then_the_result(monkeypatch, sc
 
 def test_stream_repair_numbers_candidates_across_rounds(monkeypatch, scripted_model):
     script(monkeypatch, (CRASHES, -0.1), (RIGHT, -0.1))
-    events = list(refine_stream(QUESTION, WRONG_DRAFT, config=RefineConfig(strategy="repair"), backend=scripted_model))
+    events = list(
+        refine_stream(RefineItem(QUESTION, WRONG_DRAFT), config=RefineConfig(strategy="repair"), backend=scripted_model)
+    )
     assert [e.candidate for e in events if e.kind == "program"] == [0, 1]
     assert {e.candidate for e in events if e.kind == "token"} == {0, 1}
     assert events[-1].result.refined_answer == "18"
@@ -277,7 +281,7 @@ def test_cancelled_stream_ends_without_a_result(monkeypatch, scripted_model):
     script(monkeypatch, (RIGHT, -0.1))
     cancel = threading.Event()
     events = []
-    for event in refine_stream(QUESTION, WRONG_DRAFT, backend=scripted_model, cancel=cancel):
+    for event in refine_stream(RefineItem(QUESTION, WRONG_DRAFT), backend=scripted_model, cancel=cancel):
         events.append(event)
         if event.kind == "token":
             cancel.set()
@@ -365,7 +369,7 @@ def test_stream_says_when_the_model_starts_reading_the_prompt_and_times_it(monke
     """Issue 25: the seconds before the first token are the prompt's; the stream says a prompt is being
     read (and of how many tokens, for the page's status), and the result times that stage apart."""
     script(monkeypatch, (RIGHT, -0.1))
-    events = list(refine_stream(QUESTION, WRONG_DRAFT, backend=scripted_model))
+    events = list(refine_stream(RefineItem(QUESTION, WRONG_DRAFT), backend=scripted_model))
     assert events[0].kind == "prompt" and events[0].limit == RefineConfig().max_new_tokens
     assert events[0].tokens > len(WRONG_DRAFT)  # the tiny tokenizer: a token per byte of the chat prompt
     assert events[1].kind == "token"
