@@ -27,6 +27,7 @@ from pathlib import Path
 
 from cap_app.annotate.accounts import MAX_NAME_CHARS, normal_name
 from cap_app.engine.results import RefinementResult, result_from_json
+from cap_app.engine.triage import confidence
 
 # The judgement form's values: the page's radios and keyboard shortcuts, the exports and the charts read these.
 CORRECT_CHOICES = ("yes", "no", "unsure")
@@ -89,6 +90,35 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # Audit: where a judgement came from. `annotator` is the signed-in account since version 2
         # (cap_app/annotate/accounts.py); origin is 'page' or 'api', and '' for rows written before.
         "ALTER TABLE judgements ADD COLUMN origin TEXT NOT NULL DEFAULT ''",
+    ),
+    (
+        # Triage: the refiner's verdict, answers and confidence (engine/triage.confidence) beside each
+        # refinement, so a large batch sorts and filters in SQL; backfilled from the stored JSON.
+        "ALTER TABLE refinements ADD COLUMN verdict TEXT",
+        "ALTER TABLE refinements ADD COLUMN program_answer TEXT",
+        "ALTER TABLE refinements ADD COLUMN draft_answer TEXT",
+        "ALTER TABLE refinements ADD COLUMN confidence REAL",
+        """UPDATE refinements SET
+            verdict = json_extract(result, '$.verdict'),
+            program_answer = COALESCE(
+                json_extract(result, '$.program_answer'),
+                json_extract(result, '$.candidates[' || json_extract(result, '$.chosen') || '].answer')),
+            draft_answer = json_extract(result, '$.draft_answer'),
+            confidence = COALESCE(
+                json_extract(result, '$.candidates[' || json_extract(result, '$.chosen') || '].logprob'),
+                (SELECT AVG(json_extract(value, '$.logprob')) FROM json_each(result, '$.candidates')))""",
+        # Refine all: one background refinement per batch (its refinements have source 'batch'), its
+        # state and the settings it runs with (so a stopped or interrupted one resumes as it started).
+        """CREATE TABLE refine_jobs (
+            batch_id INTEGER PRIMARY KEY REFERENCES batches(id),
+            state TEXT NOT NULL CHECK (state IN ('running', 'stopped', 'done', 'failed')),
+            settings TEXT NOT NULL,  -- JSON: the refinement settings and model/backend choice
+            started_by TEXT NOT NULL,
+            started_at TEXT NOT NULL,
+            resumed_at TEXT NOT NULL,  -- when this run (first or resumed) began: items/s counts from here
+            done_at TEXT,
+            error TEXT
+        )""",
     ),
 )
 
@@ -664,8 +694,19 @@ def _current_judgement(conn: sqlite3.Connection, refinement_id: int, annotator: 
 
 def _insert_refinement(conn: sqlite3.Connection, item_id: int, result: RefinementResult, source: str) -> int:
     return conn.execute(
-        "INSERT INTO refinements (item_id, source, result, created_at) VALUES (?, ?, ?, ?)",
-        (item_id, source, json.dumps(result.to_dict()), _now()),
+        """INSERT INTO refinements
+           (item_id, source, result, created_at, verdict, program_answer, draft_answer, confidence)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
+        (
+            item_id,
+            source,
+            json.dumps(result.to_dict()),
+            _now(),
+            result.verdict,
+            result.program_answer,
+            result.draft_answer,
+            confidence(result),
+        ),
     ).lastrowid
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import sqlite3
 import threading
@@ -37,17 +38,62 @@ def test_new_database_is_wal_and_at_the_latest_schema_version(tmp_path):
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
+def old_database(path, monkeypatch, version: int, result) -> int:
+    """A database file as the app at schema `version` left it: one batch, one item, one refinement
+    (written with SQL, as today's inserts need today's columns); returns the batch id."""
+    with monkeypatch.context() as patch:
+        patch.setattr(store_module, "MIGRATIONS", store_module.MIGRATIONS[:version])
+        Store(path)
+    now = "2026-01-01T00:00:00+00:00"
+    with sqlite3.connect(path) as conn:
+        batch_id = conn.execute(
+            """INSERT INTO batches (name, sha256, draft_key, item_count, errors, error_count, created_at,
+               updated_at, complete) VALUES ('old', 'sha-old', 'draft', 1, '[]', 0, ?, ?, 1)""",
+            (now, now),
+        ).lastrowid
+        item_id = conn.execute(
+            """INSERT INTO items (batch_id, position, line, key, question, draft, gold)
+               VALUES (?, 0, 1, 'k', ?, ?, '18')""",
+            (batch_id, QUESTION, DRAFT),
+        ).lastrowid
+        conn.execute(
+            "INSERT INTO refinements (item_id, source, result, created_at) VALUES (?, 'file', ?, ?)",
+            (item_id, json.dumps(result.to_dict()), now),
+        )
+    return batch_id
+
+
 def test_old_database_is_migrated_in_place(tmp_path, monkeypatch):
     path = tmp_path / "a.db"
-    monkeypatch.setattr(store_module, "MIGRATIONS", store_module.MIGRATIONS[:1])
-    batch = add_items(Store(path), 1)
+    batch_id = old_database(path, monkeypatch, 1, make_result(RIGHT_PROGRAM, "18"))
     extra = ("ALTER TABLE batches ADD COLUMN owner TEXT",)
-    monkeypatch.setattr(store_module, "MIGRATIONS", (*store_module.MIGRATIONS, extra))
+    monkeypatch.setattr(store_module, "MIGRATIONS", (*store_module.MIGRATIONS[:1], extra))
     upgraded = Store(path)
     assert upgraded.schema_version() == 2
-    assert upgraded.batch(batch.id).item_count == 1  # data kept
+    assert upgraded.batch(batch_id).item_count == 1  # data kept
     with sqlite3.connect(path) as conn:
         assert "owner" in [row[1] for row in conn.execute("PRAGMA table_info(batches)")]
+
+
+def test_a_version_2_file_gains_each_refinements_verdict_answers_and_confidence(tmp_path, monkeypatch):
+    """Migration 3 reads the triage columns out of the stored results, as new rows get them."""
+    from cap_app.engine.triage import confidence
+
+    path = tmp_path / "a.db"
+    old = make_result(WRONG_PROGRAM, "18")
+    old.candidates[0].logprob = -0.25
+    batch_id = old_database(path, monkeypatch, 2, old)
+    store = Store(path)
+    assert store.schema_version() == len(store_module.MIGRATIONS)
+    fresh = store.add_refinement(store.item_at(batch_id, 0).id, old)
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute(
+            "SELECT verdict, program_answer, draft_answer, confidence FROM refinements ORDER BY id"
+        ).fetchall()
+    expected = (old.verdict, old.program_answer, old.draft_answer, pytest.approx(confidence(old)))
+    assert old.program_answer is not None and confidence(old) is not None
+    assert [tuple(row) for row in rows] == [expected, expected]
+    assert fresh.id == 2
 
 
 def test_database_from_a_newer_app_is_refused(tmp_path):
