@@ -27,7 +27,7 @@ from pathlib import Path
 
 from cap_app.annotate.accounts import MAX_NAME_CHARS, normal_name
 from cap_app.engine.results import RefinementResult, result_from_json
-from cap_app.engine.triage import confidence
+from cap_app.engine.triage import TRIAGE_ORDER, confidence
 
 # The judgement form's values: the page's radios and keyboard shortcuts, the exports and the charts read these.
 CORRECT_CHOICES = ("yes", "no", "unsure")
@@ -196,6 +196,23 @@ class JudgedRow:
     item: Item
     batch_name: str
     refinement: StoredRefinement
+
+
+@dataclasses.dataclass(frozen=True)
+class RefineJob:
+    """A batch's background refinement (Refine all), as the refine_jobs table keeps it."""
+
+    batch_id: int
+    state: str  # one of REFINE_JOB_STATES
+    settings: str  # JSON: what cap_app.annotate.batch_refinement.JobSettings writes
+    started_by: str
+    started_at: str
+    resumed_at: str  # when this run (the first or a resumed one) began
+    done_at: str | None  # when the last run ended (done, stopped or failed); None while running
+    error: str | None  # one line: why it failed, or which items could not be refined
+
+
+REFINE_JOB_STATES = ("running", "stopped", "done", "failed")
 
 
 def default_db_path(data_dir: str = SPACES_DATA_DIR) -> Path:
@@ -491,6 +508,91 @@ class Store:
             rows = conn.execute("SELECT * FROM refinements WHERE item_id = ? ORDER BY id", (item_id,)).fetchall()
         return [_refinement(row) for row in rows]
 
+    # -- refine jobs (Refine all: cap_app/annotate/batch_refinement.py) ------------------------
+
+    def next_unrefined_item(self, batch_id: int, after_position: int = -1) -> Item | None:
+        """The first item after `after_position` that has no refinement at all. Asked afresh before
+        each item, so an item refined meanwhile (by Run, or by a run of the job before a crash) is
+        never refined again."""
+        with self._connect() as conn:
+            row = conn.execute(
+                f"""SELECT items.* FROM items WHERE batch_id = ? AND position > ? AND {_COMPLETE_ITEM_SQL}
+                    AND NOT EXISTS (SELECT 1 FROM refinements r WHERE r.item_id = items.id)
+                    ORDER BY position LIMIT 1""",
+                (batch_id, after_position),
+            ).fetchone()
+        return _item(row) if row else None
+
+    def refine_job(self, batch_id: int) -> RefineJob | None:
+        with self._connect() as conn:
+            row = conn.execute("SELECT * FROM refine_jobs WHERE batch_id = ?", (batch_id,)).fetchone()
+        return _refine_job(row) if row else None
+
+    def refine_jobs(self, state: str) -> list[RefineJob]:
+        """Every batch's job in `state` (at the app's start: those a stopped server left 'running')."""
+        with self._connect() as conn:
+            rows = conn.execute("SELECT * FROM refine_jobs WHERE state = ? ORDER BY batch_id", (state,)).fetchall()
+        return [_refine_job(row) for row in rows]
+
+    def start_refine_job(self, batch_id: int, settings: str, started_by: str) -> RefineJob | None:
+        """Record a new run of the batch's job with these settings (replacing an ended one); None when
+        one is running already (one job per batch: two would refine the same items twice)."""
+        with self._transaction() as conn:
+            if conn.execute("SELECT 1 FROM batches WHERE id = ? AND complete", (batch_id,)).fetchone() is None:
+                raise StoreError(f"No batch {batch_id}.")
+            row = conn.execute("SELECT state FROM refine_jobs WHERE batch_id = ?", (batch_id,)).fetchone()
+            if row is not None and row["state"] == "running":
+                return None
+            now = _now()
+            conn.execute(
+                "INSERT OR REPLACE INTO refine_jobs (batch_id, state, settings, started_by, started_at, resumed_at,"
+                " done_at, error) VALUES (?, 'running', ?, ?, ?, ?, NULL, NULL)",
+                (batch_id, settings, started_by, now, now),
+            )
+            return _refine_job(conn.execute("SELECT * FROM refine_jobs WHERE batch_id = ?", (batch_id,)).fetchone())
+
+    def resume_refine_job(self, batch_id: int, *, interrupted: bool = False) -> RefineJob | None:
+        """Run the batch's job again with its stored settings, counting items/s from now: one that
+        ended (stopped or failed), or with `interrupted` one the last server left 'running'. None
+        when there is no such job (never started, or already running here)."""
+        wanted = "state = 'running'" if interrupted else "state != 'running'"
+        with self._transaction() as conn:
+            changed = conn.execute(
+                f"UPDATE refine_jobs SET state = 'running', resumed_at = ?, done_at = NULL, error = NULL"
+                f" WHERE batch_id = ? AND {wanted}",
+                (_now(), batch_id),
+            ).rowcount
+            if not changed:
+                return None
+            return _refine_job(conn.execute("SELECT * FROM refine_jobs WHERE batch_id = ?", (batch_id,)).fetchone())
+
+    def end_refine_job(self, batch_id: int, state: str, error: str | None = None) -> bool:
+        """Record how a running job ended ('stopped', 'done' or 'failed', with `error` in one line);
+        False when it was not running (a stop recorded first wins over the worker's own end)."""
+        if state not in REFINE_JOB_STATES[1:]:
+            raise StoreError(f"Unknown end of a refine job {state!r}.")
+        with self._transaction() as conn:
+            return bool(
+                conn.execute(
+                    "UPDATE refine_jobs SET state = ?, error = ?, done_at = ? WHERE batch_id = ? AND state = 'running'",
+                    (state, error, _now(), batch_id),
+                ).rowcount
+            )
+
+    def refine_job_counts(self, batch_id: int, since: str) -> tuple[int, int, int]:
+        """(items with a refinement, items in the batch, 'batch' refinements stored since `since`)."""
+        with self._connect() as conn:
+            row = conn.execute(
+                """SELECT
+                     (SELECT COUNT(*) FROM items WHERE batch_id = :batch
+                        AND EXISTS (SELECT 1 FROM refinements r WHERE r.item_id = items.id)),
+                     (SELECT COUNT(*) FROM items WHERE batch_id = :batch),
+                     (SELECT COUNT(*) FROM refinements r JOIN items ON items.id = r.item_id
+                        WHERE items.batch_id = :batch AND r.source = 'batch' AND r.created_at >= :since)""",
+                {"batch": batch_id, "since": since},
+            ).fetchone()
+        return row[0], row[1], row[2]
+
     # -- judgements ---------------------------------------------------------------------------
 
     def judge(
@@ -602,6 +704,72 @@ class Store:
             ).fetchone()
         return row[0] if row else None
 
+    # -- triage: the item list by the refiner's verdict ---------------------------------------
+
+    def triage_page(
+        self,
+        batch_id: int,
+        annotator: str | None,
+        offset: int,
+        limit: int,
+        *,
+        order: str = "position",
+        verdict: str = "all",
+    ) -> list[TriageRow]:
+        """One page of a batch's items in `order` (ITEM_ORDERS), only those whose newest refinement
+        has `verdict` (VERDICT_FILTERS), each with that refinement's verdict and answers. Sorted and
+        filtered here, in SQL, because a batch may hold many thousands of items."""
+        where, where_params = _verdict_filter(verdict)
+        with self._connect() as conn:
+            rows = conn.execute(
+                f"""{_TRIAGE_CTE}
+                    SELECT items.*, newest.verdict, newest.program_answer, newest.draft_answer, newest.confidence,
+                       (SELECT COUNT(*) FROM refinements r WHERE r.item_id = items.id) AS n_refinements,
+                       {_JUDGED_SQL} AS judged
+                    {_NEWEST_FROM} WHERE items.batch_id = ? {where}
+                    ORDER BY {_item_order(order)} LIMIT ? OFFSET ?""",
+                (*_TRIAGE_PLACES, annotator or "", batch_id, *where_params, max(1, limit), max(0, offset)),
+            ).fetchall()
+        return [
+            TriageRow(
+                _item(row),
+                row["n_refinements"],
+                bool(row["judged"]),
+                row["verdict"],
+                row["program_answer"],
+                row["draft_answer"],
+                row["confidence"],
+            )
+            for row in rows
+        ]
+
+    def count_items(self, batch_id: int, verdict: str = "all") -> int:
+        """How many items of the batch `triage_page` lists with this verdict filter."""
+        where, where_params = _verdict_filter(verdict)
+        with self._connect() as conn:
+            return conn.execute(
+                f"{_TRIAGE_CTE} SELECT COUNT(*) {_NEWEST_FROM} WHERE items.batch_id = ? {where}",
+                (*_TRIAGE_PLACES, batch_id, *where_params),
+            ).fetchone()[0]
+
+    def next_unjudged_in_order(
+        self, batch_id: int, annotator: str | None, after_position: int, order: str = "triage"
+    ) -> int | None:
+        """Position of the next item `annotator` has not judged after the item at `after_position` in
+        `order` (ITEM_ORDERS), wrapping round; from the first when `after_position` names no item."""
+        with self._connect() as conn:
+            row = conn.execute(
+                f"""{_TRIAGE_CTE},
+                    ranked AS (
+                      SELECT items.position, {_JUDGED_SQL} AS judged,
+                             ROW_NUMBER() OVER (ORDER BY {_item_order(order)}) AS rank
+                      {_NEWEST_FROM} WHERE items.batch_id = ?)
+                    SELECT position FROM ranked WHERE NOT judged
+                    ORDER BY rank <= COALESCE((SELECT rank FROM ranked WHERE position = ?), 0), rank LIMIT 1""",
+                (*_TRIAGE_PLACES, annotator or "", batch_id, after_position),
+            ).fetchone()
+        return row[0] if row else None
+
     def current_judgements(self) -> Iterator[JudgedRow]:
         """Every annotator's current judgement of every refinement, in item order (streams)."""
         with self._connect() as conn:
@@ -653,6 +821,58 @@ _COMPLETE_ITEM_SQL = "EXISTS (SELECT 1 FROM batches b WHERE b.id = items.batch_i
 _JUDGED_SQL = """EXISTS (SELECT 1 FROM refinements r JOIN judgements j ON j.refinement_id = r.id
                  WHERE r.item_id = items.id AND j.annotator = ? AND j.undone_at IS NULL
                    AND j.correct IS NOT NULL)"""
+
+# -- triage (the item list by the refiner's verdict, engine/triage.py) ----------------------------
+ITEM_ORDERS = ("position", "triage")  # the item list's sorts; "triage" is engine.triage's order
+NOT_REFINED = "not refined"  # the verdict filter for items without any refinement yet
+VERDICT_FILTERS = ("all", *TRIAGE_ORDER, NOT_REFINED)
+
+
+@dataclasses.dataclass(frozen=True)
+class TriageRow:
+    """One item of the list with what its newest refinement's verdict says about the draft."""
+
+    item: Item
+    refinements: int
+    judged: bool  # by the annotator asked about
+    verdict: str | None  # None: no refinement yet
+    program_answer: str | None
+    draft_answer: str | None
+    confidence: float | None  # engine.triage.confidence of that refinement (None: unknown)
+
+
+# triage(verdict, place): TRIAGE_ORDER as a table (its values are the query's first parameters), so
+# the order is read from engine.triage, not spelt again here.
+_TRIAGE_CTE = "WITH triage(verdict, place) AS (VALUES " + ", ".join(["(?, ?)"] * len(TRIAGE_ORDER)) + ")"
+_TRIAGE_PLACES = tuple(value for place, verdict in enumerate(TRIAGE_ORDER) for value in (verdict, place))
+# Each item with its newest refinement (none: NULLs) and that verdict's place in the triage order.
+_NEWEST_FROM = """FROM items
+    LEFT JOIN refinements newest ON newest.id = (SELECT MAX(id) FROM refinements WHERE item_id = items.id)
+    LEFT JOIN triage ON triage.verdict = newest.verdict"""
+# engine.triage.triage_key in SQL: the verdict's place (an unknown verdict after the known ones), the
+# confidence lowest first (unknown after known); items without a refinement after all; then position.
+_ORDER_SQL = {
+    "position": "items.position",
+    "triage": f"""newest.id IS NULL, COALESCE(triage.place, {len(TRIAGE_ORDER)}),
+                  newest.confidence IS NULL, newest.confidence, items.position""",
+}
+
+
+def _item_order(order: str) -> str:
+    if order not in _ORDER_SQL:
+        raise StoreError(f"Unknown item order {order!r}; choose one of {', '.join(ITEM_ORDERS)}.")
+    return _ORDER_SQL[order]
+
+
+def _verdict_filter(verdict: str) -> tuple[str, tuple]:
+    """The WHERE clause (and its parameters) that keeps the items whose newest refinement has `verdict`."""
+    if verdict not in VERDICT_FILTERS:
+        raise StoreError(f"Unknown verdict filter {verdict!r}; choose one of {', '.join(VERDICT_FILTERS)}.")
+    if verdict == "all":
+        return "", ()
+    if verdict == NOT_REFINED:
+        return "AND newest.id IS NULL", ()
+    return "AND newest.verdict = ?", (verdict,)
 
 
 def _insert_item(conn: sqlite3.Connection, batch_id: int, position: int, item: NewItem) -> int:
@@ -724,6 +944,10 @@ def _refinement(row: sqlite3.Row) -> StoredRefinement:
     data = {name: row[name] for name in _REFINEMENT_FIELDS}
     data["result"] = result_from_json(json.loads(data["result"]))
     return StoredRefinement(**data)
+
+
+def _refine_job(row: sqlite3.Row) -> RefineJob:
+    return RefineJob(**{field.name: row[field.name] for field in dataclasses.fields(RefineJob)})
 
 
 # Answer fields of a RefinementResult line: text to every view, but a hand-made or foreign file may
