@@ -215,23 +215,6 @@ class RefineJob:
 REFINE_JOB_STATES = ("running", "stopped", "done", "failed")
 
 
-@dataclasses.dataclass(frozen=True)
-class RefineJob:
-    """A batch's background refinement (Refine all), as the refine_jobs table keeps it."""
-
-    batch_id: int
-    state: str  # one of REFINE_JOB_STATES
-    settings: str  # JSON: what cap_app.annotate.batch_refinement.JobSettings writes
-    started_by: str
-    started_at: str
-    resumed_at: str  # when this run (the first or a resumed one) began
-    done_at: str | None  # when the last run ended (done, stopped or failed); None while running
-    error: str | None  # one line: why it failed, or which items could not be refined
-
-
-REFINE_JOB_STATES = ("running", "stopped", "done", "failed")
-
-
 def default_db_path(data_dir: str = SPACES_DATA_DIR) -> Path:
     """$CAP_DB_PATH, else Spaces persistent storage when mounted and writable, else ./annotations.db."""
     configured = os.environ.get("CAP_DB_PATH")
@@ -524,91 +507,6 @@ class Store:
         with self._connect() as conn:
             rows = conn.execute("SELECT * FROM refinements WHERE item_id = ? ORDER BY id", (item_id,)).fetchall()
         return [_refinement(row) for row in rows]
-
-    # -- refine jobs (Refine all: cap_app/annotate/batch_refinement.py) ------------------------
-
-    def next_unrefined_item(self, batch_id: int, after_position: int = -1) -> Item | None:
-        """The first item after `after_position` that has no refinement at all. Asked afresh before
-        each item, so an item refined meanwhile (by Run, or by a run of the job before a crash) is
-        never refined again."""
-        with self._connect() as conn:
-            row = conn.execute(
-                f"""SELECT items.* FROM items WHERE batch_id = ? AND position > ? AND {_COMPLETE_ITEM_SQL}
-                    AND NOT EXISTS (SELECT 1 FROM refinements r WHERE r.item_id = items.id)
-                    ORDER BY position LIMIT 1""",
-                (batch_id, after_position),
-            ).fetchone()
-        return _item(row) if row else None
-
-    def refine_job(self, batch_id: int) -> RefineJob | None:
-        with self._connect() as conn:
-            row = conn.execute("SELECT * FROM refine_jobs WHERE batch_id = ?", (batch_id,)).fetchone()
-        return _refine_job(row) if row else None
-
-    def refine_jobs(self, state: str) -> list[RefineJob]:
-        """Every batch's job in `state` (at the app's start: those a stopped server left 'running')."""
-        with self._connect() as conn:
-            rows = conn.execute("SELECT * FROM refine_jobs WHERE state = ? ORDER BY batch_id", (state,)).fetchall()
-        return [_refine_job(row) for row in rows]
-
-    def start_refine_job(self, batch_id: int, settings: str, started_by: str) -> RefineJob | None:
-        """Record a new run of the batch's job with these settings (replacing an ended one); None when
-        one is running already (one job per batch: two would refine the same items twice)."""
-        with self._transaction() as conn:
-            if conn.execute("SELECT 1 FROM batches WHERE id = ? AND complete", (batch_id,)).fetchone() is None:
-                raise StoreError(f"No batch {batch_id}.")
-            row = conn.execute("SELECT state FROM refine_jobs WHERE batch_id = ?", (batch_id,)).fetchone()
-            if row is not None and row["state"] == "running":
-                return None
-            now = _now()
-            conn.execute(
-                "INSERT OR REPLACE INTO refine_jobs (batch_id, state, settings, started_by, started_at, resumed_at,"
-                " done_at, error) VALUES (?, 'running', ?, ?, ?, ?, NULL, NULL)",
-                (batch_id, settings, started_by, now, now),
-            )
-            return _refine_job(conn.execute("SELECT * FROM refine_jobs WHERE batch_id = ?", (batch_id,)).fetchone())
-
-    def resume_refine_job(self, batch_id: int, *, interrupted: bool = False) -> RefineJob | None:
-        """Run the batch's job again with its stored settings, counting items/s from now: one that
-        ended (stopped or failed), or with `interrupted` one the last server left 'running'. None
-        when there is no such job (never started, or already running here)."""
-        wanted = "state = 'running'" if interrupted else "state != 'running'"
-        with self._transaction() as conn:
-            changed = conn.execute(
-                f"UPDATE refine_jobs SET state = 'running', resumed_at = ?, done_at = NULL, error = NULL"
-                f" WHERE batch_id = ? AND {wanted}",
-                (_now(), batch_id),
-            ).rowcount
-            if not changed:
-                return None
-            return _refine_job(conn.execute("SELECT * FROM refine_jobs WHERE batch_id = ?", (batch_id,)).fetchone())
-
-    def end_refine_job(self, batch_id: int, state: str, error: str | None = None) -> bool:
-        """Record how a running job ended ('stopped', 'done' or 'failed', with `error` in one line);
-        False when it was not running (a stop recorded first wins over the worker's own end)."""
-        if state not in REFINE_JOB_STATES[1:]:
-            raise StoreError(f"Unknown end of a refine job {state!r}.")
-        with self._transaction() as conn:
-            return bool(
-                conn.execute(
-                    "UPDATE refine_jobs SET state = ?, error = ?, done_at = ? WHERE batch_id = ? AND state = 'running'",
-                    (state, error, _now(), batch_id),
-                ).rowcount
-            )
-
-    def refine_job_counts(self, batch_id: int, since: str) -> tuple[int, int, int]:
-        """(items with a refinement, items in the batch, 'batch' refinements stored since `since`)."""
-        with self._connect() as conn:
-            row = conn.execute(
-                """SELECT
-                     (SELECT COUNT(*) FROM items WHERE batch_id = :batch
-                        AND EXISTS (SELECT 1 FROM refinements r WHERE r.item_id = items.id)),
-                     (SELECT COUNT(*) FROM items WHERE batch_id = :batch),
-                     (SELECT COUNT(*) FROM refinements r JOIN items ON items.id = r.item_id
-                        WHERE items.batch_id = :batch AND r.source = 'batch' AND r.created_at >= :since)""",
-                {"batch": batch_id, "since": since},
-            ).fetchone()
-        return row[0], row[1], row[2]
 
     # -- refine jobs (Refine all: cap_app/annotate/batch_refinement.py) ------------------------
 
@@ -1046,10 +944,6 @@ def _refinement(row: sqlite3.Row) -> StoredRefinement:
     data = {name: row[name] for name in _REFINEMENT_FIELDS}
     data["result"] = result_from_json(json.loads(data["result"]))
     return StoredRefinement(**data)
-
-
-def _refine_job(row: sqlite3.Row) -> RefineJob:
-    return RefineJob(**{field.name: row[field.name] for field in dataclasses.fields(RefineJob)})
 
 
 def _refine_job(row: sqlite3.Row) -> RefineJob:
