@@ -560,7 +560,7 @@ def run_refinement(
     profile: gr.OAuthProfile | None = None,
 ) -> tuple:
     """Run (or re-run) the engine on the current item; the result is kept as one more refinement."""
-    from cap_app.backends import BackendError, get_backend
+    from cap_app.backends import BackendError, get_backend, priority
     from cap_app.engine.inputs import InputError
     from cap_app.engine.refine import refine
     from cap_app.models.loading import ModelLoadError
@@ -576,8 +576,9 @@ def run_refinement(
         config = settings.refine_config(
             **dict(settings.default_settings(), strategy=strategy, max_new_tokens=max_new_tokens)
         )
-        model = get_backend(settings.model_config(model_choice), settings.backend_config("auto"))
-        result = refine(item.question, item.draft, gold=item.gold, config=config, backend=model)
+        with priority.interactive():  # a batch refinement starts no new item while an annotator waits
+            model = get_backend(settings.model_config(model_choice), settings.backend_config("auto"))
+            result = refine(item.question, item.draft, gold=item.gold, config=config, backend=model)
         store.add_refinement(item.id, result, "run")
     except (InputError, ModelLoadError, BackendError, ValueError) as error:
         return _safe_view(store, state, who, _error(f"The refinement could not run: {error}"))

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import gradio as gr
 
+from cap_app.backends import priority
 from cap_app.engine.program import streamed_program
 from cap_app.engine.reading import read_result
 from cap_app.ui import views
@@ -132,7 +133,8 @@ def refine_page(
         return
     cancel = _cancel_event(request)
     try:
-        yield from _run_refinement(item, config, model_cfg, backend_cfg, cancel)
+        with priority.interactive():  # a batch refinement starts no new item while a visitor waits
+            yield from _run_refinement(item, config, model_cfg, backend_cfg, cancel)
     except Exception as error:  # an engine failure must reach the visitor as a message, not a traceback
         logger.exception("refinement failed")
         detail = str(error).splitlines()[0] if str(error) else type(error).__name__
