@@ -24,7 +24,7 @@ import gradio as gr
 
 from cap_app.annotate import accounts, export, item_files
 from cap_app.annotate.accounts import Identity, Refused
-from cap_app.annotate.store import Store, StoreError
+from cap_app.annotate.store import NOT_REFINED, TRIAGE_ORDER, Store, StoreError
 from cap_app.engine.align import DraftStep, split_draft
 from cap_app.engine.reading import read_result
 from cap_app.ui import settings, views
@@ -277,9 +277,11 @@ def load_file(
     draft_key: str,
     request: gr.Request,
     profile: gr.OAuthProfile | None = None,
+    order: str | None = None,
 ) -> tuple:
     """Load button: an uploaded file (any annotator) or a path on the server (admins only, within the
-    allowed folders) becomes a batch; the report says which of the two was loaded. Both at once is
+    allowed folders) becomes a batch, opened at the first unjudged item in `order` (the page's
+    choice; none: item order); the report says which of the two was loaded. Both at once is
     refused (on the page, choosing a file clears the path and typing a path clears the upload)."""
     try:
         who = _who(request, profile)
@@ -296,9 +298,9 @@ def load_file(
         else:
             raise item_files.BatchError("Choose a file to upload or enter a path.")
         report = item_files.load_batch(store, source, draft_key=draft_key, name=name)
+        opened = new_state(report.batch.id, _first_unjudged(store, report.batch.id, who, order))
     except (item_files.BatchError, StoreError, Refused) as error:
         return (gr.skip(), _error(str(error)), *(gr.skip() for _ in VIEW))
-    opened = new_state(report.batch.id, _first_unjudged(store, report.batch.id, who))
     return (
         gr.update(choices=batch_choices(store), value=report.batch.id),
         f"Loaded {origin}. {report.summary()}",
@@ -316,17 +318,44 @@ def cleared_upload(path: str):
     return None if (path or "").strip() else gr.skip()
 
 
-def _first_unjudged(store: Store, batch_id: int, who: Identity) -> int:
-    position = store.next_unjudged(batch_id, who.name, -1)
+def _first_unjudged(store: Store, batch_id: int, who: Identity, order: str | None = None) -> int:
+    """Where a batch opens: the caller's first unjudged item, in `order` when the page names one (in
+    triage order, the item most in need of a person), else in item order."""
+    if order is None:
+        position = store.next_unjudged(batch_id, who.name, -1)
+    else:
+        position = store.next_unjudged_in_order(batch_id, who.name, -1, _order(order))
     return 0 if position is None else position
 
 
+# The item order choices, as the page shows them: (label, ITEM_ORDERS value).
+ORDER_CHOICES = [("triage order", "triage"), ("item order", "position")]
+# The verdict filter of the item list: (label, store.VERDICT_FILTERS value).
+VERDICT_CHOICES = [
+    ("all items", "all"),
+    *((verdict.replace("_", " "), verdict) for verdict in TRIAGE_ORDER),
+    ("not refined yet", NOT_REFINED),
+]
+
+
+def _order(order: str | None) -> str:
+    """An order sent by the page or an API client: one of ITEM_ORDERS, else StoreError."""
+    if order not in {value for _, value in ORDER_CHOICES}:
+        raise StoreError(f"Unknown order {str(order)[:40]!r}; choose triage or position.")
+    return order
+
+
 def open_batch(
-    store: Store, state: dict, batch_id: int | None, request: gr.Request, profile: gr.OAuthProfile | None = None
+    store: Store,
+    state: dict,
+    batch_id: int | None,
+    request: gr.Request,
+    profile: gr.OAuthProfile | None = None,
+    order: str | None = None,
 ) -> tuple:
-    """The Batch dropdown: open a batch at its first unjudged item. The browser also sends the
-    dropdown's value when it merely loses focus: then the page is left exactly as it is (a view
-    sent now could arrive after a judgement's reply and show an older form)."""
+    """The Batch dropdown: open a batch at its first unjudged item (in `order`, as load_file). The
+    browser also sends the dropdown's value when it merely loses focus: then the page is left exactly
+    as it is (a view sent now could arrive after a judgement's reply and show an older form)."""
     if batch_id is not None and batch_id == state.get("batch"):
         return tuple(gr.skip() for _ in VIEW)
     try:
@@ -338,7 +367,7 @@ def open_batch(
     if type(batch_id) is not int:
         return _safe_view(store, state, who, _error(f"No batch {batch_id}."))
     try:
-        position = _first_unjudged(store, store.batch(batch_id).id, who)
+        position = _first_unjudged(store, store.batch(batch_id).id, who, order)
     except StoreError as error:
         return _safe_view(store, state, who, _error(str(error)))
     return _safe_view(store, new_state(batch_id, position), who)
@@ -400,11 +429,22 @@ def step(store: Store, state: dict, request: gr.Request, profile: gr.OAuthProfil
     return _safe_view(store, new_state(state["batch"], (state["position"] + delta) % total), who)
 
 
-def next_unjudged(store: Store, state: dict, request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple:
+def next_unjudged(
+    store: Store,
+    state: dict,
+    request: gr.Request,
+    profile: gr.OAuthProfile | None = None,
+    order: str = "triage",
+) -> tuple:
+    """The caller's next unjudged item after this one in `order` (triage: engine.triage's order, which
+    is item order while no item has a refinement), wrapping round."""
     who, refused = _caller_in_a_batch(store, state, request, profile)
     if refused is not None:
         return refused
-    position = store.next_unjudged(state["batch"], who.name, state["position"])
+    try:
+        position = store.next_unjudged_in_order(state["batch"], who.name, state["position"], _order(order))
+    except StoreError as error:
+        return _safe_view(store, state, who, _error(str(error)))
     if position is None:
         return _safe_view(store, state, who, views.message_html("Every item of this batch is judged."))
     return _safe_view(store, new_state(state["batch"], position), who)
@@ -592,9 +632,17 @@ def run_refinement(
 
 
 def items_page(
-    store: Store, state: dict, page: float | None, request: gr.Request, profile: gr.OAuthProfile | None = None
+    store: Store,
+    state: dict,
+    page: float | None,
+    request: gr.Request,
+    profile: gr.OAuthProfile | None = None,
+    order: str = "position",
+    verdict: str = "all",
 ) -> list[list]:
-    """One page of the batch's items for the overview table, with the caller's own progress."""
+    """One page of the batch's items for the overview table in `order`, only those with `verdict`
+    (VERDICT_CHOICES): the caller's own progress and each item's newest verdict with the program's
+    answer beside the draft's. Empty when refused or the order or filter is unknown."""
     try:
         who = _who(request, profile)
     except Refused:
@@ -602,11 +650,30 @@ def items_page(
     if state.get("batch") is None:
         return []
     try:
-        page = max(int(page or 1), 1)
-    except (ValueError, OverflowError):
-        page = 1
-    rows = store.items_page(state["batch"], who.name, (page - 1) * PAGE_SIZE, PAGE_SIZE)
-    return [[item.position + 1, _shorten(item.question), n, "yes" if judged else ""] for item, n, judged in rows]
+        rows = store.triage_page(
+            state["batch"], who.name, (_page(page) - 1) * PAGE_SIZE, PAGE_SIZE, order=_order(order), verdict=verdict
+        )
+    except StoreError:
+        return []
+    return [
+        [
+            row.item.position + 1,
+            _shorten(row.item.question),
+            row.refinements,
+            "yes" if row.judged else "",
+            (row.verdict or "").replace("_", " "),
+            _shorten(row.program_answer or "", 40),
+            _shorten(row.draft_answer or "", 40),
+        ]
+        for row in rows
+    ]
+
+
+def _page(page: float | None) -> int:
+    try:
+        return max(int(page or 1), 1)
+    except (TypeError, ValueError, OverflowError):
+        return 1
 
 
 def _shorten(text: str, limit: int = 120) -> str:
@@ -620,11 +687,19 @@ def open_from_table(
     evt: gr.SelectData,
     request: gr.Request,
     profile: gr.OAuthProfile | None = None,
+    order: str = "position",
+    verdict: str = "all",
 ) -> tuple:
+    """A click on a row of the items table opens that item: the row is found again in the same page,
+    order and filter (the browser's copy of the table is not trusted)."""
     row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+    number = 1
     try:
-        number = (max(int(page or 1), 1) - 1) * PAGE_SIZE + int(row) + 1
-    except (TypeError, ValueError, OverflowError):
+        offset = (_page(page) - 1) * PAGE_SIZE + max(int(row), 0)
+        if state.get("batch") is not None:
+            found = store.triage_page(state["batch"], None, offset, 1, order=_order(order), verdict=verdict)
+            number = found[0].item.position + 1 if found else 1
+    except (TypeError, ValueError, OverflowError, StoreError):
         number = 1
     return go_to(store, state, number, request, profile)
 

@@ -18,13 +18,14 @@ from cap_app.annotate import accounts, item_files
 from cap_app.annotate.export import FORMATS
 from cap_app.annotate.store import CORRECT_CHOICES, MAX_NOTE_CHARS, VS_DRAFT_CHOICES, Store
 from cap_app.engine.strategies import STRATEGIES
+from cap_app.engine.triage import TRIAGE_EXPLANATION
 from cap_app.ui import annotate_handlers as handlers
 from cap_app.ui import settings
 from cap_app.ui.annotate_handlers import PAGE_SIZE, VIEW
 from cap_app.ui.hosting import CONCURRENCY_LIMIT, model_choices, storage_notice
 from cap_app.ui.views import TRACE_HEADERS
 
-PAGE_HEADERS = ["#", "question", "refinements", "judged by you"]
+PAGE_HEADERS = ["#", "question", "refinements", "judged by you", "verdict", "program answer", "draft answer"]
 # The judging keys: one per value of the store's choices, in their order, and the radios they click.
 JUDGING_KEYS = {
     "correct": ("refinement correct", CORRECT_CHOICES, ("y", "n", "u"), "cap-ann-correct"),
@@ -207,7 +208,15 @@ def _navigation(store: Store) -> dict:
         next_button = gr.Button("Next (j) ▶", elem_id="cap-ann-next")
         unjudged_button = gr.Button("Next unjudged (g)", elem_id="cap-ann-unjudged")
         undo_button = gr.Button("Undo last change (z)", elem_id="cap-ann-undo")
+    with gr.Row():
+        # One order for Next unjudged, where a batch opens and the items table. Triage is the default:
+        # while no item has a refinement it is item order.
+        order = gr.Radio(
+            handlers.ORDER_CHOICES, value="triage", label="Order (Next unjudged and All items)", elem_id="cap-ann-order"
+        )
+        gr.Markdown(TRIAGE_EXPLANATION, elem_id="cap-ann-triage-explanation")
     return dict(
+        order=order,
         progress=progress,
         prev_button=prev_button,
         position=position,
@@ -276,9 +285,16 @@ def _result_panels() -> dict:
 
 def _items_table() -> dict:
     with gr.Accordion("All items", open=False):
-        page = gr.Number(value=1, precision=0, minimum=1, label=f"Page ({PAGE_SIZE} items each)")
+        with gr.Row():
+            page = gr.Number(value=1, precision=0, minimum=1, label=f"Page ({PAGE_SIZE} items each)")
+            verdict_filter = gr.Dropdown(
+                handlers.VERDICT_CHOICES,
+                value="all",
+                label="Verdict of the newest refinement",
+                elem_id="cap-ann-filter",
+            )
         table = gr.Dataframe(headers=PAGE_HEADERS, interactive=False, wrap=True, elem_id="cap-ann-items")
-    return dict(page=page, table=table)
+    return dict(page=page, verdict_filter=verdict_filter, table=table)
 
 
 def _admin_panel() -> dict:
@@ -313,7 +329,7 @@ def _wire_batches(demo: gr.Blocks, store: Store, tab, view: list) -> None:
     tab.state.change(_bind(handlers.remember, store), [tab.state], None, api_visibility="private", **DB)
     tab.load.click(
         _bind(handlers.load_file, store),
-        [tab.state, tab.upload, tab.path, tab.draft_key],
+        [tab.state, tab.upload, tab.path, tab.draft_key, tab.order],
         [tab.batch, tab.report, *view],
         **DB,
     )
@@ -324,7 +340,7 @@ def _wire_batches(demo: gr.Blocks, store: Store, tab, view: list) -> None:
     tab.upload.upload(handlers.cleared_path, None, tab.path, **quiet)
     tab.path.change(handlers.cleared_upload, [tab.path], tab.upload, **quiet)
     tab.batch.focus(_bind(handlers.refresh_batches, store), [tab.state], tab.batch, **DB)
-    tab.batch.input(_bind(handlers.open_batch, store), [tab.state, tab.batch], view, **DB)
+    tab.batch.input(_bind(handlers.open_batch, store), [tab.state, tab.batch, tab.order], view, **DB)
 
 
 def _wire_navigation(store: Store, tab, view: list) -> None:
@@ -333,7 +349,7 @@ def _wire_navigation(store: Store, tab, view: list) -> None:
     tab.position.submit(_bind(handlers.go_to, store), [state, tab.position], view, **DB)
     tab.prev_button.click(_bind(handlers.step, store, delta=-1), [state], view, **DB)
     tab.next_button.click(_bind(handlers.step, store, delta=1), [state], view, **DB)
-    tab.unjudged_button.click(_bind(handlers.next_unjudged, store), [state], view, **DB)
+    tab.unjudged_button.click(_bind(handlers.next_unjudged, store), [state, tab.order], view, **DB)
     tab.undo_button.click(
         _bind(handlers.undo, store), [state, tab.number], view, js=NUMBERED_JS.replace("QUEUE", '"undo"'), **ORDERED
     )
@@ -345,9 +361,15 @@ def _wire_navigation(store: Store, tab, view: list) -> None:
         concurrency_limit=CONCURRENCY_LIMIT,
         concurrency_id="generation",
     )
-    for event in (tab.page.submit, state.change):
-        event(_bind(handlers.items_page, store), [state, tab.page], tab.table, **DB)
-    tab.table.select(_bind(handlers.open_from_table, store), [state, tab.page], view, **DB)
+    listed = [state, tab.page, tab.order, tab.verdict_filter]  # the table's page, order and filter
+    gr.on(
+        [tab.page.submit, state.change, tab.order.change, tab.verdict_filter.change],
+        _bind(handlers.items_page, store),
+        listed,
+        tab.table,
+        **DB,
+    )
+    tab.table.select(_bind(handlers.open_from_table, store), listed, view, **DB)
 
 
 def _wire_judgements(store: Store, tab) -> None:
@@ -367,7 +389,9 @@ def _wire_judgements(store: Store, tab) -> None:
             js=NUMBERED_JS.replace("QUEUE", json.dumps(field)),
             **ORDERED,
         )
-        judged.then(_bind(handlers.items_page, store), [tab.state, tab.page], tab.table, **DB)
+        judged.then(
+            _bind(handlers.items_page, store), [tab.state, tab.page, tab.order, tab.verdict_filter], tab.table, **DB
+        )
     watched = [tab.correct, tab.vs_draft, tab.status, tab.progress]
     tab.stored.change(None, [tab.stored, tab.shown, *watched], watched, js=SHOW_STORED_JS)
 

@@ -203,7 +203,7 @@ def test_items_table_pages_and_opens_the_clicked_row(store, batch_file, monkeypa
     ann = as_user("ann")
     judge(store, shown["state"], "ann", "yes")
     assert [row[0] for row in handlers.items_page(store, shown["state"], 1, ann)] == [1, 2, 3]
-    assert handlers.items_page(store, shown["state"], 2, ann) == [[4, "What is 3?", 1, ""]]
+    assert handlers.items_page(store, shown["state"], 2, ann) == [[4, "What is 3?", 1, "", "disagrees", "3", "26"]]
     assert handlers.items_page(store, shown["state"], 1, ann)[0][3] == "yes"
     assert handlers.items_page(store, shown["state"], 1, as_user("bob"))[0][3] == ""  # bob's own progress
     clicked = types.SimpleNamespace(index=[0, 1])  # what gr.SelectData carries

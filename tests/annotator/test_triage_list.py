@@ -5,12 +5,14 @@ are known."""
 from __future__ import annotations
 
 import dataclasses
+import types
 
 import pytest
 
 from cap_app.annotate.store import NOT_REFINED, StoreError
-from cap_app.engine.triage import TRIAGE_EXPLANATION, triage_key
+from cap_app.engine.triage import TRIAGE_EXPLANATION, TRIAGE_ORDER, triage_key
 from cap_app.ui import annotate_handlers as handlers
+from cap_app.ui.annotate_handlers import VIEW
 from tests.annotator.conftest import as_user, make_result, write_jsonl
 
 # (verdict, confidence) of each item's newest refinement, in position order; None: no refinement.
@@ -96,3 +98,61 @@ def test_next_unjudged_follows_the_triage_order_and_wraps(store, known_batch):
     assert store.next_unjudged_in_order(known_batch, "ann", position(3)) == position(5)  # wraps round
     assert store.next_unjudged_in_order(known_batch, "bob", position(2)) == position(7)  # bob's own
     assert store.next_unjudged_in_order(known_batch, "ann", position(5), "position") == position(6)
+
+
+def state_at(batch_id: int, number: int) -> dict:
+    return handlers.new_state(batch_id, number - 1)
+
+
+def test_the_tabs_items_table_shows_verdicts_and_sorts_and_filters(store, known_batch):
+    ann, state = as_user("ann"), state_at(known_batch, 1)
+    by_triage = handlers.items_page(store, state, 1, ann, None, "triage", "all")
+    assert [row[0] for row in by_triage] == TRIAGED_NUMBERS
+    assert by_triage[0][4:] == ["disagrees", "5", "26"]  # the verdict, the program's answer beside the draft's
+    assert by_triage[-1][2:] == [0, "", "", "", ""]  # not refined yet
+    assert [row[0] for row in handlers.items_page(store, state, 1, ann, None, "position", "unconfirmed")] == [4, 7]
+    assert [row[4] for row in handlers.items_page(store, state, 1, ann, None, "triage", "no_answer")] == ["no answer"]
+    assert handlers.items_page(store, state, 1, ann, None, "triage", "bogus") == []  # refused, nothing listed
+    assert handlers.items_page(store, state, 1, as_user(None), None, "triage", "all") == []  # not signed in
+
+
+def test_a_click_in_the_sorted_and_filtered_table_opens_that_item(store, known_batch, monkeypatch):
+    monkeypatch.setattr(handlers, "PAGE_SIZE", 3)
+    clicked = types.SimpleNamespace(index=[1, 0])  # the second row, as gr.SelectData carries it
+    opened = handlers.open_from_table(store, state_at(known_batch, 1), 2, clicked, as_user("ann"), None, "triage")
+    assert opened[VIEW.index("position")] == TRIAGED_NUMBERS[4]
+    filtered = handlers.open_from_table(
+        store, state_at(known_batch, 1), 1, clicked, as_user("ann"), None, "triage", "disagrees"
+    )
+    assert filtered[VIEW.index("position")] == 2
+
+
+def test_next_unjudged_and_opening_a_batch_follow_the_pages_order(store, known_batch):
+    ann = as_user("ann")
+    position = lambda values: values[VIEW.index("position")]  # noqa: E731
+    opened = handlers.open_batch(store, handlers.new_state(), known_batch, ann, None, "triage")
+    assert position(opened) == TRIAGED_NUMBERS[0]
+    assert position(handlers.open_batch(store, handlers.new_state(), known_batch, ann, None, "position")) == 1
+    state = opened[VIEW.index("state")]
+    seen = []
+    for _ in range(len(KNOWN)):
+        values = handlers.next_unjudged(store, state, ann, None, "triage")
+        state = values[VIEW.index("state")]
+        seen.append(position(values))
+    assert seen == TRIAGED_NUMBERS[1:] + TRIAGED_NUMBERS[:1]  # in triage order, round to the first again
+    assert position(handlers.next_unjudged(store, state_at(known_batch, 5), ann, None, "position")) == 6
+    refused = handlers.next_unjudged(store, state, ann, None, "DROP")
+    assert "Unknown order" in refused[VIEW.index("status")]
+
+
+def test_the_tab_explains_the_triage_order_and_offers_it_by_default(store):
+    import gradio as gr
+
+    from cap_app.ui.annotate_tab import build_annotator_tab
+
+    with gr.Blocks() as demo:
+        build_annotator_tab(demo, store)
+    props = {c["props"].get("elem_id"): c["props"] for c in demo.get_config_file()["components"]}
+    assert props["cap-ann-triage-explanation"]["value"] == TRIAGE_EXPLANATION
+    assert props["cap-ann-order"]["value"] == "triage"
+    assert [value for _, value in props["cap-ann-filter"]["choices"]][1:5] == list(TRIAGE_ORDER)
