@@ -12,6 +12,10 @@ KTOTrainer accept (https://huggingface.co/docs/trl/dataset_formats).
 
 A refinement's label is the annotators' consensus on "refinement correct": yes when someone
 said yes and nobody said no, wrong when the reverse; conflicts and "unsure" are left out.
+
+Every row also carries what the refiner itself said of the judged refinement (its verdict on the
+draft, the program's answer and the triage confidence: `RefinerVerdict`), and the summary counts the
+judgements per verdict, so the team can see how good a flag the verdict was on their own data.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from typing import TextIO
 from cap_app.annotate.store import CORRECT_CHOICES, JudgedRow, Store
 from cap_app.engine.prompts import trl_row
 from cap_app.engine.results import RefinementResult
+from cap_app.engine.triage import TRIAGE_ORDER, confidence
 
 CSV_COLUMNS = (
     "batch",
@@ -47,6 +52,8 @@ CSV_COLUMNS = (
     "refined_answer",
     "program_answer",
     "draft_answer",
+    "verdict",
+    "confidence",
     "annotator",
     "origin",
     "correct",
@@ -55,12 +62,25 @@ CSV_COLUMNS = (
     "note",
     "judged_at",
 )
-CSV_NUMERIC_COLUMNS = ("item", "line", "refinement_id", "first_wrong_step")  # ints; every other column is text
+CSV_NUMERIC_COLUMNS = ("item", "line", "refinement_id", "first_wrong_step", "confidence")  # numbers; the rest is text
 # A cell starting with one of these is a formula to a spreadsheet (OWASP, CSV injection). A cell is
 # compared in NFKC form, so full-width and small forms ("＝", "﹦", "﹢", "﹣", "﹫") count too, and
 # after any invisible (format) characters or spaces in front, such as U+FEFF or U+200B, which some
 # spreadsheets drop before reading the formula.
 _SPREADSHEET_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+@dataclasses.dataclass(frozen=True)
+class RefinerVerdict:
+    """What the refiner said of a refinement before anyone judged it (engine/triage.py)."""
+
+    verdict: str | None  # on the draft: disagrees, unconfirmed, no_answer or agrees
+    program_answer: str | None
+    confidence: float | None  # engine.triage.confidence: the mean token log-prob (None: unknown)
+
+    @classmethod
+    def of(cls, result: RefinementResult) -> RefinerVerdict:
+        return cls(result.verdict, result.program_answer, confidence(result))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +93,7 @@ class Labeled:
     program: str
     correct: bool
     judged_by: tuple[str, ...] = ()  # "name (origin)" of each signed-in judge: the audit trail in `meta`
+    refiner: RefinerVerdict | None = None  # of the first refinement with this program
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +116,7 @@ class ExportSummary:
     without_program: int  # judged yes/no, but the model wrote no program to train on
     agreements: list[Agreement]
     label_counts: dict[str, Counter]  # annotator -> Counter of "correct" labels
+    by_verdict: dict[str, Counter] = dataclasses.field(default_factory=dict)  # refiner's verdict -> "correct" labels
     format: str = ""  # set by `export`, with the two below
     rows_written: int = 0
     output: str = ""
@@ -116,6 +138,9 @@ class ExportSummary:
         for name in self.annotators:
             counts = self.label_counts[name]
             lines.append(f"  {name}: " + ", ".join(f"{label} {counts[label]}" for label in CORRECT_CHOICES))
+        for verdict, counts in self.by_verdict.items():
+            labels = ", ".join(f"{label} {counts[label]}" for label in CORRECT_CHOICES)
+            lines.append(f"  refiner said {verdict.replace('_', ' ')}: judged correct {labels}")
         for a in self.agreements:
             kappa = "undefined (a single label throughout)" if a.kappa is None else f"{a.kappa:.3f}"
             lines.append(
@@ -143,6 +168,7 @@ def labeled_programs(rows: Iterable[JudgedRow]) -> tuple[list[Labeled], int, int
             entry[2].add(judge_label(row))
     labels: dict[tuple[str, str, str | None, str], set[bool]] = defaultdict(set)
     judges: dict[tuple[str, str, str | None, str], set[str]] = defaultdict(set)
+    refiners: dict[tuple[str, str, str | None, str], RefinerVerdict] = {}
     conflicts = without_program = 0
     for row, verdicts, names in by_refinement.values():
         program = (judged_program(row.refinement.result) or "").strip("\n")
@@ -154,7 +180,12 @@ def labeled_programs(rows: Iterable[JudgedRow]) -> tuple[list[Labeled], int, int
             key = (row.item.question, row.item.draft, row.item.gold, program)
             labels[key].add(verdicts == {"yes"})
             judges[key] |= names
-    labeled = [Labeled(*key, next(iter(v)), tuple(sorted(judges[key]))) for key, v in labels.items() if len(v) == 1]
+            refiners.setdefault(key, RefinerVerdict.of(row.refinement.result))
+    labeled = [
+        Labeled(*key, next(iter(v)), tuple(sorted(judges[key])), refiners[key])
+        for key, v in labels.items()
+        if len(v) == 1
+    ]
     conflicts += sum(1 for v in labels.values() if len(v) > 1)  # one program, judged both ways
     return labeled, conflicts, without_program
 
@@ -165,16 +196,22 @@ def judge_label(row: JudgedRow) -> str:
     return f"{row.judgement.annotator} ({origin})"
 
 
-def _meta(entry: Labeled, *others: Labeled) -> dict:
-    """What `python -m cap_app train` reads besides the trl columns (docs/data_formats.md), and who
-    judged the programs of the row."""
-    judged_by = sorted({name for e in (entry, *others) for name in e.judged_by})
+def _meta(entry: Labeled, *others: Labeled, columns: tuple[str, ...]) -> dict:
+    """What `python -m cap_app train` reads besides the trl columns (docs/data_formats.md), who
+    judged the programs of the row, and what the refiner said of each (`refiner`: for each completion
+    column, e.g. chosen and rejected, the RefinerVerdict of its program)."""
+    entries = (entry, *others)
+    judged_by = sorted({name for e in entries for name in e.judged_by})
     return {
         "question": entry.question,
         "draft": entry.draft,
         "gold": entry.gold,
         "source": "annotations",
         "judged_by": judged_by,
+        "refiner": {
+            column: dataclasses.asdict(e.refiner) if e.refiner else None
+            for column, e in zip(columns, entries, strict=True)
+        },
     }
 
 
@@ -191,7 +228,7 @@ def dpo_rows(labeled: list[Labeled], tokenizer=None) -> Iterator[dict]:
                 chosen.question,
                 chosen.draft,
                 {"chosen": chosen.program, "rejected": rejected.program},
-                _meta(chosen, rejected),
+                _meta(chosen, rejected, columns=("chosen", "rejected")),
                 tokenizer=tokenizer,
             )
 
@@ -203,7 +240,7 @@ def kto_rows(labeled: list[Labeled], tokenizer=None) -> Iterator[dict]:
             entry.question,
             entry.draft,
             {"completion": entry.program},
-            _meta(entry),
+            _meta(entry, columns=("completion",)),
             tokenizer=tokenizer,
             label=entry.correct,
         )
@@ -211,6 +248,7 @@ def kto_rows(labeled: list[Labeled], tokenizer=None) -> Iterator[dict]:
 
 def csv_row(row: JudgedRow) -> dict:
     result, judgement = row.refinement.result, row.judgement
+    refiner = RefinerVerdict.of(result)
     values = {
         "batch": row.batch_name,
         "item": row.item.position + 1,
@@ -224,8 +262,10 @@ def csv_row(row: JudgedRow) -> dict:
         "model": result.model,
         "program": judged_program(result),
         "refined_answer": result.refined_answer,
-        "program_answer": result.program_answer,
+        "program_answer": refiner.program_answer,
         "draft_answer": result.draft_answer,
+        "verdict": refiner.verdict,
+        "confidence": refiner.confidence,
         "annotator": judgement.annotator,
         "origin": judgement.origin,
         "correct": judgement.correct,
@@ -286,8 +326,12 @@ def summarize(store: Store) -> ExportSummary:
     rows = list(store.current_judgements())
     labeled, conflicts, without_program = labeled_programs(rows)
     label_counts: dict[str, Counter] = defaultdict(Counter)
+    by_verdict: dict[str, Counter] = {verdict: Counter() for verdict in TRIAGE_ORDER}
     for row in rows:
         label_counts[row.judgement.annotator][row.judgement.correct or "none"] += 1
+        verdict = row.refinement.result.verdict
+        if row.judgement.correct and verdict in by_verdict:
+            by_verdict[verdict][row.judgement.correct] += 1
     return ExportSummary(
         judgements=len(rows),
         annotators=sorted(label_counts),
@@ -296,6 +340,7 @@ def summarize(store: Store) -> ExportSummary:
         without_program=without_program,
         agreements=agreements(rows),
         label_counts=dict(label_counts),
+        by_verdict={verdict: counts for verdict, counts in by_verdict.items() if counts},
     )
 
 

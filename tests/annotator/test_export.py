@@ -42,6 +42,10 @@ def test_round_trip_dpo_pairs_the_right_program_against_the_wrong_one(store, ref
             "gold": "18",
             "source": "annotations",
             "judged_by": ["ann (api)"],
+            "refiner": {  # what the refiner said of each program, beside the team's judgement
+                "chosen": {"verdict": "disagrees", "program_answer": "18", "confidence": None},
+                "rejected": {"verdict": "agrees", "program_answer": "26", "confidence": None},
+            },
         },
     }
 
