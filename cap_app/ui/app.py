@@ -51,6 +51,19 @@ def prepare_default_model():
     return preparation.start(model_config(model_choices()[0]), backend_config("auto"))
 
 
+def resume_batch_refinements() -> list[int]:
+    """Go on with the batch refinements (Refine all) that a stopped or killed server left running,
+    with their stored settings: the ids of their batches (cap_app.annotate.batch_refinement)."""
+    from cap_app.annotate import batch_refinement
+    from cap_app.annotate.store import Store, StoreError
+
+    try:
+        return batch_refinement.resume_interrupted(Store())
+    except StoreError as error:  # the Annotate tab shows the same error; the Refine tab still serves
+        print(f"Batch refinements not resumed: {error}", file=sys.stderr, flush=True)
+        return []
+
+
 def _accounts(host: str):
     """Who may annotate depends on where the app listens; with a users file ($CAP_USERS) Gradio's own
     login checks each account (cap_app.annotate.accounts)."""
@@ -62,11 +75,13 @@ def _accounts(host: str):
 
 def launch(demo: gr.Blocks, host: str | None = None, port: int | None = None, **kwargs) -> None:
     """Serve on host:port, defaulting to $GRADIO_SERVER_NAME:$GRADIO_SERVER_PORT (127.0.0.1:7860),
-    preparing the model meanwhile; SIGTERM and SIGINT stop it cleanly (cap_app.ui.stopping)."""
+    preparing the model and resuming interrupted batch refinements meanwhile; SIGTERM and SIGINT stop
+    it cleanly (cap_app.ui.stopping)."""
     host = host or os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1"
     port = port or int(os.environ.get("GRADIO_SERVER_PORT") or 7860)
     stopping.install()
     prepare_default_model()
+    resume_batch_refinements()
     print(describe_walls(sandbox_walls()), file=sys.stderr, flush=True)  # the log says what holds programs in
     blocking = not kwargs.get("prevent_thread_lock", False)
     kwargs["prevent_thread_lock"] = True  # the wait is stopping.serve_until_stopped's, below

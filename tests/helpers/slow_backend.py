@@ -4,7 +4,7 @@ through Refine all in test_batch_refinement.py's slow test).
 
 It records each conversation's question as it starts one, so a test can tell which items the job
 (or an interactive refinement) generated, and in what order; `gate` (an Event) holds every
-generation at its first token until set.
+generation before its first token until set (or cancelled).
 """
 
 from __future__ import annotations
@@ -38,8 +38,9 @@ class SlowBackend:
         for conversation in conversations:
             with self._lock:
                 self.started.append(_question(conversation))
-        if self.gate is not None:
-            self.gate.wait()
+        while self.gate is not None and not self.gate.wait(0.01):
+            if cancel is not None and cancel.is_set():
+                return
         pieces = [PROGRAM_TEXT[i : i + 8] for i in range(0, len(PROGRAM_TEXT), 8)]
         for count, piece in enumerate(pieces, 1):
             if cancel is not None and cancel.is_set():
