@@ -22,6 +22,7 @@ from cap_app.backends import priority
 from cap_app.engine.inputs import RefineItem
 from cap_app.engine.refine import refine_stream
 from cap_app.ui.hosting import model_choices
+from tests import test_clean_stop
 from tests.annotator.conftest import DRAFT, QUESTION, RIGHT_PROGRAM, make_result
 from tests.helpers.paths import ROOT
 from tests.helpers.slow_backend import SlowBackend
@@ -202,3 +203,27 @@ def _no_worker_left_behind():
             worker.stop.set()
             worker.cancel.set()
             worker.thread.join(10)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not test_clean_stop._can_unshare(), reason="needs unshare --pid (root)")
+def test_sigterm_mid_batch_stops_the_app_cleanly_and_the_job_stays_to_resume(tmp_path):
+    """The served app resumes a job left running, refines with the offline default, and a SIGTERM
+    mid-batch still ends it within the clean-stop bound, keeping every stored item and the job
+    'running' for the next start."""
+    folder = tmp_path / "app"
+    folder.mkdir()
+    store = Store(folder / "annotations.db")  # where Pid1App's server keeps its database
+    batch_id = make_batch(store, 6)
+    store.start_refine_job(batch_id, SETTINGS.to_json(), "lead")
+    app = test_clean_stop.Pid1App(folder, prepare=False)
+    try:
+        until(lambda: sum(map(len, sources(store, batch_id))) >= 1, "the first stored item", timeout_s=180)
+        took = app.stop(signal.SIGTERM)
+    finally:
+        app.kill()
+    assert took < test_clean_stop.STOP_LIMIT_S, f"{took:.1f} s: {app.log()}"
+    assert app.sandbox_folders() == [], app.log()
+    stored = sources(store, batch_id)
+    assert 1 <= sum(map(len, stored)) < 6 and all(found in ([], ["batch"]) for found in stored)
+    assert store.refine_job(batch_id).state == "running"  # the next start goes on with it
