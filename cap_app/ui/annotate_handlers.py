@@ -22,7 +22,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from cap_app.annotate import accounts, export, item_files
+from cap_app.annotate import accounts, batch_refinement, export, item_files
 from cap_app.annotate.accounts import Identity, Refused
 from cap_app.annotate.store import NOT_REFINED, TRIAGE_ORDER, Store, StoreError
 from cap_app.engine.align import DraftStep, split_draft
@@ -739,3 +739,83 @@ def delete_batch(
         return gr.skip(), *_refused_view(state, error)
     message = views.message_html(f"Deleted batch {batch.name} and every judgement of it.")
     return gr.update(choices=batch_choices(store), value=None), *item_view(store, new_state(), who, message)
+
+
+# -- Refine all (cap_app.annotate.batch_refinement runs it; these start, stop and show it) ----------
+
+REFINE_ALL = ("refine_all_line", "refine_all_timer")  # what each Refine all event returns, in this order
+
+
+def _refine_all_reply(store: Store, batch_id: int | None, message: str = "") -> tuple:
+    """The progress line (and `message` after it, e.g. why a click was refused) and the timer that
+    refreshes it: ticking while the batch's job runs, so every page that has the batch open follows it."""
+    if batch_id is None:
+        return views.message_html(message or "Open a batch to refine all of it.", "warning" if message else "info"), (
+            gr.Timer(active=False)
+        )
+    progress = batch_refinement.progress(store, batch_id)
+    line = f'<div class="cap-ann-refine-all-text">{html.escape(batch_refinement.describe(progress))}</div>'
+    return line + (_error(message) if message else ""), gr.Timer(active=progress.state == "running")
+
+
+def refine_all_status(store: Store, state: dict, request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple:
+    """The open batch's Refine all progress, for anyone signed in (in the order of REFINE_ALL)."""
+    try:
+        _who(request, profile)
+    except Refused:
+        return "", gr.Timer(active=False)
+    try:
+        return _refine_all_reply(store, state.get("batch"))
+    except StoreError as error:
+        return _error(str(error)), gr.Timer(active=False)
+
+
+def refine_all(
+    store: Store,
+    state: dict,
+    model_choice: str,
+    strategy: str,
+    max_new_tokens: float,
+    request: gr.Request,
+    profile: gr.OAuthProfile | None = None,
+) -> tuple:
+    """Refine all: refine every item of the open batch that has no refinement, in the background on the
+    server, with the page's model, strategy and token limit (a stopped job goes on with these). Admins
+    only (batch_refinement says why); anyone else is told so, and nothing starts."""
+    batch_id = state.get("batch")
+    try:
+        who = _who(request, profile)
+    except Refused as refused:
+        return _error(str(refused)), gr.Timer(active=False)
+    try:
+        accounts.require_admin(who, batch_refinement.ADMIN_ACTION)
+        if batch_id is None:
+            raise StoreError(NO_BATCH)
+        job_settings = batch_refinement.JobSettings(
+            refine=settings.refine_config(
+                **dict(settings.default_settings(), strategy=strategy, max_new_tokens=max_new_tokens)
+            ),
+            model=settings.model_config(model_choice),
+            backend=settings.backend_config("auto"),
+        )
+        batch_refinement.start(store, batch_id, who, job_settings)
+    except (Refused, StoreError, ValueError) as error:
+        return _refine_all_reply(store, batch_id, str(error))
+    return _refine_all_reply(store, batch_id)
+
+
+def stop_refine_all(store: Store, state: dict, request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple:
+    """Stop: end the open batch's Refine all (admins only); every item refined so far stays."""
+    batch_id = state.get("batch")
+    try:
+        who = _who(request, profile)
+    except Refused as refused:
+        return _error(str(refused)), gr.Timer(active=False)
+    try:
+        accounts.require_admin(who, batch_refinement.ADMIN_ACTION)
+        if batch_id is None:
+            raise StoreError(NO_BATCH)
+        batch_refinement.stop(store, batch_id, who)
+    except (Refused, StoreError) as error:
+        return _refine_all_reply(store, batch_id, str(error))
+    return _refine_all_reply(store, batch_id)

@@ -158,6 +158,7 @@ def build_annotator_tab(demo: gr.Blocks, store: Store | None = None) -> None:
     _wire_batches(demo, store, tab, view)
     _wire_navigation(store, tab, view)
     _wire_judgements(store, tab)
+    _wire_refine_all(store, tab)
     _wire_admin(store, tab, view)
 
 
@@ -245,6 +246,13 @@ def _item_and_runner() -> dict:
                 )
                 max_new_tokens = settings.setting_slider("max_new_tokens", "Max new tokens")
             run = gr.Button("Run refinement (r)", elem_id="cap-ann-run")
+            with gr.Row():
+                # Refine all: every item without a refinement, on the server in the background, with the
+                # settings above (admins only); the line is everyone's, refreshed while the job runs.
+                refine_all_button = gr.Button("Refine all (admins)", elem_id="cap-ann-refine-all")
+                stop_button = gr.Button("Stop", variant="stop", elem_id="cap-ann-refine-stop")
+            refine_all_line = gr.HTML(elem_id="cap-ann-refine-all-line")
+            refine_all_timer = gr.Timer(2.0, active=False)
     verdict = gr.HTML(elem_id="cap-ann-verdict")
     return dict(
         question=question,
@@ -254,6 +262,10 @@ def _item_and_runner() -> dict:
         strategy=strategy,
         max_new_tokens=max_new_tokens,
         run=run,
+        refine_all_button=refine_all_button,
+        stop_button=stop_button,
+        refine_all_line=refine_all_line,
+        refine_all_timer=refine_all_timer,
         verdict=verdict,
     )
 
@@ -394,6 +406,30 @@ def _wire_judgements(store: Store, tab) -> None:
         )
     watched = [tab.correct, tab.vs_draft, tab.status, tab.progress]
     tab.stored.change(None, [tab.stored, tab.shown, *watched], watched, js=SHOW_STORED_JS)
+
+
+def _wire_refine_all(store: Store, tab) -> None:
+    """Refine all and Stop, and the progress line: shown when a batch opens and refreshed (with the
+    items table, which fills in as items are refined) every tick of the timer while the job runs."""
+    shown = [getattr(tab, name) for name in handlers.REFINE_ALL]
+    tab.refine_all_button.click(
+        _bind(handlers.refine_all, store), [tab.state, tab.model, tab.strategy, tab.max_new_tokens], shown, **DB
+    )
+    tab.stop_button.click(_bind(handlers.stop_refine_all, store), [tab.state], shown, **DB)
+    gr.on(
+        [tab.state.change, tab.refine_all_timer.tick],
+        _bind(handlers.refine_all_status, store),
+        [tab.state],
+        shown,
+        **DB,
+    )
+    tab.refine_all_timer.tick(
+        _bind(handlers.items_page, store),
+        [tab.state, tab.page, tab.order, tab.verdict_filter],
+        tab.table,
+        api_visibility="private",
+        **DB,
+    )
 
 
 def _wire_admin(store: Store, tab, view: list) -> None:
