@@ -744,18 +744,24 @@ def delete_batch(
 # -- Refine all (cap_app.annotate.batch_refinement runs it; these start, stop and show it) ----------
 
 REFINE_ALL = ("refine_all_line", "refine_all_timer")  # what each Refine all event returns, in this order
+# How often a page with a batch open reads its Refine all progress (and the items table): often while
+# the job runs; slowly otherwise, so that a page opened before someone started the job learns of it.
+REFRESH_RUNNING_S = 2.0
+REFRESH_IDLE_S = 10.0
 
 
 def _refine_all_reply(store: Store, batch_id: int | None, message: str = "") -> tuple:
     """The progress line (and `message` after it, e.g. why a click was refused) and the timer that
-    refreshes it: ticking while the batch's job runs, so every page that has the batch open follows it."""
+    refreshes it while the batch is open: every REFRESH_RUNNING_S while its job runs, so every page
+    that has the batch open follows it, else every REFRESH_IDLE_S."""
     if batch_id is None:
         return views.message_html(message or "Open a batch to refine all of it.", "warning" if message else "info"), (
             gr.Timer(active=False)
         )
     progress = batch_refinement.progress(store, batch_id)
     line = f'<div class="cap-ann-refine-all-text">{html.escape(batch_refinement.describe(progress))}</div>'
-    return line + (_error(message) if message else ""), gr.Timer(active=progress.state == "running")
+    every = REFRESH_RUNNING_S if progress.state == "running" else REFRESH_IDLE_S
+    return line + (_error(message) if message else ""), gr.Timer(every, active=True)
 
 
 def refine_all_status(store: Store, state: dict, request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple:

@@ -252,7 +252,7 @@ def _item_and_runner() -> dict:
                 refine_all_button = gr.Button("Refine all (admins)", elem_id="cap-ann-refine-all")
                 stop_button = gr.Button("Stop", variant="stop", elem_id="cap-ann-refine-stop")
             refine_all_line = gr.HTML(elem_id="cap-ann-refine-all-line")
-            refine_all_timer = gr.Timer(2.0, active=False)
+            refine_all_timer = gr.Timer(handlers.REFRESH_IDLE_S, active=False)  # on while a batch is open
     verdict = gr.HTML(elem_id="cap-ann-verdict")
     return dict(
         question=question,
@@ -410,7 +410,7 @@ def _wire_judgements(store: Store, tab) -> None:
 
 def _wire_refine_all(store: Store, tab) -> None:
     """Refine all and Stop, and the progress line: shown when a batch opens and refreshed (with the
-    items table, which fills in as items are refined) every tick of the timer while the job runs."""
+    items table, which fills in as items are refined) every tick of the timer, often while the job runs."""
     shown = [getattr(tab, name) for name in handlers.REFINE_ALL]
     tab.refine_all_button.click(
         _bind(handlers.refine_all, store), [tab.state, tab.model, tab.strategy, tab.max_new_tokens], shown, **DB
