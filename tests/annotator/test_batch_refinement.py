@@ -23,7 +23,7 @@ from cap_app.engine.inputs import RefineItem
 from cap_app.engine.refine import refine_stream
 from cap_app.ui.hosting import model_choices
 from tests import test_clean_stop
-from tests.annotator.conftest import DRAFT, QUESTION, RIGHT_PROGRAM, make_result
+from tests.annotator.conftest import DRAFT, QUESTION, RIGHT_PROGRAM, as_user, make_result
 from tests.helpers.paths import ROOT
 from tests.helpers.slow_backend import SlowBackend
 
@@ -138,6 +138,7 @@ def test_an_interactive_refinement_runs_while_the_batch_waits_for_it(store):
     assert batch_refinement.wait(batch_id, 60)
     assert sources(store, batch_id) == [["batch"], ["batch"]]
     assert positions(backend.started[1:]) == [0, 1]
+    assert backend.interactive_seen == [1, 0, 0]  # the probe was gated as interactive, the batch's items not
 
 
 def test_the_refine_tabs_handler_marks_itself_interactive(monkeypatch):
@@ -152,6 +153,19 @@ def test_the_refine_tabs_handler_marks_itself_interactive(monkeypatch):
     monkeypatch.setattr(refine_handlers, "_run_refinement", fake_run)
     list(refine_handlers.refine_page(QUESTION, DRAFT, "", model_choices()[0], "greedy", 4, 0.7, 400, 5))
     assert seen == [1] and priority.interactive_in_flight() == 0
+
+
+def test_the_annotate_tabs_run_marks_itself_interactive(store, monkeypatch):
+    from cap_app import backends
+    from cap_app.ui import annotate_handlers
+
+    batch_id = make_batch(store, 1)
+    backend = SlowBackend()
+    monkeypatch.setattr(backends, "get_backend", lambda *args: backend)
+    state = annotate_handlers.new_state(batch_id, 0)
+    annotate_handlers.run_refinement(store, state, model_choices()[0], "greedy", 400, as_user("ann"))
+    assert sources(store, batch_id) == [["run"]]
+    assert backend.interactive_seen == [1] and priority.interactive_in_flight() == 0
 
 
 def test_only_an_admin_starts_stops_or_resumes_a_batch_refinement(store):

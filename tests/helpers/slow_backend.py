@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 
+from cap_app.backends import priority
 from cap_app.backends.base import Generation, PromptSize, StreamChunk
 
 PROGRAM_TEXT = "```python\neggs = 16 - 3 - 4\nprint(eggs * 2)\n```"
@@ -25,6 +26,7 @@ class SlowBackend:
         self.token_delay_s = token_delay_s
         self.gate = gate
         self.started: list[str] = []  # the first user message of each conversation, as generation began
+        self.interactive_seen: list[int] = []  # interactive refinements in flight as each began (the gate)
         self._lock = threading.Lock()
 
     def prompt_size(self, conversation) -> PromptSize:
@@ -38,6 +40,7 @@ class SlowBackend:
         for conversation in conversations:
             with self._lock:
                 self.started.append(_question(conversation))
+                self.interactive_seen.append(priority.interactive_in_flight())
         while self.gate is not None and not self.gate.wait(0.01):
             if cancel is not None and cancel.is_set():
                 return
