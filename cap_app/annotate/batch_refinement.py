@@ -158,8 +158,7 @@ def wait(batch_id: int, timeout_s: float | None = None) -> bool:
 def progress(store: Store, batch_id: int) -> JobProgress:
     """The batch's Refine all now: how far, how fast, how long still, and how it ended."""
     job = store.refine_job(batch_id)
-    since = job.resumed_at if job is not None else "9999"  # no job: no items of its own
-    done, total, this_run = store.refine_job_counts(batch_id, since)
+    done, total, this_run = store.refine_job_counts(batch_id, job.resumed_at if job is not None else None)
     if job is None:
         return JobProgress(batch_id, None, done, total, None, None, None, None, False)
     ended = _seconds(job.done_at) if job.done_at else time.time()

@@ -579,8 +579,8 @@ class Store:
                 ).rowcount
             )
 
-    def refine_job_counts(self, batch_id: int, since: str) -> tuple[int, int, int]:
-        """(items with a refinement, items in the batch, 'batch' refinements stored since `since`)."""
+    def refine_job_counts(self, batch_id: int, since: str | None) -> tuple[int, int, int]:
+        """(items with a refinement, items in the batch, 'batch' refinements stored since `since`: 0 without)."""
         with self._connect() as conn:
             row = conn.execute(
                 """SELECT
@@ -588,7 +588,8 @@ class Store:
                         AND EXISTS (SELECT 1 FROM refinements r WHERE r.item_id = items.id)),
                      (SELECT COUNT(*) FROM items WHERE batch_id = :batch),
                      (SELECT COUNT(*) FROM refinements r JOIN items ON items.id = r.item_id
-                        WHERE items.batch_id = :batch AND r.source = 'batch' AND r.created_at >= :since)""",
+                        WHERE items.batch_id = :batch AND r.source = 'batch' AND r.created_at >= :since
+                          AND :since IS NOT NULL)""",
                 {"batch": batch_id, "since": since},
             ).fetchone()
         return row[0], row[1], row[2]
