@@ -187,7 +187,7 @@ def describe(p: JobProgress) -> str:
         paused = " (paused while someone refines interactively)" if p.waiting else ""
         return f"Refine all is running{paused}: {counted}{speed}{left} (started by {p.started_by})."
     if p.state == "stopped":
-        return f"Refine all is stopped: {counted}; resume to go on."
+        return f"Refine all is stopped: {counted}; Refine all goes on from there."
     if p.state == "done":
         note = f" {p.error}" if p.error else ""
         return f"Refine all is done: {counted}{speed}.{note}"
