@@ -16,7 +16,8 @@ Measured:
   handler makes, `refine_stream`, inside `priority.interactive()` as the handler runs it) of other
   dev questions, first with the machine idle, then while the job runs (one every few seconds),
   each from the call to its result: p50 and p95 of each.
-The model is loaded and warmed once before anything is timed.
+The model is loaded and warmed once before anything is timed. The 1-minute load average before
+and after is printed with the figures: anything else on the machine shows there.
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ def main(args: argparse.Namespace) -> dict:
     from cap_app.models.loading import ModelConfig, quiet_library_output
 
     quiet_library_output()
+    load_before = os.getloadavg()[0]  # the benchmark says what else used the 2 cores
     rows = [json.loads(line) for line in DRAFTS_DEV.read_text(encoding="utf-8").splitlines()]
     count = min(args.items, len(rows))
     # the probes: other questions of the dev file (from its end), each with its first source's draft
@@ -109,6 +111,7 @@ def main(args: argparse.Namespace) -> dict:
     figures = {
         "items": count,
         "cpus": os.cpu_count(),
+        "load_average_before_after": [round(load_before, 1), round(os.getloadavg()[0], 1)],
         "backend": backend.description,
         "job_state": progress.state,
         "job_error": progress.error,
