@@ -293,7 +293,8 @@ def test_an_annotator_cannot_load_a_server_file_by_naming_it_as_the_upload(serve
         def load_file(path: str) -> dict:
             session = uuid.uuid4().hex[:10]
             upload = {"path": path, "meta": {"_type": "gradio.FileData"}, "orig_name": "batch.jsonl"}
-            payload = {"data": [None, upload, "", "draft"], "fn_index": load, "session_hash": session}
+            data = [None, upload, "", "draft", "triage"]  # state, upload, path, draft key, order
+            payload = {"data": data, "fn_index": load, "session_hash": session}
             assert http.post("gradio_api/queue/join", json=payload).status_code == 200
             with http.stream("GET", f"gradio_api/queue/data?session_hash={session}") as stream:
                 for line in stream.iter_lines():
