@@ -744,15 +744,6 @@ class Store:
             for row in rows
         ]
 
-    def count_items(self, batch_id: int, verdict: str = "all") -> int:
-        """How many items of the batch `triage_page` lists with this verdict filter."""
-        where, where_params = _verdict_filter(verdict)
-        with self._connect() as conn:
-            return conn.execute(
-                f"{_TRIAGE_CTE} SELECT COUNT(*) {_NEWEST_FROM} WHERE items.batch_id = ? {where}",
-                (*_TRIAGE_PLACES, batch_id, *where_params),
-            ).fetchone()[0]
-
     def next_unjudged_in_order(
         self, batch_id: int, annotator: str | None, after_position: int, order: str = "triage"
     ) -> int | None:

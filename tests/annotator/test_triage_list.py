@@ -80,7 +80,7 @@ def test_the_store_filters_by_verdict(store, known_batch):
     assert numbers(store.triage_page(known_batch, "ann", 0, 100, verdict="disagrees")) == [2, 5]
     assert numbers(store.triage_page(known_batch, "ann", 0, 100, order="triage", verdict="disagrees")) == [5, 2]
     assert numbers(store.triage_page(known_batch, "ann", 0, 100, verdict=NOT_REFINED)) == [3]
-    assert [store.count_items(known_batch, v) for v in ("all", "unconfirmed", "no_answer", NOT_REFINED)] == [8, 2, 1, 1]
+    assert numbers(store.triage_page(known_batch, "ann", 0, 100, verdict="unconfirmed")) == [4, 7]
     for bad in ("'; DROP TABLE items; --", "Agrees"):
         with pytest.raises(StoreError, match="Unknown verdict filter"):
             store.triage_page(known_batch, "ann", 0, 10, verdict=bad)
