@@ -273,8 +273,8 @@ def _refine_items(
 
 
 def _refine_one(item: Item, config: RefineConfig, backend: Backend, cancel: threading.Event):
-    """(the item's RefinementResult, None) or (None, why it cannot be refined: its input, or a
-    draft that leaves the model no room). Anything else is the job's failure, raised."""
+    """(the item's RefinementResult, "") or (None, why it cannot be refined: its input, or a draft
+    that leaves the model no room; or "stopped"). Anything else is the job's failure, raised."""
     from cap_app.backends.base import ContextError
     from cap_app.engine.inputs import InputError, RefineItem
     from cap_app.engine.refine import refine_stream
@@ -302,14 +302,13 @@ def _stopped_elsewhere(store: Store, batch_id: int, stop_event: threading.Event)
 
 
 def _skipped_note(skipped: dict[int, str]) -> str | None:
+    """The done line's note on the items this run could not refine: how many, which, and the first's reason."""
     if not skipped:
         return None
     first = min(skipped)
-    items = ", ".join(str(position + 1) for position in sorted(skipped)[:10])
-    more = "…" if len(skipped) > 10 else ""
-    return one_line(
-        f"{len(skipped)} items could not be refined (items {items}{more}; item {first + 1}: {skipped[first]})"
-    )
+    listed = ", ".join(str(position + 1) for position in sorted(skipped)[:10]) + ("…" if len(skipped) > 10 else "")
+    count = "1 item" if len(skipped) == 1 else f"{len(skipped)} items"
+    return one_line(f"{count} could not be refined ({listed}; item {first + 1}: {skipped[first]})")
 
 
 def one_line(error: object) -> str:

@@ -79,6 +79,18 @@ def test_refine_all_refines_each_item_without_a_refinement_and_stores_it_as_batc
     assert batch_refinement.progress_line(store, batch_id).startswith("Refine all is done: 4 / 4 items refined")
 
 
+def test_an_item_that_cannot_be_refined_is_skipped_and_named_when_the_job_is_done(store):
+    batch_id = make_batch(store, 3)
+    backend = SlowBackend(too_long="(item 1)")  # its prompt leaves the model no room for a program
+    batch_refinement.start(store, batch_id, ADMIN, SETTINGS, backend=backend)
+    assert batch_refinement.wait(batch_id, 60)
+    assert sources(store, batch_id) == [["batch"], [], ["batch"]]
+    progress = batch_refinement.progress(store, batch_id)
+    assert progress.state == "done" and progress.done == 2
+    assert progress.error.startswith("1 item could not be refined (2; item 2: the question and draft take 8,192 tokens")
+    assert batch_refinement.progress_line(store, batch_id).endswith(progress.error)
+
+
 def test_stop_cancels_the_item_in_flight_and_resume_refines_the_rest_with_the_stored_settings(store):
     batch_id = make_batch(store, 3)
     backend = SlowBackend(gate=threading.Event())

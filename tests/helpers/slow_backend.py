@@ -22,14 +22,17 @@ class SlowBackend:
     name = "stub"
     description = "slow stub"
 
-    def __init__(self, token_delay_s: float = 0.0, gate: threading.Event | None = None):
+    def __init__(self, token_delay_s: float = 0.0, gate: threading.Event | None = None, too_long: str = ""):
         self.token_delay_s = token_delay_s
         self.gate = gate
+        self.too_long = too_long  # a conversation holding this text fills the model's context
         self.started: list[str] = []  # the first user message of each conversation, as generation began
         self.interactive_seen: list[int] = []  # interactive refinements in flight as each began (the gate)
         self._lock = threading.Lock()
 
     def prompt_size(self, conversation) -> PromptSize:
+        if self.too_long and self.too_long in _question(conversation):
+            return PromptSize(8192, 8192)
         return PromptSize(None, None)
 
     def generate_batch(self, conversations, config, *, cancel=None):
