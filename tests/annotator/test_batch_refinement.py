@@ -18,7 +18,7 @@ import pytest
 from cap_app.annotate import batch_refinement
 from cap_app.annotate.accounts import Identity, Refused
 from cap_app.annotate.store import NewItem, Store, StoreError
-from cap_app.backends import priority
+from cap_app.backends import BackendError, priority
 from cap_app.engine.inputs import RefineItem
 from cap_app.engine.refine import refine_stream
 from cap_app.ui.hosting import model_choices
@@ -89,6 +89,28 @@ def test_an_item_that_cannot_be_refined_is_skipped_and_named_when_the_job_is_don
     assert progress.state == "done" and progress.done == 2
     assert progress.error.startswith("1 item could not be refined (2; item 2: the question and draft take 8,192 tokens")
     assert batch_refinement.progress_line(store, batch_id).endswith(progress.error)
+
+
+class LostServer(SlowBackend):
+    """The first generation works; then the (openai) server is gone."""
+
+    def generate_stream(self, conversations, config, *, cancel=None):
+        if self.started:
+            raise BackendError("the server at http://gpu:8000/v1 did not answer\n(after 4 retries)")
+        yield from super().generate_stream(conversations, config, cancel=cancel)
+
+
+def test_a_backend_failure_fails_the_job_with_its_reason_in_one_line_and_resume_goes_on(store):
+    batch_id = make_batch(store, 3)
+    batch_refinement.start(store, batch_id, ADMIN, SETTINGS, backend=LostServer())
+    assert batch_refinement.wait(batch_id, 60)
+    assert sources(store, batch_id) == [["batch"], [], []]
+    assert batch_refinement.progress_line(store, batch_id) == (
+        "Refine all failed: 1 / 3 items refined. the server at http://gpu:8000/v1 did not answer"
+    )
+    batch_refinement.resume(store, batch_id, ADMIN, backend=SlowBackend())
+    assert batch_refinement.wait(batch_id, 60)
+    assert sources(store, batch_id) == [["batch"]] * 3
 
 
 def test_stop_cancels_the_item_in_flight_and_resume_refines_the_rest_with_the_stored_settings(store):
