@@ -32,6 +32,7 @@ bench: $(VENV)/.runtime
 	$(PY) -m benchmarks.generation_bench
 	$(PY) -m benchmarks.backend_bench
 	$(PY) -m benchmarks.annotator_bench
+	$(PY) -m benchmarks.refine_all_bench
 
 # The offline CaP adapter's recipe (cap_app/adapters/smollm2-cap/README.md). Resumable: run it
 # again to continue from the last checkpoint in RUN, MINUTES at a time. INIT=cap_app/adapters/smollm2-cap

@@ -269,7 +269,12 @@ def _refine_items(
         if result is None:
             skipped[item.position] = why
             continue
-        store.add_refinement(item.id, result, "batch")
+        try:
+            store.add_refinement(item.id, result, "batch")
+        except StoreError:
+            if _stopped_elsewhere(store, batch_id, worker.stop):  # the batch was deleted meanwhile
+                return skipped
+            raise
 
 
 def _refine_one(item: Item, config: RefineConfig, backend: Backend, cancel: threading.Event):

@@ -463,18 +463,6 @@ class Store:
     def item(self, item_id: int) -> Item:
         return _item(self._fetch_one("SELECT * FROM items WHERE id = ?", (item_id,), f"No item {item_id}."))
 
-    def items_page(self, batch_id: int, annotator: str | None, offset: int, limit: int) -> list[tuple[Item, int, bool]]:
-        """One page of a batch: (item, number of refinements, judged by `annotator`)."""
-        with self._connect() as conn:
-            rows = conn.execute(
-                f"""SELECT items.*,
-                       (SELECT COUNT(*) FROM refinements r WHERE r.item_id = items.id) AS n_refinements,
-                       {_JUDGED_SQL} AS judged
-                    FROM items WHERE batch_id = ? ORDER BY position LIMIT ? OFFSET ?""",
-                (annotator or "", batch_id, max(1, limit), max(0, offset)),
-            ).fetchall()
-        return [(_item(row), row["n_refinements"], bool(row["judged"])) for row in rows]
-
     # -- refinements --------------------------------------------------------------------------
 
     def add_refinement(self, item_id: int, result: RefinementResult, source: str = "run") -> StoredRefinement:
@@ -695,19 +683,9 @@ class Store:
             ).fetchone()
         return row[0], row[1]
 
-    def next_unjudged(self, batch_id: int, annotator: str | None, after_position: int) -> int | None:
-        """Position of the next item `annotator` has not judged after `after_position`, wrapping round."""
-        with self._connect() as conn:
-            row = conn.execute(
-                f"""SELECT position FROM items WHERE batch_id = ? AND NOT {_JUDGED_SQL}
-                    ORDER BY position <= ?, position LIMIT 1""",
-                (batch_id, annotator or "", after_position),
-            ).fetchone()
-        return row[0] if row else None
-
     # -- triage: the item list by the refiner's verdict ---------------------------------------
 
-    def triage_page(
+    def items_page(
         self,
         batch_id: int,
         annotator: str | None,
@@ -716,7 +694,7 @@ class Store:
         *,
         order: str = "position",
         verdict: str = "all",
-    ) -> list[TriageRow]:
+    ) -> list[ItemRow]:
         """One page of a batch's items in `order` (ITEM_ORDERS), only those whose newest refinement
         has `verdict` (VERDICT_FILTERS), each with that refinement's verdict and answers. Sorted and
         filtered here, in SQL, because a batch may hold many thousands of items."""
@@ -732,7 +710,7 @@ class Store:
                 (*_TRIAGE_PLACES, annotator or "", batch_id, *where_params, max(1, limit), max(0, offset)),
             ).fetchall()
         return [
-            TriageRow(
+            ItemRow(
                 _item(row),
                 row["n_refinements"],
                 bool(row["judged"]),
@@ -744,8 +722,8 @@ class Store:
             for row in rows
         ]
 
-    def next_unjudged_in_order(
-        self, batch_id: int, annotator: str | None, after_position: int, order: str = "triage"
+    def next_unjudged(
+        self, batch_id: int, annotator: str | None, after_position: int, order: str = "position"
     ) -> int | None:
         """Position of the next item `annotator` has not judged after the item at `after_position` in
         `order` (ITEM_ORDERS), wrapping round; from the first when `after_position` names no item."""
@@ -821,7 +799,7 @@ VERDICT_FILTERS = ("all", *TRIAGE_ORDER, NOT_REFINED)
 
 
 @dataclasses.dataclass(frozen=True)
-class TriageRow:
+class ItemRow:
     """One item of the list with what its newest refinement's verdict says about the draft."""
 
     item: Item
@@ -892,6 +870,7 @@ def _delete_batch(conn: sqlite3.Connection, batch_id: int) -> None:
     conn.execute(f"DELETE FROM judgements WHERE refinement_id IN ({refinements})", (batch_id,))
     conn.execute("DELETE FROM refinements WHERE item_id IN (SELECT id FROM items WHERE batch_id = ?)", (batch_id,))
     conn.execute("DELETE FROM items WHERE batch_id = ?", (batch_id,))
+    conn.execute("DELETE FROM refine_jobs WHERE batch_id = ?", (batch_id,))  # a running job sees it gone and ends
     conn.execute("DELETE FROM batches WHERE id = ?", (batch_id,))
 
 

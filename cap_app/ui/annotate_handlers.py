@@ -324,7 +324,7 @@ def _first_unjudged(store: Store, batch_id: int, who: Identity, order: str | Non
     if order is None:
         position = store.next_unjudged(batch_id, who.name, -1)
     else:
-        position = store.next_unjudged_in_order(batch_id, who.name, -1, _order(order))
+        position = store.next_unjudged(batch_id, who.name, -1, _order(order))
     return 0 if position is None else position
 
 
@@ -442,7 +442,7 @@ def next_unjudged(
     if refused is not None:
         return refused
     try:
-        position = store.next_unjudged_in_order(state["batch"], who.name, state["position"], _order(order))
+        position = store.next_unjudged(state["batch"], who.name, state["position"], _order(order))
     except StoreError as error:
         return _safe_view(store, state, who, _error(str(error)))
     if position is None:
@@ -650,7 +650,7 @@ def items_page(
     if state.get("batch") is None:
         return []
     try:
-        rows = store.triage_page(
+        rows = store.items_page(
             state["batch"], who.name, (_page(page) - 1) * PAGE_SIZE, PAGE_SIZE, order=_order(order), verdict=verdict
         )
     except StoreError:
@@ -697,7 +697,7 @@ def open_from_table(
     try:
         offset = (_page(page) - 1) * PAGE_SIZE + max(int(row), 0)
         if state.get("batch") is not None:
-            found = store.triage_page(state["batch"], None, offset, 1, order=_order(order), verdict=verdict)
+            found = store.items_page(state["batch"], None, offset, 1, order=_order(order), verdict=verdict)
             number = found[0].item.position + 1 if found else 1
     except (TypeError, ValueError, OverflowError, StoreError):
         number = 1

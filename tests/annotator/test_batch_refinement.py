@@ -134,6 +134,19 @@ def test_stop_cancels_the_item_in_flight_and_resume_refines_the_rest_with_the_st
     assert batch_refinement.progress(store, batch_id).state == "done"
 
 
+def test_a_batch_deleted_while_it_is_refined_goes_with_its_job_and_the_worker_ends_quietly(store):
+    batch_id = make_batch(store, 3)
+    backend = SlowBackend(gate=threading.Event())
+    batch_refinement.start(store, batch_id, ADMIN, SETTINGS, backend=backend)
+    until(lambda: len(backend.started) == 1, "the first item to start")
+    store.delete_batch(batch_id)
+    backend.gate.set()  # the item in flight finishes after its batch is gone
+    assert batch_refinement.wait(batch_id, 60)
+    assert store.list_batches() == [] and store.refine_job(batch_id) is None
+    assert batch_refinement.progress(store, batch_id).state is None
+    assert len(backend.started) == 1  # nothing after the deletion
+
+
 def test_a_server_killed_mid_batch_is_resumed_by_the_next_without_redoing_or_losing_items(tmp_path):
     db = tmp_path / "annotations.db"
     batch_id = make_batch(Store(db), 8)

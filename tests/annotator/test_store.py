@@ -298,8 +298,8 @@ def test_progress_and_next_unjudged_are_per_annotator_and_wrap(store):
     assert store.progress(batch.id, "bob") == (0, 4)
     assert store.next_unjudged(batch.id, "ann", 0) == 2
     assert store.next_unjudged(batch.id, "ann", 3) == 0
-    assert [judged for _, _, judged in store.items_page(batch.id, "ann", 0, 10)] == [False, True, False, False]
-    assert [item.position for item, _, _ in store.items_page(batch.id, "ann", 2, 10)] == [2, 3]
+    assert [row.judged for row in store.items_page(batch.id, "ann", 0, 10)] == [False, True, False, False]
+    assert [row.item.position for row in store.items_page(batch.id, "ann", 2, 10)] == [2, 3]
     for i in (0, 2, 3):
         store.judge(ids[i], "ann", correct="unsure")
     assert store.next_unjudged(batch.id, "ann", 0) is None

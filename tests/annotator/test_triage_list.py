@@ -59,45 +59,45 @@ def numbers(rows) -> list[int]:
 
 
 def test_the_store_sorts_a_batch_in_the_engines_triage_order(store, known_batch):
-    rows = store.triage_page(known_batch, "ann", 0, 100, order="triage")
+    rows = store.items_page(known_batch, "ann", 0, 100, order="triage")
     assert numbers(rows) == TRIAGED_NUMBERS
     known = [(row.verdict, row.confidence) for row in rows if row.verdict]
     assert known == sorted(known, key=lambda vc: triage_key(*vc))  # the SQL agrees with engine.triage
-    assert numbers(store.triage_page(known_batch, "ann", 0, 100)) == list(range(1, 9))  # item order by default
-    assert numbers(store.triage_page(known_batch, "ann", 2, 3, order="triage")) == TRIAGED_NUMBERS[2:5]
+    assert numbers(store.items_page(known_batch, "ann", 0, 100)) == list(range(1, 9))  # item order by default
+    assert numbers(store.items_page(known_batch, "ann", 2, 3, order="triage")) == TRIAGED_NUMBERS[2:5]
 
 
 def test_each_row_carries_the_newest_refinements_verdict_and_answers(store, known_batch):
-    first, _, third, *_ = store.triage_page(known_batch, "ann", 0, 3)
+    first, _, third, *_ = store.items_page(known_batch, "ann", 0, 3)
     assert (first.verdict, first.program_answer, first.draft_answer, first.confidence) == ("agrees", "1", "26", -0.1)
     assert (third.verdict, third.program_answer, third.refinements) == (None, None, 0)
     item = store.item_at(known_batch, 0)
     store.add_refinement(item.id, known_result(1, "disagrees", -3.0), "run")  # a newer refinement decides
-    assert store.triage_page(known_batch, "ann", 0, 1, order="triage")[0].item.position == 0
+    assert store.items_page(known_batch, "ann", 0, 1, order="triage")[0].item.position == 0
 
 
 def test_the_store_filters_by_verdict(store, known_batch):
-    assert numbers(store.triage_page(known_batch, "ann", 0, 100, verdict="disagrees")) == [2, 5]
-    assert numbers(store.triage_page(known_batch, "ann", 0, 100, order="triage", verdict="disagrees")) == [5, 2]
-    assert numbers(store.triage_page(known_batch, "ann", 0, 100, verdict=NOT_REFINED)) == [3]
-    assert numbers(store.triage_page(known_batch, "ann", 0, 100, verdict="unconfirmed")) == [4, 7]
+    assert numbers(store.items_page(known_batch, "ann", 0, 100, verdict="disagrees")) == [2, 5]
+    assert numbers(store.items_page(known_batch, "ann", 0, 100, order="triage", verdict="disagrees")) == [5, 2]
+    assert numbers(store.items_page(known_batch, "ann", 0, 100, verdict=NOT_REFINED)) == [3]
+    assert numbers(store.items_page(known_batch, "ann", 0, 100, verdict="unconfirmed")) == [4, 7]
     for bad in ("'; DROP TABLE items; --", "Agrees"):
         with pytest.raises(StoreError, match="Unknown verdict filter"):
-            store.triage_page(known_batch, "ann", 0, 10, verdict=bad)
+            store.items_page(known_batch, "ann", 0, 10, verdict=bad)
     with pytest.raises(StoreError, match="Unknown item order"):
-        store.triage_page(known_batch, "ann", 0, 10, order="verdict DESC")
+        store.items_page(known_batch, "ann", 0, 10, order="verdict DESC")
 
 
 def test_next_unjudged_follows_the_triage_order_and_wraps(store, known_batch):
     position = lambda number: number - 1  # noqa: E731
-    assert store.next_unjudged_in_order(known_batch, "ann", -1) == position(5)  # the first in triage order
-    assert store.next_unjudged_in_order(known_batch, "ann", position(5)) == position(2)
+    assert store.next_unjudged(known_batch, "ann", -1, "triage") == position(5)  # the first in triage order
+    assert store.next_unjudged(known_batch, "ann", position(5), "triage") == position(2)
     refinement = store.refinements(store.item_at(known_batch, position(7)).id)[0]
     store.judge(refinement.id, "ann", correct="no")
-    assert store.next_unjudged_in_order(known_batch, "ann", position(2)) == position(4)  # 7 is judged
-    assert store.next_unjudged_in_order(known_batch, "ann", position(3)) == position(5)  # wraps round
-    assert store.next_unjudged_in_order(known_batch, "bob", position(2)) == position(7)  # bob's own
-    assert store.next_unjudged_in_order(known_batch, "ann", position(5), "position") == position(6)
+    assert store.next_unjudged(known_batch, "ann", position(2), "triage") == position(4)  # 7 is judged
+    assert store.next_unjudged(known_batch, "ann", position(3), "triage") == position(5)  # wraps round
+    assert store.next_unjudged(known_batch, "bob", position(2), "triage") == position(7)  # bob's own
+    assert store.next_unjudged(known_batch, "ann", position(5), "position") == position(6)
 
 
 def state_at(batch_id: int, number: int) -> dict:
