@@ -631,6 +631,24 @@ def run_refinement(
     )
 
 
+def show_arrived_refinement(
+    store: Store, state: dict, shown_refinement, request: gr.Request, profile: gr.OAuthProfile | None = None
+) -> tuple:
+    """Timer: an item the page shows without a refinement (`shown_refinement` is None) is shown again
+    once one is stored (by Refine all, or another annotator's Run), so whoever waits on it need not
+    leave and come back. Anything else leaves the page as it is: a form being filled is never redrawn."""
+    unchanged = tuple(gr.skip() for _ in VIEW)
+    if shown_refinement is not None or state.get("batch") is None:
+        return unchanged
+    try:
+        who = _who(request, profile)
+        if not store.refinements(store.item_at(state["batch"], state["position"]).id):
+            return unchanged
+    except (Refused, StoreError):
+        return unchanged
+    return _safe_view(store, state, who, views.message_html("A refinement arrived: judge it below."))
+
+
 def items_page(
     store: Store,
     state: dict,

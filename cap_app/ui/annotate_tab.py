@@ -158,7 +158,7 @@ def build_annotator_tab(demo: gr.Blocks, store: Store | None = None) -> None:
     _wire_batches(demo, store, tab, view)
     _wire_navigation(store, tab, view)
     _wire_judgements(store, tab)
-    _wire_refine_all(store, tab)
+    _wire_refine_all(store, tab, view)
     _wire_admin(store, tab, view)
 
 
@@ -408,9 +408,10 @@ def _wire_judgements(store: Store, tab) -> None:
     tab.stored.change(None, [tab.stored, tab.shown, *watched], watched, js=SHOW_STORED_JS)
 
 
-def _wire_refine_all(store: Store, tab) -> None:
+def _wire_refine_all(store: Store, tab, view: list) -> None:
     """Refine all and Stop, and the progress line: shown when a batch opens and refreshed (with the
-    items table, which fills in as items are refined) every tick of the timer, often while the job runs."""
+    items table, which fills in as items are refined, and an item shown before it had a refinement)
+    every tick of the timer, often while the job runs."""
     shown = [getattr(tab, name) for name in handlers.REFINE_ALL]
     tab.refine_all_button.click(
         _bind(handlers.refine_all, store), [tab.state, tab.model, tab.strategy, tab.max_new_tokens], shown, **DB
@@ -421,6 +422,13 @@ def _wire_refine_all(store: Store, tab) -> None:
         _bind(handlers.refine_all_status, store),
         [tab.state],
         shown,
+        **DB,
+    )
+    tab.refine_all_timer.tick(
+        _bind(handlers.show_arrived_refinement, store),
+        [tab.state, tab.refinement],
+        view,
+        api_visibility="private",
         **DB,
     )
     tab.refine_all_timer.tick(

@@ -7,16 +7,19 @@ from __future__ import annotations
 
 import threading
 
+import gradio as gr
 import pytest
 
 from cap_app.annotate import batch_refinement
+from cap_app.annotate.accounts import Identity
 from cap_app.ui import annotate_handlers as handlers
 from cap_app.ui.annotate_handlers import REFRESH_IDLE_S, REFRESH_RUNNING_S
 from cap_app.ui.hosting import model_choices
-from tests.annotator.conftest import as_user, write_jsonl
+from tests.annotator.conftest import RIGHT_PROGRAM, as_user, make_result, write_jsonl
 from tests.helpers.slow_backend import SlowBackend
 
 WAIT_S = 60
+ANNOTATOR = Identity("ann", "annotator", "page")
 
 
 @pytest.fixture
@@ -79,3 +82,21 @@ def test_an_admin_starts_and_stops_and_everyone_sees_the_progress(store, three_i
 def test_without_an_open_batch_nothing_starts(store, stub_model):
     line, timer = start(store, handlers.new_state(), "boss")
     assert handlers.NO_BATCH in line and not timer.active
+
+
+def test_an_item_shown_before_it_had_a_refinement_is_shown_again_when_one_arrives(store, three_items):
+    ann = as_user("ann")
+
+    def tick(shown_refinement):
+        values = handlers.show_arrived_refinement(store, three_items, shown_refinement, ann)
+        return dict(zip(handlers.VIEW, values, strict=True))
+
+    shown = dict(zip(handlers.VIEW, handlers.item_view(store, three_items, ANNOTATOR), strict=True))
+    assert "No refinement yet" in shown["verdict"]
+    assert all(value == gr.skip() for value in tick(None).values())  # nothing new yet
+    item = store.item_at(three_items["batch"], three_items["position"])
+    store.add_refinement(item.id, make_result(RIGHT_PROGRAM, "2", question=item.question, draft=item.draft), "batch")
+    arrived = tick(None)
+    assert "A refinement arrived" in arrived["status"] and "No refinement yet" not in arrived["verdict"]
+    assert arrived["refinement"]["value"] == 0 and len(arrived["refinement"]["choices"]) == 1
+    assert all(value == gr.skip() for value in tick(0).values())  # a refinement on show is never redrawn
