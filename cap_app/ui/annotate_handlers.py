@@ -590,6 +590,18 @@ def _undo(store: Store, state: dict, request, profile) -> tuple:
     return _safe_view(store, new_state(item.batch_id, item.position, index), who, views.message_html(message))
 
 
+def _runner_settings(model_choice: str, strategy: str, max_new_tokens: float) -> batch_refinement.JobSettings:
+    """The runner's choices (model, strategy, token limit), which Run and Refine all share, as the
+    engine's configs within what the server grants a visitor (ValueError otherwise)."""
+    return batch_refinement.JobSettings(
+        refine=settings.refine_config(
+            **dict(settings.default_settings(), strategy=strategy, max_new_tokens=max_new_tokens)
+        ),
+        model=settings.model_config(model_choice),
+        backend=settings.backend_config("auto"),
+    )
+
+
 def run_refinement(
     store: Store,
     state: dict,
@@ -613,12 +625,10 @@ def run_refinement(
         return _safe_view(store, state, who, _error("Load a batch first."))
     try:
         item = store.item_at(state["batch"], state["position"])
-        config = settings.refine_config(
-            **dict(settings.default_settings(), strategy=strategy, max_new_tokens=max_new_tokens)
-        )
+        chosen = _runner_settings(model_choice, strategy, max_new_tokens)
         with priority.interactive():  # a batch refinement starts no new item while an annotator waits
-            model = get_backend(settings.model_config(model_choice), settings.backend_config("auto"))
-            result = refine(item.question, item.draft, gold=item.gold, config=config, backend=model)
+            backend = get_backend(chosen.model, chosen.backend)
+            result = refine(item.question, item.draft, gold=item.gold, config=chosen.refine, backend=backend)
         store.add_refinement(item.id, result, "run")
     except (InputError, ModelLoadError, BackendError, ValueError) as error:
         return _safe_view(store, state, who, _error(f"The refinement could not run: {error}"))
@@ -632,13 +642,19 @@ def run_refinement(
 
 
 def show_arrived_refinement(
-    store: Store, state: dict, shown_refinement, request: gr.Request, profile: gr.OAuthProfile | None = None
+    store: Store,
+    state: dict,
+    shown: str | None,
+    shown_refinement,
+    request: gr.Request,
+    profile: gr.OAuthProfile | None = None,
 ) -> tuple:
     """Timer: an item the page shows without a refinement (`shown_refinement` is None) is shown again
     once one is stored (by Refine all, or another annotator's Run), so whoever waits on it need not
-    leave and come back. Anything else leaves the page as it is: a form being filled is never redrawn."""
+    leave and come back. Anything else leaves the page as it is: a form being filled is never redrawn,
+    nor an item the page has moved away from since the tick was sent (`shown` is not the state)."""
     unchanged = tuple(gr.skip() for _ in VIEW)
-    if shown_refinement is not None or state.get("batch") is None:
+    if shown_refinement is not None or state.get("batch") is None or shown != json.dumps(state):
         return unchanged
     try:
         who = _who(request, profile)
@@ -806,30 +822,25 @@ def refine_all(
     """Refine all: refine every item of the open batch that has no refinement, in the background on the
     server, with the page's model, strategy and token limit (a stopped job goes on with these). Admins
     only (batch_refinement says why); anyone else is told so, and nothing starts."""
-    batch_id = state.get("batch")
-    try:
-        who = _who(request, profile)
-    except Refused as refused:
-        return _error(str(refused)), gr.Timer(active=False)
-    try:
-        accounts.require_admin(who, batch_refinement.ADMIN_ACTION)
-        if batch_id is None:
-            raise StoreError(NO_BATCH)
-        job_settings = batch_refinement.JobSettings(
-            refine=settings.refine_config(
-                **dict(settings.default_settings(), strategy=strategy, max_new_tokens=max_new_tokens)
-            ),
-            model=settings.model_config(model_choice),
-            backend=settings.backend_config("auto"),
-        )
-        batch_refinement.start(store, batch_id, who, job_settings)
-    except (Refused, StoreError, ValueError) as error:
-        return _refine_all_reply(store, batch_id, str(error))
-    return _refine_all_reply(store, batch_id)
+
+    def start(who: Identity, batch_id: int) -> None:
+        batch_refinement.start(store, batch_id, who, _runner_settings(model_choice, strategy, max_new_tokens))
+
+    return _as_admin_on_open_batch(store, state, request, profile, start)
 
 
 def stop_refine_all(store: Store, state: dict, request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple:
     """Stop: end the open batch's Refine all (admins only); every item refined so far stays."""
+
+    def stop(who: Identity, batch_id: int) -> None:
+        batch_refinement.stop(store, batch_id, who)
+
+    return _as_admin_on_open_batch(store, state, request, profile, stop)
+
+
+def _as_admin_on_open_batch(store: Store, state: dict, request, profile, act) -> tuple:
+    """Run `act(who, batch_id)` for a signed-in admin with a batch open; then the progress line, with
+    why it was refused or failed (a setting out of range, a job already running) after it."""
     batch_id = state.get("batch")
     try:
         who = _who(request, profile)
@@ -839,7 +850,7 @@ def stop_refine_all(store: Store, state: dict, request: gr.Request, profile: gr.
         accounts.require_admin(who, batch_refinement.ADMIN_ACTION)
         if batch_id is None:
             raise StoreError(NO_BATCH)
-        batch_refinement.stop(store, batch_id, who)
-    except (Refused, StoreError) as error:
+        act(who, batch_id)
+    except (Refused, StoreError, ValueError) as error:
         return _refine_all_reply(store, batch_id, str(error))
     return _refine_all_reply(store, batch_id)

@@ -417,26 +417,28 @@ def _wire_refine_all(store: Store, tab, view: list) -> None:
         _bind(handlers.refine_all, store), [tab.state, tab.model, tab.strategy, tab.max_new_tokens], shown, **DB
     )
     tab.stop_button.click(_bind(handlers.stop_refine_all, store), [tab.state], shown, **DB)
+    # Ticks redraw quietly: no loading overlay on the line, the item or the table every few seconds.
+    quiet = dict(show_progress="hidden", **DB)
     gr.on(
         [tab.state.change, tab.refine_all_timer.tick],
         _bind(handlers.refine_all_status, store),
         [tab.state],
         shown,
-        **DB,
+        **quiet,
     )
     tab.refine_all_timer.tick(
         _bind(handlers.show_arrived_refinement, store),
-        [tab.state, tab.refinement],
+        [tab.state, tab.shown, tab.refinement],
         view,
         api_visibility="private",
-        **DB,
+        **quiet,
     )
     tab.refine_all_timer.tick(
         _bind(handlers.items_page, store),
         [tab.state, tab.page, tab.order, tab.verdict_filter],
         tab.table,
         api_visibility="private",
-        **DB,
+        **quiet,
     )
 
 

@@ -5,6 +5,7 @@ the served page in test_served_refine_all.py."""
 
 from __future__ import annotations
 
+import json
 import threading
 
 import gradio as gr
@@ -87,11 +88,12 @@ def test_without_an_open_batch_nothing_starts(store, stub_model):
 def test_an_item_shown_before_it_had_a_refinement_is_shown_again_when_one_arrives(store, three_items):
     ann = as_user("ann")
 
-    def tick(shown_refinement):
-        values = handlers.show_arrived_refinement(store, three_items, shown_refinement, ann)
+    shown = dict(zip(handlers.VIEW, handlers.item_view(store, three_items, ANNOTATOR), strict=True))
+
+    def tick(shown_refinement, page_shows=shown["shown"]):
+        values = handlers.show_arrived_refinement(store, three_items, page_shows, shown_refinement, ann)
         return dict(zip(handlers.VIEW, values, strict=True))
 
-    shown = dict(zip(handlers.VIEW, handlers.item_view(store, three_items, ANNOTATOR), strict=True))
     assert "No refinement yet" in shown["verdict"]
     assert all(value == gr.skip() for value in tick(None).values())  # nothing new yet
     item = store.item_at(three_items["batch"], three_items["position"])
@@ -100,3 +102,5 @@ def test_an_item_shown_before_it_had_a_refinement_is_shown_again_when_one_arrive
     assert "A refinement arrived" in arrived["status"] and "No refinement yet" not in arrived["verdict"]
     assert arrived["refinement"]["value"] == 0 and len(arrived["refinement"]["choices"]) == 1
     assert all(value == gr.skip() for value in tick(0).values())  # a refinement on show is never redrawn
+    moved = json.dumps(handlers.new_state(three_items["batch"], three_items["position"] + 1))
+    assert all(value == gr.skip() for value in tick(None, moved).values())  # the page has moved on since

@@ -103,23 +103,31 @@ def served(tmp_path_factory, password_hash):
         served.kill()
 
 
-def signed_in_page(pw, served: Served, name: str):
-    """A chromium page signed in as `name` on the Annotate tab, the test batch uploaded, its first item shown."""
+def annotate_page(pw, url: str, name: str, role: str, batch_path, items: int):
+    """A chromium page signed in as `name` (with `role`) on the Annotate tab, `batch_path` uploaded."""
     from playwright.sync_api import expect
 
     if not os.path.exists(CHROMIUM):
         pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (make .venv/.dev does it)")
     browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
     page = browser.new_page()
-    page.goto(served.url)
+    page.goto(url)
     page.locator("input[type=text], input:not([type])").first.fill(name)
     page.locator("input[type=password]").fill(PASSWORD)
     page.locator("input[type=password]").press("Enter")
     page.get_by_role("tab", name="Annotate").click(timeout=WAIT_MS)
-    expect(page.locator("#cap-ann-access")).to_contain_text(f"Signed in as {name} (annotator)", timeout=WAIT_MS)
-    page.locator("#cap-ann-upload input[type=file]").set_input_files(str(served.batch_path))
+    expect(page.locator("#cap-ann-access")).to_contain_text(f"Signed in as {name} ({role})", timeout=WAIT_MS)
+    page.locator("#cap-ann-upload input[type=file]").set_input_files(str(batch_path))
     page.click("#cap-ann-load")
-    expect(page.locator("#cap-ann-report")).to_contain_text("60 items", timeout=WAIT_MS)
+    expect(page.locator("#cap-ann-report")).to_contain_text(f"{items} items", timeout=WAIT_MS)
+    return browser, page
+
+
+def signed_in_page(pw, served: Served, name: str):
+    """A chromium page signed in as `name` on the Annotate tab, the test batch uploaded, its first item shown."""
+    from playwright.sync_api import expect
+
+    browser, page = annotate_page(pw, served.url, name, "annotator", served.batch_path, 60)
     expect(page.locator("#cap-ann-question")).to_contain_text("Question 0: how many eggs?", timeout=WAIT_MS)
     return browser, page
 

@@ -5,15 +5,14 @@ fill in on the page without a reload, on the annotator's page too."""
 
 from __future__ import annotations
 
-import os
 import re
 
 import pytest
 
 from cap_app.annotate.store import Store
 from cap_app.engine.triage import TRIAGE_ORDER
-from tests.annotator.conftest import PASSWORD, write_jsonl
-from tests.annotator.test_served_annotator import CHROMIUM, CHROMIUM_ARGS, WAIT_MS, Served
+from tests.annotator.conftest import write_jsonl
+from tests.annotator.test_served_annotator import WAIT_MS, Served, annotate_page
 
 REFINE_WAIT_MS = 300_000  # the model loads, then two greedy items on two shared cores
 DRAFTS = [
@@ -32,23 +31,8 @@ def served(tmp_path_factory, password_hash):
 
 
 def open_drafts(pw, served: Served, name: str, role: str):
-    """A chromium page signed in as `name`, on the Annotate tab with the two-draft batch loaded."""
-    from playwright.sync_api import expect
-
-    if not os.path.exists(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (make .venv/.dev does it)")
-    browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-    page = browser.new_page()
-    page.goto(served.url)
-    page.locator("input[type=text], input:not([type])").first.fill(name)
-    page.locator("input[type=password]").fill(PASSWORD)
-    page.locator("input[type=password]").press("Enter")
-    page.get_by_role("tab", name="Annotate").click(timeout=WAIT_MS)
-    expect(page.locator("#cap-ann-access")).to_contain_text(f"Signed in as {name} ({role})", timeout=WAIT_MS)
-    page.locator("#cap-ann-upload input[type=file]").set_input_files(str(served.drafts_path))
-    page.click("#cap-ann-load")
-    expect(page.locator("#cap-ann-report")).to_contain_text("2 items", timeout=WAIT_MS)
-    return browser, page
+    """A chromium page signed in as `name` on the Annotate tab with the two-draft batch loaded."""
+    return annotate_page(pw, served.url, name, role, served.drafts_path, 2)
 
 
 @pytest.mark.slow
@@ -78,6 +62,9 @@ def test_an_admin_refines_all_with_the_offline_model_and_every_page_follows(serv
         assert len(re.findall(rf"\b({verdicts})\b", shown)) == 2, shown  # each item's verdict
         # the annotator's page opened before the job began and follows it too (its timer ticks slowly)
         expect(ann_line).to_contain_text("Refine all is done: 2 / 2 items refined", timeout=WAIT_MS)
+        # and the item it shows, unrefined when opened, is shown with its refinement without moving
+        expect(ann.locator("#cap-ann-status")).to_contain_text("A refinement arrived", timeout=WAIT_MS)
+        expect(ann.locator("#cap-ann-verdict")).not_to_contain_text("No refinement yet", timeout=WAIT_MS)
         boss_browser.close()
         ann_browser.close()
     with Store(served.db_path)._connect() as conn:
