@@ -140,7 +140,7 @@ def _bind(fn, store: Store, **fixed):
     return bound
 
 
-def build_annotator_tab(demo: gr.Blocks, store: Store | None = None) -> None:
+def build_annotate_tab(demo: gr.Blocks, store: Store | None = None) -> None:
     """Lay out the Annotate tab inside `demo` (and a Tab) and wire its events."""
     store = store or Store()
     state = gr.State(handlers.new_state())

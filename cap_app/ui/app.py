@@ -12,7 +12,7 @@ import gradio as gr
 from cap_app.sandbox import sandbox_walls
 from cap_app.sandbox.walls import describe as describe_walls
 from cap_app.ui import stopping
-from cap_app.ui.annotate_tab import build_annotator_tab
+from cap_app.ui.annotate_tab import build_annotate_tab
 from cap_app.ui.hosting import CONCURRENCY_LIMIT, QUEUE_SIZE, model_choices, wrap_generation_for_zero_gpu
 from cap_app.ui.refine_tab import build_refine_tab
 from cap_app.ui.settings import backend_config, model_config
@@ -23,7 +23,7 @@ INTRO = (
     "re-solves it as a Python program, the program runs in a restricted sandbox, and the page shows "
     "where the draft went wrong. Method: [Teaching LLMs to Refine with Tools](https://arxiv.org/abs/2412.16871)."
 )
-TABS = (("Refine", build_refine_tab), ("Annotate", build_annotator_tab))
+TABS = (("Refine", build_refine_tab), ("Annotate", build_annotate_tab))
 
 
 def build_demo() -> gr.Blocks:

@@ -14,7 +14,7 @@ import pytest
 from cap_app.annotate import accounts
 from cap_app.annotate.store import Store
 from cap_app.ui import annotate_handlers as handlers
-from cap_app.ui.annotate_tab import build_annotator_tab
+from cap_app.ui.annotate_tab import build_annotate_tab
 from tests.annotator.conftest import PASSWORD, as_user, make_result, write_jsonl
 from tests.helpers.paths import ROOT
 
@@ -62,7 +62,7 @@ def test_another_annotator_can_neither_read_nor_overwrite_nor_undo_your_judgemen
 def test_no_endpoint_takes_a_name_from_the_caller(store):
     """The identity is the request's: nothing the page or an API client sends can name an annotator."""
     with gr.Blocks() as demo:
-        build_annotator_tab(demo, store)
+        build_annotate_tab(demo, store)
     config = demo.get_config_file()
     props = {c["id"]: c["props"] for c in config["components"]}
     for dependency in config["dependencies"]:
@@ -196,7 +196,7 @@ def test_on_a_space_the_hugging_face_account_and_the_allow_lists_decide(store, b
     monkeypatch.setenv("CAP_ANNOTATORS", "")
     assert accounts.identify(request, profile("mallory")).role == "annotator"  # empty list: anyone signed in
     with gr.Blocks() as demo:
-        build_annotator_tab(demo, store)
+        build_annotate_tab(demo, store)
     ids = [c["props"].get("elem_id") for c in demo.get_config_file()["components"]]
     assert "cap-ann-login" in ids and demo.expects_oauth  # the Sign in with Hugging Face button, OAuth routes on
 

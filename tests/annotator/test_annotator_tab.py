@@ -11,7 +11,7 @@ import pytest
 from cap_app.annotate.accounts import Identity
 from cap_app.ui import annotate_handlers as handlers
 from cap_app.ui.annotate_handlers import VIEW
-from cap_app.ui.annotate_tab import build_annotator_tab
+from cap_app.ui.annotate_tab import build_annotate_tab
 from tests.annotator.conftest import ACCOUNTS, QUESTION, as_user, make_result, write_jsonl
 
 
@@ -252,7 +252,7 @@ def test_run_refinement_adds_a_real_engine_result(store, batch_file, tiny_model_
 def test_the_tab_builds_inside_a_blocks_with_its_events(store):
     with gr.Blocks() as demo:
         with gr.Tab("Annotate"):
-            build_annotator_tab(demo, store)
+            build_annotate_tab(demo, store)
     config = demo.get_config_file()
     names = {d["api_name"] for d in config["dependencies"]}
     assert {
@@ -285,7 +285,7 @@ def test_item_and_first_wrong_step_open_empty_and_take_typed_numbers(store, batc
     """Issue 25 item 7: both fields opened showing 0 (Gradio's number field shows an empty value as 0),
     which is neither an item nor a step: they are text fields, empty until there is a value."""
     with gr.Blocks() as demo:
-        build_annotator_tab(demo, store)
+        build_annotate_tab(demo, store)
     props = {c["props"].get("elem_id"): c for c in demo.get_config_file()["components"]}
     for elem_id in ("cap-ann-position", "cap-ann-step"):
         assert props[elem_id]["type"] == "textbox" and props[elem_id]["props"].get("value") in (None, ""), elem_id
@@ -318,7 +318,7 @@ def test_load_says_which_source_it_loaded_and_refuses_both_at_once(store, batch_
     by_path = handlers.load_file(store, handlers.new_state(), None, str(other), "draft", boss)[1]
     assert by_path.startswith("Loaded the path on the server.") and "other\\.jsonl" in by_path
     with gr.Blocks() as demo:
-        build_annotator_tab(demo, store)
+        build_annotate_tab(demo, store)
     config = demo.get_config_file()
     ids = {c["props"].get("elem_id"): c["id"] for c in config["components"]}
     clears = {

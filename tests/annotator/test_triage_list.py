@@ -148,10 +148,10 @@ def test_next_unjudged_and_opening_a_batch_follow_the_pages_order(store, known_b
 def test_the_tab_explains_the_triage_order_and_offers_it_by_default(store):
     import gradio as gr
 
-    from cap_app.ui.annotate_tab import build_annotator_tab
+    from cap_app.ui.annotate_tab import build_annotate_tab
 
     with gr.Blocks() as demo:
-        build_annotator_tab(demo, store)
+        build_annotate_tab(demo, store)
     props = {c["props"].get("elem_id"): c["props"] for c in demo.get_config_file()["components"]}
     assert props["cap-ann-triage-explanation"]["value"] == TRIAGE_EXPLANATION
     assert props["cap-ann-order"]["value"] == "triage"
