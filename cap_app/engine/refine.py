@@ -177,9 +177,6 @@ class _ItemState:
         began = time.perf_counter()
         execution = _run(program, config)
         self.timings["execute"] += _ms_since(began)
-        return self.add(generation, program, execution, round_)
-
-    def add(self, generation: Generation, program: str, execution: ExecResult, round_: int) -> int:
         self.candidates.append(
             Candidate(
                 text=generation.text,

@@ -321,10 +321,7 @@ def cleared_upload(path: str):
 def _first_unjudged(store: Store, batch_id: int, who: Identity, order: str | None = None) -> int:
     """Where a batch opens: the caller's first unjudged item, in `order` when the page names one (in
     triage order, the item most in need of a person), else in item order."""
-    if order is None:
-        position = store.next_unjudged(batch_id, who.name, -1)
-    else:
-        position = store.next_unjudged(batch_id, who.name, -1, _order(order))
+    position = store.next_unjudged(batch_id, who.name, -1, _order(order or "position"))
     return 0 if position is None else position
 
 
